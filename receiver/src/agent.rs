@@ -3,20 +3,33 @@
 //! drift reports. Malformed payloads are logged and ignored.
 
 use rumqttc::{AsyncClient, Publish, QoS};
-use syncstream_shared::messages::{parse, topics, BufferOffset, Command, ConfigPush, DriftReport, Status};
+use syncstream_shared::messages::{
+    parse, topics, BufferOffset, Command, ConfigPush, DriftReport, Status,
+};
 use tracing::{info, warn};
 
 use crate::core::SharedCore;
 
 /// The last will: `{"device":"<device>","state":"offline"}`, retained on the status topic.
 pub fn last_will(device: &str) -> (String, Vec<u8>) {
-    let s = Status { device: device.to_string(), state: "offline".into(), ..Default::default() };
-    (topics::status(device), serde_json::to_vec(&s).unwrap_or_default())
+    let s = Status {
+        device: device.to_string(),
+        state: "offline".into(),
+        ..Default::default()
+    };
+    (
+        topics::status(device),
+        serde_json::to_vec(&s).unwrap_or_default(),
+    )
 }
 
 /// Topics the receiver subscribes to.
 pub fn subscriptions(device: &str) -> Vec<String> {
-    vec![topics::buffer_offset(device), topics::command(device), topics::CONFIG.to_string()]
+    vec![
+        topics::buffer_offset(device),
+        topics::command(device),
+        topics::CONFIG.to_string(),
+    ]
 }
 
 /// The receiver's current status.
@@ -35,7 +48,10 @@ pub fn status(core: &SharedCore, now_us: i64) -> Status {
         offset_ms: c.playout.offset_ms(),
         drift_ms: c.last_report.as_ref().and_then(|r| r.drift_ms),
         confidence: c.last_report.as_ref().map_or(0.0, |r| r.confidence),
-        playout_delay_ms: c.playout.stream().map_or(0.0, |p| p.playout_delay_us as f64 / 1000.0),
+        playout_delay_ms: c
+            .playout
+            .stream()
+            .map_or(0.0, |p| p.playout_delay_us as f64 / 1000.0),
         volume: c.playout.volume(),
         muted: c.playout.muted(),
         underruns: c.playout.stats().underruns,
@@ -48,7 +64,9 @@ pub fn status(core: &SharedCore, now_us: i64) -> Status {
 pub fn publish_status(client: &AsyncClient, core: &SharedCore, now_us: i64) {
     let s = status(core, now_us);
     if let Ok(payload) = serde_json::to_vec(&s) {
-        if let Err(e) = client.try_publish(topics::status(&s.device), QoS::AtLeastOnce, true, payload) {
+        if let Err(e) =
+            client.try_publish(topics::status(&s.device), QoS::AtLeastOnce, true, payload)
+        {
             warn!("cannot publish status: {e}");
         }
     }
@@ -57,7 +75,12 @@ pub fn publish_status(client: &AsyncClient, core: &SharedCore, now_us: i64) {
 /// Publishes a drift report.
 pub fn publish_drift(client: &AsyncClient, report: &DriftReport) {
     if let Ok(payload) = serde_json::to_vec(report) {
-        if let Err(e) = client.try_publish(topics::drift(&report.device), QoS::AtLeastOnce, false, payload) {
+        if let Err(e) = client.try_publish(
+            topics::drift(&report.device),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        ) {
             warn!("cannot publish drift: {e}");
         }
     }
@@ -85,7 +108,10 @@ pub fn handle_publish(core: &SharedCore, p: &Publish) -> Option<Command> {
                         c.playout.set_offset_ms(profile.base_latency_ms);
                     }
                     c.profile = profile.clone();
-                    info!(device, "profile from syncstream/config: {:?}", profile.output_type);
+                    info!(
+                        device,
+                        "profile from syncstream/config: {:?}", profile.output_type
+                    );
                 }
             }
             Err(e) => warn!("{e}"),
@@ -94,11 +120,17 @@ pub fn handle_publish(core: &SharedCore, p: &Publish) -> Option<Command> {
     }
     if p.topic == topics::buffer_offset(&device) {
         match parse::<BufferOffset>(&p.topic, &p.payload) {
-            Ok(o) if o.device != device => warn!("offset on {} names device '{}'; ignored", p.topic, o.device),
-            Ok(o) if !o.offset_ms.is_finite() => warn!("offset on {} is not finite; ignored", p.topic),
+            Ok(o) if o.device != device => {
+                warn!("offset on {} names device '{}'; ignored", p.topic, o.device)
+            }
+            Ok(o) if !o.offset_ms.is_finite() => {
+                warn!("offset on {} is not finite; ignored", p.topic)
+            }
             Ok(o) => {
                 let mut c = core.lock().unwrap();
-                let limit = c.playout.stream().map_or(f64::MAX, |s| max_offset_ms(s.playout_delay_us as f64 / 1000.0));
+                let limit = c.playout.stream().map_or(f64::MAX, |s| {
+                    max_offset_ms(s.playout_delay_us as f64 / 1000.0)
+                });
                 let ms = o.offset_ms.clamp(-50.0, limit);
                 c.playout.set_offset_ms(ms);
                 c.offset_from_controller = true;

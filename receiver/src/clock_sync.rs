@@ -36,7 +36,11 @@ impl Default for ClockSync {
 impl ClockSync {
     /// A filter over the last `window` exchanges.
     pub fn new(window: usize) -> Self {
-        Self { window: VecDeque::with_capacity(window), capacity: window.max(1), offset_us: None }
+        Self {
+            window: VecDeque::with_capacity(window),
+            capacity: window.max(1),
+            offset_us: None,
+        }
     }
 
     /// Forgets every exchange (after a reconnect to another transmitter).
@@ -59,7 +63,12 @@ impl ClockSync {
         self.window.push_back(Exchange { offset_us, rtt_us });
         let rtts: Vec<f64> = self.window.iter().map(|e| e.rtt_us).collect();
         let limit = percentile(&rtts, 33.0).unwrap_or(f64::MAX);
-        let good: Vec<f64> = self.window.iter().filter(|e| e.rtt_us <= limit).map(|e| e.offset_us).collect();
+        let good: Vec<f64> = self
+            .window
+            .iter()
+            .filter(|e| e.rtt_us <= limit)
+            .map(|e| e.offset_us)
+            .collect();
         self.offset_us = median(&good);
     }
 
@@ -105,8 +114,15 @@ mod tests {
             let t4 = t3 - 5000 + 100 + queued;
             cs.add_exchange(t1, t2, t3, t4);
         }
-        assert!((cs.offset_us().unwrap() - 5000.0).abs() < 50.0, "{:?}", cs.offset_us());
-        assert_eq!(cs.tx_from_local(0.0).map(|t| t.round()), cs.offset_us().map(|o| o.round()));
+        assert!(
+            (cs.offset_us().unwrap() - 5000.0).abs() < 50.0,
+            "{:?}",
+            cs.offset_us()
+        );
+        assert_eq!(
+            cs.tx_from_local(0.0).map(|t| t.round()),
+            cs.offset_us().map(|o| o.round())
+        );
     }
 
     #[test]

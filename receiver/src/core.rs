@@ -63,7 +63,9 @@ pub fn render_fn(core: SharedCore) -> RenderFn {
     Box::new(move |out: &mut [f32], dac_time_us: i64| {
         let mut c = core.lock().unwrap();
         let c = &mut *c;
-        let info = c.playout.render(out, dac_time_us, &c.clock, &c.jitter_buffer);
+        let info = c
+            .playout
+            .render(out, dac_time_us, &c.clock, &c.jitter_buffer);
         // Keep a little history behind the read position for slewing and crossfades.
         if let Some(p) = c.playout.target_position(dac_time_us, &c.clock) {
             c.jitter_buffer.trim_before(p as i64 - 48_000);

@@ -60,7 +60,12 @@ pub struct MicRecorder {
 impl MicRecorder {
     /// Keeps `seconds` of audio at `rate` Hz.
     pub fn new(rate: u32, seconds: f64) -> Self {
-        Self { rate, start_us: 0, data: VecDeque::new(), capacity: (rate as f64 * seconds) as usize }
+        Self {
+            rate,
+            start_us: 0,
+            data: VecDeque::new(),
+            capacity: (rate as f64 * seconds) as usize,
+        }
     }
 
     /// Sample rate, Hz.
@@ -146,17 +151,25 @@ pub fn plan(
 ) -> Result<Measurement, NotReady> {
     let params = playout.stream().ok_or(NotReady::NotStreaming)?;
     let (rec_start_local, recording) = mic.latest(cfg.window_ms).ok_or(NotReady::NoRecording)?;
-    let rec_start_tx_us = clock.tx_from_local(rec_start_local as f64).ok_or(NotReady::NotStreaming)?;
+    let rec_start_tx_us = clock
+        .tx_from_local(rec_start_local as f64)
+        .ok_or(NotReady::NotStreaming)?;
     let offset_ms = playout.offset_ms();
     // The sound recorded at the window start left the DAC about (latency + mic delay)
     // earlier; latency ≈ offset (plus what we have not corrected yet).
-    let settle_margin_us = (100.0 + 0.2 * offset_ms.abs() + offset_ms.max(0.0) + mic_delay_ms) * 1000.0;
+    let settle_margin_us =
+        (100.0 + 0.2 * offset_ms.abs() + offset_ms.max(0.0) + mic_delay_ms) * 1000.0;
     match playout.settled_since_us() {
         Some(t) if (t as f64) <= rec_start_local as f64 - settle_margin_us => {}
         _ => return Err(NotReady::NotSettled),
     }
     let p_ms = params.playout_delay_us as f64 / 1000.0;
-    let margin_ms = if tracking { cfg.track_margin_ms } else { cfg.acquire_margin_ms }.min(0.8 * p_ms);
+    let margin_ms = if tracking {
+        cfg.track_margin_ms
+    } else {
+        cfg.acquire_margin_ms
+    }
+    .min(0.8 * p_ms);
     let expected_pts = rec_start_tx_us - params.playout_delay_us as f64 - mic_delay_ms * 1000.0;
     Ok(Measurement {
         recording,
@@ -181,7 +194,8 @@ pub fn analyze(
 ) -> DriftReport {
     // The reference "starts" (in the estimator's same-instant convention) when its first
     // sample should reach the microphone; the recording starts `delta` later.
-    let ref_heard_at_us = ref_first_pts_us as f64 + m.playout_delay_us as f64 + m.mic_delay_ms * 1000.0;
+    let ref_heard_at_us =
+        ref_first_pts_us as f64 + m.playout_delay_us as f64 + m.mic_delay_ms * 1000.0;
     let delta_ms = (m.rec_start_tx_us - ref_heard_at_us) / 1000.0;
     let search = LagSearch {
         min_lag_ms: -delta_ms - m.margin_ms,
@@ -269,7 +283,9 @@ mod tests {
         let rec_start = 6_000_000i64;
         let shift_us = -1_000_000 + 10_000 - 37_500 - 1_000;
         let rec: Vec<f32> = (0..2 * fs as i64)
-            .map(|n| source[us_to_samples(rec_start + samples_to_us(n, fs) + shift_us, fs) as usize])
+            .map(|n| {
+                source[us_to_samples(rec_start + samples_to_us(n, fs) + shift_us, fs) as usize]
+            })
             .collect();
         mic.push(&rec, rec_start);
         let m = plan(&DriftConfig::default(), &mic, &playout, &cs, 1.0, false).unwrap();
@@ -277,7 +293,13 @@ mod tests {
         let n = us_to_samples(m.ref_duration_ms as i64 * 1000, fs) as usize;
         let reference = &source[first..first + n];
         let mut est = DelayEstimator::new(fs);
-        let r = analyze(&mut est, "tv", &m, reference, samples_to_us(first as i64, fs));
+        let r = analyze(
+            &mut est,
+            "tv",
+            &m,
+            reference,
+            samples_to_us(first as i64, fs),
+        );
         assert!((r.drift_ms.unwrap() - 27.5).abs() < 0.05, "{r:?}");
         assert_eq!(r.applied_offset_ms, 10.0);
     }

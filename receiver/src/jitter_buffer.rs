@@ -15,7 +15,12 @@ pub struct JitterBuffer {
 impl JitterBuffer {
     /// A buffer for `channels` channels holding at most `capacity_frames` frames.
     pub fn new(channels: usize, capacity_frames: usize) -> Self {
-        Self { channels: channels.max(1), start: 0, data: VecDeque::new(), capacity_frames }
+        Self {
+            channels: channels.max(1),
+            start: 0,
+            data: VecDeque::new(),
+            capacity_frames,
+        }
     }
 
     /// Empties the buffer.
@@ -44,13 +49,17 @@ impl JitterBuffer {
     pub fn push(&mut self, index: i64, interleaved: &[f32]) {
         let ch = self.channels;
         let frames = interleaved.len() / ch;
-        if self.data.is_empty() || index < self.start || index - self.end() > self.capacity_frames as i64 {
+        if self.data.is_empty()
+            || index < self.start
+            || index - self.end() > self.capacity_frames as i64
+        {
             self.data.clear();
             self.start = index;
         }
         let end = self.end();
         if index > end {
-            self.data.extend(std::iter::repeat_n(0.0, (index - end) as usize * ch));
+            self.data
+                .extend(std::iter::repeat_n(0.0, (index - end) as usize * ch));
         }
         let skip = (end - index).clamp(0, frames as i64) as usize;
         self.data.extend(&interleaved[skip * ch..frames * ch]);
@@ -67,7 +76,9 @@ impl JitterBuffer {
         if index < self.start {
             return None;
         }
-        self.data.get((index - self.start) as usize * self.channels + c).copied()
+        self.data
+            .get((index - self.start) as usize * self.channels + c)
+            .copied()
     }
 
     /// Drops frames before `index`.

@@ -84,15 +84,28 @@ pub async fn start(
     mut mic: Box<dyn Microphone>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Receiver> {
-    let core: SharedCore = Arc::new(Mutex::new(Core::new(&cfg.device, cfg.profile.clone(), mic.sample_rate())));
-    sink.start(core::render_fn(core.clone())).context("starting the output")?;
-    mic.start(core::capture_fn(core.clone())).context("starting the microphone")?;
+    let core: SharedCore = Arc::new(Mutex::new(Core::new(
+        &cfg.device,
+        cfg.profile.clone(),
+        mic.sample_rate(),
+    )));
+    sink.start(core::render_fn(core.clone()))
+        .context("starting the output")?;
+    mic.start(core::capture_fn(core.clone()))
+        .context("starting the microphone")?;
     let mut tasks = Vec::new();
     let addr = format!("{}:{}", cfg.transmitter_host, cfg.stream_port);
-    tasks.push(tokio::spawn(stream_client::run(addr, core.clone(), clock.clone())));
+    tasks.push(tokio::spawn(stream_client::run(
+        addr,
+        core.clone(),
+        clock.clone(),
+    )));
 
-    let (client, eventloop) =
-        mqtt::connect(&cfg.broker, &format!("syncstream-rx-{}", cfg.device), Some(agent::last_will(&cfg.device)));
+    let (client, eventloop) = mqtt::connect(
+        &cfg.broker,
+        &format!("syncstream-rx-{}", cfg.device),
+        Some(agent::last_will(&cfg.device)),
+    );
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel::<Command>();
     {
         let core = core.clone();
@@ -153,7 +166,12 @@ pub async fn start(
         }));
     }
     info!(device = cfg.device, "receiver running");
-    Ok(Receiver { core, sink, mic, tasks })
+    Ok(Receiver {
+        core,
+        sink,
+        mic,
+        tasks,
+    })
 }
 
 async fn measure_once(
@@ -166,14 +184,32 @@ async fn measure_once(
 ) -> anyhow::Result<()> {
     let (device, m) = {
         let c = core.lock().unwrap();
-        let m = drift::plan(cfg, &c.mic, &c.playout, &c.clock, c.profile.mic_delay_ms(), c.tracking)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let m = drift::plan(
+            cfg,
+            &c.mic,
+            &c.playout,
+            &c.clock,
+            c.profile.mic_delay_ms(),
+            c.tracking,
+        )
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         (c.device.clone(), m)
     };
-    let url = format!("{http}/api/v1/window?start_us={}&duration_ms={}", m.ref_start_us, m.ref_duration_ms);
-    let resp = http_client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    let url = format!(
+        "{http}/api/v1/window?start_us={}&duration_ms={}",
+        m.ref_start_us, m.ref_duration_ms
+    );
+    let resp = http_client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
     if !resp.status().is_success() {
-        anyhow::bail!("GET {url}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+        anyhow::bail!(
+            "GET {url}: {} {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
     }
     let first_pts: i64 = resp
         .headers()
@@ -185,7 +221,10 @@ async fn measure_once(
     if body.len() % 4 != 0 {
         anyhow::bail!("window body of {} bytes is not f32 samples", body.len());
     }
-    let reference: Vec<f32> = body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let reference: Vec<f32> = body
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     let estimator = estimator.clone();
     let report = tokio::task::spawn_blocking(move || {
         let mut est = estimator.lock().unwrap();

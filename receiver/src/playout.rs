@@ -71,6 +71,9 @@ pub struct Playout {
     gain: f32,
     /// Local DAC time from which playout has been on target with the current offset.
     settled_since_us: Option<i64>,
+    /// Whether a block has been played from buffered audio since the stream (re)started;
+    /// only after that does missing audio count as an underrun.
+    started: bool,
     stats: PlayoutStats,
     old: Vec<f32>,
 }
@@ -87,6 +90,7 @@ impl Playout {
             stopped: false,
             gain: 1.0,
             settled_since_us: None,
+            started: false,
             stats: PlayoutStats::default(),
             old: Vec::new(),
         }
@@ -98,6 +102,7 @@ impl Playout {
             self.pos = None;
             self.settled_since_us = None;
         }
+        self.started = false;
         self.params = Some(params);
     }
 
@@ -166,14 +171,24 @@ impl Playout {
         let p = self.params?;
         let tx_us = clock.tx_from_local(dac_time_us as f64)?;
         let pts_us = tx_us - p.playout_delay_us as f64 + self.offset_ms * 1000.0;
-        Some((pts_us - p.epoch_us as f64) * p.sample_rate as f64 / 1e6 + p.codec_delay_samples as f64)
+        Some(
+            (pts_us - p.epoch_us as f64) * p.sample_rate as f64 / 1e6
+                + p.codec_delay_samples as f64,
+        )
     }
 
     /// Renders one block into `out` (interleaved, the stream's channel count) whose first
     /// frame leaves the output at local `dac_time_us`. See the module docs.
-    pub fn render(&mut self, out: &mut [f32], dac_time_us: i64, clock: &ClockSync, jb: &JitterBuffer) -> RenderInfo {
+    pub fn render(
+        &mut self,
+        out: &mut [f32],
+        dac_time_us: i64,
+        clock: &ClockSync,
+        jb: &JitterBuffer,
+    ) -> RenderInfo {
         out.fill(0.0);
-        let (Some(p), Some(target)) = (self.params, self.target_position(dac_time_us, clock)) else {
+        let (Some(p), Some(target)) = (self.params, self.target_position(dac_time_us, clock))
+        else {
             return RenderInfo::default();
         };
         let ch = p.channels;
@@ -226,7 +241,11 @@ impl Playout {
             }
         }
         // Gain ramp towards volume (0 when muted or stopped).
-        let goal = if self.muted || self.stopped { 0.0 } else { self.volume };
+        let goal = if self.muted || self.stopped {
+            0.0
+        } else {
+            self.volume
+        };
         let step = 1.0 / GAIN_RAMP_FRAMES as f32;
         for frame in out.chunks_exact_mut(ch) {
             if self.gain < goal {
@@ -239,11 +258,15 @@ impl Playout {
             }
         }
         self.stats.frames += n as u64;
-        if missing && !self.stopped {
+        if missing && self.started && !self.stopped {
             self.stats.underruns += 1;
         }
-        let source_pts_us = p.epoch_us as f64 + (first_pos - p.codec_delay_samples as f64) * 1e6 / fs;
-        RenderInfo { source_pts_us: (!missing).then_some(source_pts_us) }
+        self.started |= !missing;
+        let source_pts_us =
+            p.epoch_us as f64 + (first_pos - p.codec_delay_samples as f64) * 1e6 / fs;
+        RenderInfo {
+            source_pts_us: (!missing).then_some(source_pts_us),
+        }
     }
 }
 
@@ -299,7 +322,10 @@ mod tests {
         // DAC time 1.5 s, playout delay 1 s → source time 0.5 s = sample 24000.
         let mut out = vec![0.0; 480];
         let info = p.render(&mut out, 1_500_000, &cs, &jb);
-        assert_eq!(out[CROSSFADE_FRAMES + 10], (24_000 + CROSSFADE_FRAMES + 10) as f32);
+        assert_eq!(
+            out[CROSSFADE_FRAMES + 10],
+            (24_000 + CROSSFADE_FRAMES + 10) as f32
+        );
         assert!((info.source_pts_us.unwrap() - 500_000.0).abs() < 1.0);
         // Next block continues seamlessly.
         p.render(&mut out, 1_510_000, &cs, &jb);
@@ -331,16 +357,25 @@ mod tests {
         }
         assert_eq!(p.stats().jumps, 2);
         let expect = (t - 1_000_000) as f64 * 0.048 + 4824.0;
-        assert!((out[0] as f64 - expect).abs() < 1.0, "{} vs {expect}", out[0]);
+        assert!(
+            (out[0] as f64 - expect).abs() < 1.0,
+            "{} vs {expect}",
+            out[0]
+        );
         assert!(p.settled_since_us().is_some());
     }
 
     #[test]
     fn missing_audio_is_an_underrun_and_silence() {
-        let (mut p, cs, _) = setup();
-        let jb = JitterBuffer::new(1, 10);
+        let (mut p, cs, full) = setup();
         let mut out = vec![1.0; 480];
-        let info = p.render(&mut out, 1_000_000, &cs, &jb);
+        // Before any audio arrived, silence is not an underrun.
+        let empty = JitterBuffer::new(1, 10);
+        p.render(&mut out, 1_000_000, &cs, &empty);
+        assert_eq!(p.stats().underruns, 0);
+        p.render(&mut out, 1_010_000, &cs, &full);
+        // Running dry after playing is.
+        let info = p.render(&mut out, 1_020_000, &cs, &empty);
         assert!(out.iter().all(|&s| s == 0.0));
         assert_eq!(info.source_pts_us, None);
         assert_eq!(p.stats().underruns, 1);

@@ -45,13 +45,23 @@ pub async fn run(addr: String, core: SharedCore, clock: Arc<dyn Clock>) {
 }
 
 async fn session(addr: &str, core: &SharedCore, clock: &Arc<dyn Clock>) -> anyhow::Result<()> {
-    let sock = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+    let sock = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
     sock.set_nodelay(true)?;
-    let codec = LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_codec();
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec();
     let (mut sink, mut stream) = Framed::new(sock, codec).split();
     let device = core.lock().unwrap().device.clone();
-    sink.send(Bytes::from(Frame::ClientHello { protocol_version: PROTOCOL_VERSION, device }.encode()?))
-        .await?;
+    sink.send(Bytes::from(
+        Frame::ClientHello {
+            protocol_version: PROTOCOL_VERSION,
+            device,
+        }
+        .encode()?,
+    ))
+    .await?;
     let hello = stream.next().await.context("closed before its hello")??;
     let (params, codec) = match Frame::decode(&hello)? {
         Frame::ServerHello {
@@ -64,7 +74,9 @@ async fn session(addr: &str, core: &SharedCore, clock: &Arc<dyn Clock>) -> anyho
             playout_delay_ms,
         } => {
             if protocol_version != PROTOCOL_VERSION {
-                bail!("transmitter speaks protocol {protocol_version}, we speak {PROTOCOL_VERSION}");
+                bail!(
+                    "transmitter speaks protocol {protocol_version}, we speak {PROTOCOL_VERSION}"
+                );
             }
             if channels != 2 {
                 bail!("stream has {channels} channels; receivers play stereo streams");
@@ -97,9 +109,15 @@ async fn session(addr: &str, core: &SharedCore, clock: &Arc<dyn Clock>) -> anyho
         let mut sent = 0u32;
         loop {
             let t1_us = sync_clock.now_us();
-            sink.send(Bytes::from(Frame::TimeRequest { t1_us }.encode()?)).await?;
+            sink.send(Bytes::from(Frame::TimeRequest { t1_us }.encode()?))
+                .await?;
             sent += 1;
-            tokio::time::sleep(if sent < FAST_SYNC_COUNT { FAST_SYNC_INTERVAL } else { SYNC_INTERVAL }).await;
+            tokio::time::sleep(if sent < FAST_SYNC_COUNT {
+                FAST_SYNC_INTERVAL
+            } else {
+                SYNC_INTERVAL
+            })
+            .await;
         }
         #[allow(unreachable_code)]
         anyhow::Ok(())
@@ -110,18 +128,33 @@ async fn session(addr: &str, core: &SharedCore, clock: &Arc<dyn Clock>) -> anyho
             let bytes = frame?;
             let t4_us = clock.now_us();
             match Frame::decode(&bytes) {
-                Ok(Frame::TimeResponse { t1_us, t2_us, t3_us }) => {
-                    core.lock().unwrap().clock.add_exchange(t1_us, t2_us, t3_us, t4_us);
+                Ok(Frame::TimeResponse {
+                    t1_us,
+                    t2_us,
+                    t3_us,
+                }) => {
+                    core.lock()
+                        .unwrap()
+                        .clock
+                        .add_exchange(t1_us, t2_us, t3_us, t4_us);
                 }
-                Ok(Frame::Audio { sample_index, frames, payload }) => {
+                Ok(Frame::Audio {
+                    sample_index,
+                    frames,
+                    payload,
+                }) => {
                     if frames as usize > params.sample_rate as usize {
                         warn!("audio chunk of {frames} frames is too long; dropped");
                         continue;
                     }
                     match decoder.decode(&payload, frames as usize, &mut pcm) {
                         Ok(()) => {
-                            let index = sample_index as i64 + params.codec_delay_samples as i64;
-                            core.lock().unwrap().jitter_buffer.push(index, &pcm);
+                            // Decoder output i of this chunk holds source sample
+                            // sample_index + i − codec delay; the playout accounts for that.
+                            core.lock()
+                                .unwrap()
+                                .jitter_buffer
+                                .push(sample_index as i64, &pcm);
                         }
                         Err(e) => warn!("chunk {sample_index}: {e}"),
                     }

@@ -20,19 +20,29 @@ impl std::str::FromStr for BrokerUrl {
     type Err = String;
     /// Parses `mqtt://host[:port]`. Errors name the URL and the reason.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix("mqtt://").or_else(|| s.strip_prefix("tcp://")).unwrap_or(s);
+        let rest = s
+            .strip_prefix("mqtt://")
+            .or_else(|| s.strip_prefix("tcp://"))
+            .unwrap_or(s);
         let rest = rest.trim_end_matches('/');
         if rest.is_empty() {
             return Err(format!("MQTT broker URL '{s}' has no host"));
         }
         let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse::<u16>().map_err(|e| format!("MQTT broker URL '{s}': port '{p}': {e}"))?),
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|e| format!("MQTT broker URL '{s}': port '{p}': {e}"))?,
+            ),
             None => (rest, 1883),
         };
         if host.is_empty() {
             return Err(format!("MQTT broker URL '{s}' has no host"));
         }
-        Ok(Self { host: host.to_string(), port })
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
     }
 }
 
@@ -44,7 +54,11 @@ impl std::fmt::Display for BrokerUrl {
 
 /// Client options for `url` with `client_id`, a 5 s keep-alive and an optional last
 /// will `(topic, payload)` (published retained, QoS 1).
-pub fn options(url: &BrokerUrl, client_id: &str, last_will: Option<(String, Vec<u8>)>) -> MqttOptions {
+pub fn options(
+    url: &BrokerUrl,
+    client_id: &str,
+    last_will: Option<(String, Vec<u8>)>,
+) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
     o.set_keep_alive(Duration::from_secs(5));
     o.set_max_packet_size(256 * 1024, 256 * 1024);
@@ -55,7 +69,11 @@ pub fn options(url: &BrokerUrl, client_id: &str, last_will: Option<(String, Vec<
 }
 
 /// Connects to `url`: returns the client and its event loop.
-pub fn connect(url: &BrokerUrl, client_id: &str, last_will: Option<(String, Vec<u8>)>) -> (AsyncClient, EventLoop) {
+pub fn connect(
+    url: &BrokerUrl,
+    client_id: &str,
+    last_will: Option<(String, Vec<u8>)>,
+) -> (AsyncClient, EventLoop) {
     AsyncClient::new(options(url, client_id, last_will), 256)
 }
 
@@ -98,9 +116,18 @@ mod tests {
 
     #[test]
     fn parses_broker_urls() {
-        assert_eq!("mqtt://h:1234".parse::<BrokerUrl>().unwrap(), BrokerUrl { host: "h".into(), port: 1234 });
+        assert_eq!(
+            "mqtt://h:1234".parse::<BrokerUrl>().unwrap(),
+            BrokerUrl {
+                host: "h".into(),
+                port: 1234
+            }
+        );
         assert_eq!("h".parse::<BrokerUrl>().unwrap().port, 1883);
-        assert!("mqtt://h:x".parse::<BrokerUrl>().unwrap_err().contains("port"));
+        assert!("mqtt://h:x"
+            .parse::<BrokerUrl>()
+            .unwrap_err()
+            .contains("port"));
         assert!("mqtt://".parse::<BrokerUrl>().is_err());
     }
 }

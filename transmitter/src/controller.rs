@@ -142,7 +142,10 @@ pub struct SyncController {
 impl SyncController {
     /// A controller with `cfg`.
     pub fn new(cfg: ControllerConfig) -> Self {
-        Self { cfg, devices: BTreeMap::new() }
+        Self {
+            cfg,
+            devices: BTreeMap::new(),
+        }
     }
 
     /// Per-device state.
@@ -163,16 +166,25 @@ impl SyncController {
     /// Handles one report (see the module docs).
     pub fn on_report(&mut self, r: &DriftReport) -> Decision {
         let cfg = self.cfg.clone();
-        let dev = self.devices.entry(r.device.clone()).or_insert_with(DeviceSync::new);
+        let dev = self
+            .devices
+            .entry(r.device.clone())
+            .or_insert_with(DeviceSync::new);
         dev.last_drift_ms = r.drift_ms;
         dev.last_confidence = r.confidence;
         let Some(drift) = r.drift_ms.filter(|d| d.is_finite()) else {
             dev.ignored += 1;
             return Decision::Ignored(r.reason.clone().unwrap_or_else(|| "no estimate".into()));
         };
-        if !(r.confidence >= cfg.min_confidence) || !r.applied_offset_ms.is_finite() {
+        if r.confidence.is_nan()
+            || r.confidence < cfg.min_confidence
+            || !r.applied_offset_ms.is_finite()
+        {
             dev.ignored += 1;
-            return Decision::Ignored(format!("confidence {:.2} below {:.2}", r.confidence, cfg.min_confidence));
+            return Decision::Ignored(format!(
+                "confidence {:.2} below {:.2}",
+                r.confidence, cfg.min_confidence
+            ));
         }
         let target = r.applied_offset_ms + drift;
         dev.last_target_ms = Some(target);
@@ -196,7 +208,9 @@ impl SyncController {
                     if n > 4 {
                         dev.pending.remove(0);
                     }
-                    return Decision::Ignored("acquiring: waiting for two agreeing measurements".into());
+                    return Decision::Ignored(
+                        "acquiring: waiting for two agreeing measurements".into(),
+                    );
                 }
             }
             LockState::Tracking => {
@@ -214,10 +228,14 @@ impl SyncController {
                             dev.used += 1;
                             m
                         } else {
-                            return Decision::Ignored(format!("outlier: {target:.3} ms against median {med:.3} ms"));
+                            return Decision::Ignored(format!(
+                                "outlier: {target:.3} ms against median {med:.3} ms"
+                            ));
                         }
                     } else {
-                        return Decision::Ignored(format!("outlier: {target:.3} ms against median {med:.3} ms"));
+                        return Decision::Ignored(format!(
+                            "outlier: {target:.3} ms against median {med:.3} ms"
+                        ));
                     }
                 } else {
                     dev.pending.clear();
@@ -237,12 +255,19 @@ impl SyncController {
                 "needed offset {new_offset:.2} ms is outside what the buffer can do; using {clamped:.2} ms"
             );
         }
-        if dev.offset_ms.is_some_and(|o| (clamped - o).abs() < cfg.deadband_ms) {
+        if dev
+            .offset_ms
+            .is_some_and(|o| (clamped - o).abs() < cfg.deadband_ms)
+        {
             return Decision::Hold;
         }
         dev.offset_ms = Some(clamped);
         dev.seq += 1;
-        Decision::Publish(BufferOffset { device: r.device.clone(), offset_ms: clamped, seq: dev.seq })
+        Decision::Publish(BufferOffset {
+            device: r.device.clone(),
+            offset_ms: clamped,
+            seq: dev.seq,
+        })
     }
 }
 
@@ -273,14 +298,18 @@ mod tests {
     fn locks_after_two_agreeing_reports_then_tracks_without_overshoot() {
         let mut c = SyncController::new(ControllerConfig::default());
         // True need: 112 ms. Profile said 70.
-        assert!(matches!(c.on_report(&report(Some(42.0), 0.9, 70.0)), Decision::Ignored(_)));
+        assert!(matches!(
+            c.on_report(&report(Some(42.0), 0.9, 70.0)),
+            Decision::Ignored(_)
+        ));
         let o = offset(c.on_report(&report(Some(42.2), 0.9, 70.0)));
         assert!((o - 112.1).abs() < 1e-9);
         // Now tracking: the device is 0.1 ms early → converge monotonically to 112.0.
         let mut applied = o;
         let mut last_err = f64::MAX;
         for _ in 0..20 {
-            if let Decision::Publish(b) = c.on_report(&report(Some(112.0 - applied), 0.9, applied)) {
+            if let Decision::Publish(b) = c.on_report(&report(Some(112.0 - applied), 0.9, applied))
+            {
                 applied = b.offset_ms;
             }
             let err = (applied - 112.0).abs();
@@ -296,11 +325,23 @@ mod tests {
         let mut c = SyncController::new(ControllerConfig::default());
         c.on_report(&report(Some(10.0), 0.9, 100.0));
         c.on_report(&report(Some(10.0), 0.9, 100.0));
-        assert!(matches!(c.on_report(&report(Some(50.0), 0.2, 110.0)), Decision::Ignored(_)));
-        assert!(matches!(c.on_report(&report(None, 0.0, 110.0)), Decision::Ignored(_)));
-        assert!(matches!(c.on_report(&report(Some(f64::NAN), 0.9, 110.0)), Decision::Ignored(_)));
+        assert!(matches!(
+            c.on_report(&report(Some(50.0), 0.2, 110.0)),
+            Decision::Ignored(_)
+        ));
+        assert!(matches!(
+            c.on_report(&report(None, 0.0, 110.0)),
+            Decision::Ignored(_)
+        ));
+        assert!(matches!(
+            c.on_report(&report(Some(f64::NAN), 0.9, 110.0)),
+            Decision::Ignored(_)
+        ));
         // A single wild estimate is rejected.
-        assert!(matches!(c.on_report(&report(Some(-30.0), 0.95, 110.0)), Decision::Ignored(_)));
+        assert!(matches!(
+            c.on_report(&report(Some(-30.0), 0.95, 110.0)),
+            Decision::Ignored(_)
+        ));
         assert_eq!(c.device("tv").unwrap().offset_ms, Some(110.0));
     }
 
@@ -310,15 +351,24 @@ mod tests {
         c.on_report(&report(Some(0.0), 0.9, 200.0));
         c.on_report(&report(Some(0.0), 0.9, 200.0));
         // Bluetooth reconnect: now needs 260 ms.
-        assert!(matches!(c.on_report(&report(Some(60.0), 0.9, 200.0)), Decision::Ignored(_)));
-        assert!(matches!(c.on_report(&report(Some(60.1), 0.9, 200.0)), Decision::Ignored(_)));
+        assert!(matches!(
+            c.on_report(&report(Some(60.0), 0.9, 200.0)),
+            Decision::Ignored(_)
+        ));
+        assert!(matches!(
+            c.on_report(&report(Some(60.1), 0.9, 200.0)),
+            Decision::Ignored(_)
+        ));
         let o = offset(c.on_report(&report(Some(59.9), 0.9, 200.0)));
         assert!((o - 260.0).abs() < 0.2, "{o}");
     }
 
     #[test]
     fn offsets_stay_inside_the_buffer() {
-        let cfg = ControllerConfig { max_offset_ms: 500.0, ..Default::default() };
+        let cfg = ControllerConfig {
+            max_offset_ms: 500.0,
+            ..Default::default()
+        };
         let mut c = SyncController::new(cfg);
         c.on_report(&report(Some(900.0), 0.9, 0.0));
         assert_eq!(offset(c.on_report(&report(Some(900.0), 0.9, 0.0))), 500.0);

@@ -43,14 +43,23 @@ struct WindowQuery {
 }
 
 fn error(status: StatusCode, msg: impl ToString) -> Response {
-    (status, Json(serde_json::json!({ "error": msg.to_string() }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "error": msg.to_string() })),
+    )
+        .into_response()
 }
 
 async fn window(State(st): State<HttpState>, Query(q): Query<WindowQuery>) -> Response {
     let start_us = match q.start_us.as_deref().map(str::parse::<i64>) {
         Some(Ok(v)) => v,
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("start_us: {e}")),
-        None => return error(StatusCode::BAD_REQUEST, "start_us is required (µs, transmitter clock)"),
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "start_us is required (µs, transmitter clock)",
+            )
+        }
     };
     let duration_ms = match q.duration_ms.as_deref().map(str::parse::<u64>) {
         Some(Ok(v)) => v,
@@ -60,7 +69,12 @@ async fn window(State(st): State<HttpState>, Query(q): Query<WindowQuery>) -> Re
     let wav = match q.format.as_deref() {
         None | Some("f32") => false,
         Some("wav") => true,
-        Some(other) => return error(StatusCode::BAD_REQUEST, format!("format '{other}' (expected f32 or wav)")),
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("format '{other}' (expected f32 or wav)"),
+            )
+        }
     };
     let result = st.buffer.lock().unwrap().window(start_us, duration_ms);
     let (first_us, samples) = match result {
@@ -69,15 +83,26 @@ async fn window(State(st): State<HttpState>, Query(q): Query<WindowQuery>) -> Re
         Err(e @ WindowError::TooOld { .. }) => return error(StatusCode::GONE, e),
         Err(e @ WindowError::NotYetAvailable { .. }) => return error(StatusCode::TOO_EARLY, e),
     };
-    let body = if wav { wav_bytes(&samples) } else { samples.iter().flat_map(|s| s.to_le_bytes()).collect() };
+    let body = if wav {
+        wav_bytes(&samples)
+    } else {
+        samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+    };
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(if wav { "audio/wav" } else { "application/octet-stream" }),
+        HeaderValue::from_static(if wav {
+            "audio/wav"
+        } else {
+            "application/octet-stream"
+        }),
     );
     h.insert("x-syncstream-start-us", HeaderValue::from(first_us));
-    h.insert("x-syncstream-sample-rate", HeaderValue::from(STREAM_SAMPLE_RATE));
+    h.insert(
+        "x-syncstream-sample-rate",
+        HeaderValue::from(STREAM_SAMPLE_RATE),
+    );
     resp
 }
 

@@ -102,12 +102,23 @@ impl Drop for Transmitter {
 /// Starts a transmitter on the current tokio runtime, pulling audio from `source`.
 ///
 /// Errors: a port that cannot be bound, a codec that cannot be created.
-pub async fn start(cfg: TransmitterConfig, source: PullAudio, clock: Arc<dyn Clock>) -> anyhow::Result<Transmitter> {
+pub async fn start(
+    cfg: TransmitterConfig,
+    source: PullAudio,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Transmitter> {
     let broker = match &cfg.mqtt {
         MqttMode::Embedded(addr) => {
             broker::start_embedded_broker(*addr)?;
-            let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-            BrokerUrl { host, port: addr.port() }
+            let host = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                addr.ip().to_string()
+            };
+            BrokerUrl {
+                host,
+                port: addr.port(),
+            }
         }
         MqttMode::External(url) => url.clone(),
     };
@@ -124,22 +135,35 @@ pub async fn start(cfg: TransmitterConfig, source: PullAudio, clock: Arc<dyn Clo
         epoch_us,
         playout_delay_ms: cfg.playout_delay_ms,
     };
-    let history_chunks = (cfg.playout_delay_ms as usize * STREAM_SAMPLE_RATE as usize / 1000) / CHUNK_FRAMES + 2;
+    let history_chunks =
+        (cfg.playout_delay_ms as usize * STREAM_SAMPLE_RATE as usize / 1000) / CHUNK_FRAMES + 2;
     let hub = stream_server::StreamHub::new(hello, history_chunks);
-    let buffer = Arc::new(Mutex::new(RollingBuffer::new(STREAM_SAMPLE_RATE, cfg.buffer_seconds, epoch_us)));
+    let buffer = Arc::new(Mutex::new(RollingBuffer::new(
+        STREAM_SAMPLE_RATE,
+        cfg.buffer_seconds,
+        epoch_us,
+    )));
     let controller = Arc::new(Mutex::new(SyncController::new(cfg.controller.clone())));
 
     let stream_listener = tokio::net::TcpListener::bind(cfg.stream_addr)
         .await
         .with_context(|| format!("cannot listen for receivers on {}", cfg.stream_addr))?;
     let stream_addr = stream_listener.local_addr()?;
-    tokio::spawn(stream_server::serve(stream_listener, hub.clone(), clock.clone()));
+    tokio::spawn(stream_server::serve(
+        stream_listener,
+        hub.clone(),
+        clock.clone(),
+    ));
 
     let http_listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_addr))?;
     let http_addr = http_listener.local_addr()?;
-    let app = http::router(http::HttpState { buffer: buffer.clone(), hub: hub.clone(), controller: controller.clone() });
+    let app = http::router(http::HttpState {
+        buffer: buffer.clone(),
+        hub: hub.clone(),
+        controller: controller.clone(),
+    });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app).await {
             tracing::error!("HTTP server stopped: {e}");
@@ -156,5 +180,14 @@ pub async fn start(cfg: TransmitterConfig, source: PullAudio, clock: Arc<dyn Clo
             .spawn(move || pacer::run(source, encoder, epoch_us, clock, buffer, hub, stop))?
     };
     tracing::info!(%stream_addr, %http_addr, %broker, "transmitter running");
-    Ok(Transmitter { stream_addr, http_addr, broker, controller, buffer, epoch_us, stop, pacer: Some(pacer) })
+    Ok(Transmitter {
+        stream_addr,
+        http_addr,
+        broker,
+        controller,
+        buffer,
+        epoch_us,
+        stop,
+        pacer: Some(pacer),
+    })
 }

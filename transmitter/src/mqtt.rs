@@ -16,7 +16,10 @@ pub async fn run_controller(url: BrokerUrl, controller: Arc<Mutex<SyncController
     let client_id = format!("syncstream-controller-{}", std::process::id());
     let (client, eventloop) = connect(&url, &client_id, None);
     let publisher = client.clone();
-    let subs = vec![topics::DRIFT_ALL.to_string(), format!("{}/command/+", syncstream_shared::messages::TOPIC_ROOT)];
+    let subs = vec![
+        topics::DRIFT_ALL.to_string(),
+        format!("{}/command/+", syncstream_shared::messages::TOPIC_ROOT),
+    ];
     drive(
         client,
         eventloop,

@@ -36,7 +36,8 @@ pub fn run(
     let mut index: u64 = 0;
     let mut ended = false;
     while !stop.load(Ordering::Relaxed) {
-        let due_us = epoch_us + samples_to_us((index + CHUNK_FRAMES as u64) as i64, STREAM_SAMPLE_RATE);
+        let due_us =
+            epoch_us + samples_to_us((index + CHUNK_FRAMES as u64) as i64, STREAM_SAMPLE_RATE);
         let wait = due_us - clock.now_us();
         if wait > 0 {
             std::thread::sleep(Duration::from_micros(wait as u64));
@@ -60,9 +61,16 @@ pub fn run(
         buffer.lock().unwrap().push_interleaved(index, &chunk, ch);
         match encoder.encode(&chunk) {
             Ok(payload) => {
-                let frame = Frame::Audio { sample_index: index, frames: CHUNK_FRAMES as u32, payload };
+                let frame = Frame::Audio {
+                    sample_index: index,
+                    frames: CHUNK_FRAMES as u32,
+                    payload,
+                };
                 match frame.encode() {
-                    Ok(bytes) => hub.publish(EncodedChunk { sample_index: index, frame: Bytes::from(bytes) }),
+                    Ok(bytes) => hub.publish(EncodedChunk {
+                        sample_index: index,
+                        frame: Bytes::from(bytes),
+                    }),
                     Err(e) => warn!("cannot frame chunk {index}: {e}"),
                 }
             }

@@ -47,7 +47,13 @@ impl RollingBuffer {
     /// PTS `epoch_us`.
     pub fn new(sample_rate: u32, seconds: f64, epoch_us: i64) -> Self {
         let capacity = (sample_rate as f64 * seconds.max(0.1)).round() as usize;
-        Self { sample_rate, epoch_us, start_index: 0, data: VecDeque::with_capacity(capacity), capacity }
+        Self {
+            sample_rate,
+            epoch_us,
+            start_index: 0,
+            data: VecDeque::with_capacity(capacity),
+            capacity,
+        }
     }
 
     /// PTS of sample index `index`, µs.
@@ -88,8 +94,11 @@ impl RollingBuffer {
 
     fn extend_mono(&mut self, interleaved: &[f32], channels: usize) {
         let k = 1.0 / channels as f32;
-        self.data
-            .extend(interleaved.chunks_exact(channels).map(|f| f.iter().sum::<f32>() * k));
+        self.data.extend(
+            interleaved
+                .chunks_exact(channels)
+                .map(|f| f.iter().sum::<f32>() * k),
+        );
         let over = self.data.len().saturating_sub(self.capacity);
         if over > 0 {
             self.data.drain(..over);
@@ -115,7 +124,10 @@ impl RollingBuffer {
         let first = us_to_samples(start_us.saturating_sub(self.epoch_us), self.sample_rate);
         let (oldest_us, newest_us) = self.span_us();
         if first < self.start_index as i64 {
-            return Err(WindowError::TooOld { start_us, oldest_us });
+            return Err(WindowError::TooOld {
+                start_us,
+                oldest_us,
+            });
         }
         let first = first as u64;
         if first + n > self.end_index() {
@@ -136,7 +148,9 @@ mod tests {
 
     fn ramp(start: u64, n: usize) -> Vec<f32> {
         // stereo, both channels = sample index (mono mix = index)
-        (0..n).flat_map(|i| [(start + i as u64) as f32; 2]).collect()
+        (0..n)
+            .flat_map(|i| [(start + i as u64) as f32; 2])
+            .collect()
     }
 
     #[test]
@@ -160,9 +174,18 @@ mod tests {
         b.push_interleaved(0, &ramp(0, 48_000), 2);
         b.push_interleaved(48_000, &ramp(48_000, 48_000), 2);
         assert!(matches!(b.window(0, 10), Err(WindowError::TooOld { .. })));
-        assert!(matches!(b.window(1_990_000, 20), Err(WindowError::NotYetAvailable { .. })));
-        assert!(matches!(b.window(1_500_000, 0), Err(WindowError::BadDuration(0))));
-        assert!(matches!(b.window(1_500_000, u64::MAX), Err(WindowError::BadDuration(_))));
+        assert!(matches!(
+            b.window(1_990_000, 20),
+            Err(WindowError::NotYetAvailable { .. })
+        ));
+        assert!(matches!(
+            b.window(1_500_000, 0),
+            Err(WindowError::BadDuration(0))
+        ));
+        assert!(matches!(
+            b.window(1_500_000, u64::MAX),
+            Err(WindowError::BadDuration(_))
+        ));
         assert!(b.window(i64::MIN, 10).is_err());
         assert!(b.window(i64::MAX, 10).is_err());
     }

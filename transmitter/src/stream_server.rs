@@ -18,7 +18,9 @@ use tracing::{debug, info, warn};
 
 /// A length-delimited codec limited to [`MAX_FRAME_BYTES`].
 pub fn frame_codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_codec()
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec()
 }
 
 /// An encoded audio chunk ready to send.
@@ -103,7 +105,10 @@ async fn handle_client(
     let (mut sink, mut stream) = Framed::new(sock, frame_codec()).split();
     let first = stream.next().await.context("closed before its hello")??;
     let device = match Frame::decode(&first)? {
-        Frame::ClientHello { protocol_version, device } => {
+        Frame::ClientHello {
+            protocol_version,
+            device,
+        } => {
             if protocol_version != PROTOCOL_VERSION {
                 anyhow::bail!("protocol version {protocol_version} (we speak {PROTOCOL_VERSION})");
             }

@@ -114,6 +114,8 @@ impl VirtualDevice {
 pub struct TruthSample {
     /// Index of the device in the room's device list.
     pub device: usize,
+    /// Room time of the block (the DAC time of its first frame), µs.
+    pub block_room_us: f64,
     /// Room time the block's first frame left the speaker, µs.
     pub emit_room_us: f64,
     /// Its presentation timestamp, µs (transmitter clock).
@@ -396,6 +398,7 @@ impl RoomState {
             if let Some(pts) = info.source_pts_us {
                 self.truth.push(TruthSample {
                     device: d,
+                    block_room_us: room_us_k,
                     emit_room_us: room_us_k + lat * 1e6 / STREAM_SAMPLE_RATE as f64,
                     source_pts_us: pts,
                 });

@@ -80,12 +80,12 @@ impl MicRecorder {
 
     /// Appends a block whose first sample was taken at local `adc_time_us`. A block that
     /// does not follow on (a gap or overlap of more than 1 ms: the capture restarted)
-    /// starts the recording afresh.
+    /// starts the recording afresh. Timestamps are anchored to the newest block.
     pub fn push(&mut self, block: &[f32], adc_time_us: i64) {
         if self.data.is_empty() || (adc_time_us - self.end_us()).abs() > 1000 {
             self.data.clear();
-            self.start_us = adc_time_us;
         }
+        self.start_us = adc_time_us - samples_to_us(self.data.len() as i64, self.rate);
         self.data.extend(block);
         let over = self.data.len().saturating_sub(self.capacity);
         if over > 0 {

@@ -227,8 +227,9 @@ impl Playout {
             self.pos = Some(target + n as f64);
             first_pos = target;
         } else {
+            // Feed forward the clock rate error, then slew the remaining error away.
             let max = MAX_SLEW_PPM * 1e-6;
-            let rate = 1.0 + (err / (SLEW_TIME_S * fs)).clamp(-max, max);
+            let rate = 1.0 + clock.rate() + (err / (SLEW_TIME_S * fs)).clamp(-max, max);
             missing |= read(jb, start, rate, out, ch);
             self.pos = Some(start + n as f64 * rate);
             first_pos = start;

@@ -86,11 +86,6 @@ pub fn publish_drift(client: &AsyncClient, report: &DriftReport) {
     }
 }
 
-/// Largest offset the playout buffer can take, given its playout delay, ms.
-fn max_offset_ms(playout_delay_ms: f64) -> f64 {
-    (playout_delay_ms - 50.0).max(0.0)
-}
-
 /// Handles one incoming publish. Returns a command the caller must carry out itself
 /// (`resync`, `test_tone`), if any.
 pub fn handle_publish(core: &SharedCore, p: &Publish) -> Option<Command> {
@@ -127,13 +122,7 @@ pub fn handle_publish(core: &SharedCore, p: &Publish) -> Option<Command> {
                 warn!("offset on {} is not finite; ignored", p.topic)
             }
             Ok(o) => {
-                let mut c = core.lock().unwrap();
-                let limit = c.playout.stream().map_or(f64::MAX, |s| {
-                    max_offset_ms(s.playout_delay_us as f64 / 1000.0)
-                });
-                let ms = o.offset_ms.clamp(-50.0, limit);
-                c.playout.set_offset_ms(ms);
-                c.offset_from_controller = true;
+                let ms = core.lock().unwrap().apply_offset(o.offset_ms);
                 info!(device, offset_ms = ms, "buffer offset applied");
             }
             Err(e) => warn!("{e}"),

@@ -52,7 +52,13 @@ const MIN_FIT_SPAN_US: f64 = 5e6;
 impl ClockSync {
     /// A filter over the last `window` exchanges.
     pub fn new(window: usize) -> Self {
-        Self { window: VecDeque::with_capacity(window), capacity: window.max(1), offset_us: None, ref_local_us: 0.0, rate: 0.0 }
+        Self {
+            window: VecDeque::with_capacity(window),
+            capacity: window.max(1),
+            offset_us: None,
+            ref_local_us: 0.0,
+            rate: 0.0,
+        }
     }
 
     /// Forgets every exchange (after a reconnect to another transmitter).
@@ -74,7 +80,11 @@ impl ClockSync {
         if self.window.len() == self.capacity {
             self.window.pop_front();
         }
-        self.window.push_back(Exchange { local_us, offset_us, rtt_us });
+        self.window.push_back(Exchange {
+            local_us,
+            offset_us,
+            rtt_us,
+        });
         self.update(local_us);
     }
 
@@ -123,12 +133,14 @@ impl ClockSync {
 
     /// Transmitter time for local time `local_us`.
     pub fn tx_from_local(&self, local_us: f64) -> Option<f64> {
-        self.offset_us.map(|o| local_us + o + self.rate * (local_us - self.ref_local_us))
+        self.offset_us
+            .map(|o| local_us + o + self.rate * (local_us - self.ref_local_us))
     }
 
     /// Local time for transmitter time `tx_us`.
     pub fn local_from_tx(&self, tx_us: f64) -> Option<f64> {
-        self.offset_us.map(|o| (tx_us - o + self.rate * self.ref_local_us) / (1.0 + self.rate))
+        self.offset_us
+            .map(|o| (tx_us - o + self.rate * self.ref_local_us) / (1.0 + self.rate))
     }
 }
 

@@ -58,6 +58,29 @@ impl Core {
     }
 }
 
+impl Core {
+    /// Applies a buffer offset from the controller, clamped to what the playout buffer
+    /// can do (−50 ms to playout delay − 50 ms). Returns the offset applied, ms.
+    pub fn apply_offset(&mut self, offset_ms: f64) -> f64 {
+        let limit = self.playout.stream().map_or(f64::MAX, |s| {
+            (s.playout_delay_us as f64 / 1000.0 - 50.0).max(0.0)
+        });
+        let ms = offset_ms.clamp(-50.0, limit);
+        self.playout.set_offset_ms(ms);
+        self.offset_from_controller = true;
+        ms
+    }
+
+    /// Records a drift report this receiver made: a confident small drift keeps the
+    /// detector in tracking mode (narrow search), anything else acquiring.
+    pub fn note_report(&mut self, report: &DriftReport, track_below_ms: f64) {
+        if let Some(d) = report.drift_ms.filter(|_| report.confidence >= 0.6) {
+            self.tracking = d.abs() < track_below_ms;
+        }
+        self.last_report = Some(report.clone());
+    }
+}
+
 /// The render callback for the receiver's sink.
 pub fn render_fn(core: SharedCore) -> RenderFn {
     Box::new(move |out: &mut [f32], dac_time_us: i64| {

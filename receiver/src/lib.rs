@@ -231,14 +231,9 @@ async fn measure_once(
         drift::analyze(&mut est, &device, &m, &reference, first_pts)
     })
     .await?;
-    {
-        let mut c = core.lock().unwrap();
-        // Only a report made with the offset still in effect counts for tracking mode.
-        if let Some(d) = report.drift_ms.filter(|_| report.confidence >= 0.6) {
-            c.tracking = d.abs() < cfg.track_below_ms;
-        }
-        c.last_report = Some(report.clone());
-    }
+    core.lock()
+        .unwrap()
+        .note_report(&report, cfg.track_below_ms);
     debug!(?report, "drift");
     agent::publish_drift(client, &report);
     Ok(())

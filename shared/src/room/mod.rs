@@ -267,7 +267,11 @@ impl Room {
                 mic_buf: vec![0.0; BLOCK_FRAMES],
                 dac_next: None,
                 adc_next: None,
-                wander: Wander { t0_us: origin_us as f64, from_ms: d.latency_ms, to_ms: d.latency_ms },
+                wander: Wander {
+                    t0_us: origin_us as f64,
+                    from_ms: d.latency_ms,
+                    to_ms: d.latency_ms,
+                },
             });
         }
         let history = max_tap + 4 * BLOCK_FRAMES;
@@ -372,11 +376,14 @@ impl RoomState {
                 while room_us_k >= dev.wander.t0_us + WANDER_STEP_US {
                     dev.wander.t0_us += WANDER_STEP_US;
                     dev.wander.from_ms = dev.wander.to_ms;
-                    let n: f64 = Normal::new(0.0, sigma).map(|n| n.sample(&mut self.rng)).unwrap_or(0.0);
+                    let n: f64 = Normal::new(0.0, sigma)
+                        .map(|n| n.sample(&mut self.rng))
+                        .unwrap_or(0.0);
                     dev.wander.to_ms = (dev.wander.from_ms + n).max(0.0);
                 }
                 let w = &dev.wander;
-                let lat_ms = w.from_ms + (w.to_ms - w.from_ms) * (room_us_k - w.t0_us) / WANDER_STEP_US;
+                let lat_ms =
+                    w.from_ms + (w.to_ms - w.from_ms) * (room_us_k - w.t0_us) / WANDER_STEP_US;
                 dev.latency_samples = lat_ms * fs / 1000.0;
             }
         }
@@ -413,7 +420,8 @@ impl RoomState {
             let pos0 = (clock.room_from_local(dac_us) - self.origin_us as f64) * fs / 1e6 + lat;
             let step = 1.0 / (1.0 + clock.ppm * 1e-6);
             for i in 0..n {
-                let mono: f32 = dev.render_buf[i * ch..(i + 1) * ch].iter().sum::<f32>() / ch as f32;
+                let mono: f32 =
+                    dev.render_buf[i * ch..(i + 1) * ch].iter().sum::<f32>() / ch as f32;
                 // Linear spreading onto the two nearest room samples (fractional delay).
                 let pos = pos0 + i as f64 * step;
                 let p0 = pos.floor();

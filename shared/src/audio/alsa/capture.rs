@@ -8,7 +8,9 @@ use cpal::traits::{DeviceTrait, StreamTrait};
 use cpal::{FromSample, SizedSample};
 
 use super::convert::{read_frames, SCRATCH_FRAMES};
-use super::{instant_diff_us, label, resolve, with_sample_type, Chosen, Direction, BACKEND};
+use super::{
+    instant_diff_us, label, resolve, with_sample_type, Chosen, Direction, ErrorLog, BACKEND,
+};
 use crate::audio::{AudioError, BackendConfig, CaptureFn, Microphone};
 use crate::time::{samples_to_us, Clock};
 
@@ -144,10 +146,8 @@ where
             done += n;
         }
     };
-    let lbl2 = lbl.to_string();
-    let err_cb = move |e: cpal::Error| {
-        tracing::warn!(backend = BACKEND, device = %lbl2, "capture stream error: {e}");
-    };
+    let mut errors = ErrorLog::new(lbl, "capture");
+    let err_cb = move |e: cpal::Error| errors.log(&e);
     dev.build_input_stream::<T, _, _>(chosen.stream_config(), data_cb, err_cb, Some(BUILD_TIMEOUT))
         .map_err(|e| AudioError::new(BACKEND, lbl, format!("cannot start capture: {e}")))
 }

@@ -344,6 +344,50 @@ macro_rules! with_sample_type {
 }
 pub(crate) use with_sample_type;
 
+/// Logs stream errors from cpal's error callback without flooding the log: the
+/// first error is logged, repeats within a second are counted and summarised.
+pub(crate) struct ErrorLog {
+    device: String,
+    what: &'static str,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    pub(crate) fn new(device: &str, what: &'static str) -> Self {
+        Self {
+            device: device.to_string(),
+            what,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    pub(crate) fn log(&mut self, e: &cpal::Error) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        if self.suppressed > 0 {
+            tracing::warn!(
+                backend = BACKEND,
+                device = %self.device,
+                "{} stream error: {e} ({} similar errors in the last second not shown)",
+                self.what,
+                self.suppressed
+            );
+        } else {
+            tracing::warn!(backend = BACKEND, device = %self.device, "{} stream error: {e}", self.what);
+        }
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
 /// Duration between two stream instants in µs (0 if `later` is earlier).
 pub(crate) fn instant_diff_us(later: cpal::StreamInstant, earlier: cpal::StreamInstant) -> i64 {
     later

@@ -7,7 +7,9 @@ use cpal::traits::{DeviceTrait, StreamTrait};
 use cpal::{FromSample, SizedSample};
 
 use super::convert::{write_frames, SCRATCH_FRAMES};
-use super::{instant_diff_us, label, resolve, with_sample_type, Chosen, Direction, BACKEND};
+use super::{
+    instant_diff_us, label, resolve, with_sample_type, Chosen, Direction, ErrorLog, BACKEND,
+};
 use crate::audio::{AudioError, BackendConfig, RenderFn, Sink, StreamFormat};
 use crate::time::{samples_to_us, Clock};
 
@@ -92,10 +94,8 @@ impl AlsaSink {
                 done += n;
             }
         };
-        let lbl = self.label.clone();
-        let err_cb = move |e: cpal::Error| {
-            tracing::warn!(backend = BACKEND, device = %lbl, "output stream error: {e}");
-        };
+        let mut errors = ErrorLog::new(&self.label, "output");
+        let err_cb = move |e: cpal::Error| errors.log(&e);
         self.device
             .build_output_stream::<T, _, _>(
                 self.chosen.stream_config(),

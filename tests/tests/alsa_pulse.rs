@@ -310,7 +310,25 @@ fn alsa_backend_plays_and_records_through_pulseaudio() {
     std::env::set_var("PULSE_SOURCE", "ss_test.monitor");
     std::env::set_var("PULSE_SINK", "ss_test");
 
+    // `--list-devices` shows the pulse PCM, and an unknown device is named.
+    let listed = audio::alsa::list_devices().expect("list ALSA devices");
+    assert!(
+        listed.iter().any(|l| l.starts_with("pulse ")),
+        "pulse is not among the ALSA devices: {listed:#?}"
+    );
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
+    let bad = BackendConfig {
+        device: Some("ss-no-such-pcm".into()),
+        format: StreamFormat {
+            sample_rate: RATE,
+            channels: 2,
+        },
+        clock: clock.clone(),
+    };
+    let e = audio::alsa::open_sink(&bad)
+        .err()
+        .expect("unknown device fails");
+    assert!(e.to_string().contains("ss-no-such-pcm"), "{e}");
     let sink_cfg = BackendConfig {
         device: Some("pulse".into()),
         format: StreamFormat {
@@ -437,7 +455,39 @@ fn alsa_backend_plays_and_records_through_pulseaudio() {
         }
     }
     mic.stop().expect("stop microphone");
+
+    // The transmitter's `alsa:pulse` source (stereo capture through the same
+    // path, into its ring and out of `read`) hears the tone on both channels.
+    let mut src = syncstream_transmitter::source::open_source(
+        "alsa:pulse",
+        &syncstream_transmitter::source::SourceOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\npulseaudio log:\n{}", pulse.log()));
+    println!("transmitter source: {}", src.describe());
+    let mut got = vec![0.0f32; 2 * 3 * RATE as usize / 2];
+    let mut filled = 0;
+    while filled < got.len() {
+        let n = src.read(&mut got[filled..]).expect("read alsa source");
+        assert!(n > 0, "the ALSA source ended");
+        filled += n;
+    }
+    drop(src);
     sink.stop().expect("stop sink");
+    let tail = &got[got.len() - RATE as usize..];
+    for ch in 0..2 {
+        let x: Vec<f32> = tail.iter().skip(ch).step_by(2).copied().collect();
+        let p = goertzel_power(&x, TONE_HZ, RATE);
+        let level = rms(&x);
+        println!("alsa source channel {ch}: rms {level:.4}, 1 kHz power {p:.5}");
+        assert!(
+            (level / (TONE_AMP as f64 / 2f64.sqrt()) - 1.0).abs() < 0.1,
+            "alsa source channel {ch}: rms {level:.4}"
+        );
+        assert!(
+            p > 0.8 * (TONE_AMP as f64).powi(2) / 4.0,
+            "channel {ch}: {p}"
+        );
+    }
 
     let r = rec.0.lock().unwrap();
     let onset_idx = onset(&r.samples).expect("tone onset");

@@ -90,6 +90,7 @@ pub fn start_capture(
         channels = chosen.channels,
         rate_hz = chosen.sample_rate,
         format = %chosen.sample_format,
+        period_frames = ?chosen.period_frames,
         "ALSA capture opened"
     );
     let stream = with_sample_type!(chosen.sample_format, T =>

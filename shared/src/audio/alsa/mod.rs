@@ -182,6 +182,32 @@ pub(crate) struct Chosen {
     pub sample_rate: u32,
     /// Device sample format.
     pub sample_format: SampleFormat,
+    /// Frames per period (cpal buffers two periods), or `None` for the device's
+    /// default.
+    pub period_frames: Option<u32>,
+}
+
+/// Environment variable that overrides the period size (frames) of ALSA streams,
+/// for tuning on a particular device.
+pub const PERIOD_ENV: &str = "SYNCSTREAM_ALSA_PERIOD_FRAMES";
+
+/// Period for a range: about 21 ms (1024 frames at 48 kHz, a power of two) or
+/// [`PERIOD_ENV`], within what the device supports. cpal keeps two periods
+/// in the device buffer, so this sets the headroom against scheduling hiccups:
+/// some devices default to 10 ms periods, which underrun on a loaded Pi.
+fn period_for(r: &SupportedStreamConfigRange, rate_hz: u32) -> Option<u32> {
+    let cpal::SupportedBufferSize::Range { min, max } = *r.buffer_size() else {
+        return None;
+    };
+    if min > max || max == 0 {
+        return None;
+    }
+    let wanted = std::env::var(PERIOD_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|p| *p > 0)
+        .unwrap_or_else(|| (1024 * rate_hz.div_ceil(48_000).max(1)).next_power_of_two());
+    Some(wanted.clamp(min.max(1), max))
 }
 
 impl Chosen {
@@ -189,7 +215,10 @@ impl Chosen {
         cpal::StreamConfig {
             channels: self.channels,
             sample_rate: self.sample_rate,
-            buffer_size: cpal::BufferSize::Default,
+            buffer_size: match self.period_frames {
+                Some(p) => cpal::BufferSize::Fixed(p),
+                None => cpal::BufferSize::Default,
+            },
         }
     }
 }
@@ -234,6 +263,7 @@ pub(crate) fn choose_config(
             channels: r.channels(),
             sample_rate: rate_hz,
             sample_format: r.sample_format(),
+            period_frames: period_for(r, rate_hz),
         });
     }
     if !allow_other_rate {
@@ -245,6 +275,7 @@ pub(crate) fn choose_config(
         channels: c.channels(),
         sample_rate: c.sample_rate(),
         sample_format: c.sample_format(),
+        period_frames: period_for(r, c.sample_rate()),
     })
 }
 
@@ -418,6 +449,27 @@ mod tests {
         assert_eq!(c.sample_rate, 48_000);
         let c = choose_config(&r, 48_000, 1, false).unwrap();
         assert_eq!(c.channels, 1);
+    }
+
+    #[test]
+    fn period_is_about_21_ms_within_the_device_range() {
+        let mk = |min, max| {
+            SupportedStreamConfigRange::new(
+                2,
+                8000,
+                192_000,
+                SupportedBufferSize::Range { min, max },
+                SampleFormat::I16,
+            )
+        };
+        assert_eq!(period_for(&mk(64, 8192), 48_000), Some(1024));
+        assert_eq!(period_for(&mk(64, 8192), 96_000), Some(2048));
+        assert_eq!(period_for(&mk(64, 512), 48_000), Some(512));
+        assert_eq!(period_for(&mk(2048, 8192), 44_100), Some(2048));
+        assert_eq!(
+            period_for(&range(2, 8000, 48_000, SampleFormat::I16), 48_000),
+            None
+        );
     }
 
     #[test]

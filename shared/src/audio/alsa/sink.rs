@@ -53,6 +53,7 @@ impl AlsaSink {
             channels = chosen.channels,
             rate_hz = chosen.sample_rate,
             format = %chosen.sample_format,
+            period_frames = ?chosen.period_frames,
             "ALSA output opened"
         );
         Ok(Self {

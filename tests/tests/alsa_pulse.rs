@@ -469,7 +469,7 @@ fn alsa_backend_plays_and_records_through_pulseaudio() {
     while filled < got.len() {
         let n = src.read(&mut got[filled..]).expect("read alsa source");
         assert!(n > 0, "the ALSA source ended");
-        filled += n;
+        filled += 2 * n;
     }
     drop(src);
     sink.stop().expect("stop sink");

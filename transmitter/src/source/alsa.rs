@@ -125,7 +125,7 @@ impl AudioSource for AlsaSource {
             }
             self.rs.push(&self.chunk)?;
         }
-        Ok(self.rs.pop(out))
+        Ok(self.rs.pop(out) / 2)
     }
 
     fn describe(&self) -> String {

@@ -92,7 +92,7 @@ impl AudioSource for FileSource {
                 break;
             }
         }
-        Ok(self.rs.pop(out))
+        Ok(self.rs.pop(out) / 2)
     }
 
     fn describe(&self) -> String {
@@ -138,7 +138,7 @@ mod tests {
             if n == 0 {
                 return out;
             }
-            out.extend_from_slice(&buf[..n]);
+            out.extend_from_slice(&buf[..2 * n]);
         }
     }
 
@@ -228,7 +228,7 @@ mod tests {
         while got < buf.len() {
             let n = looped.read(&mut buf[got..]).unwrap();
             assert!(n > 0, "a looping file never ends");
-            got += n;
+            got += 2 * n;
         }
         for k in 0..3 {
             assert_eq!(&buf[k * 9600..(k + 1) * 9600], &y[..], "pass {k}");

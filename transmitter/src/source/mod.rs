@@ -29,10 +29,10 @@ pub use tone::{ToneSource, TONE_DEFAULT_HZ, TONE_LEVEL_DBFS};
 /// A source of audio for the stream.
 pub trait AudioSource: Send {
     /// Fills the start of `out` with interleaved stereo f32 samples at 48 kHz and
-    /// returns how many samples (not frames) it wrote: always a whole number of
-    /// frames, and more than 0 while the source has audio; 0 means the end of a
-    /// finite source. Live sources block until audio arrives. A short `out` (less
-    /// than one frame) gets 0.
+    /// returns how many **frames** (sample pairs) it wrote, like the pacer's
+    /// `PullAudio`: more than 0 while the source has audio; 0 means the end of a
+    /// finite source. Live sources block until audio arrives. An `out` shorter
+    /// than one frame gets 0.
     fn read(&mut self, out: &mut [f32]) -> anyhow::Result<usize>;
 
     /// One line describing the source for logs, e.g. `file music.flac (44100 Hz, 2 ch)`.

@@ -96,7 +96,7 @@ impl<R: Read + Send> AudioSource for PcmSource<R> {
                 break;
             }
         }
-        Ok(self.rs.pop(out))
+        Ok(self.rs.pop(out) / 2)
     }
 
     fn describe(&self) -> String {
@@ -128,8 +128,7 @@ mod tests {
             if n == 0 {
                 return out;
             }
-            assert_eq!(n % 2, 0);
-            out.extend_from_slice(&buf[..n]);
+            out.extend_from_slice(&buf[..2 * n]);
         }
     }
 

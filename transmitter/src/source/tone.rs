@@ -46,7 +46,7 @@ impl AudioSource for ToneSource {
             fr[1] = v;
         }
         self.frame += frames as u64;
-        Ok(frames * 2)
+        Ok(frames)
     }
 
     fn describe(&self) -> String {
@@ -67,7 +67,8 @@ mod tests {
         let mut t = ToneSource::new(440.0).unwrap();
         let mut buf = vec![0.0f32; 48_000 * 2 + 1];
         let n = t.read(&mut buf).unwrap();
-        assert_eq!(n, 96_000);
+        assert_eq!(n, 48_000);
+        let n = 2 * n;
         let left: Vec<f32> = buf[..n].iter().step_by(2).copied().collect();
         let right: Vec<f32> = buf[1..n].iter().step_by(2).copied().collect();
         assert_eq!(left, right);

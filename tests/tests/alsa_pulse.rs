@@ -348,7 +348,10 @@ fn alsa_backend_plays_and_records_through_pulseaudio() {
     let open_sink = audio::find_sink("alsa").expect("alsa sink registered");
     let open_mic = audio::find_microphone("alsa").expect("alsa microphone registered");
     let mut sink = open_sink(&sink_cfg).unwrap_or_else(|e| {
-        panic!("{e}\npulseaudio log:\n{}", pulse.log());
+        panic!(
+            "{e} (is libasound2-plugins, ALSA's pulse PCM, installed?)\npulseaudio log:\n{}",
+            pulse.log()
+        );
     });
     let mut mic = open_mic(&mic_cfg).unwrap_or_else(|e| {
         panic!("{e}\npulseaudio log:\n{}", pulse.log());

@@ -8,6 +8,7 @@ pub mod http;
 pub mod mqtt;
 pub mod pacer;
 pub mod rolling_buffer;
+pub mod source;
 pub mod stream_server;
 
 use std::net::SocketAddr;

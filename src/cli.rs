@@ -29,16 +29,38 @@ enum Command {
     Receiver(ReceiverArgs),
     /// Transmitter, three receivers and a virtual room in one process.
     Demo(DemoArgs),
+    /// Run a scenario on virtual time, faster than real time, and report sync accuracy.
+    Sim(SimArgs),
+}
+
+#[derive(Args, Debug)]
+struct SimArgs {
+    /// Scenario file (JSON; see scenarios/).
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Write the JSON report here (default: stdout).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
 struct TransmitterArgs {
-    /// Audio source: an audio file.
+    /// Audio source: an audio file (any format symphonia reads), `-` for raw s16le PCM
+    /// on stdin, `alsa` or `alsa:DEVICE` for an ALSA capture device, `tone` or `tone:HZ`.
     #[arg(long)]
-    source: PathBuf,
+    source: String,
     /// Loop a file source.
     #[arg(long = "loop")]
     loop_file: bool,
+    /// Sample rate of raw PCM on stdin, Hz.
+    #[arg(long, default_value_t = 48_000)]
+    stdin_rate: u32,
+    /// Channels of raw PCM on stdin.
+    #[arg(long, default_value_t = 2)]
+    stdin_channels: u16,
     /// Audio stream listen address.
     #[arg(long, default_value = "0.0.0.0:4953")]
     stream_listen: SocketAddr,
@@ -140,6 +162,7 @@ pub fn main() -> ExitCode {
             Command::Transmitter(a) => transmitter(a).await,
             Command::Receiver(a) => receiver(a).await,
             Command::Demo(a) => demo(a).await,
+            Command::Sim(a) => tokio::task::spawn_blocking(move || sim(a)).await?,
         }
     });
     match result {
@@ -163,7 +186,14 @@ fn init_logging() {
 
 async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
-    let source = syncstream_sim::source::looping_clip(&a.source)?;
+    let opts = syncstream_transmitter::source::SourceOptions {
+        loop_file: a.loop_file,
+        stdin_rate_hz: a.stdin_rate,
+        stdin_channels: a.stdin_channels,
+    };
+    let mut src = syncstream_transmitter::source::open_source(&a.source, &opts)?;
+    tracing::info!("source: {}", src.describe());
+    let source: syncstream_transmitter::PullAudio = Box::new(move |buf: &mut [f32]| src.read(buf));
     let cfg = syncstream_transmitter::TransmitterConfig {
         stream_addr: a.stream_listen,
         http_addr: a.http_listen,
@@ -176,7 +206,6 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
         playout_delay_ms: a.playout_delay_ms,
         ..Default::default()
     };
-    let _ = a.loop_file;
     let _tx = syncstream_transmitter::start(cfg, source, clock).await?;
     tokio::signal::ctrl_c()
         .await
@@ -254,15 +283,51 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         live_table: !a.quiet,
     };
     let report = syncstream_sim::run_demo(cfg).await?;
-    let json = serde_json::to_string_pretty(&report)?;
-    match &a.report {
+    write_report(&report, a.report.as_deref())?;
+    summarize(&report);
+    Ok(())
+}
+
+fn sim(a: SimArgs) -> anyhow::Result<()> {
+    let scenario = syncstream_sim::Scenario::load(&a.scenario)?;
+    let bar = if a.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(scenario.duration_s.ceil() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} s simulated ({per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let report = syncstream_sim::run_scenario(&scenario, &mut |t, _| bar.set_position(t as u64))?;
+    bar.finish_and_clear();
+    let wall = started.elapsed().as_secs_f64();
+    write_report(&report, a.report.as_deref())?;
+    eprintln!(
+        "simulated {:.0} s of audio with {} devices in {wall:.1} s ({:.1}× real time)",
+        scenario.duration_s,
+        scenario.devices.len(),
+        scenario.duration_s / wall.max(1e-9)
+    );
+    summarize(&report);
+    Ok(())
+}
+
+fn write_report(
+    report: &syncstream_sim::Report,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    match path {
         Some(path) => {
             syncstream_shared::fsutil::write_atomic(path, format!("{json}\n").as_bytes())?;
             eprintln!("report written to {}", path.display());
         }
         None => println!("{json}"),
     }
-    summarize(&report);
     Ok(())
 }
 

@@ -122,7 +122,10 @@ pub fn handle_publish(core: &SharedCore, p: &Publish) -> Option<Command> {
                 warn!("offset on {} is not finite; ignored", p.topic)
             }
             Ok(o) => {
-                let ms = core.lock().unwrap().apply_offset(o.offset_ms);
+                let ms = core
+                    .lock()
+                    .unwrap()
+                    .apply_offset(o.offset_ms, o.rate_ms_per_s, o.ref_us);
                 info!(device, offset_ms = ms, "buffer offset applied");
             }
             Err(e) => warn!("{e}"),

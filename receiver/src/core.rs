@@ -59,14 +59,20 @@ impl Core {
 }
 
 impl Core {
-    /// Applies a buffer offset from the controller, clamped to what the playout buffer
-    /// can do (−50 ms to playout delay − 50 ms). Returns the offset applied, ms.
-    pub fn apply_offset(&mut self, offset_ms: f64) -> f64 {
+    /// Applies a buffer offset from the controller (`offset_ms` at transmitter time
+    /// `ref_us`, changing by `rate_ms_per_s`), clamped to what the playout buffer can do
+    /// (−50 ms to playout delay − 50 ms, at most ±1 ms/s). Returns the offset applied, ms.
+    pub fn apply_offset(&mut self, offset_ms: f64, rate_ms_per_s: f64, ref_us: i64) -> f64 {
         let limit = self.playout.stream().map_or(f64::MAX, |s| {
             (s.playout_delay_us as f64 / 1000.0 - 50.0).max(0.0)
         });
         let ms = offset_ms.clamp(-50.0, limit);
-        self.playout.set_offset_ms(ms);
+        let rate = if rate_ms_per_s.is_finite() {
+            rate_ms_per_s.clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
+        self.playout.set_offset_ramp(ms, rate, ref_us as f64);
         self.offset_from_controller = true;
         ms
     }

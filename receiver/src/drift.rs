@@ -121,12 +121,15 @@ pub struct Measurement {
     pub ref_duration_ms: u64,
     /// Search margin, ms.
     pub margin_ms: f64,
-    /// Buffer offset in effect for the whole window, ms.
+    /// Buffer offset in effect at the window's centre, ms.
     pub applied_offset_ms: f64,
     /// Acoustic delay speaker → microphone, ms.
     pub mic_delay_ms: f64,
     /// Playout delay, µs.
     pub playout_delay_us: i64,
+    /// Rate error of the local clock (transmitter µs per local µs, minus 1) when the
+    /// window was recorded; the recording is stretched by it.
+    pub clock_rate: f64,
 }
 
 /// Why no measurement can be taken now.
@@ -154,7 +157,9 @@ pub fn plan(
     let rec_start_tx_us = clock
         .tx_from_local(rec_start_local as f64)
         .ok_or(NotReady::NotStreaming)?;
-    let offset_ms = playout.offset_ms();
+    let window_us = cfg.window_ms as f64 * 1000.0;
+    let centre_tx_us = rec_start_tx_us + 0.5 * window_us;
+    let offset_ms = playout.offset_at_ms(centre_tx_us);
     // The sound recorded at the window start left the DAC about (latency + mic delay)
     // earlier; latency ≈ offset (plus what we have not corrected yet).
     let settle_margin_us =
@@ -180,6 +185,7 @@ pub fn plan(
         applied_offset_ms: offset_ms,
         mic_delay_ms,
         playout_delay_us: params.playout_delay_us,
+        clock_rate: clock.rate(),
     })
 }
 
@@ -193,10 +199,14 @@ pub fn analyze(
     ref_first_pts_us: i64,
 ) -> DriftReport {
     // The reference "starts" (in the estimator's same-instant convention) when its first
-    // sample should reach the microphone; the recording starts `delta` later.
+    // sample should reach the microphone; the recording starts `delta` later. The
+    // recording runs on the local clock, so in transmitter time it is stretched by the
+    // clock's rate error; the estimate is the lag averaged over the window, i.e. at its
+    // centre, where the stretch has added half the window times the rate error.
     let ref_heard_at_us =
         ref_first_pts_us as f64 + m.playout_delay_us as f64 + m.mic_delay_ms * 1000.0;
-    let delta_ms = (m.rec_start_tx_us - ref_heard_at_us) / 1000.0;
+    let window_ms = m.recording.len() as f64 * 1000.0 / estimator.sample_rate() as f64;
+    let delta_ms = (m.rec_start_tx_us - ref_heard_at_us) / 1000.0 + 0.5 * window_ms * m.clock_rate;
     let search = LagSearch {
         min_lag_ms: -delta_ms - m.margin_ms,
         max_lag_ms: -delta_ms + m.margin_ms,
@@ -207,7 +217,7 @@ pub fn analyze(
         drift_ms: None,
         confidence: 0.0,
         signal_strength_db: f64::NEG_INFINITY,
-        ts_us: m.rec_start_tx_us.round() as i64,
+        ts_us: (m.rec_start_tx_us + 0.5 * window_ms * 1000.0).round() as i64,
         applied_offset_ms: m.applied_offset_ms,
         reason: None,
     };

@@ -64,6 +64,10 @@ pub struct PlayoutStats {
 pub struct Playout {
     params: Option<StreamParams>,
     offset_ms: f64,
+    /// The offset changes by this much per second of transmitter time, ms/s.
+    offset_rate_ms_per_s: f64,
+    /// Transmitter time at which `offset_ms` holds, µs.
+    offset_ref_us: f64,
     pos: Option<f64>,
     volume: f32,
     muted: bool,
@@ -84,6 +88,8 @@ impl Playout {
         Self {
             params: None,
             offset_ms,
+            offset_rate_ms_per_s: 0.0,
+            offset_ref_us: 0.0,
             pos: None,
             volume: 1.0,
             muted: false,
@@ -111,15 +117,35 @@ impl Playout {
         self.params
     }
 
-    /// The buffer offset in effect, ms.
+    /// The buffer offset last set, ms (at its reference time, see [`Playout::set_offset_ramp`]).
     pub fn offset_ms(&self) -> f64 {
         self.offset_ms
     }
 
-    /// Sets the buffer offset, ms; playout moves to it on the next blocks (slew or jump).
+    /// The buffer offset in effect at transmitter time `tx_us`, ms.
+    pub fn offset_at_ms(&self, tx_us: f64) -> f64 {
+        self.offset_ms + self.offset_rate_ms_per_s * (tx_us - self.offset_ref_us) / 1e6
+    }
+
+    /// Sets a constant buffer offset, ms; playout moves to it on the next blocks (slew
+    /// or jump).
     pub fn set_offset_ms(&mut self, offset_ms: f64) {
-        if offset_ms.is_finite() && offset_ms != self.offset_ms {
-            self.offset_ms = offset_ms;
+        self.set_offset_ramp(offset_ms, 0.0, 0.0);
+    }
+
+    /// Sets a buffer offset that is `offset_ms` at transmitter time `ref_us` and changes by
+    /// `rate_ms_per_s` per second (the controller follows a device whose latency drifts).
+    /// A step of more than [`SETTLED_US`] ends the settled state at once; smaller
+    /// changes are followed by slewing.
+    pub fn set_offset_ramp(&mut self, offset_ms: f64, rate_ms_per_s: f64, ref_us: f64) {
+        if !(offset_ms.is_finite() && rate_ms_per_s.is_finite() && ref_us.is_finite()) {
+            return;
+        }
+        let before = self.offset_at_ms(ref_us);
+        self.offset_ms = offset_ms;
+        self.offset_rate_ms_per_s = rate_ms_per_s;
+        self.offset_ref_us = ref_us;
+        if (offset_ms - before).abs() * 1000.0 > SETTLED_US {
             self.settled_since_us = None;
         }
     }
@@ -170,7 +196,7 @@ impl Playout {
     pub fn target_position(&self, dac_time_us: i64, clock: &ClockSync) -> Option<f64> {
         let p = self.params?;
         let tx_us = clock.tx_from_local(dac_time_us as f64)?;
-        let pts_us = tx_us - p.playout_delay_us as f64 + self.offset_ms * 1000.0;
+        let pts_us = tx_us - p.playout_delay_us as f64 + self.offset_at_ms(tx_us) * 1000.0;
         Some(
             (pts_us - p.epoch_us as f64) * p.sample_rate as f64 / 1e6
                 + p.codec_delay_samples as f64,

@@ -99,9 +99,9 @@ pub struct DriftReport {
     pub confidence: f64,
     /// Level of the microphone recording, in dBFS (RMS).
     pub signal_strength_db: f64,
-    /// Transmitter time at the start of the recorded window, µs.
+    /// Transmitter time the measurement refers to (the centre of the recorded window), µs.
     pub ts_us: i64,
-    /// Buffer offset that was in effect during the whole window, ms.
+    /// Buffer offset that was in effect at the centre of the window, ms.
     #[serde(default)]
     pub applied_offset_ms: f64,
     /// Why there is no estimate, when `drift_ms` is null.
@@ -113,16 +113,23 @@ pub struct DriftReport {
 /// `syncstream/buffer_offset/<device>`: the receiver plays source sample T so that it
 /// leaves its output at T + playout delay − `offset_ms`.
 ///
-/// Example: `{"device":"tv","offset_ms":84.25,"seq":3}`
+/// Example: `{"device":"tv","offset_ms":84.25,"seq":3,"rate_ms_per_s":0.0,"ref_us":81234567}`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BufferOffset {
     /// Target device.
     pub device: String,
-    /// Total offset, ms (not an increment).
+    /// Total offset, ms (not an increment), at transmitter time `ref_us`.
     pub offset_ms: f64,
     /// Increasing sequence number per device, so late duplicates can be ignored.
     #[serde(default)]
     pub seq: u64,
+    /// How fast the offset changes, ms per second of transmitter time (the device's
+    /// latency is drifting); 0 for a constant offset.
+    #[serde(default)]
+    pub rate_ms_per_s: f64,
+    /// Transmitter time at which `offset_ms` holds, µs (needed when `rate_ms_per_s` ≠ 0).
+    #[serde(default)]
+    pub ref_us: i64,
 }
 
 /// A command on `syncstream/command/<device>`.

@@ -205,6 +205,7 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
                 final_offset_ms: c.playout.offset_ms(),
                 underruns: c.playout.stats().underruns,
                 jumps: c.playout.stats().jumps,
+                offsets_applied: 0,
             }
         })
         .collect();

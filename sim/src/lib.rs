@@ -2,8 +2,12 @@
 //! together, with reports of how well they stay in sync.
 
 pub mod demo;
+pub mod engine;
 pub mod report;
+pub mod scenario;
 pub mod source;
 
 pub use demo::{run_demo, DemoConfig};
+pub use engine::run_scenario;
 pub use report::Report;
+pub use scenario::Scenario;

@@ -86,6 +86,8 @@ pub struct DeviceReport {
     pub underruns: u64,
     /// Playout jumps (crossfaded repositionings).
     pub jumps: u64,
+    /// Buffer offsets received from the controller (corrections applied).
+    pub offsets_applied: u64,
 }
 
 /// Pairwise result for two devices.
@@ -118,6 +120,8 @@ pub struct Report {
     pub devices: Vec<DeviceReport>,
     /// Per pair.
     pub pairs: Vec<PairReport>,
+    /// Largest pairwise error in each second of the run, ms (`null` before every device plays).
+    pub pairwise_max_per_s: Vec<Option<f64>>,
 }
 
 /// What the report needs to know about each device besides the truth log.
@@ -137,6 +141,8 @@ pub struct DeviceFacts {
     pub underruns: u64,
     /// Jumps.
     pub jumps: u64,
+    /// Offsets applied.
+    pub offsets_applied: u64,
 }
 
 /// Builds the report from the truth log.
@@ -194,6 +200,7 @@ pub fn build_report(
             residual_ms: ErrorSummary::of_abs(&after.iter().map(|(_, v)| v[d]).collect::<Vec<_>>()),
             underruns: f.underruns,
             jumps: f.jumps,
+            offsets_applied: f.offsets_applied,
         })
         .collect();
     let mut pairs = Vec::new();
@@ -209,7 +216,16 @@ pub fn build_report(
             });
         }
     }
+    let seconds = duration_s.ceil().max(0.0) as usize;
+    let mut pairwise_max_per_s: Vec<Option<f64>> = vec![None; seconds];
+    for (t, v) in &full {
+        if let Some(slot) = pairwise_max_per_s.get_mut(*t as usize) {
+            let m = max_pair(v);
+            *slot = Some(slot.map_or(m, |x: f64| x.max(m)));
+        }
+    }
     Report {
+        pairwise_max_per_s,
         audio: audio.to_string(),
         duration_s,
         playout_delay_ms,
@@ -244,6 +260,7 @@ mod tests {
                 final_offset_ms: 0.0,
                 underruns: 0,
                 jumps: 0,
+                offsets_applied: 0,
             })
             .collect()
     }

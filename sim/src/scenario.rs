@@ -36,7 +36,10 @@ fn default_delay() -> f64 {
 
 impl Default for NetworkSpec {
     fn default() -> Self {
-        Self { delay_ms: default_delay(), jitter_ms: 0.0 }
+        Self {
+            delay_ms: default_delay(),
+            jitter_ms: 0.0,
+        }
     }
 }
 
@@ -126,7 +129,8 @@ fn range(field: String, v: f64, lo: f64, hi: f64) -> Result<(), String> {
 impl Scenario {
     /// Loads and checks a scenario; relative paths are resolved against its folder.
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
-        let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read scenario {}: {e}", path.display()))?;
+        let text = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read scenario {}: {e}", path.display()))?;
         let de = &mut serde_json::Deserializer::from_slice(&text);
         let mut s: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
@@ -146,28 +150,49 @@ impl Scenario {
                 d.profile = base.join(&d.profile).display().to_string();
             }
         }
-        s.validate().map_err(|e| anyhow::anyhow!("scenario {}: {e}", path.display()))?;
+        s.validate()
+            .map_err(|e| anyhow::anyhow!("scenario {}: {e}", path.display()))?;
         Ok(s)
     }
 
     /// Checks every field; the error names the field and the reason.
     pub fn validate(&self) -> Result<(), String> {
         range("duration_s".into(), self.duration_s, 0.1, 86_400.0)?;
-        range("network.delay_ms".into(), self.network.delay_ms, 0.0, 1000.0)?;
-        range("network.jitter_ms".into(), self.network.jitter_ms, 0.0, 1000.0)?;
-        range("playout_delay_ms".into(), self.playout_delay_ms as f64, 100.0, 5000.0)?;
+        range(
+            "network.delay_ms".into(),
+            self.network.delay_ms,
+            0.0,
+            1000.0,
+        )?;
+        range(
+            "network.jitter_ms".into(),
+            self.network.jitter_ms,
+            0.0,
+            1000.0,
+        )?;
+        range(
+            "playout_delay_ms".into(),
+            self.playout_delay_ms as f64,
+            100.0,
+            5000.0,
+        )?;
         if self.devices.is_empty() {
             return Err("devices: at least one device is needed".into());
         }
         for (i, d) in self.devices.iter().enumerate() {
             let f = |name: &str| format!("devices[{i}].{name}");
             if d.name.is_empty() || d.name.contains(['/', '+', '#']) {
-                return Err(format!("{}: '{}' is not a valid device name", f("name"), d.name));
+                return Err(format!(
+                    "{}: '{}' is not a valid device name",
+                    f("name"),
+                    d.name
+                ));
             }
             if self.devices[..i].iter().any(|o| o.name == d.name) {
                 return Err(format!("{}: '{}' appears twice", f("name"), d.name));
             }
-            self.profile_of(d).map_err(|e| format!("{}: {e}", f("profile")))?;
+            self.profile_of(d)
+                .map_err(|e| format!("{}: {e}", f("profile")))?;
             range(f("latency_ms"), d.latency_ms, 0.0, 2000.0)?;
             range(f("latency_wander_ms"), d.latency_wander_ms, 0.0, 100.0)?;
             range(f("clock_ppm"), d.clock_ppm, -1000.0, 1000.0)?;
@@ -184,7 +209,11 @@ impl Scenario {
             for (j, h) in d.hears.iter().enumerate() {
                 let g = |name: &str| format!("devices[{i}].hears[{j}].{name}");
                 if !self.devices.iter().any(|o| o.name == h.device) || h.device == d.name {
-                    return Err(format!("{}: '{}' is not another device of the scenario", g("device"), h.device));
+                    return Err(format!(
+                        "{}: '{}' is not another device of the scenario",
+                        g("device"),
+                        h.device
+                    ));
                 }
                 range(g("gain_db"), h.gain_db, -60.0, 0.0)?;
                 range(g("distance_m"), h.distance_m, 0.0, 50.0)?;
@@ -205,12 +234,14 @@ impl Scenario {
         };
         let mut p = match kind {
             Some(k) => DeviceProfile::default_for(k),
-            None if d.profile.ends_with(".json") => DeviceProfile::load(Path::new(&d.profile)).map_err(|e| e.to_string())?,
+            None if d.profile.ends_with(".json") => {
+                DeviceProfile::load(Path::new(&d.profile)).map_err(|e| e.to_string())?
+            }
             None => {
                 return Err(format!(
-                    "'{}' is neither analog, hdmi, chromecast, airplay, bluetooth nor a .json profile",
-                    d.profile
-                ))
+                "'{}' is neither analog, hdmi, chromecast, airplay, bluetooth nor a .json profile",
+                d.profile
+            ))
             }
         };
         if let Some(m) = d.mic_distance_m {

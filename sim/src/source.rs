@@ -1,23 +1,19 @@
-//! The demo's and simulator's audio: a decoded clip played in a loop.
+//! The demo's and simulator's audio: an audio file played in a loop through the
+//! transmitter's file source.
 
 use std::path::Path;
 
-use syncstream_shared::decode::decode_file;
-use syncstream_shared::time::STREAM_SAMPLE_RATE;
+use syncstream_transmitter::source::{open_source, SourceOptions};
 use syncstream_transmitter::PullAudio;
 
-/// Decodes `path` (resampled to 48 kHz stereo) and returns a source that loops it.
+/// Opens `path` as a looping transmitter source (48 kHz stereo).
 ///
-/// Errors: the file cannot be read or decoded (the message names it).
+/// Errors: the file cannot be read or is not audio (the message names it).
 pub fn looping_clip(path: &Path) -> anyhow::Result<PullAudio> {
-    let audio = decode_file(path, STREAM_SAMPLE_RATE)?;
-    let clip = audio.stereo_interleaved();
-    let mut pos = 0usize;
-    Ok(Box::new(move |out: &mut [f32]| {
-        for s in out.iter_mut() {
-            *s = clip[pos];
-            pos = (pos + 1) % clip.len();
-        }
-        Ok(out.len() / 2)
-    }))
+    let opts = SourceOptions {
+        loop_file: true,
+        ..Default::default()
+    };
+    let mut src = open_source(&path.display().to_string(), &opts)?;
+    Ok(Box::new(move |buf: &mut [f32]| src.read(buf)))
 }

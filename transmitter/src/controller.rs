@@ -13,8 +13,11 @@
 //!   targets is an outlier and ignored, unless `relock_count` outliers in a row agree
 //!   with each other (the device's latency really changed: a Bluetooth reconnect, a TV
 //!   mode switch), which re-locks on them. Otherwise the offset moves a fraction
-//!   `gain` of the way to the target (a first-order loop: no overshoot, no
-//!   oscillation for 0 < gain ≤ 1), and changes below `deadband_ms` are not sent.
+//!   `gain` of the way to the target, and changes below `deadband_ms` are not sent.
+//!   Together with `velocity_gain` this is an α-β tracker (a steady-state Kalman filter
+//!   over offset and its drift rate): a device whose latency drifts steadily (Bluetooth,
+//!   Cast buffers adapting) is followed without lag, as an offset plus a rate that the
+//!   receiver applies continuously.
 //! - Every offset is clamped to what the device's buffer can do.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -44,6 +47,10 @@ pub struct ControllerConfig {
     pub max_offset_ms: f64,
     /// Targets kept per device for the median.
     pub history: usize,
+    /// Velocity gain of the α-β tracker (how fast a latency drift is learnt), 0..=1.
+    pub velocity_gain: f64,
+    /// Largest latency drift followed, ms/s.
+    pub max_rate_ms_per_s: f64,
 }
 
 impl Default for ControllerConfig {
@@ -58,6 +65,8 @@ impl Default for ControllerConfig {
             min_offset_ms: -50.0,
             max_offset_ms: 1900.0,
             history: 7,
+            velocity_gain: 0.15,
+            max_rate_ms_per_s: 0.5,
         }
     }
 }
@@ -93,6 +102,13 @@ pub struct DeviceSync {
     pub outliers: u64,
     /// Offsets published.
     pub seq: u64,
+    /// Estimated drift of the device's latency, ms/s.
+    pub rate_ms_per_s: f64,
+    /// Transmitter time of the last used report, µs.
+    #[serde(skip)]
+    last_ts_us: Option<i64>,
+    #[serde(skip)]
+    published_rate_ms_per_s: f64,
     #[serde(skip)]
     targets: VecDeque<f64>,
     #[serde(skip)]
@@ -114,6 +130,9 @@ impl DeviceSync {
             ignored: 0,
             outliers: 0,
             seq: 0,
+            rate_ms_per_s: 0.0,
+            last_ts_us: None,
+            published_rate_ms_per_s: 0.0,
             targets: VecDeque::new(),
             pending: Vec::new(),
             offset_history: VecDeque::new(),
@@ -192,7 +211,11 @@ impl SyncController {
         while dev.offset_history.len() > 4096 {
             dev.offset_history.pop_front();
         }
-        let current = dev.offset_ms.unwrap_or(r.applied_offset_ms);
+        // The α-β tracker's prediction of the offset at this report's time.
+        let dt_s = dev
+            .last_ts_us
+            .map_or(0.0, |t| ((r.ts_us - t) as f64 / 1e6).clamp(0.0, 60.0));
+        let current = dev.offset_ms.unwrap_or(r.applied_offset_ms) + dev.rate_ms_per_s * dt_s;
         let new_offset = match dev.state {
             LockState::Acquiring => {
                 dev.pending.push(target);
@@ -203,6 +226,7 @@ impl SyncController {
                     dev.pending.clear();
                     dev.state = LockState::Tracking;
                     dev.used += 1;
+                    dev.rate_ms_per_s = 0.0;
                     locked
                 } else {
                     if n > 4 {
@@ -214,7 +238,7 @@ impl SyncController {
                 }
             }
             LockState::Tracking => {
-                let med = median(dev.targets.make_contiguous()).unwrap_or(target);
+                let med = current;
                 if (target - med).abs() > cfg.outlier_ms {
                     dev.outliers += 1;
                     dev.pending.push(target);
@@ -226,6 +250,7 @@ impl SyncController {
                             dev.targets = recent.iter().copied().collect();
                             dev.pending.clear();
                             dev.used += 1;
+                            dev.rate_ms_per_s = 0.0;
                             m
                         } else {
                             return Decision::Ignored(format!(
@@ -244,7 +269,13 @@ impl SyncController {
                         dev.targets.pop_front();
                     }
                     dev.used += 1;
-                    current + cfg.gain * (target - current)
+                    let residual = target - current;
+                    if dt_s > 0.0 {
+                        dev.rate_ms_per_s = (dev.rate_ms_per_s
+                            + cfg.velocity_gain * residual / dt_s)
+                            .clamp(-cfg.max_rate_ms_per_s, cfg.max_rate_ms_per_s);
+                    }
+                    current + cfg.gain * residual
                 }
             }
         };
@@ -255,18 +286,22 @@ impl SyncController {
                 "needed offset {new_offset:.2} ms is outside what the buffer can do; using {clamped:.2} ms"
             );
         }
-        if dev
-            .offset_ms
-            .is_some_and(|o| (clamped - o).abs() < cfg.deadband_ms)
-        {
+        // `offset_ms` is kept as the value at the last used report's time.
+        let unchanged = dev.offset_ms.is_some() && (clamped - current).abs() < cfg.deadband_ms;
+        let rate_changed = (dev.rate_ms_per_s - dev.published_rate_ms_per_s).abs() > 1e-4;
+        dev.offset_ms = Some(clamped);
+        dev.last_ts_us = Some(r.ts_us);
+        if unchanged && !rate_changed {
             return Decision::Hold;
         }
-        dev.offset_ms = Some(clamped);
+        dev.published_rate_ms_per_s = dev.rate_ms_per_s;
         dev.seq += 1;
         Decision::Publish(BufferOffset {
             device: r.device.clone(),
             offset_ms: clamped,
             seq: dev.seq,
+            rate_ms_per_s: dev.rate_ms_per_s,
+            ref_us: r.ts_us,
         })
     }
 }

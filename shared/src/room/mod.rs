@@ -172,6 +172,7 @@ struct RoomState {
     devices: Vec<DeviceState>,
     truth: Vec<TruthSample>,
     rng: StdRng,
+    scratch: Vec<f32>,
 }
 
 /// A shared handle to a virtual room.
@@ -239,11 +240,13 @@ impl Room {
                         d.name, h.device
                     )));
                 }
-                let ir = ImpulseResponse::synthetic(
+                // A faint path's tail is far below its own speaker's: a quarter of the taps.
+                let ir = ImpulseResponse::synthetic_with_density(
                     h.distance_m,
                     d.rt60_s.max(0.0),
                     STREAM_SAMPLE_RATE,
                     rng.random(),
+                    rir::TAIL_TAPS_PER_S / 4.0,
                 );
                 let gain = 10f64.powf(h.gain_db / 20.0) as f32;
                 paths.push(Path {
@@ -284,6 +287,7 @@ impl Room {
                 devices: states,
                 truth: Vec::new(),
                 rng,
+                scratch: Vec::new(),
             })),
         })
     }
@@ -465,24 +469,35 @@ impl RoomState {
             let mut mic = std::mem::take(&mut self.devices[d].mic_buf);
             mic.clear();
             mic.resize(n, 0.0);
+            // Every tap delay is a whole number of room samples, so the sum over taps is
+            // taken at whole positions `p_lo + k` first (contiguous multiply-adds), and the
+            // microphone's own sampling instants are interpolated from it once.
+            let base = pos0 - self.emitted_start as f64;
+            let p_lo = base.floor() as i64;
+            let p_hi = (base + n.saturating_sub(1) as f64 * step).floor() as i64 + 1;
+            let len = (p_hi - p_lo + 1).max(0) as usize;
+            let mut y = std::mem::take(&mut self.scratch);
+            y.clear();
+            y.resize(len, 0.0);
             for p in &self.devices[d].paths {
-                let src = &self.devices[p.source].emitted;
+                let src = self.devices[p.source].emitted.as_slices();
                 for &(delay, gain) in &p.taps {
-                    // mic[i] += gain · emitted(pos0 + i·step − delay), linearly interpolated.
-                    let base = pos0 - delay as f64 - self.emitted_start as f64;
-                    for (i, m) in mic.iter_mut().enumerate() {
-                        let q = base + i as f64 * step;
-                        if q < 0.0 {
-                            continue;
-                        }
-                        let q0 = q as usize;
-                        let frac = (q - q0 as f64) as f32;
-                        if let (Some(a), Some(c)) = (src.get(q0), src.get(q0 + 1)) {
-                            *m += gain * (a + (c - a) * frac);
-                        }
-                    }
+                    // y[k] += gain · emitted[p_lo − delay + k]
+                    let from = p_lo - delay as i64;
+                    let (lo, hi) = (from.max(0), (from + len as i64).max(0));
+                    let skip = (lo - from) as usize;
+                    mac_range(&mut y[skip.min(len)..], src, lo as usize, hi as usize, gain);
                 }
             }
+            for (i, m) in mic.iter_mut().enumerate() {
+                let q = base + i as f64 * step - p_lo as f64;
+                let q0 = q.floor().max(0.0) as usize;
+                let frac = (q - q0 as f64) as f32;
+                let a = y.get(q0).copied().unwrap_or(0.0);
+                let c = y.get(q0 + 1).copied().unwrap_or(a);
+                *m = a + (c - a) * frac;
+            }
+            self.scratch = y;
             let noise_rms = self.devices[d].noise_rms;
             if noise_rms > 0.0 {
                 let normal = Normal::new(0.0f32, noise_rms).expect("finite noise level");
@@ -507,6 +522,29 @@ impl RoomState {
             }
             self.emitted_start = keep_from;
         }
+    }
+}
+
+/// `y[i] += gain · x[lo + i]` for `lo + i < hi`, where `x` is a ring buffer's two
+/// slices (as `VecDeque::as_slices` gives them).
+fn mac_range(y: &mut [f32], x: (&[f32], &[f32]), lo: usize, hi: usize, gain: f32) {
+    let (a, b) = x;
+    let hi = hi.min(a.len() + b.len()).min(lo + y.len());
+    if lo >= hi {
+        return;
+    }
+    let mut out = &mut y[..hi - lo];
+    if lo < a.len() {
+        let end = hi.min(a.len());
+        let (head, tail) = out.split_at_mut(end - lo);
+        for (o, v) in head.iter_mut().zip(&a[lo..end]) {
+            *o += gain * v;
+        }
+        out = tail;
+    }
+    let start = lo.max(a.len()) - a.len();
+    for (o, v) in out.iter_mut().zip(&b[start..]) {
+        *o += gain * v;
     }
 }
 

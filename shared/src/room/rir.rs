@@ -16,12 +16,25 @@ pub struct ImpulseResponse {
 }
 
 /// Taps per second of diffuse tail in the synthetic model.
-const TAIL_TAPS_PER_S: f64 = 400.0;
+pub const TAIL_TAPS_PER_S: f64 = 400.0;
 
 impl ImpulseResponse {
     /// The synthetic model for a source at `distance_m` in a room with `rt60_s`
-    /// (0 = anechoic), at `rate_hz`. The direct path has gain 1.
+    /// (0 = anechoic), at `rate_hz`, with [`TAIL_TAPS_PER_S`] taps per second of tail.
+    /// The direct path has gain 1.
     pub fn synthetic(distance_m: f64, rt60_s: f64, rate_hz: u32, seed: u64) -> Self {
+        Self::synthetic_with_density(distance_m, rt60_s, rate_hz, seed, TAIL_TAPS_PER_S)
+    }
+
+    /// As [`ImpulseResponse::synthetic`], with `tail_taps_per_s` taps per second of tail
+    /// (fewer for faint paths, whose tail is far below the noise).
+    pub fn synthetic_with_density(
+        distance_m: f64,
+        rt60_s: f64,
+        rate_hz: u32,
+        seed: u64,
+        tail_taps_per_s: f64,
+    ) -> Self {
         let fs = rate_hz as f64;
         let direct = (distance_m / SPEED_OF_SOUND_M_S * fs).round() as usize;
         let mut taps = vec![(direct, 1.0f32)];
@@ -37,7 +50,7 @@ impl ImpulseResponse {
                 taps.push((direct + (dt * fs) as usize, (sign * g) as f32));
             }
             // Diffuse tail from 12 ms to the time it has decayed by 60 dB.
-            let n = (TAIL_TAPS_PER_S * rt60_s).ceil() as usize;
+            let n = (tail_taps_per_s * rt60_s).ceil() as usize;
             // Scale so the tail's energy relative to the direct path follows a
             // critical-distance model: reverberant/direct energy grows with rt60·distance².
             let tail_energy = (0.15 * rt60_s * (distance_m.max(0.1) / 0.5).powi(2)).min(4.0);

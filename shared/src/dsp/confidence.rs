@@ -89,6 +89,22 @@ pub struct Confidence {
     pub value: f64,
 }
 
+/// The peak height over `σ` at which [`confidence`]'s noise factor is 1/2 for
+/// `lags` lags with band share `band`: the least height a peak needs to count.
+pub fn noise_threshold_z(lags: usize, band: f64) -> f64 {
+    let m = (lags as f64 * band.clamp(0.0, 1.0)).max(1.0) * LAG_COUNT_MARGIN;
+    let (mut lo, mut hi) = (0.0f64, 40.0f64);
+    for _ in 0..50 {
+        let mid = 0.5 * (lo + hi);
+        if m * gaussian_tail(mid) > 0.5 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
 /// Confidence of a peak `peak` over noise scale `sigma` among `lags` searched lags
 /// with effective band share `band` (0..=1), with a rival ratio `rival`.
 pub fn confidence(peak: f64, sigma: f64, lags: usize, band: f64, rival: f64) -> Confidence {

@@ -7,9 +7,11 @@
 //! clock; the delay is positive when the recording lags the reference
 //! (`recording[n] ≈ g·reference[n − d]`).
 
-use super::confidence::{confidence, robust_sigma, MIN_CONFIDENCE};
-use super::gcc::GccWorkspace;
-use super::peak::{choose_peak, parabolic_offset, refine_peak, rival_ratio};
+use super::confidence::{confidence, noise_threshold_z, robust_sigma, MIN_CONFIDENCE};
+use super::gcc::{GccWorkspace, Weighting};
+use super::peak::{
+    choose_peak, parabolic_offset, refine_peak, rival_ratio, REFLECTION_WINDOW_MS,
+};
 
 /// Where to look for the delay.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,6 +76,28 @@ pub struct DelayEstimator {
     sample_rate: u32,
     gcc: GccWorkspace,
     scratch: Vec<f32>,
+    diagnostics: Option<Diagnostics>,
+}
+
+/// How the last estimate came about (for logs and the evaluation harness).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Diagnostics {
+    /// The confidence's parts.
+    pub z: f64,
+    /// Probability that the peak is not noise.
+    pub p_signal: f64,
+    /// Rival peak ratio (see [`super::peak::rival_ratio`]).
+    pub rival: f64,
+    /// Effective share of the band that carried weight.
+    pub effective_band: f64,
+    /// Blocks that had signal in both inputs.
+    pub blocks: usize,
+    /// FFT length.
+    pub fft_len: usize,
+    /// Lags searched.
+    pub lags: usize,
+    /// Chosen lag before refinement, samples.
+    pub peak_lag: i64,
 }
 
 /// Mean and RMS level (dBFS, after removing the mean) of a signal.
@@ -94,7 +118,19 @@ impl DelayEstimator {
             sample_rate,
             gcc: GccWorkspace::new(),
             scratch: Vec::new(),
+            diagnostics: None,
         }
+    }
+
+    /// Diagnostics of the last estimate that got as far as a correlation peak.
+    pub fn diagnostics(&self) -> Option<Diagnostics> {
+        self.diagnostics
+    }
+
+    /// Uses `weighting` instead of the default (for comparisons).
+    pub fn with_weighting(mut self, weighting: Weighting) -> Self {
+        self.gcc.weighting = weighting;
+        self
     }
 
     /// Sample rate, Hz.
@@ -154,6 +190,7 @@ impl DelayEstimator {
                 recording.len()
             )));
         }
+        self.diagnostics = None;
         let (rec_mean, signal_strength_db) = mean_and_level(recording);
         let (ref_mean, ref_db) = mean_and_level(reference);
         let no = |reason: String, confidence: f64| DelayEstimate {
@@ -180,16 +217,18 @@ impl DelayEstimator {
         }
         let values = corr.values;
         let expected = search.expected_lag_ms.map(|ms| to_samples(ms) - lo as f64);
-        let Some(peak) = choose_peak(values, expected) else {
+        let sigma = robust_sigma(values, &mut self.scratch);
+        let floor = (noise_threshold_z(values.len(), corr.effective_band) * sigma) as f32;
+        let window = to_samples(REFLECTION_WINDOW_MS).round() as usize;
+        let Some(peak) = choose_peak(values, expected, window, floor) else {
             return Ok(no("no correlation peak".into(), 0.0));
         };
-        let sigma = robust_sigma(values, &mut self.scratch);
         // With an expected lag the caller has resolved the choice between real
         // peaks; only the noise test applies.
         let rival = if expected.is_some() {
             0.0
         } else {
-            rival_ratio(values, peak) as f64
+            rival_ratio(values, peak, window) as f64
         };
         let conf = confidence(
             peak.value as f64,
@@ -198,6 +237,16 @@ impl DelayEstimator {
             corr.effective_band,
             rival,
         );
+        self.diagnostics = Some(Diagnostics {
+            z: conf.z,
+            p_signal: conf.p_signal,
+            rival: conf.rival,
+            effective_band: corr.effective_band,
+            blocks: corr.blocks_used,
+            fft_len: corr.fft_len,
+            lags: values.len(),
+            peak_lag: lo + peak.index as i64,
+        });
         if conf.value < MIN_CONFIDENCE {
             let why = if conf.p_signal < MIN_CONFIDENCE {
                 format!(

@@ -8,7 +8,8 @@
 //! the part of the reference it can overlap at those lags (`B + W − 1` samples, with
 //! `W = hi − lo + 1`), both zero-padded to an FFT of `N ≥ B + W − 1` points, so the
 //! correlation of every block is exactly linear (no circular wrap) over the lag
-//! range. The per-block spectra are accumulated into
+//! range. Recording blocks are tapered at their ends (see [`TAPER_DIVISOR`]). The
+//! per-block spectra are accumulated into
 //!
 //! * the cross-spectrum `G_xy(f) = Σ_k Y_k(f)·X_k*(f)`,
 //! * the auto-spectra `S_xx(f) = Σ_k |X_k(f)|²` and `S_yy(f) = Σ_k |Y_k(f)|²`,
@@ -30,7 +31,7 @@
 //! where it fails at low SNR; SCOT keeps PHAT's whitening where the signal is and
 //! fades the rest out, without a tuned SNR model. `m(f)` is a band mask: bins
 //! below [`MIN_FREQ_HZ`] (DC offset, drift, rumble) and bins where the reference has
-//! practically no energy ([`REF_FLOOR_DB`] below its strongest bin, e.g. above
+//! practically no energy ([`REF_FLOOR_DB`] below its mean, e.g. above
 //! 4 kHz for telephone speech) are set to zero, since they can only carry noise.
 //!
 //! # Cost
@@ -50,14 +51,42 @@ use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 pub const MIN_FREQ_HZ: f64 = 20.0;
 
 /// Bins where the reference's accumulated power is more than this far below its
-/// strongest bin are ignored, dB.
-pub const REF_FLOOR_DB: f64 = 70.0;
+/// mean power per bin are ignored, dB. Such bins hold no programme, only leakage of
+/// the block edges and the reference's own processing residue (resampler images,
+/// codec noise), whose structure whitening would otherwise amplify into false
+/// peaks.
+pub const REF_FLOOR_DB: f64 = 40.0;
 
 /// The preferred minimum number of blocks (so that coherence can be estimated).
 pub const MIN_BLOCKS: usize = 4;
 
+/// Each recording block is tapered (raised cosine) over `1/TAPER_DIVISOR` of its
+/// length at both ends. Without it the hard edges of the block (and of the windows
+/// themselves, which start at the same instant) leak into every frequency, PHAT
+/// whitening makes that leakage as loud as the signal, and the edges correlate into
+/// false peaks at lag 0 and at the ends of the search range. Tapering one side of
+/// the product is enough to remove that coherence.
+const TAPER_DIVISOR: usize = 8;
+
 /// Smallest block length worth splitting the recording into, samples.
 const MIN_BLOCK_LEN: usize = 1024;
+
+/// Largest bias-corrected squared coherence the ML weighting uses (caps `γ²/(1 − γ²)`
+/// at 99).
+pub const ML_MAX_COHERENCE: f32 = 0.99;
+
+/// Frequency weighting of the cross-spectrum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weighting {
+    /// Phase transform: unit magnitude in every kept bin (Knapp and Carter, 1976).
+    Phat,
+    /// Smoothed coherence transform: magnitude = estimated coherence `|γ|`.
+    Scot,
+    /// Maximum-likelihood (Hannan–Thomson) weighting: magnitude `γ²/(1 − γ²)` with the
+    /// coherence's `1/K` bias removed, so bins at the noise level get nothing.
+    #[default]
+    Ml,
+}
 
 /// How a correlation over `width` lags on a recording span of `len` samples is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +151,8 @@ pub struct Correlation<'a> {
 /// Reusable workspace: FFT plans and every buffer of the correlation. Reallocates
 /// only when the FFT length or lag width changes.
 pub struct GccWorkspace {
+    /// The weighting in use.
+    pub weighting: Weighting,
     planner: RealFftPlanner<f32>,
     fft_len: usize,
     fwd: Option<Arc<dyn RealToComplex<f32>>>,
@@ -148,6 +179,7 @@ impl GccWorkspace {
     /// An empty workspace (buffers are made on first use).
     pub fn new() -> Self {
         Self {
+            weighting: Weighting::default(),
             planner: RealFftPlanner::new(),
             fft_len: 0,
             fwd: None,
@@ -222,23 +254,46 @@ impl GccWorkspace {
         let mut start = rec_start;
         while start < rec_end {
             let end = (start + plan.block_len).min(rec_end);
-            // Recording block, zero-padded.
+            // Recording block, tapered at both ends, zero-padded.
             self.time.fill(0.0);
+            let len = end - start;
+            let taper = (len / TAPER_DIVISOR).max(1);
             let mut e_y = 0.0f32;
-            for (t, &s) in self.time.iter_mut().zip(&recording[start..end]) {
-                *t = s - rec_mean;
+            for (i, (t, &s)) in self.time.iter_mut().zip(&recording[start..end]).enumerate() {
+                let edge = i.min(len - 1 - i);
+                let w = if edge < taper {
+                    let x = std::f32::consts::PI * (edge as f32 + 0.5) / taper as f32;
+                    0.5 - 0.5 * x.cos()
+                } else {
+                    1.0
+                };
+                *t = (s - rec_mean) * w;
                 e_y += *t * *t;
             }
             let _ = fwd.process_with_scratch(&mut self.time, &mut self.spec_y, &mut self.scratch);
             // Reference segment: ref[start − hi + i] for i in 0..(end − start + width − 1).
             self.time.fill(0.0);
+            // Its ends and the ends of the whole reference are tapered too, over
+            // a shorter length (they only weigh the extreme lags down a little).
             let seg_len = end - start + width - 1;
             let seg_start = start as i64 - hi;
+            let taper_x = (seg_len / (2 * TAPER_DIVISOR)).max(1);
             let mut e_x = 0.0f32;
             for (i, t) in self.time[..seg_len].iter_mut().enumerate() {
                 let j = seg_start + i as i64;
                 if j >= 0 && (j as usize) < reference.len() {
-                    *t = reference[j as usize] - ref_mean;
+                    let ju = j as usize;
+                    let edge = i
+                        .min(seg_len - 1 - i)
+                        .min(ju)
+                        .min(reference.len() - 1 - ju);
+                    let w = if edge < taper_x {
+                        let x = std::f32::consts::PI * (edge as f32 + 0.5) / taper_x as f32;
+                        0.5 - 0.5 * x.cos()
+                    } else {
+                        1.0
+                    };
+                    *t = (reference[ju] - ref_mean) * w;
                     e_x += *t * *t;
                 }
             }
@@ -258,16 +313,30 @@ impl GccWorkspace {
         // Weighting: band mask, then SCOT.
         let bins = self.gxy.len();
         let k_min = ((MIN_FREQ_HZ * n as f64 / sample_rate).ceil() as usize).max(1);
-        let max_sxx = self.sxx.iter().skip(k_min).fold(0.0f32, |a, &b| a.max(b));
-        let floor = max_sxx * 10f32.powf(-(REF_FLOOR_DB as f32) / 10.0);
+        let mean_sxx = self.sxx.iter().skip(k_min).map(|&v| v as f64).sum::<f64>()
+            / (bins - k_min.min(bins - 1)) as f64;
+        let max_sxx = mean_sxx as f32;
+        let floor = (mean_sxx * 10f64.powf(-REF_FLOOR_DB / 10.0)) as f32;
         let (mut sum_w, mut sum_w2) = (0.0f64, 0.0f64);
+        let kb = blocks_used as f32;
         for k in 0..bins {
             let d = (self.sxx[k] * self.syy[k]).sqrt();
             let keep = k >= k_min && self.sxx[k] > floor && d > 0.0 && max_sxx > 0.0;
-            let w = if keep {
-                self.gxy[k] / d
-            } else {
+            let w = if !keep {
                 Complex32::default()
+            } else {
+                let scot = self.gxy[k] / d;
+                match self.weighting {
+                    Weighting::Phat => scot / scot.norm().max(1e-30),
+                    Weighting::Scot => scot,
+                    Weighting::Ml if blocks_used >= 2 => {
+                        // Coherence with its 1/K bias removed, then γ²/(1 − γ²).
+                        let g2 = scot.norm_sqr();
+                        let g2c = ((kb * g2 - 1.0) / (kb - 1.0)).clamp(0.0, ML_MAX_COHERENCE);
+                        scot / scot.norm().max(1e-30) * (g2c / (1.0 - g2c))
+                    }
+                    Weighting::Ml => scot,
+                }
             };
             let m = w.norm() as f64;
             sum_w += m;

@@ -4,12 +4,15 @@
 //!
 //! A room gives several peaks: the direct path, reflections (later, usually weaker
 //! after PHAT/SCOT whitening), and possibly another loudspeaker playing the same
-//! programme a few milliseconds away. [`choose_peak`] takes the highest peak, except
-//! that an *earlier* peak at least [`EARLY_PEAK_RATIO`] of its height wins (the
-//! direct path can be a little weaker than a strong early reflection, but a
-//! reflection cannot come before the direct path), and when the caller gives an
-//! expected lag, the peak nearest to it among those at least [`EXPECTED_PEAK_RATIO`]
-//! of the highest wins.
+//! programme a few milliseconds away (farther, so later and quieter).
+//! [`choose_peak`] takes the highest peak, except that an *earlier* peak within the
+//! reflection window (the caller's, typically [`REFLECTION_WINDOW_MS`]) that is at
+//! least [`EARLY_PEAK_RATIO`] of its height and clears the noise threshold wins: the
+//! direct path can be weaker than a strong early reflection (a floor bounce on a
+//! far microphone is nearly as loud, and PHAT whitening does not preserve amplitude
+//! ratios), but a reflection cannot come before the direct path. When the caller
+//! gives an expected lag, the peak nearest to it among those at least
+//! [`EXPECTED_PEAK_RATIO`] of the highest wins.
 //!
 //! # Between samples
 //!
@@ -25,7 +28,11 @@
 use realfft::num_complex::Complex32;
 
 /// An earlier peak at least this share of the highest one is taken instead of it.
-pub const EARLY_PEAK_RATIO: f32 = 0.85;
+pub const EARLY_PEAK_RATIO: f32 = 0.6;
+
+/// How far before the highest peak an earlier one may be the direct path, ms: the
+/// path difference of early reflections in a living room (~10 m).
+pub const REFLECTION_WINDOW_MS: f64 = 30.0;
 
 /// With an expected lag, peaks at least this share of the highest are candidates.
 pub const EXPECTED_PEAK_RATIO: f32 = 0.5;
@@ -59,20 +66,30 @@ fn is_local_max(values: &[f32], i: usize) -> bool {
     (i == 0 || values[i - 1] <= v) && (i + 1 == values.len() || values[i + 1] < v)
 }
 
+fn argmax(values: &[f32]) -> (usize, f32) {
+    values
+        .iter()
+        .enumerate()
+        .fold((0usize, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+}
+
 /// Chooses the peak (see the module docs). `expected` is the expected lag as an index
-/// into `values` (may be fractional or out of range). Returns `None` for an empty or
-/// non-positive correlation.
-pub fn choose_peak(values: &[f32], expected: Option<f64>) -> Option<Peak> {
-    let (imax, vmax) =
-        values.iter().enumerate().fold(
-            (0usize, f32::MIN),
-            |a, (i, &v)| if v > a.1 { (i, v) } else { a },
-        );
+/// into `values` (may be fractional or out of range); `window` is how far (in
+/// indices) before the highest peak an earlier one may be taken as the direct path;
+/// `floor` is the least height a peak needs to count at all (the noise threshold).
+/// Returns `None` for an empty or non-positive correlation.
+pub fn choose_peak(
+    values: &[f32],
+    expected: Option<f64>,
+    window: usize,
+    floor: f32,
+) -> Option<Peak> {
+    let (imax, vmax) = argmax(values);
     if values.is_empty() || vmax <= 0.0 || !vmax.is_finite() {
         return None;
     }
     if let Some(exp) = expected.filter(|e| e.is_finite()) {
-        let thr = vmax * EXPECTED_PEAK_RATIO;
+        let thr = (vmax * EXPECTED_PEAK_RATIO).max(floor);
         let mut best: Option<(f64, usize)> = None;
         for i in 0..values.len() {
             if values[i] >= thr && is_local_max(values, i) {
@@ -88,9 +105,9 @@ pub fn choose_peak(values: &[f32], expected: Option<f64>) -> Option<Peak> {
             value: values[i],
         });
     }
-    let thr = vmax * EARLY_PEAK_RATIO;
+    let thr = (vmax * EARLY_PEAK_RATIO).max(floor);
     let (lobe_start, _) = main_lobe(values, imax);
-    let i = (0..lobe_start)
+    let i = (imax.saturating_sub(window)..lobe_start)
         .find(|&i| values[i] >= thr && is_local_max(values, i))
         .unwrap_or(imax);
     Some(Peak {
@@ -99,26 +116,30 @@ pub fn choose_peak(values: &[f32], expected: Option<f64>) -> Option<Peak> {
     })
 }
 
-/// How close the best alternative to `chosen` came to being chosen, 0..: the highest
-/// local maximum outside the chosen main lobe relative to the chosen peak, with
-/// later peaks discounted by [`EARLY_PEAK_RATIO`] (a later peak must be higher than
-/// `chosen / EARLY_PEAK_RATIO` to beat an earlier one). 1 is the decision boundary:
-/// the choice was a coin toss.
-pub fn rival_ratio(values: &[f32], chosen: Peak) -> f32 {
+/// How close another peak came to being chosen instead of `chosen`, 0.. (1 is the
+/// decision boundary: a coin toss). Peaks later than `chosen` by at most `window`
+/// are the reflections and farther loudspeakers the choice rule deliberately passes
+/// over, so they do not count; neither does the chosen main lobe. Every other local
+/// maximum counts by its height relative to the chosen peak, except that an earlier
+/// peak within `window` before the highest one is measured against the height it
+/// would have needed to be chosen (`EARLY_PEAK_RATIO` of the highest).
+pub fn rival_ratio(values: &[f32], chosen: Peak, window: usize) -> f32 {
+    let (imax, vmax) = argmax(values);
     let (s, e) = main_lobe(values, chosen.index);
+    let later_end = (chosen.index + window).min(values.len());
     let mut best = 0.0f32;
-    for i in 0..s {
-        if values[i] > best && is_local_max(values, i) {
-            best = values[i];
+    for i in (0..s).chain(e..values.len()) {
+        if (chosen.index..later_end).contains(&i) || !is_local_max(values, i) {
+            continue;
         }
+        let r = if i < imax && i + window >= imax {
+            values[i] / (EARLY_PEAK_RATIO * vmax)
+        } else {
+            values[i] / chosen.value
+        };
+        best = best.max(r);
     }
-    for i in e..values.len() {
-        let v = values[i] * EARLY_PEAK_RATIO;
-        if v > best && is_local_max(values, i) {
-            best = v;
-        }
-    }
-    (best / chosen.value).max(0.0)
+    best.max(0.0)
 }
 
 /// Vertex of the parabola through `(−1, ym)`, `(0, y0)`, `(1, yp)`, clamped to ±0.5.
@@ -194,48 +215,38 @@ mod tests {
 
     #[test]
     fn takes_the_highest_peak_when_nothing_earlier_is_close() {
-        let v = [0.0, 0.5, 0.0, 0.1, 1.0, 0.2, 0.0, 0.7, 0.0];
-        assert_eq!(choose_peak(&v, None).unwrap().index, 4);
-        let r = rival_ratio(
-            &v,
-            Peak {
-                index: 4,
-                value: 1.0,
-            },
-        );
-        assert!((r - 0.7 * EARLY_PEAK_RATIO).abs() < 1e-6, "{r}");
-        let v = [0.0, 0.8, 0.0, 0.1, 1.0, 0.2, 0.0, 0.5, 0.0];
-        assert!(
-            (rival_ratio(
-                &v,
-                Peak {
-                    index: 4,
-                    value: 1.0
-                }
-            ) - 0.8)
-                .abs()
-                < 1e-6
-        );
+        let v = [0.0, 0.3, 0.0, 0.1, 1.0, 0.2, 0.0, 0.7, 0.0];
+        let p = choose_peak(&v, None, 10, 0.0).unwrap();
+        assert_eq!(p.index, 4);
+        // The later 0.7 is a reflection: no rival; the earlier 0.3 counts against
+        // the height it would have needed.
+        let r = rival_ratio(&v, p, 10);
+        assert!((r - 0.3 / EARLY_PEAK_RATIO).abs() < 1e-6, "{r}");
+        // Beyond the window, a later peak is a rival.
+        assert!((rival_ratio(&v, p, 2) - 0.7).abs() < 1e-6);
     }
 
     #[test]
-    fn prefers_an_earlier_peak_of_nearly_the_same_height() {
-        let v = [0.0, 0.9, 0.0, 0.0, 1.0, 0.0];
-        assert_eq!(choose_peak(&v, None).unwrap().index, 1);
+    fn prefers_an_earlier_strong_peak_within_the_window() {
+        let v = [0.0, 0.7, 0.0, 0.0, 1.0, 0.0];
+        assert_eq!(choose_peak(&v, None, 10, 0.0).unwrap().index, 1);
+        // Not outside the window, nor below the noise floor.
+        assert_eq!(choose_peak(&v, None, 2, 0.0).unwrap().index, 4);
+        assert_eq!(choose_peak(&v, None, 10, 0.8).unwrap().index, 4);
     }
 
     #[test]
     fn expected_lag_selects_among_strong_peaks() {
         let v = [0.0, 0.6, 0.0, 0.0, 1.0, 0.0, 0.3, 0.0];
-        assert_eq!(choose_peak(&v, Some(1.2)).unwrap().index, 1);
+        assert_eq!(choose_peak(&v, Some(1.2), 0, 0.0).unwrap().index, 1);
         // A weak peak near the expectation does not win.
-        assert_eq!(choose_peak(&v, Some(6.0)).unwrap().index, 4);
+        assert_eq!(choose_peak(&v, Some(6.0), 0, 0.0).unwrap().index, 4);
     }
 
     #[test]
     fn no_peak_in_a_flat_or_negative_correlation() {
-        assert_eq!(choose_peak(&[], None), None);
-        assert_eq!(choose_peak(&[-1.0, -0.5], None), None);
+        assert_eq!(choose_peak(&[], None, 0, 0.0), None);
+        assert_eq!(choose_peak(&[-1.0, -0.5], None, 0, 0.0), None);
     }
 
     #[test]

@@ -49,8 +49,9 @@ fn main() -> anyhow::Result<()> {
             let mut out = BufWriter::new(std::fs::File::create(&args[3])?);
             let weighting = match std::env::var("EVAL_WEIGHTING").as_deref() {
                 Ok("phat") => Weighting::Phat,
-                Ok("scot") => Weighting::Scot,
-                _ => Weighting::Ml,
+                Ok("ml") => Weighting::Ml,
+                Ok(b) if b.starts_with("beta") => Weighting::ScotBeta(b[4..].parse()?),
+                _ => Weighting::Scot,
             };
             let mut est = DelayEstimator::new(48_000).with_weighting(weighting);
             let mut pos = 0usize;

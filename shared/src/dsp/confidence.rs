@@ -1,6 +1,6 @@
 //! How much to trust a correlation peak.
 //!
-//! Two ways an estimate goes wrong, and one factor for each:
+//! Three ways an estimate goes wrong, and one factor for each:
 //!
 //! 1. **The peak is noise** (silence, unrelated audio, too much noise). Away from a
 //!    true delay the whitened correlation is close to Gaussian with zero mean; its
@@ -15,7 +15,12 @@
 //!    chosen main lobe relative to the chosen one, `p_unique` falls linearly from 1
 //!    at `ρ ≤` [`RIVAL_LOW`] to 0 at `ρ ≥` [`RIVAL_HIGH`].
 //!
-//! The confidence is `p_noise · p_unique`, and an estimate is returned only when it
+//! 3. **The peak is too blunt** to place the direct path within 1 ms (narrow-band
+//!    content such as bass only, where reflections merge into the main lobe):
+//!    `p_sharp` falls linearly from 1 at a half-height width of [`LOBE_OK_MS`] to 0
+//!    at [`LOBE_MAX_MS`].
+//!
+//! The confidence is `p_noise · p_unique · p_sharp`, and an estimate is returned only when it
 //! reaches [`MIN_CONFIDENCE`]. The constants come from the Gaussian model, not from
 //! fitting test clips; the evaluation harness (`tools/eval_delay`) checks the
 //! calibration: see `docs/delay-estimation.md` for the observed share of correct
@@ -29,6 +34,15 @@ pub const RIVAL_LOW: f64 = 0.75;
 
 /// Rival/chosen peak ratio from which the choice is a coin toss (confidence 0).
 pub const RIVAL_HIGH: f64 = 0.95;
+
+/// A main lobe up to this wide at half height is sharp enough, ms.
+pub const LOBE_OK_MS: f64 = 0.5;
+
+/// A main lobe this wide at half height or wider gives no estimate, ms: the
+/// estimate promises 1 ms, and a lobe that wide merges the direct path with the
+/// reflections of the first metre or so (what happens with bass-only content in a
+/// reverberant room), so where its top lies says little about the direct path.
+pub const LOBE_MAX_MS: f64 = 1.0;
 
 /// Safety margin on the noise model: the union bound is applied to this many
 /// times more lags than counted, for correlated, non-Gaussian real-world noise.
@@ -85,7 +99,11 @@ pub struct Confidence {
     pub rival: f64,
     /// Probability that the chosen peak is the right one among real peaks, 0..=1.
     pub p_unique: f64,
-    /// `p_signal · p_unique`.
+    /// Width of the chosen main lobe at half height, ms.
+    pub lobe_ms: f64,
+    /// 1 for a sharp peak, falling to 0 for a lobe [`LOBE_MAX_MS`] wide.
+    pub p_sharp: f64,
+    /// `p_signal · p_unique · p_sharp`.
     pub value: f64,
 }
 
@@ -106,8 +124,16 @@ pub fn noise_threshold_z(lags: usize, band: f64) -> f64 {
 }
 
 /// Confidence of a peak `peak` over noise scale `sigma` among `lags` searched lags
-/// with effective band share `band` (0..=1), with a rival ratio `rival`.
-pub fn confidence(peak: f64, sigma: f64, lags: usize, band: f64, rival: f64) -> Confidence {
+/// with effective band share `band` (0..=1), with a rival ratio `rival` and a main
+/// lobe `lobe_ms` wide at half height.
+pub fn confidence(
+    peak: f64,
+    sigma: f64,
+    lags: usize,
+    band: f64,
+    rival: f64,
+    lobe_ms: f64,
+) -> Confidence {
     let z = if sigma > 0.0 { peak / sigma } else { 0.0 };
     let m = (lags as f64 * band.clamp(0.0, 1.0)).max(1.0) * LAG_COUNT_MARGIN;
     let p_signal = if z > 0.0 && z.is_finite() {
@@ -116,12 +142,15 @@ pub fn confidence(peak: f64, sigma: f64, lags: usize, band: f64, rival: f64) -> 
         0.0
     };
     let p_unique = ((RIVAL_HIGH - rival) / (RIVAL_HIGH - RIVAL_LOW)).clamp(0.0, 1.0);
+    let p_sharp = ((LOBE_MAX_MS - lobe_ms) / (LOBE_MAX_MS - LOBE_OK_MS)).clamp(0.0, 1.0);
     Confidence {
         z,
         p_signal,
         rival,
         p_unique,
-        value: p_signal * p_unique,
+        lobe_ms,
+        p_sharp,
+        value: p_signal * p_unique * p_sharp,
     }
 }
 
@@ -160,11 +189,13 @@ mod tests {
     #[test]
     fn confidence_is_low_for_noise_level_peaks_and_high_for_strong_ones() {
         // The largest of 48 000 Gaussian lags is typically ~4.4σ.
-        assert!(confidence(4.4, 1.0, 48_000, 1.0, 0.3).value < 0.01);
-        assert!(confidence(8.0, 1.0, 48_000, 1.0, 0.3).value > 0.99);
+        assert!(confidence(4.4, 1.0, 48_000, 1.0, 0.3, 0.1).value < 0.01);
+        assert!(confidence(8.0, 1.0, 48_000, 1.0, 0.3, 0.1).value > 0.99);
         // An equally strong rival makes it a coin toss.
-        assert_eq!(confidence(20.0, 1.0, 48_000, 1.0, 0.97).value, 0.0);
-        let mid = confidence(20.0, 1.0, 48_000, 1.0, 0.85).value;
+        assert_eq!(confidence(20.0, 1.0, 48_000, 1.0, 0.97, 0.1).value, 0.0);
+        let mid = confidence(20.0, 1.0, 48_000, 1.0, 0.85, 0.1).value;
         assert!(mid > 0.3 && mid < 0.7, "{mid}");
+        // A blunt peak cannot promise a millisecond.
+        assert_eq!(confidence(20.0, 1.0, 48_000, 1.0, 0.3, 3.0).value, 0.0);
     }
 }

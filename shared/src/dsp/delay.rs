@@ -10,7 +10,7 @@
 use super::confidence::{confidence, noise_threshold_z, robust_sigma, MIN_CONFIDENCE};
 use super::gcc::{GccWorkspace, Weighting};
 use super::peak::{
-    choose_peak, parabolic_offset, refine_peak, rival_ratio, REFLECTION_WINDOW_MS,
+    choose_peak, main_lobe, parabolic_offset, refine_peak, rival_ratio, REFLECTION_WINDOW_MS,
 };
 
 /// Where to look for the delay.
@@ -98,6 +98,8 @@ pub struct Diagnostics {
     pub lags: usize,
     /// Chosen lag before refinement, samples.
     pub peak_lag: i64,
+    /// Width of the chosen main lobe at half height, ms.
+    pub lobe_ms: f64,
 }
 
 /// Mean and RMS level (dBFS, after removing the mean) of a signal.
@@ -230,12 +232,15 @@ impl DelayEstimator {
         } else {
             rival_ratio(values, peak, window) as f64
         };
+        let (lobe_start, lobe_end) = main_lobe(values, peak.index);
+        let lobe_ms = (lobe_end - lobe_start) as f64 * 1000.0 / fs;
         let conf = confidence(
             peak.value as f64,
             sigma,
             values.len(),
             corr.effective_band,
             rival,
+            lobe_ms,
         );
         self.diagnostics = Some(Diagnostics {
             z: conf.z,
@@ -246,12 +251,19 @@ impl DelayEstimator {
             fft_len: corr.fft_len,
             lags: values.len(),
             peak_lag: lo + peak.index as i64,
+            lobe_ms,
         });
         if conf.value < MIN_CONFIDENCE {
             let why = if conf.p_signal < MIN_CONFIDENCE {
                 format!(
                     "no correlation peak stands out of the noise (peak {:.1} σ)",
                     conf.z
+                )
+            } else if conf.p_sharp < MIN_CONFIDENCE {
+                format!(
+                    "the correlation peak is too broad ({:.1} ms) to place the direct path \
+                     within 1 ms (too little bandwidth in common)",
+                    conf.lobe_ms
                 )
             } else {
                 format!(

@@ -76,15 +76,18 @@ const MIN_BLOCK_LEN: usize = 1024;
 pub const ML_MAX_COHERENCE: f32 = 0.99;
 
 /// Frequency weighting of the cross-spectrum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Weighting {
     /// Phase transform: unit magnitude in every kept bin (Knapp and Carter, 1976).
     Phat,
     /// Smoothed coherence transform: magnitude = estimated coherence `|γ|`.
+    #[default]
     Scot,
+    /// Partial whitening, `G_xy/(S_xx S_yy)^(β/2)` (the PHAT-β of Donohue, Hannemann
+    /// and Dietz, 2007, on block-averaged spectra).
+    ScotBeta(f32),
     /// Maximum-likelihood (Hannan–Thomson) weighting: magnitude `γ²/(1 − γ²)` with the
     /// coherence's `1/K` bias removed, so bins at the noise level get nothing.
-    #[default]
     Ml,
 }
 
@@ -329,6 +332,11 @@ impl GccWorkspace {
                 match self.weighting {
                     Weighting::Phat => scot / scot.norm().max(1e-30),
                     Weighting::Scot => scot,
+                    Weighting::ScotBeta(beta) => {
+                        // |G_xy| / (S_xx S_yy)^(β/2): SCOT for β = 1, plain
+                        // cross-correlation for β = 0.
+                        self.gxy[k] / d.powf(beta).max(1e-30)
+                    }
                     Weighting::Ml if blocks_used >= 2 => {
                         // Coherence with its 1/K bias removed, then γ²/(1 − γ²).
                         let g2 = scot.norm_sqr();

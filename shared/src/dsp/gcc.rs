@@ -135,6 +135,27 @@ pub fn plan_blocks(len: usize, width: usize) -> BlockPlan {
     best.expect("at least one candidate").2
 }
 
+/// Multiplies the first and last `taper` samples of `x` by a raised cosine (Tukey
+/// window ends). `table` caches the ramp (reallocated only when it must grow).
+fn apply_taper(x: &mut [f32], taper: usize, table: &mut Vec<f32>) {
+    let taper = taper.min(x.len() / 2);
+    if taper == 0 {
+        return;
+    }
+    if table.len() != taper {
+        table.clear();
+        table.extend((0..taper).map(|i| {
+            let a = std::f64::consts::PI * (i as f64 + 0.5) / taper as f64;
+            (0.5 - 0.5 * a.cos()) as f32
+        }));
+    }
+    let n = x.len();
+    for (i, &w) in table.iter().enumerate() {
+        x[i] *= w;
+        x[n - 1 - i] *= w;
+    }
+}
+
 /// The weighted correlation of one estimate, valid until the next call.
 pub struct Correlation<'a> {
     /// `values[i]` is the correlation at lag `lo + i` samples.
@@ -170,6 +191,8 @@ pub struct GccWorkspace {
     psi: Vec<Complex32>,
     spec_tmp: Vec<Complex32>,
     lags: Vec<f32>,
+    taper_y: Vec<f32>,
+    taper_x: Vec<f32>,
 }
 
 impl Default for GccWorkspace {
@@ -197,6 +220,8 @@ impl GccWorkspace {
             psi: Vec::new(),
             spec_tmp: Vec::new(),
             lags: Vec::new(),
+            taper_y: Vec::new(),
+            taper_x: Vec::new(),
         }
     }
 
@@ -258,48 +283,36 @@ impl GccWorkspace {
         while start < rec_end {
             let end = (start + plan.block_len).min(rec_end);
             // Recording block, tapered at both ends, zero-padded.
-            self.time.fill(0.0);
             let len = end - start;
-            let taper = (len / TAPER_DIVISOR).max(1);
-            let mut e_y = 0.0f32;
-            for (i, (t, &s)) in self.time.iter_mut().zip(&recording[start..end]).enumerate() {
-                let edge = i.min(len - 1 - i);
-                let w = if edge < taper {
-                    let x = std::f32::consts::PI * (edge as f32 + 0.5) / taper as f32;
-                    0.5 - 0.5 * x.cos()
-                } else {
-                    1.0
-                };
-                *t = (s - rec_mean) * w;
-                e_y += *t * *t;
-            }
+            let e_y = {
+                let t = &mut self.time[..len];
+                for (t, &s) in t.iter_mut().zip(&recording[start..end]) {
+                    *t = s - rec_mean;
+                }
+                apply_taper(t, (len / TAPER_DIVISOR).max(1), &mut self.taper_y);
+                t.iter().map(|v| v * v).sum::<f32>()
+            };
+            self.time[len..].fill(0.0);
             let _ = fwd.process_with_scratch(&mut self.time, &mut self.spec_y, &mut self.scratch);
-            // Reference segment: ref[start − hi + i] for i in 0..(end − start + width − 1).
-            self.time.fill(0.0);
-            // Its ends and the ends of the whole reference are tapered too, over
-            // a shorter length (they only weigh the extreme lags down a little).
+            // Reference segment: ref[start − hi + i] for i in 0..(end − start + width − 1),
+            // zero outside the reference. The ends of the part inside it are tapered
+            // too, over a shorter length (that only weighs the extreme lags down a
+            // little).
             let seg_len = end - start + width - 1;
             let seg_start = start as i64 - hi;
-            let taper_x = (seg_len / (2 * TAPER_DIVISOR)).max(1);
-            let mut e_x = 0.0f32;
-            for (i, t) in self.time[..seg_len].iter_mut().enumerate() {
-                let j = seg_start + i as i64;
-                if j >= 0 && (j as usize) < reference.len() {
-                    let ju = j as usize;
-                    let edge = i
-                        .min(seg_len - 1 - i)
-                        .min(ju)
-                        .min(reference.len() - 1 - ju);
-                    let w = if edge < taper_x {
-                        let x = std::f32::consts::PI * (edge as f32 + 0.5) / taper_x as f32;
-                        0.5 - 0.5 * x.cos()
-                    } else {
-                        1.0
-                    };
-                    *t = (reference[ju] - ref_mean) * w;
-                    e_x += *t * *t;
+            let a = (-seg_start).clamp(0, seg_len as i64) as usize;
+            let b = (reference.len() as i64 - seg_start).clamp(a as i64, seg_len as i64) as usize;
+            self.time[..a].fill(0.0);
+            self.time[b..].fill(0.0);
+            let e_x = {
+                let j0 = (seg_start + a as i64) as usize;
+                let t = &mut self.time[a..b];
+                for (t, &s) in t.iter_mut().zip(&reference[j0..j0 + (b - a)]) {
+                    *t = s - ref_mean;
                 }
-            }
+                apply_taper(t, (seg_len / (2 * TAPER_DIVISOR)).max(1), &mut self.taper_x);
+                t.iter().map(|v| v * v).sum::<f32>()
+            };
             start = end;
             if e_x <= 0.0 || e_y <= 0.0 {
                 continue;

@@ -53,7 +53,9 @@ fn main() -> anyhow::Result<()> {
                 Ok(b) if b.starts_with("beta") => Weighting::ScotBeta(b[4..].parse()?),
                 _ => Weighting::Scot,
             };
-            let mut est = DelayEstimator::new(48_000).with_weighting(weighting);
+            let mut est = DelayEstimator::new(48_000)
+                .with_weighting(weighting)
+                .with_two_stage(std::env::var("EVAL_TWO_STAGE").is_ok());
             let mut pos = 0usize;
             while pos < data.len() {
                 let u32_at = |p: usize| u32::from_le_bytes(data[p..p + 4].try_into().unwrap());
@@ -93,7 +95,8 @@ fn main() -> anyhow::Result<()> {
                 expected_lag_ms: None,
             };
             let reps: usize = args[6].parse()?;
-            let mut est = DelayEstimator::new(48_000);
+            let mut est =
+                DelayEstimator::new(48_000).with_two_stage(std::env::var("EVAL_TWO_STAGE").is_ok());
             let mut best = f64::INFINITY;
             let mut last = None;
             for _ in 0..reps.max(1) {
@@ -101,12 +104,11 @@ fn main() -> anyhow::Result<()> {
                 last = Some(est.estimate(&r, &y, &search)?);
                 best = best.min(t.elapsed().as_secs_f64());
             }
-            println!(
-                "{}",
-                serde_json::json!({"best_s": best, "estimate": last})
-            );
+            println!("{}", serde_json::json!({"best_s": best, "estimate": last}));
         }
-        _ => bail!("usage: eval_delay decode IN OUT | run CASES RESULTS | time REF REC MIN_MS MAX_MS REPS"),
+        _ => bail!(
+            "usage: eval_delay decode IN OUT | run CASES RESULTS | time REF REC MIN_MS MAX_MS REPS"
+        ),
     }
     Ok(())
 }

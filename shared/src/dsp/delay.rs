@@ -8,6 +8,7 @@
 //! (`recording[n] ≈ g·reference[n − d]`).
 
 use super::confidence::{confidence, noise_threshold_z, robust_sigma, MIN_CONFIDENCE};
+use super::decimate::{Decimator, FACTOR};
 use super::gcc::{GccWorkspace, Weighting};
 use super::peak::{
     choose_peak, main_lobe, parabolic_offset, refine_peak, rival_ratio, REFLECTION_WINDOW_MS,
@@ -75,6 +76,11 @@ pub enum EstimateError {
 pub struct DelayEstimator {
     sample_rate: u32,
     gcc: GccWorkspace,
+    gcc_fine: GccWorkspace,
+    decimator: Decimator,
+    dec_ref: Vec<f32>,
+    dec_rec: Vec<f32>,
+    two_stage: bool,
     scratch: Vec<f32>,
     diagnostics: Option<Diagnostics>,
 }
@@ -110,6 +116,20 @@ fn mean_and_level(x: &[f32]) -> (f32, f64) {
     (mean as f32, 10.0 * e.max(1e-20).log10())
 }
 
+/// With [`DelayEstimator::with_two_stage`], recordings at least this long (samples,
+/// at ≥ 16 kHz) are searched coarse to fine:
+/// decimated by 4 over the whole search range first ([`Decimator`]), then at the full
+/// rate over ±[`FINE_HALF_WIDTH`] samples around the coarse peak on the loudest
+/// [`FINE_LEN`] samples. The coarse stage decides (detection, peak choice,
+/// confidence); the fine stage only places the peak.
+pub const TWO_STAGE_MIN_LEN: usize = 16_384;
+
+/// Half width of the fine search, samples at the full rate (two coarse samples).
+pub const FINE_HALF_WIDTH: i64 = 8;
+
+/// Recording samples the fine stage uses (0.5 s at 48 kHz).
+pub const FINE_LEN: usize = 24_000;
+
 /// Below this RMS level (dBFS, DC removed) a signal is taken as silence.
 pub const SILENCE_DBFS: f64 = -90.0;
 
@@ -119,6 +139,11 @@ impl DelayEstimator {
         Self {
             sample_rate,
             gcc: GccWorkspace::new(),
+            gcc_fine: GccWorkspace::new(),
+            decimator: Decimator::new(),
+            dec_ref: Vec::new(),
+            dec_rec: Vec::new(),
+            two_stage: false,
             scratch: Vec::new(),
             diagnostics: None,
         }
@@ -132,12 +157,53 @@ impl DelayEstimator {
     /// Uses `weighting` instead of the default (for comparisons).
     pub fn with_weighting(mut self, weighting: Weighting) -> Self {
         self.gcc.weighting = weighting;
+        self.gcc_fine.weighting = weighting;
+        self
+    }
+
+    /// Turns the coarse-to-fine search on or off (off by default). On: about half
+    /// the work (for slow devices), but the harness measured worse accuracy and
+    /// fewer estimates (see `docs/delay-estimation.md`), so the default is one stage
+    /// at the full rate.
+    pub fn with_two_stage(mut self, on: bool) -> Self {
+        self.two_stage = on;
         self
     }
 
     /// Sample rate, Hz.
     pub fn sample_rate(&self) -> u32 {
         self.sample_rate
+    }
+
+    /// The recording span `[r0, r1)` for the fine stage: `FINE_LEN` samples (or all)
+    /// where the reference exists at lag `centre`, chosen as the loudest of a few
+    /// candidate positions (measured on the decimated recording).
+    fn fine_span(&self, rec_len: usize, ref_len: usize, centre: i64) -> (usize, usize) {
+        let len = FINE_LEN.min(rec_len);
+        // Recording n pairs with reference n − centre.
+        let lo = centre.max(0) as usize;
+        let hi = ((ref_len as i64 + centre).max(0) as usize).min(rec_len);
+        let (lo, hi) = if hi >= lo + len {
+            (lo, hi)
+        } else {
+            (0, rec_len)
+        };
+        let last = hi - len;
+        let step = (len / 4).max(1);
+        let mut best = (f32::MIN, lo);
+        let mut p = lo;
+        loop {
+            let (a, b) = (p / FACTOR, ((p + len) / FACTOR).min(self.dec_rec.len()));
+            let e: f32 = self.dec_rec[a.min(b)..b].iter().map(|v| v * v).sum();
+            if e > best.0 {
+                best = (e, p);
+            }
+            if p >= last {
+                break;
+            }
+            p = (p + step).min(last);
+        }
+        (best.1, best.1 + len)
     }
 
     /// Estimates the delay of `recording` against `reference` (both mono, at the
@@ -207,9 +273,36 @@ impl DelayEstimator {
         if ref_db < SILENCE_DBFS {
             return Ok(no("the reference is silent".into(), 0.0));
         }
+        // Coarse stage: the whole windows, decimated by 4, over the whole search;
+        // it decides whether there is a delay and which peak is the direct path.
+        let f = FACTOR as i64;
+        let two_stage = self.two_stage
+            && self.sample_rate >= 16_000
+            && recording.len() >= TWO_STAGE_MIN_LEN
+            && reference.len() >= TWO_STAGE_MIN_LEN / 4;
+        let (s_ref, s_rec, s_lo, s_hi, s_fs): (&[f32], &[f32], i64, i64, f64) = if two_stage {
+            self.decimator.run(reference, ref_mean, &mut self.dec_ref);
+            self.decimator.run(recording, rec_mean, &mut self.dec_rec);
+            let c_lo = (lo.div_euclid(f) - 1).max(-(self.dec_ref.len() as i64 - 1));
+            let c_hi = (hi.div_euclid(f) + 2).min(self.dec_rec.len() as i64 - 1);
+            (
+                &self.dec_ref,
+                &self.dec_rec,
+                c_lo,
+                c_hi.max(c_lo),
+                fs / f as f64,
+            )
+        } else {
+            (reference, recording, lo, hi, fs)
+        };
+        let (s_ref_mean, s_rec_mean) = if two_stage {
+            (0.0, 0.0)
+        } else {
+            (ref_mean, rec_mean)
+        };
         let corr = self
             .gcc
-            .correlate(reference, recording, ref_mean, rec_mean, lo, hi, fs);
+            .correlate(s_ref, s_rec, s_ref_mean, s_rec_mean, s_lo, s_hi, s_fs);
         if corr.blocks_used == 0 || corr.effective_band <= 0.0 {
             return Ok(no(
                 "the reference and the recording have no sound in common in time or frequency"
@@ -221,7 +314,7 @@ impl DelayEstimator {
         let expected = search.expected_lag_ms.map(|ms| to_samples(ms) - lo as f64);
         let sigma = robust_sigma(values, &mut self.scratch);
         let floor = (noise_threshold_z(values.len(), corr.effective_band) * sigma) as f32;
-        let window = to_samples(REFLECTION_WINDOW_MS).round() as usize;
+        let window = (REFLECTION_WINDOW_MS * s_fs / 1000.0).round() as usize;
         let Some(peak) = choose_peak(values, expected, window, floor) else {
             return Ok(no("no correlation peak".into(), 0.0));
         };
@@ -233,7 +326,7 @@ impl DelayEstimator {
             rival_ratio(values, peak, window) as f64
         };
         let (lobe_start, lobe_end) = main_lobe(values, peak.index);
-        let lobe_ms = (lobe_end - lobe_start) as f64 * 1000.0 / fs;
+        let lobe_ms = (lobe_end - lobe_start) as f64 * 1000.0 / s_fs;
         let conf = confidence(
             peak.value as f64,
             sigma,
@@ -250,7 +343,7 @@ impl DelayEstimator {
             blocks: corr.blocks_used,
             fft_len: corr.fft_len,
             lags: values.len(),
-            peak_lag: lo + peak.index as i64,
+            peak_lag: (s_lo + peak.index as i64) * if two_stage { f } else { 1 },
             lobe_ms,
         });
         if conf.value < MIN_CONFIDENCE {
@@ -282,18 +375,53 @@ impl DelayEstimator {
                 0.0,
             ));
         }
-        let start = if values.len() >= 3 {
-            parabolic_offset(
-                values[peak.index - 1],
-                values[peak.index],
-                values[peak.index + 1],
-            )
+        if !two_stage {
+            let start = if values.len() >= 3 {
+                parabolic_offset(
+                    values[peak.index - 1],
+                    values[peak.index],
+                    values[peak.index + 1],
+                )
+            } else {
+                0.0
+            };
+            let lag = lo + peak.index as i64;
+            let off = refine_peak(corr.spectrum, corr.fft_len, (lag - hi) as f64, start);
+            return Ok(DelayEstimate {
+                delay_ms: Some((lag as f64 + off) * 1000.0 / fs),
+                confidence: conf.value,
+                signal_strength_db,
+                reason: None,
+            });
+        }
+        // Fine stage: full rate, ±FINE_HALF_WIDTH samples around the coarse peak, on
+        // the loudest FINE_LEN samples of the recording that the reference covers.
+        let centre = (s_lo + peak.index as i64) * f;
+        let f_lo = (centre - FINE_HALF_WIDTH).clamp(lo, hi);
+        let f_hi = (centre + FINE_HALF_WIDTH).clamp(lo, hi);
+        let (r0, r1) = self.fine_span(recording.len(), reference.len(), centre);
+        let fine = self.gcc_fine.correlate(
+            reference,
+            &recording[r0..r1],
+            ref_mean,
+            rec_mean,
+            f_lo - r0 as i64,
+            f_hi - r0 as i64,
+            fs,
+        );
+        let fv = fine.values;
+        let (i_best, _) =
+            fv.iter().enumerate().fold(
+                (0usize, f32::MIN),
+                |a, (i, &v)| if v > a.1 { (i, v) } else { a },
+            );
+        let start = if i_best > 0 && i_best + 1 < fv.len() {
+            parabolic_offset(fv[i_best - 1], fv[i_best], fv[i_best + 1])
         } else {
             0.0
         };
-        let lag = lo + peak.index as i64;
-        let m0 = (lag - hi) as f64;
-        let off = refine_peak(corr.spectrum, corr.fft_len, m0, start);
+        let lag = f_lo + i_best as i64;
+        let off = refine_peak(fine.spectrum, fine.fft_len, (lag - f_hi) as f64, start);
         let delay_ms = (lag as f64 + off) * 1000.0 / fs;
         Ok(DelayEstimate {
             delay_ms: Some(delay_ms),

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod confidence;
+pub mod decimate;
 pub mod delay;
 pub mod gcc;
 pub mod peak;

@@ -67,10 +67,10 @@ fn is_local_max(values: &[f32], i: usize) -> bool {
 }
 
 fn argmax(values: &[f32]) -> (usize, f32) {
-    values
-        .iter()
-        .enumerate()
-        .fold((0usize, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+    values.iter().enumerate().fold(
+        (0usize, f32::MIN),
+        |a, (i, &v)| if v > a.1 { (i, v) } else { a },
+    )
 }
 
 /// Chooses the peak (see the module docs). `expected` is the expected lag as an index

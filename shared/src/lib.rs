@@ -12,6 +12,7 @@ pub mod decode;
 pub mod dsp;
 pub mod fsutil;
 pub mod messages;
+pub mod mqtt;
 pub mod profile;
 pub mod room;
 pub mod stats;

@@ -74,9 +74,14 @@ pub struct PayloadError {
 /// Errors: invalid UTF-8 or JSON, a missing field or a value of the wrong type; the
 /// error names the topic and the reason. Never panics.
 pub fn parse<T: for<'de> Deserialize<'de>>(topic: &str, payload: &[u8]) -> Result<T, PayloadError> {
-    serde_json::from_slice(payload).map_err(|e| PayloadError {
+    let de = &mut serde_json::Deserializer::from_slice(payload);
+    serde_path_to_error::deserialize(de).map_err(|e| PayloadError {
         topic: topic.to_string(),
-        reason: e.to_string(),
+        reason: if e.path().to_string() == "." {
+            e.inner().to_string()
+        } else {
+            format!("{}: {}", e.path(), e.inner())
+        },
     })
 }
 

@@ -158,10 +158,16 @@ impl DeviceProfile {
 
     /// Parses and validates a profile from JSON text; `name` is used in errors.
     pub fn from_json(name: &str, text: &[u8]) -> Result<Self, ProfileError> {
-        let p: DeviceProfile = serde_json::from_slice(text).map_err(|e| ProfileError::Invalid {
-            path: name.to_string(),
-            reason: e.to_string(),
-        })?;
+        let de = &mut serde_json::Deserializer::from_slice(text);
+        let p: DeviceProfile =
+            serde_path_to_error::deserialize(de).map_err(|e| ProfileError::Invalid {
+                path: name.to_string(),
+                reason: if e.path().to_string() == "." {
+                    e.inner().to_string()
+                } else {
+                    format!("{}: {}", e.path(), e.inner())
+                },
+            })?;
         p.validate().map_err(|reason| ProfileError::Invalid {
             path: name.to_string(),
             reason,

@@ -1,1 +1,194 @@
-//! placeholder
+//! The SyncStream transmitter: takes audio from a source, keeps the last seconds in a
+//! rolling buffer, streams it to receivers over TCP, serves source windows over HTTP,
+//! and runs the sync controller and (by default) an embedded MQTT broker.
+
+pub mod broker;
+pub mod controller;
+pub mod http;
+pub mod mqtt;
+pub mod pacer;
+pub mod rolling_buffer;
+pub mod source;
+pub mod stream_server;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use syncstream_shared::codec::{AudioEncoder, CHUNK_FRAMES};
+use syncstream_shared::mqtt::BrokerUrl;
+use syncstream_shared::time::{Clock, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
+use syncstream_shared::wire::{Codec, Frame, PROTOCOL_VERSION};
+
+pub use controller::{ControllerConfig, SyncController};
+pub use pacer::PullAudio;
+pub use rolling_buffer::RollingBuffer;
+
+/// Default TCP port of the audio stream.
+pub const DEFAULT_STREAM_PORT: u16 = 4953;
+/// Default TCP port of the HTTP API.
+pub const DEFAULT_HTTP_PORT: u16 = 4954;
+
+/// Which MQTT broker to use.
+#[derive(Debug, Clone)]
+pub enum MqttMode {
+    /// Start rumqttd in this process, listening here.
+    Embedded(SocketAddr),
+    /// Use an external broker (e.g. mosquitto).
+    External(BrokerUrl),
+}
+
+/// Transmitter settings.
+#[derive(Debug, Clone)]
+pub struct TransmitterConfig {
+    /// Audio stream listen address.
+    pub stream_addr: SocketAddr,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// MQTT broker.
+    pub mqtt: MqttMode,
+    /// Stream codec.
+    pub codec: Codec,
+    /// Seconds of source audio kept for windows.
+    pub buffer_seconds: f64,
+    /// Playout delay announced to receivers, ms.
+    pub playout_delay_ms: u32,
+    /// Controller tuning.
+    pub controller: ControllerConfig,
+}
+
+impl Default for TransmitterConfig {
+    fn default() -> Self {
+        Self {
+            stream_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_STREAM_PORT)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_HTTP_PORT)),
+            mqtt: MqttMode::Embedded(SocketAddr::from(([0, 0, 0, 0], 1883))),
+            codec: Codec::Opus,
+            buffer_seconds: 30.0,
+            playout_delay_ms: 1000,
+            controller: ControllerConfig::default(),
+        }
+    }
+}
+
+/// A running transmitter. Dropping it stops the pacer; the servers live as long as
+/// the tokio runtime.
+pub struct Transmitter {
+    /// Where the stream server listens.
+    pub stream_addr: SocketAddr,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// The broker in use.
+    pub broker: BrokerUrl,
+    /// Controller state.
+    pub controller: Arc<Mutex<SyncController>>,
+    /// The rolling buffer.
+    pub buffer: Arc<Mutex<RollingBuffer>>,
+    /// PTS of source sample 0, µs.
+    pub epoch_us: i64,
+    stop: Arc<AtomicBool>,
+    pacer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Transmitter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.pacer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Starts a transmitter on the current tokio runtime, pulling audio from `source`.
+///
+/// Errors: a port that cannot be bound, a codec that cannot be created.
+pub async fn start(
+    cfg: TransmitterConfig,
+    source: PullAudio,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Transmitter> {
+    let broker = match &cfg.mqtt {
+        MqttMode::Embedded(addr) => {
+            broker::start_embedded_broker(*addr)?;
+            let host = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                addr.ip().to_string()
+            };
+            BrokerUrl {
+                host,
+                port: addr.port(),
+            }
+        }
+        MqttMode::External(url) => url.clone(),
+    };
+    let mut encoder = AudioEncoder::new(cfg.codec, STREAM_SAMPLE_RATE, STREAM_CHANNELS)?;
+    let codec_delay_samples = encoder.delay_samples()?;
+    // Start the timeline a little in the past so the first chunk is due at once.
+    let epoch_us = clock.now_us();
+    let hello = Frame::ServerHello {
+        protocol_version: PROTOCOL_VERSION,
+        sample_rate: STREAM_SAMPLE_RATE,
+        channels: STREAM_CHANNELS,
+        codec: cfg.codec,
+        codec_delay_samples,
+        epoch_us,
+        playout_delay_ms: cfg.playout_delay_ms,
+    };
+    let history_chunks =
+        (cfg.playout_delay_ms as usize * STREAM_SAMPLE_RATE as usize / 1000) / CHUNK_FRAMES + 2;
+    let hub = stream_server::StreamHub::new(hello, history_chunks);
+    let buffer = Arc::new(Mutex::new(RollingBuffer::new(
+        STREAM_SAMPLE_RATE,
+        cfg.buffer_seconds,
+        epoch_us,
+    )));
+    let controller = Arc::new(Mutex::new(SyncController::new(cfg.controller.clone())));
+
+    let stream_listener = tokio::net::TcpListener::bind(cfg.stream_addr)
+        .await
+        .with_context(|| format!("cannot listen for receivers on {}", cfg.stream_addr))?;
+    let stream_addr = stream_listener.local_addr()?;
+    tokio::spawn(stream_server::serve(
+        stream_listener,
+        hub.clone(),
+        clock.clone(),
+    ));
+
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let app = http::router(http::HttpState {
+        buffer: buffer.clone(),
+        hub: hub.clone(),
+        controller: controller.clone(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app).await {
+            tracing::error!("HTTP server stopped: {e}");
+        }
+    });
+
+    tokio::spawn(mqtt::run_controller(broker.clone(), controller.clone()));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let pacer = {
+        let (clock, buffer, hub, stop) = (clock.clone(), buffer.clone(), hub.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("pacer".into())
+            .spawn(move || pacer::run(source, encoder, epoch_us, clock, buffer, hub, stop))?
+    };
+    tracing::info!(%stream_addr, %http_addr, %broker, "transmitter running");
+    Ok(Transmitter {
+        stream_addr,
+        http_addr,
+        broker,
+        controller,
+        buffer,
+        epoch_us,
+        stop,
+        pacer: Some(pacer),
+    })
+}

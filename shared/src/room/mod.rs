@@ -26,8 +26,7 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
 use crate::audio::{AudioError, CaptureFn, Microphone, RenderFn, Sink, StreamFormat};
-use crate::profile::SPEED_OF_SOUND_M_S;
-use crate::time::{samples_to_us, us_to_samples, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
+use crate::time::{samples_to_us, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
 
 pub mod rir;
 
@@ -74,7 +73,8 @@ pub struct VirtualDevice {
     pub name: String,
     /// True output latency, ms (hidden from the system).
     pub latency_ms: f64,
-    /// Random-walk standard deviation of the latency per minute, ms.
+    /// Random-walk standard deviation of the latency per minute, ms: every minute the
+    /// latency takes a step drawn from N(0, σ²), and moves linearly to it over that minute.
     pub latency_wander_ms_per_min: f64,
     /// Speaker-to-microphone distance, m.
     pub mic_distance_m: f64,
@@ -114,6 +114,8 @@ impl VirtualDevice {
 pub struct TruthSample {
     /// Index of the device in the room's device list.
     pub device: usize,
+    /// Room time of the block (the DAC time of its first frame), µs.
+    pub block_room_us: f64,
     /// Room time the block's first frame left the speaker, µs.
     pub emit_room_us: f64,
     /// Its presentation timestamp, µs (transmitter clock).
@@ -142,8 +144,24 @@ struct DeviceState {
     noise_rms: f32,
     render_buf: Vec<f32>,
     mic_buf: Vec<f32>,
-    muted_output: bool,
+    /// Next local sample index (local µs × rate / 10⁶) the DAC plays, while started.
+    dac_next: Option<i64>,
+    /// Next local sample index the ADC takes, while started.
+    adc_next: Option<i64>,
+    wander: Wander,
 }
+
+/// State of the latency random walk: it moves linearly from `from_ms` to `to_ms` over
+/// the minute that starts at `t0_us`.
+#[derive(Debug, Clone, Copy)]
+struct Wander {
+    t0_us: f64,
+    from_ms: f64,
+    to_ms: f64,
+}
+
+/// Interval between the random walk's steps, µs (one minute).
+const WANDER_STEP_US: f64 = 60e6;
 
 struct RoomState {
     origin_us: i64,
@@ -247,10 +265,15 @@ impl Room {
                 noise_rms,
                 render_buf: vec![0.0; BLOCK_FRAMES * STREAM_CHANNELS as usize],
                 mic_buf: vec![0.0; BLOCK_FRAMES],
-                muted_output: false,
+                dac_next: None,
+                adc_next: None,
+                wander: Wander {
+                    t0_us: origin_us as f64,
+                    from_ms: d.latency_ms,
+                    to_ms: d.latency_ms,
+                },
             });
         }
-        let _ = SPEED_OF_SOUND_M_S;
         let history = max_tap + 4 * BLOCK_FRAMES;
         Ok(Self {
             inner: Arc::new(Mutex::new(RoomState {
@@ -333,108 +356,143 @@ impl RoomState {
         self.origin_us as f64 + k as f64 * 1e6 / STREAM_SAMPLE_RATE as f64
     }
 
+    /// Room position (fractional room sample index) of device-local time `local_us`.
+    fn room_pos(&self, clock: &ClockModel, local_us: f64) -> f64 {
+        (clock.room_from_local(local_us) - self.origin_us as f64) * STREAM_SAMPLE_RATE as f64 / 1e6
+    }
+
     fn step(&mut self) {
         let k = self.k;
         let b = BLOCK_FRAMES as i64;
         let room_us_k = self.room_us(k);
+        let room_us_next = self.room_us(k + b);
         let ch = STREAM_CHANNELS as usize;
-        // Latency wander: a random walk with the given σ per minute.
-        let blocks_per_min = 60.0 * STREAM_SAMPLE_RATE as f64 / BLOCK_FRAMES as f64;
+        let fs = STREAM_SAMPLE_RATE as f64;
+        // Latency wander: a random walk with one step of σ per minute, followed linearly.
         for d in 0..self.devices.len() {
             let sigma = self.devices[d].cfg.latency_wander_ms_per_min;
             if sigma > 0.0 {
-                let step_ms = sigma / blocks_per_min.sqrt();
-                let n: f64 = Normal::new(0.0, step_ms)
-                    .map(|n| n.sample(&mut self.rng))
-                    .unwrap_or(0.0);
                 let dev = &mut self.devices[d];
+                while room_us_k >= dev.wander.t0_us + WANDER_STEP_US {
+                    dev.wander.t0_us += WANDER_STEP_US;
+                    dev.wander.from_ms = dev.wander.to_ms;
+                    let n: f64 = Normal::new(0.0, sigma)
+                        .map(|n| n.sample(&mut self.rng))
+                        .unwrap_or(0.0);
+                    dev.wander.to_ms = (dev.wander.from_ms + n).max(0.0);
+                }
+                let w = &dev.wander;
                 let lat_ms =
-                    (dev.latency_samples * 1000.0 / STREAM_SAMPLE_RATE as f64 + n).max(0.0);
-                dev.latency_samples = lat_ms * STREAM_SAMPLE_RATE as f64 / 1000.0;
+                    w.from_ms + (w.to_ms - w.from_ms) * (room_us_k - w.t0_us) / WANDER_STEP_US;
+                dev.latency_samples = lat_ms * fs / 1000.0;
             }
         }
-        // Make room in every emission history for [.., k + b + max latency).
+        // Make room in every emission history for [.., k + b + latency + slack).
         for d in 0..self.devices.len() {
-            let needed_end = k + b + self.devices[d].latency_samples.ceil() as i64 + b;
+            let needed_end = k + 2 * b + self.devices[d].latency_samples.ceil() as i64 + 2;
             let dev = &mut self.devices[d];
             let end = self.emitted_start + dev.emitted.len() as i64;
             for _ in end..needed_end {
                 dev.emitted.push_back(0.0);
             }
         }
-        // 1. Render and emit.
+        // 1. Render and emit. Each device's DAC runs on its own clock: it plays the local
+        // sample instants that fall in this block's room interval.
         for d in 0..self.devices.len() {
+            let clock = self.devices[d].cfg.clock;
+            let local_end = clock.local_from_room(room_us_next) * fs / 1e6;
             let dev = &mut self.devices[d];
-            let Some(render) = dev.render.as_mut() else {
+            if dev.render.is_none() {
+                dev.dac_next = None;
                 continue;
-            };
-            let local_us = dev.cfg.clock.local_from_room(room_us_k);
+            }
+            let first = dev
+                .dac_next
+                .unwrap_or_else(|| (clock.local_from_room(room_us_k) * fs / 1e6).ceil() as i64);
+            let n = (local_end.ceil() as i64 - first).clamp(0, 2 * b) as usize;
+            dev.dac_next = Some(first + n as i64);
+            dev.render_buf.resize(n * ch, 0.0);
             dev.render_buf.fill(0.0);
-            let info = render(&mut dev.render_buf, local_us.round() as i64);
-            // The device's DAC runs on its own clock: a block of B local samples lasts
-            // B/(1+ppm) room samples. Emission position of the first frame:
+            let dac_us = first as f64 * 1e6 / fs;
+            let render = dev.render.as_mut().expect("checked above");
+            let info = render(&mut dev.render_buf, dac_us.round() as i64);
             let lat = dev.latency_samples;
-            let start = k as f64 + lat;
-            let rate = 1.0 / (1.0 + dev.cfg.clock.ppm * 1e-6);
-            if !dev.muted_output {
-                for i in 0..BLOCK_FRAMES {
-                    let mono: f32 =
-                        dev.render_buf[i * ch..(i + 1) * ch].iter().sum::<f32>() / ch as f32;
-                    let pos = start + i as f64 * rate;
-                    // Linear spreading onto the two nearest room samples (fractional delay).
-                    let p0 = pos.floor();
-                    let frac = (pos - p0) as f32;
-                    let i0 = (p0 as i64 - self.emitted_start) as usize;
-                    if let Some(x) = dev.emitted.get_mut(i0) {
-                        *x += mono * (1.0 - frac);
-                    }
-                    if let Some(x) = dev.emitted.get_mut(i0 + 1) {
-                        *x += mono * frac;
-                    }
+            let pos0 = (clock.room_from_local(dac_us) - self.origin_us as f64) * fs / 1e6 + lat;
+            let step = 1.0 / (1.0 + clock.ppm * 1e-6);
+            for i in 0..n {
+                let mono: f32 =
+                    dev.render_buf[i * ch..(i + 1) * ch].iter().sum::<f32>() / ch as f32;
+                // Linear spreading onto the two nearest room samples (fractional delay).
+                let pos = pos0 + i as f64 * step;
+                let p0 = pos.floor();
+                let frac = (pos - p0) as f32;
+                let i0 = p0 as i64 - self.emitted_start;
+                if i0 < 0 {
+                    continue;
+                }
+                if let Some(x) = dev.emitted.get_mut(i0 as usize) {
+                    *x += mono * (1.0 - frac);
+                }
+                if let Some(x) = dev.emitted.get_mut(i0 as usize + 1) {
+                    *x += mono * frac;
                 }
             }
             if let Some(pts) = info.source_pts_us {
                 self.truth.push(TruthSample {
                     device: d,
-                    emit_room_us: room_us_k + lat * 1e6 / STREAM_SAMPLE_RATE as f64,
+                    block_room_us: room_us_k,
+                    emit_room_us: self.origin_us as f64 + pos0 * 1e6 / fs,
                     source_pts_us: pts,
                 });
             }
         }
-        // 2. Record.
+        // 2. Record: each microphone samples the room at its own clock's instants.
         for d in 0..self.devices.len() {
+            let clock = self.devices[d].cfg.clock;
             if self.devices[d].capture.is_none() {
+                self.devices[d].adc_next = None;
                 continue;
             }
+            let local_end = clock.local_from_room(room_us_next) * fs / 1e6;
+            let first = self.devices[d]
+                .adc_next
+                .unwrap_or_else(|| (clock.local_from_room(room_us_k) * fs / 1e6).ceil() as i64);
+            let n = (local_end.ceil() as i64 - first).clamp(0, 2 * b) as usize;
+            self.devices[d].adc_next = Some(first + n as i64);
+            let adc_us = first as f64 * 1e6 / fs;
+            let pos0 = self.room_pos(&clock, adc_us);
+            let step = 1.0 / (1.0 + clock.ppm * 1e-6);
             let mut mic = std::mem::take(&mut self.devices[d].mic_buf);
-            mic.fill(0.0);
+            mic.clear();
+            mic.resize(n, 0.0);
             for p in &self.devices[d].paths {
                 let src = &self.devices[p.source].emitted;
                 for &(delay, gain) in &p.taps {
-                    // mic[i] += gain · emitted[k + i − delay]
-                    let base = k - delay as i64 - self.emitted_start;
-                    if base < 0 {
-                        continue;
-                    }
-                    let base = base as usize;
+                    // mic[i] += gain · emitted(pos0 + i·step − delay), linearly interpolated.
+                    let base = pos0 - delay as f64 - self.emitted_start as f64;
                     for (i, m) in mic.iter_mut().enumerate() {
-                        if let Some(x) = src.get(base + i) {
-                            *m += gain * *x;
+                        let q = base + i as f64 * step;
+                        if q < 0.0 {
+                            continue;
+                        }
+                        let q0 = q as usize;
+                        let frac = (q - q0 as f64) as f32;
+                        if let (Some(a), Some(c)) = (src.get(q0), src.get(q0 + 1)) {
+                            *m += gain * (a + (c - a) * frac);
                         }
                     }
                 }
             }
             let noise_rms = self.devices[d].noise_rms;
             if noise_rms > 0.0 {
-                let normal = Normal::new(0.0f32, noise_rms).unwrap();
+                let normal = Normal::new(0.0f32, noise_rms).expect("finite noise level");
                 for m in mic.iter_mut() {
                     *m += normal.sample(&mut self.rng);
                 }
             }
             let dev = &mut self.devices[d];
-            let local_us = dev.cfg.clock.local_from_room(room_us_k);
             if let Some(cap) = dev.capture.as_mut() {
-                cap(&mic, local_us.round() as i64);
+                cap(&mic, adc_us.round() as i64);
             }
             dev.mic_buf = mic;
         }
@@ -449,7 +507,6 @@ impl RoomState {
             }
             self.emitted_start = keep_from;
         }
-        let _ = us_to_samples;
     }
 }
 

@@ -1,0 +1,306 @@
+//! The drift detector: lines up what the microphone heard with the source audio that
+//! should have been playing, and measures how late the device really sounds.
+//!
+//! A sample with PTS `T` should leave the speaker at transmitter time `T + P`
+//! (P = playout delay) and reach the microphone `mic_distance / 343 m/s` later. So a
+//! recording that starts at transmitter time `r0` should hold the source from
+//! `r0 − P − mic_delay`. We fetch that source window with a margin `M` on both sides
+//! and estimate the recording's delay against it; what is left after the margin is the
+//! drift: positive means the device sounds late and needs a larger buffer offset.
+//!
+//! A window is only measured if playout was settled (no jump, no slew) with one offset
+//! for the whole time its sound could have been produced, so every report states the
+//! offset it was measured with.
+
+use std::collections::VecDeque;
+
+use syncstream_shared::dsp::{DelayEstimator, LagSearch};
+use syncstream_shared::messages::DriftReport;
+use syncstream_shared::time::{samples_to_us, us_to_samples};
+
+use crate::clock_sync::ClockSync;
+use crate::playout::Playout;
+
+/// Drift detector settings.
+#[derive(Debug, Clone)]
+pub struct DriftConfig {
+    /// Length of a recording, ms.
+    pub window_ms: u64,
+    /// Time between the starts of two measurements, ms.
+    pub interval_ms: u64,
+    /// Search margin while acquiring (the device latency may be far from its profile), ms.
+    pub acquire_margin_ms: f64,
+    /// Search margin once in sync, ms.
+    pub track_margin_ms: f64,
+    /// A measured |drift| under this keeps the detector in tracking mode, ms.
+    pub track_below_ms: f64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            window_ms: 2000,
+            interval_ms: 2500,
+            acquire_margin_ms: 400.0,
+            track_margin_ms: 60.0,
+            track_below_ms: 20.0,
+        }
+    }
+}
+
+/// The last few seconds of microphone audio with the local ADC time of the first sample.
+#[derive(Debug, Clone)]
+pub struct MicRecorder {
+    rate: u32,
+    start_us: i64,
+    data: VecDeque<f32>,
+    capacity: usize,
+}
+
+impl MicRecorder {
+    /// Keeps `seconds` of audio at `rate` Hz.
+    pub fn new(rate: u32, seconds: f64) -> Self {
+        Self {
+            rate,
+            start_us: 0,
+            data: VecDeque::new(),
+            capacity: (rate as f64 * seconds) as usize,
+        }
+    }
+
+    /// Sample rate, Hz.
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Local time just past the newest sample, µs.
+    pub fn end_us(&self) -> i64 {
+        self.start_us + samples_to_us(self.data.len() as i64, self.rate)
+    }
+
+    /// Appends a block whose first sample was taken at local `adc_time_us`. A block that
+    /// does not follow on (a gap or overlap of more than 1 ms: the capture restarted)
+    /// starts the recording afresh. Timestamps are anchored to the newest block.
+    pub fn push(&mut self, block: &[f32], adc_time_us: i64) {
+        if self.data.is_empty() || (adc_time_us - self.end_us()).abs() > 1000 {
+            self.data.clear();
+        }
+        self.start_us = adc_time_us - samples_to_us(self.data.len() as i64, self.rate);
+        self.data.extend(block);
+        let over = self.data.len().saturating_sub(self.capacity);
+        if over > 0 {
+            self.data.drain(..over);
+            self.start_us += samples_to_us(over as i64, self.rate);
+        }
+    }
+
+    /// The last `ms` of audio and the local time of its first sample.
+    pub fn latest(&self, ms: u64) -> Option<(i64, Vec<f32>)> {
+        let n = us_to_samples(ms as i64 * 1000, self.rate) as usize;
+        if self.data.len() < n {
+            return None;
+        }
+        let first = self.data.len() - n;
+        Some((
+            self.start_us + samples_to_us(first as i64, self.rate),
+            self.data.range(first..).copied().collect(),
+        ))
+    }
+}
+
+/// A measurement ready to be analysed once its source window is fetched.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// Microphone audio.
+    pub recording: Vec<f32>,
+    /// Transmitter time of the recording's first sample, µs.
+    pub rec_start_tx_us: f64,
+    /// Source window to fetch: start PTS, µs.
+    pub ref_start_us: i64,
+    /// Source window to fetch: length, ms.
+    pub ref_duration_ms: u64,
+    /// Search margin, ms.
+    pub margin_ms: f64,
+    /// Buffer offset in effect for the whole window, ms.
+    pub applied_offset_ms: f64,
+    /// Acoustic delay speaker → microphone, ms.
+    pub mic_delay_ms: f64,
+    /// Playout delay, µs.
+    pub playout_delay_us: i64,
+}
+
+/// Why no measurement can be taken now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// No stream or no clock sync yet.
+    NotStreaming,
+    /// Not enough microphone audio yet.
+    NoRecording,
+    /// Playout changed (jump, slew, new offset) during the window.
+    NotSettled,
+}
+
+/// Plans a measurement from the newest microphone audio.
+pub fn plan(
+    cfg: &DriftConfig,
+    mic: &MicRecorder,
+    playout: &Playout,
+    clock: &ClockSync,
+    mic_delay_ms: f64,
+    tracking: bool,
+) -> Result<Measurement, NotReady> {
+    let params = playout.stream().ok_or(NotReady::NotStreaming)?;
+    let (rec_start_local, recording) = mic.latest(cfg.window_ms).ok_or(NotReady::NoRecording)?;
+    let rec_start_tx_us = clock
+        .tx_from_local(rec_start_local as f64)
+        .ok_or(NotReady::NotStreaming)?;
+    let offset_ms = playout.offset_ms();
+    // The sound recorded at the window start left the DAC about (latency + mic delay)
+    // earlier; latency ≈ offset (plus what we have not corrected yet).
+    let settle_margin_us =
+        (100.0 + 0.2 * offset_ms.abs() + offset_ms.max(0.0) + mic_delay_ms) * 1000.0;
+    match playout.settled_since_us() {
+        Some(t) if (t as f64) <= rec_start_local as f64 - settle_margin_us => {}
+        _ => return Err(NotReady::NotSettled),
+    }
+    let p_ms = params.playout_delay_us as f64 / 1000.0;
+    let margin_ms = if tracking {
+        cfg.track_margin_ms
+    } else {
+        cfg.acquire_margin_ms
+    }
+    .min(0.8 * p_ms);
+    let expected_pts = rec_start_tx_us - params.playout_delay_us as f64 - mic_delay_ms * 1000.0;
+    Ok(Measurement {
+        recording,
+        rec_start_tx_us,
+        ref_start_us: (expected_pts - margin_ms * 1000.0).round() as i64,
+        ref_duration_ms: cfg.window_ms + (2.0 * margin_ms).ceil() as u64,
+        margin_ms,
+        applied_offset_ms: offset_ms,
+        mic_delay_ms,
+        playout_delay_us: params.playout_delay_us,
+    })
+}
+
+/// Estimates the drift of `m` against its source window `reference`, whose first
+/// sample has PTS `ref_first_pts_us`. `device` names the report.
+pub fn analyze(
+    estimator: &mut DelayEstimator,
+    device: &str,
+    m: &Measurement,
+    reference: &[f32],
+    ref_first_pts_us: i64,
+) -> DriftReport {
+    // The reference "starts" (in the estimator's same-instant convention) when its first
+    // sample should reach the microphone; the recording starts `delta` later.
+    let ref_heard_at_us =
+        ref_first_pts_us as f64 + m.playout_delay_us as f64 + m.mic_delay_ms * 1000.0;
+    let delta_ms = (m.rec_start_tx_us - ref_heard_at_us) / 1000.0;
+    let search = LagSearch {
+        min_lag_ms: -delta_ms - m.margin_ms,
+        max_lag_ms: -delta_ms + m.margin_ms,
+        expected_lag_ms: Some(-delta_ms),
+    };
+    let mut report = DriftReport {
+        device: device.to_string(),
+        drift_ms: None,
+        confidence: 0.0,
+        signal_strength_db: f64::NEG_INFINITY,
+        ts_us: m.rec_start_tx_us.round() as i64,
+        applied_offset_ms: m.applied_offset_ms,
+        reason: None,
+    };
+    match estimator.estimate(reference, &m.recording, &search) {
+        Ok(est) => {
+            report.confidence = est.confidence;
+            report.signal_strength_db = est.signal_strength_db;
+            report.drift_ms = est.delay_ms.map(|d| d + delta_ms);
+            report.reason = est.reason;
+        }
+        Err(e) => report.reason = Some(e.to_string()),
+    }
+    if !report.signal_strength_db.is_finite() {
+        report.signal_strength_db = -200.0;
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jitter_buffer::JitterBuffer;
+    use crate::playout::StreamParams;
+
+    #[test]
+    fn mic_recorder_keeps_the_latest_and_restarts_on_gaps() {
+        let mut m = MicRecorder::new(48_000, 1.0);
+        for k in 0..200 {
+            m.push(&[k as f32; 480], k * 10_000);
+        }
+        let (t, x) = m.latest(500).unwrap();
+        assert_eq!(t, 1_500_000);
+        assert_eq!(x.len(), 24_000);
+        assert_eq!(x[0], 150.0);
+        m.push(&[0.0; 480], 99_000_000);
+        assert!(m.latest(500).is_none());
+    }
+
+    /// A device 37.5 ms late is measured as +37.5 ms from music-like noise.
+    #[test]
+    fn measures_a_late_device() {
+        let fs = 48_000u32;
+        let params = StreamParams {
+            sample_rate: fs,
+            channels: 1,
+            epoch_us: 0,
+            codec_delay_samples: 0,
+            playout_delay_us: 1_000_000,
+        };
+        let mut x: u64 = 3;
+        let source: Vec<f32> = (0..20 * fs as usize)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x as f64 / u64::MAX as f64 - 0.5) as f32
+            })
+            .collect();
+        let mut cs = ClockSync::default();
+        cs.add_exchange(0, 0, 0, 0);
+        let mut playout = Playout::new(10.0);
+        playout.set_stream(params);
+        let mut jb = JitterBuffer::new(1, 1 << 22);
+        jb.push(0, &source);
+        let mut out = vec![0.0; 480];
+        // Settle playout from t = 1 s.
+        for k in 0..1000 {
+            playout.render(&mut out, 1_000_000 + k * 10_000, &cs, &jb);
+        }
+        // Recording from t = 6 s: the device (offset 10 ms applied) sounds 37.5 ms late,
+        // mic delay 1 ms → heard source at time t is t − 1 s + 10 ms − 37.5 ms − 1 ms.
+        let mut mic = MicRecorder::new(fs, 3.0);
+        let rec_start = 6_000_000i64;
+        let shift_us = -1_000_000 + 10_000 - 37_500 - 1_000;
+        let rec: Vec<f32> = (0..2 * fs as i64)
+            .map(|n| {
+                source[us_to_samples(rec_start + samples_to_us(n, fs) + shift_us, fs) as usize]
+            })
+            .collect();
+        mic.push(&rec, rec_start);
+        let m = plan(&DriftConfig::default(), &mic, &playout, &cs, 1.0, false).unwrap();
+        let first = us_to_samples(m.ref_start_us, fs) as usize;
+        let n = us_to_samples(m.ref_duration_ms as i64 * 1000, fs) as usize;
+        let reference = &source[first..first + n];
+        let mut est = DelayEstimator::new(fs);
+        let r = analyze(
+            &mut est,
+            "tv",
+            &m,
+            reference,
+            samples_to_us(first as i64, fs),
+        );
+        assert!((r.drift_ms.unwrap() - 27.5).abs() < 0.05, "{r:?}");
+        assert_eq!(r.applied_offset_ms, 10.0);
+    }
+}

@@ -1,0 +1,396 @@
+//! Playout scheduling: decides which source sample leaves the output when.
+//!
+//! Source sample `T` (a PTS on the transmitter clock) must leave this receiver's
+//! output at transmitter time `T + playout_delay − buffer_offset`. For every block
+//! the output asks for, we know when its first frame leaves the output (DAC time,
+//! local clock), map that to transmitter time with clock sync, and so know the
+//! *target* read position in the jitter buffer. The actual read position follows the
+//! target:
+//!
+//! - an error under [`JUMP_THRESHOLD_US`] is slewed away by reading slightly faster or
+//!   slower (at most [`MAX_SLEW_PPM`]; linear interpolation between frames), which is
+//!   inaudible;
+//! - a larger error (start, a big offset change, a clock step) is a jump, hidden by a
+//!   [`CROSSFADE_FRAMES`]-frame crossfade from the old to the new position (no click).
+//!
+//! Mute, volume and stop ramp the gain over [`GAIN_RAMP_FRAMES`] frames.
+
+use syncstream_shared::audio::RenderInfo;
+
+use crate::clock_sync::ClockSync;
+use crate::jitter_buffer::JitterBuffer;
+
+/// Errors above this are corrected by a jump, below by slewing, µs.
+pub const JUMP_THRESHOLD_US: f64 = 2_000.0;
+/// Largest rate change used for slewing, parts per million.
+pub const MAX_SLEW_PPM: f64 = 1_000.0;
+/// Time constant of the slew: an error `e` is read away at rate `e / SLEW_TIME_S`.
+pub const SLEW_TIME_S: f64 = 0.25;
+/// Errors below this count as on target, µs.
+pub const SETTLED_US: f64 = 25.0;
+/// Length of the crossfade on a jump, frames (5 ms at 48 kHz).
+pub const CROSSFADE_FRAMES: usize = 240;
+/// Length of a gain ramp (mute, volume, stop), frames (10 ms at 48 kHz).
+pub const GAIN_RAMP_FRAMES: usize = 480;
+
+/// Stream parameters from the transmitter's hello.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamParams {
+    /// Stream rate, Hz.
+    pub sample_rate: u32,
+    /// Interleaved channels.
+    pub channels: usize,
+    /// PTS of source sample 0, µs (transmitter clock).
+    pub epoch_us: i64,
+    /// Decoded index = source index + this.
+    pub codec_delay_samples: u32,
+    /// Playout delay, µs.
+    pub playout_delay_us: i64,
+}
+
+/// Counters for status and reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PlayoutStats {
+    /// Blocks in which some frames were missing from the jitter buffer while playing.
+    pub underruns: u64,
+    /// Jumps (crossfaded repositionings).
+    pub jumps: u64,
+    /// Frames rendered.
+    pub frames: u64,
+}
+
+/// The playout scheduler of one receiver.
+#[derive(Debug, Clone)]
+pub struct Playout {
+    params: Option<StreamParams>,
+    offset_ms: f64,
+    pos: Option<f64>,
+    volume: f32,
+    muted: bool,
+    stopped: bool,
+    gain: f32,
+    /// Local DAC time from which playout has been on target with the current offset.
+    settled_since_us: Option<i64>,
+    /// Whether a block has been played from buffered audio since the stream (re)started;
+    /// only after that does missing audio count as an underrun.
+    started: bool,
+    stats: PlayoutStats,
+    old: Vec<f32>,
+}
+
+impl Playout {
+    /// A playout with buffer offset `offset_ms` (the device's expected latency).
+    pub fn new(offset_ms: f64) -> Self {
+        Self {
+            params: None,
+            offset_ms,
+            pos: None,
+            volume: 1.0,
+            muted: false,
+            stopped: false,
+            gain: 1.0,
+            settled_since_us: None,
+            started: false,
+            stats: PlayoutStats::default(),
+            old: Vec::new(),
+        }
+    }
+
+    /// Sets the stream parameters (on every connect); repositions on the next block.
+    pub fn set_stream(&mut self, params: StreamParams) {
+        if self.params != Some(params) {
+            self.pos = None;
+            self.settled_since_us = None;
+        }
+        self.started = false;
+        self.params = Some(params);
+    }
+
+    /// Stream parameters, once connected.
+    pub fn stream(&self) -> Option<StreamParams> {
+        self.params
+    }
+
+    /// The buffer offset in effect, ms.
+    pub fn offset_ms(&self) -> f64 {
+        self.offset_ms
+    }
+
+    /// Sets the buffer offset, ms; playout moves to it on the next blocks (slew or jump).
+    pub fn set_offset_ms(&mut self, offset_ms: f64) {
+        if offset_ms.is_finite() && offset_ms != self.offset_ms {
+            self.offset_ms = offset_ms;
+            self.settled_since_us = None;
+        }
+    }
+
+    /// Sets the linear volume, clamped to 0..=1.
+    pub fn set_volume(&mut self, volume: f64) {
+        if volume.is_finite() {
+            self.volume = volume.clamp(0.0, 1.0) as f32;
+        }
+    }
+
+    /// Volume, 0..=1.
+    pub fn volume(&self) -> f64 {
+        self.volume as f64
+    }
+
+    /// Mutes or unmutes.
+    pub fn set_muted(&mut self, muted: bool) {
+        self.muted = muted;
+    }
+
+    /// Muted?
+    pub fn muted(&self) -> bool {
+        self.muted
+    }
+
+    /// Stops (silence) or starts playing.
+    pub fn set_stopped(&mut self, stopped: bool) {
+        self.stopped = stopped;
+    }
+
+    /// Stopped?
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PlayoutStats {
+        self.stats
+    }
+
+    /// Local DAC time since which playout has been on target with the current offset.
+    pub fn settled_since_us(&self) -> Option<i64> {
+        self.settled_since_us
+    }
+
+    /// The decoded-buffer position that should leave the output at local `dac_time_us`.
+    pub fn target_position(&self, dac_time_us: i64, clock: &ClockSync) -> Option<f64> {
+        let p = self.params?;
+        let tx_us = clock.tx_from_local(dac_time_us as f64)?;
+        let pts_us = tx_us - p.playout_delay_us as f64 + self.offset_ms * 1000.0;
+        Some(
+            (pts_us - p.epoch_us as f64) * p.sample_rate as f64 / 1e6
+                + p.codec_delay_samples as f64,
+        )
+    }
+
+    /// Renders one block into `out` (interleaved, the stream's channel count) whose first
+    /// frame leaves the output at local `dac_time_us`. See the module docs.
+    pub fn render(
+        &mut self,
+        out: &mut [f32],
+        dac_time_us: i64,
+        clock: &ClockSync,
+        jb: &JitterBuffer,
+    ) -> RenderInfo {
+        out.fill(0.0);
+        let (Some(p), Some(target)) = (self.params, self.target_position(dac_time_us, clock))
+        else {
+            return RenderInfo::default();
+        };
+        let ch = p.channels;
+        let n = out.len() / ch;
+        if n == 0 {
+            return RenderInfo::default();
+        }
+        let fs = p.sample_rate as f64;
+        let jump_samples = JUMP_THRESHOLD_US * fs / 1e6;
+        let start = match self.pos {
+            Some(pos) => pos,
+            None => {
+                self.stats.jumps += 1;
+                target
+            }
+        };
+        let err = target - start;
+        let mut missing = false;
+        let first_pos;
+        if err.abs() > jump_samples {
+            // Jump: crossfade from the old position to the target.
+            self.stats.jumps += 1;
+            self.settled_since_us = None;
+            self.old.resize(out.len(), 0.0);
+            let mut old = std::mem::take(&mut self.old);
+            missing |= read(jb, start, 1.0, &mut old, ch);
+            missing |= read(jb, target, 1.0, out, ch);
+            let fade = n.min(CROSSFADE_FRAMES);
+            for i in 0..fade {
+                let w = 0.5 - 0.5 * (std::f32::consts::PI * (i as f32 + 0.5) / fade as f32).cos();
+                for c in 0..ch {
+                    out[i * ch + c] = out[i * ch + c] * w + old[i * ch + c] * (1.0 - w);
+                }
+            }
+            self.old = old;
+            self.pos = Some(target + n as f64);
+            first_pos = target;
+        } else {
+            // Feed forward the clock rate error, then slew the remaining error away.
+            let max = MAX_SLEW_PPM * 1e-6;
+            let rate = 1.0 + clock.rate() + (err / (SLEW_TIME_S * fs)).clamp(-max, max);
+            missing |= read(jb, start, rate, out, ch);
+            self.pos = Some(start + n as f64 * rate);
+            first_pos = start;
+            if err.abs() * 1e6 / fs <= SETTLED_US {
+                if self.settled_since_us.is_none() {
+                    self.settled_since_us = Some(dac_time_us);
+                }
+            } else {
+                self.settled_since_us = None;
+            }
+        }
+        // Gain ramp towards volume (0 when muted or stopped).
+        let goal = if self.muted || self.stopped {
+            0.0
+        } else {
+            self.volume
+        };
+        let step = 1.0 / GAIN_RAMP_FRAMES as f32;
+        for frame in out.chunks_exact_mut(ch) {
+            if self.gain < goal {
+                self.gain = (self.gain + step).min(goal);
+            } else if self.gain > goal {
+                self.gain = (self.gain - step).max(goal);
+            }
+            for s in frame {
+                *s *= self.gain;
+            }
+        }
+        self.stats.frames += n as u64;
+        if missing && self.started && !self.stopped {
+            self.stats.underruns += 1;
+        }
+        self.started |= !missing;
+        let source_pts_us =
+            p.epoch_us as f64 + (first_pos - p.codec_delay_samples as f64) * 1e6 / fs;
+        RenderInfo {
+            source_pts_us: (!missing).then_some(source_pts_us),
+        }
+    }
+}
+
+/// Reads frames at positions `start + i·rate` with linear interpolation into `out`.
+/// Returns true if any frame was missing (silence there).
+fn read(jb: &JitterBuffer, start: f64, rate: f64, out: &mut [f32], ch: usize) -> bool {
+    let mut missing = false;
+    for (i, frame) in out.chunks_exact_mut(ch).enumerate() {
+        let pos = start + i as f64 * rate;
+        let i0 = pos.floor();
+        let frac = (pos - i0) as f32;
+        let i0 = i0 as i64;
+        for (c, s) in frame.iter_mut().enumerate() {
+            let a = jb.sample(i0, c);
+            let b = if frac > 0.0 { jb.sample(i0 + 1, c) } else { a };
+            match (a, b) {
+                (Some(a), Some(b)) => *s = a + (b - a) * frac,
+                _ => {
+                    *s = 0.0;
+                    missing = true;
+                }
+            }
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (Playout, ClockSync, JitterBuffer) {
+        let mut cs = ClockSync::default();
+        // transmitter clock = local clock
+        cs.add_exchange(0, 0, 0, 0);
+        let mut jb = JitterBuffer::new(1, 1_000_000);
+        let ramp: Vec<f32> = (0..200_000).map(|i| i as f32).collect();
+        jb.push(0, &ramp);
+        let mut p = Playout::new(0.0);
+        p.set_stream(StreamParams {
+            sample_rate: 48_000,
+            channels: 1,
+            epoch_us: 0,
+            codec_delay_samples: 0,
+            playout_delay_us: 1_000_000,
+        });
+        (p, cs, jb)
+    }
+
+    #[test]
+    fn plays_the_sample_due_at_the_dac_time() {
+        let (mut p, cs, jb) = setup();
+        // DAC time 1.5 s, playout delay 1 s → source time 0.5 s = sample 24000.
+        let mut out = vec![0.0; 480];
+        let info = p.render(&mut out, 1_500_000, &cs, &jb);
+        assert_eq!(
+            out[CROSSFADE_FRAMES + 10],
+            (24_000 + CROSSFADE_FRAMES + 10) as f32
+        );
+        assert!((info.source_pts_us.unwrap() - 500_000.0).abs() < 1.0);
+        // Next block continues seamlessly.
+        p.render(&mut out, 1_510_000, &cs, &jb);
+        assert_eq!(out[0], 24_480.0);
+        assert_eq!(out[479], 24_959.0);
+    }
+
+    #[test]
+    fn a_big_offset_change_jumps_a_small_one_slews() {
+        let (mut p, cs, jb) = setup();
+        let mut out = vec![0.0; 480];
+        let mut t = 1_000_000;
+        p.render(&mut out, t, &cs, &jb);
+        // +100 ms offset: play 4800 samples further ahead, at once (after the crossfade).
+        p.set_offset_ms(100.0);
+        t += 10_000;
+        p.render(&mut out, t, &cs, &jb);
+        assert_eq!(out[479], (480 + 4800 + 479) as f32);
+        assert_eq!(p.stats().jumps, 2);
+        // +0.5 ms: slewed over a few blocks, no jump, every step ≤ 1 + 1000 ppm.
+        p.set_offset_ms(100.5);
+        let mut last = out[479];
+        for _ in 0..200 {
+            t += 10_000;
+            p.render(&mut out, t, &cs, &jb);
+            let d = out[0] - last;
+            assert!((d - 1.0).abs() <= 0.0025, "{d}");
+            last = out[479];
+        }
+        assert_eq!(p.stats().jumps, 2);
+        let expect = (t - 1_000_000) as f64 * 0.048 + 4824.0;
+        assert!(
+            (out[0] as f64 - expect).abs() < 1.0,
+            "{} vs {expect}",
+            out[0]
+        );
+        assert!(p.settled_since_us().is_some());
+    }
+
+    #[test]
+    fn missing_audio_is_an_underrun_and_silence() {
+        let (mut p, cs, full) = setup();
+        let mut out = vec![1.0; 480];
+        // Before any audio arrived, silence is not an underrun.
+        let empty = JitterBuffer::new(1, 10);
+        p.render(&mut out, 1_000_000, &cs, &empty);
+        assert_eq!(p.stats().underruns, 0);
+        p.render(&mut out, 1_010_000, &cs, &full);
+        // Running dry after playing is.
+        let info = p.render(&mut out, 1_020_000, &cs, &empty);
+        assert!(out.iter().all(|&s| s == 0.0));
+        assert_eq!(info.source_pts_us, None);
+        assert_eq!(p.stats().underruns, 1);
+    }
+
+    #[test]
+    fn mute_ramps_to_silence() {
+        let (mut p, cs, jb) = setup();
+        let mut out = vec![0.0; 480];
+        p.render(&mut out, 1_000_000, &cs, &jb);
+        p.set_muted(true);
+        p.render(&mut out, 1_010_000, &cs, &jb);
+        assert!(out[0] > 0.0 && out[479] == 0.0);
+        // no step larger than the ramp allows
+        assert!(out[1] <= out[0] * 1.01 + 1.0);
+    }
+}

@@ -1,0 +1,318 @@
+//! Subcommands of the `syncstream` tool.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use syncstream_shared::audio::{find_microphone, find_sink, BackendConfig, StreamFormat};
+use syncstream_shared::mqtt::BrokerUrl;
+use syncstream_shared::profile::DeviceProfile;
+use syncstream_shared::time::{Clock, MonotonicClock, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
+use syncstream_shared::wire::Codec;
+
+/// Multi-room audio sync that listens.
+#[derive(Parser, Debug)]
+#[command(name = "syncstream", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Stream a source to the receivers, run the sync controller and (by default) the MQTT broker.
+    Transmitter(TransmitterArgs),
+    /// Play the stream on this device's output and keep it in sync by listening.
+    Receiver(ReceiverArgs),
+    /// Transmitter, three receivers and a virtual room in one process.
+    Demo(DemoArgs),
+    /// Delay of a recording against a reference (both start at the same instant),
+    /// printed as JSON: {"delay_ms": 37.291, "confidence": 0.93, ...} or
+    /// {"delay_ms": null, "reason": ...}.
+    Delay(DelayArgs),
+}
+
+#[derive(Args, Debug)]
+struct DelayArgs {
+    /// The reference audio file (what was played).
+    #[arg(long)]
+    reference: PathBuf,
+    /// The recording (what the microphone heard), starting at the same instant.
+    #[arg(long)]
+    recording: PathBuf,
+    /// Largest delay searched either way, ms.
+    #[arg(long, default_value_t = 1000.0)]
+    max_lag_ms: f64,
+}
+
+#[derive(Args, Debug)]
+struct TransmitterArgs {
+    /// Audio source: an audio file.
+    #[arg(long)]
+    source: PathBuf,
+    /// Loop a file source.
+    #[arg(long = "loop")]
+    loop_file: bool,
+    /// Audio stream listen address.
+    #[arg(long, default_value = "0.0.0.0:4953")]
+    stream_listen: SocketAddr,
+    /// HTTP API listen address.
+    #[arg(long, default_value = "0.0.0.0:4954")]
+    http_listen: SocketAddr,
+    /// Use this external MQTT broker instead of the embedded one (mqtt://host:port).
+    #[arg(long)]
+    mqtt: Option<BrokerUrl>,
+    /// Listen address of the embedded broker.
+    #[arg(long, default_value = "0.0.0.0:1883")]
+    broker_listen: SocketAddr,
+    /// Stream codec: opus or pcm.
+    #[arg(long, default_value = "opus")]
+    codec: Codec,
+    /// Playout delay announced to receivers, ms.
+    #[arg(long, default_value_t = 1000)]
+    playout_delay_ms: u32,
+    /// Seconds of source audio kept for source windows.
+    #[arg(long, default_value_t = 30.0)]
+    buffer_seconds: f64,
+}
+
+#[derive(Args, Debug)]
+struct ReceiverArgs {
+    /// Device name (MQTT topics use it).
+    #[arg(long)]
+    name: String,
+    /// Transmitter host name or address.
+    #[arg(long, default_value = "127.0.0.1")]
+    transmitter: String,
+    /// Transmitter stream port.
+    #[arg(long, default_value_t = 4953)]
+    stream_port: u16,
+    /// Transmitter HTTP port.
+    #[arg(long, default_value_t = 4954)]
+    http_port: u16,
+    /// MQTT broker (default: the transmitter's embedded broker).
+    #[arg(long)]
+    mqtt: Option<BrokerUrl>,
+    /// Device profile (JSON); default: an analog profile.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Output backend: alsa, wav or null.
+    #[arg(long, default_value = "alsa")]
+    output: String,
+    /// Output device (ALSA device name, or WAV path).
+    #[arg(long)]
+    output_device: Option<String>,
+    /// Microphone backend: alsa, wav or null.
+    #[arg(long, default_value = "alsa")]
+    mic: String,
+    /// Microphone device (ALSA device name, or WAV path).
+    #[arg(long)]
+    mic_device: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Audio file to play (default: the clip shipped in assets/audio).
+    #[arg(long)]
+    audio: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Write the JSON report here at the end.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Use this external MQTT broker instead of the embedded one.
+    #[arg(long)]
+    mqtt: Option<BrokerUrl>,
+    /// Stream codec: opus or pcm.
+    #[arg(long, default_value = "opus")]
+    codec: Codec,
+    /// Seed of the virtual room's noise and reverberation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Do not print the live table.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Runs the tool; prints errors with their causes and returns a non-zero exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Transmitter(a) => transmitter(a).await,
+            Command::Receiver(a) => receiver(a).await,
+            Command::Demo(a) => demo(a).await,
+            Command::Delay(a) => delay(a),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `syncstream delay`: one JSON object on standard output.
+fn delay(a: DelayArgs) -> anyhow::Result<()> {
+    let v = syncstream_shared::dsp::cli::run_delay(&a.reference, &a.recording, a.max_lag_ms)?;
+    println!("{v}");
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,syncstream=info,rumqttd=error")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
+    let source = syncstream_sim::source::looping_clip(&a.source)?;
+    let cfg = syncstream_transmitter::TransmitterConfig {
+        stream_addr: a.stream_listen,
+        http_addr: a.http_listen,
+        mqtt: match a.mqtt {
+            Some(url) => syncstream_transmitter::MqttMode::External(url),
+            None => syncstream_transmitter::MqttMode::Embedded(a.broker_listen),
+        },
+        codec: a.codec,
+        buffer_seconds: a.buffer_seconds,
+        playout_delay_ms: a.playout_delay_ms,
+        ..Default::default()
+    };
+    let _ = a.loop_file;
+    let _tx = syncstream_transmitter::start(cfg, source, clock).await?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
+async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
+    let profile = match &a.profile {
+        Some(p) => DeviceProfile::load(p)?,
+        None => DeviceProfile::default_for(syncstream_shared::profile::OutputType::Analog),
+    };
+    let sink_builder = find_sink(&a.output).with_context(|| {
+        format!(
+            "unknown output backend '{}' (expected one of {:?})",
+            a.output,
+            syncstream_shared::audio::backend_names()
+        )
+    })?;
+    let mic_builder = find_microphone(&a.mic).with_context(|| {
+        format!(
+            "unknown microphone backend '{}' (expected one of {:?})",
+            a.mic,
+            syncstream_shared::audio::backend_names()
+        )
+    })?;
+    let sink = sink_builder(&BackendConfig {
+        device: a.output_device.clone(),
+        format: StreamFormat {
+            sample_rate: STREAM_SAMPLE_RATE,
+            channels: STREAM_CHANNELS,
+        },
+        clock: clock.clone(),
+    })?;
+    let mic = mic_builder(&BackendConfig {
+        device: a.mic_device.clone(),
+        format: StreamFormat {
+            sample_rate: STREAM_SAMPLE_RATE,
+            channels: 1,
+        },
+        clock: clock.clone(),
+    })?;
+    let broker = a.mqtt.unwrap_or(BrokerUrl {
+        host: a.transmitter.clone(),
+        port: 1883,
+    });
+    let cfg = syncstream_receiver::ReceiverConfig {
+        device: a.name,
+        transmitter_host: a.transmitter,
+        stream_port: a.stream_port,
+        http_port: a.http_port,
+        broker,
+        profile,
+        drift: Default::default(),
+    };
+    let _rx = syncstream_receiver::start(cfg, sink, mic, clock).await?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
+async fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    let audio = match a.audio {
+        Some(p) => p,
+        None => default_demo_audio()?,
+    };
+    let cfg = syncstream_sim::DemoConfig {
+        audio,
+        duration_s: a.duration,
+        broker: a.mqtt,
+        codec: a.codec,
+        seed: a.seed,
+        live_table: !a.quiet,
+    };
+    let report = syncstream_sim::run_demo(cfg).await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    match &a.report {
+        Some(path) => {
+            syncstream_shared::fsutil::write_atomic(path, format!("{json}\n").as_bytes())?;
+            eprintln!("report written to {}", path.display());
+        }
+        None => println!("{json}"),
+    }
+    summarize(&report);
+    Ok(())
+}
+
+fn summarize(r: &syncstream_sim::Report) {
+    match (r.time_to_converge_s, &r.pairwise_ms) {
+        (Some(t), Some(p)) => eprintln!(
+            "converged after {t:.1} s; pairwise error after that: p50 {:.3} ms, p95 {:.3} ms, max {:.3} ms",
+            p.p50, p.p95, p.max
+        ),
+        _ => eprintln!("did not converge (all pairs within 1 ms) during the run"),
+    }
+}
+
+/// The clip shipped in `assets/audio`, found next to the executable's workspace or the
+/// current directory.
+fn default_demo_audio() -> anyhow::Result<PathBuf> {
+    let rel = "assets/audio/battle-orchestral-44k1.ogg";
+    let candidates = [
+        Some(PathBuf::from(rel)),
+        option_env!("CARGO_MANIFEST_DIR").map(|d| PathBuf::from(d).join(rel)),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.exists())
+        .with_context(|| format!("the demo clip {rel} is missing; pass --audio FILE"))
+}

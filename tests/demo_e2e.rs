@@ -1,0 +1,127 @@
+//! End to end: the demo scenario (transmitter, three receivers, virtual room) over real
+//! TCP, HTTP and MQTT, against the embedded broker and against a real mosquitto.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{Event, MqttOptions, Packet, QoS};
+use syncstream_shared::mqtt::BrokerUrl;
+use syncstream_shared::wire::Codec;
+use syncstream_sim::{run_demo, DemoConfig, Report};
+
+const DURATION_S: f64 = 24.0;
+
+fn check_converged(r: &Report) {
+    let report = serde_json::to_string_pretty(r).unwrap();
+    assert!(r.converged, "did not converge:\n{report}");
+    let t = r.time_to_converge_s.unwrap();
+    assert!(t <= 20.0, "converged only after {t} s:\n{report}");
+    let p = r.pairwise_ms.unwrap();
+    assert!(p.p95 <= 1.0, "pairwise p95 {} ms:\n{report}", p.p95);
+    assert_eq!(r.devices.len(), 3);
+    for d in &r.devices {
+        // The offset found by listening is the hidden true latency.
+        assert!(
+            (d.final_offset_ms - d.true_latency_ms).abs() < 1.0,
+            "{}: offset {} vs true latency {}:\n{report}",
+            d.name,
+            d.final_offset_ms,
+            d.true_latency_ms
+        );
+        assert!(
+            (d.profile_latency_ms - d.true_latency_ms).abs() > 20.0,
+            "the demo must start out of sync"
+        );
+        assert_eq!(d.underruns, 0, "{}: underruns:\n{report}", d.name);
+    }
+}
+
+fn config(broker: Option<BrokerUrl>, audio: &str) -> DemoConfig {
+    DemoConfig {
+        audio: common::clip(audio),
+        duration_s: Some(DURATION_S),
+        broker,
+        codec: Codec::Opus,
+        seed: 3,
+        live_table: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_converges_with_the_embedded_broker() {
+    let r = run_demo(config(None, "elvish-theme-44k1.flac"))
+        .await
+        .unwrap();
+    check_converged(&r);
+}
+
+/// Against mosquitto, while a stranger publishes malformed JSON on every topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_converges_over_mosquitto_despite_malformed_messages() {
+    let broker = common::Mosquitto::start();
+    let url = BrokerUrl {
+        host: "127.0.0.1".into(),
+        port: broker.port,
+    };
+    // A spy that records which topics carried traffic, and a vandal.
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut opts = MqttOptions::new("spy", "127.0.0.1", broker.port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut ev) = rumqttc::AsyncClient::new(opts, 100);
+    client
+        .subscribe("syncstream/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let seen2 = seen.clone();
+    let spy = tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                seen2.lock().unwrap().push(p.topic.clone());
+            }
+        }
+    });
+    let vandal = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for k in 0..40u32 {
+                for topic in [
+                    "syncstream/drift/tv",
+                    "syncstream/drift/ghost",
+                    "syncstream/buffer_offset/kitchen",
+                    "syncstream/command/cast",
+                    "syncstream/config",
+                ] {
+                    let payload: &[u8] = match k % 4 {
+                        0 => b"not json",
+                        1 => b"{\"device\":\"tv\",\"drift_ms\":\"soon\"}",
+                        2 => b"\xff\xfe\x00",
+                        _ => b"{}",
+                    };
+                    let _ = client
+                        .publish(topic, QoS::AtLeastOnce, false, payload)
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let r = run_demo(config(Some(url), "battle-orchestral-44k1.ogg"))
+        .await
+        .unwrap();
+    vandal.abort();
+    spy.abort();
+    check_converged(&r);
+    let seen = seen.lock().unwrap();
+    for topic in [
+        "syncstream/drift/cast",
+        "syncstream/buffer_offset/tv",
+        "syncstream/status/kitchen",
+    ] {
+        assert!(
+            seen.iter().any(|t| t == topic),
+            "no traffic on {topic} through mosquitto"
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! The source-window HTTP server (axum).
+//!
+//! - `GET /api/v1/window?start_us=<i64>&duration_ms=<1..=10000>[&format=f32|wav]`:
+//!   source audio for that span from the rolling buffer, mono, 48 kHz. Default body:
+//!   little-endian f32 samples (`application/octet-stream`), with the PTS of the first
+//!   sample in the `x-syncstream-start-us` header and the rate in
+//!   `x-syncstream-sample-rate`; `format=wav` returns a WAV file instead.
+//!   Errors: 400 for bad parameters, 410 for a span older than the buffer, 425 for a
+//!   span not yet buffered; the body is `{"error": "..."}`.
+//! - `GET /api/v1/status`: JSON with the buffer span, connected receivers and the
+//!   sync controller's per-device state.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::controller::SyncController;
+use crate::rolling_buffer::{RollingBuffer, WindowError};
+use crate::stream_server::StreamHub;
+use syncstream_shared::time::STREAM_SAMPLE_RATE;
+
+/// What the HTTP handlers read.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Source audio.
+    pub buffer: Arc<Mutex<RollingBuffer>>,
+    /// Connected receivers.
+    pub hub: Arc<StreamHub>,
+    /// Controller state.
+    pub controller: Arc<Mutex<SyncController>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WindowQuery {
+    start_us: Option<String>,
+    duration_ms: Option<String>,
+    format: Option<String>,
+}
+
+fn error(status: StatusCode, msg: impl ToString) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": msg.to_string() })),
+    )
+        .into_response()
+}
+
+async fn window(State(st): State<HttpState>, Query(q): Query<WindowQuery>) -> Response {
+    let start_us = match q.start_us.as_deref().map(str::parse::<i64>) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("start_us: {e}")),
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "start_us is required (µs, transmitter clock)",
+            )
+        }
+    };
+    let duration_ms = match q.duration_ms.as_deref().map(str::parse::<u64>) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("duration_ms: {e}")),
+        None => return error(StatusCode::BAD_REQUEST, "duration_ms is required"),
+    };
+    let wav = match q.format.as_deref() {
+        None | Some("f32") => false,
+        Some("wav") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("format '{other}' (expected f32 or wav)"),
+            )
+        }
+    };
+    let result = st.buffer.lock().unwrap().window(start_us, duration_ms);
+    let (first_us, samples) = match result {
+        Ok(v) => v,
+        Err(e @ WindowError::BadDuration(_)) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e @ WindowError::TooOld { .. }) => return error(StatusCode::GONE, e),
+        Err(e @ WindowError::NotYetAvailable { .. }) => return error(StatusCode::TOO_EARLY, e),
+    };
+    let body = if wav {
+        wav_bytes(&samples)
+    } else {
+        samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+    };
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if wav {
+            "audio/wav"
+        } else {
+            "application/octet-stream"
+        }),
+    );
+    h.insert("x-syncstream-start-us", HeaderValue::from(first_us));
+    h.insert(
+        "x-syncstream-sample-rate",
+        HeaderValue::from(STREAM_SAMPLE_RATE),
+    );
+    resp
+}
+
+fn wav_bytes(samples: &[f32]) -> Vec<u8> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: STREAM_SAMPLE_RATE,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut cur = std::io::Cursor::new(Vec::new());
+    if let Ok(mut w) = hound::WavWriter::new(&mut cur, spec) {
+        for &s in samples {
+            let _ = w.write_sample(s);
+        }
+        let _ = w.finalize();
+    }
+    cur.into_inner()
+}
+
+async fn status(State(st): State<HttpState>) -> Response {
+    let (oldest_us, newest_us) = st.buffer.lock().unwrap().span_us();
+    let devices = st.controller.lock().unwrap().snapshot();
+    Json(serde_json::json!({
+        "buffer": { "oldest_us": oldest_us, "newest_us": newest_us, "sample_rate": STREAM_SAMPLE_RATE },
+        "receivers": st.hub.clients(),
+        "devices": devices,
+    }))
+    .into_response()
+}
+
+/// The router with every route.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/api/v1/window", get(window))
+        .route("/api/v1/status", get(status))
+        .with_state(state)
+}

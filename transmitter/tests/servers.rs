@@ -1,0 +1,211 @@
+//! The transmitter's servers over real sockets: source windows over HTTP (good and bad
+//! requests) and the audio stream's handshake, audio and clock-sync answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use syncstream_shared::time::{Clock, MonotonicClock};
+use syncstream_shared::wire::{Frame, PROTOCOL_VERSION};
+use syncstream_transmitter::stream_server::frame_codec;
+use syncstream_transmitter::{start, MqttMode, Transmitter, TransmitterConfig};
+use tokio_util::codec::Framed;
+
+/// A 1 kHz tone source.
+fn tone() -> syncstream_transmitter::PullAudio {
+    let mut n = 0u64;
+    Box::new(move |out: &mut [f32]| {
+        for f in out.chunks_exact_mut(2) {
+            let v = 0.25 * (2.0 * std::f64::consts::PI * 1000.0 * n as f64 / 48_000.0).sin() as f32;
+            f[0] = v;
+            f[1] = v;
+            n += 1;
+        }
+        Ok(out.len() / 2)
+    })
+}
+
+async fn transmitter() -> Transmitter {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = TransmitterConfig {
+        stream_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        mqtt: MqttMode::Embedded(([127, 0, 0, 1], port).into()),
+        buffer_seconds: 2.0,
+        ..Default::default()
+    };
+    start(cfg, tone(), Arc::new(MonotonicClock)).await.unwrap()
+}
+
+#[tokio::test]
+async fn windows_in_the_buffer_are_served_and_others_refused() {
+    let tx = transmitter().await;
+    let base = format!("http://{}", tx.http_addr);
+    let http = reqwest::Client::new();
+    // Wait (bounded) until 300 ms of audio are buffered.
+    let mut newest = 0;
+    for _ in 0..200 {
+        let (_, n) = tx.buffer.lock().unwrap().span_us();
+        newest = n;
+        if n - tx.epoch_us >= 300_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let start_us = newest - 250_000;
+    let r = http
+        .get(format!(
+            "{base}/api/v1/window?start_us={start_us}&duration_ms=200"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first: i64 = r.headers()["x-syncstream-start-us"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((first - start_us).abs() <= 21);
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), 9600 * 4);
+    let x: Vec<f32> = body
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let peak = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!((peak - 0.25).abs() < 0.01, "tone peak {peak}");
+
+    let wav = http
+        .get(format!(
+            "{base}/api/v1/window?start_us={start_us}&duration_ms=100&format=wav"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wav.status(), 200);
+    assert_eq!(&wav.bytes().await.unwrap()[..4], b"RIFF");
+
+    for (query, status) in [
+        (
+            format!("start_us={}&duration_ms=100", tx.epoch_us - 10_000_000),
+            410,
+        ),
+        (
+            format!("start_us={}&duration_ms=100", newest + 5_000_000),
+            425,
+        ),
+        (format!("start_us={start_us}&duration_ms=0"), 400),
+        (format!("start_us={start_us}&duration_ms=99999999999"), 400),
+        (format!("start_us={start_us}&duration_ms=-5"), 400),
+        ("start_us=soon&duration_ms=100".to_string(), 400),
+        ("duration_ms=100".to_string(), 400),
+        (
+            format!("start_us={start_us}&duration_ms=100&format=mp3"),
+            400,
+        ),
+        (format!("start_us={}&duration_ms=100", i64::MIN), 410),
+    ] {
+        let r = http
+            .get(format!("{base}/api/v1/window?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{query}");
+        let err: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert!(
+            err["error"].as_str().is_some_and(|s| !s.is_empty()),
+            "{query}"
+        );
+    }
+    let status = http
+        .get(format!("{base}/api/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    assert!(status["buffer"]["newest_us"].as_i64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn stream_handshake_audio_and_clock_sync() {
+    let tx = transmitter().await;
+    let clock = MonotonicClock;
+    let sock = tokio::net::TcpStream::connect(tx.stream_addr)
+        .await
+        .unwrap();
+    let mut framed = Framed::new(sock, frame_codec());
+    // Garbage first is refused with a closed connection, not a crash.
+    let bad = tokio::net::TcpStream::connect(tx.stream_addr)
+        .await
+        .unwrap();
+    let mut bad = Framed::new(bad, frame_codec());
+    bad.send(Bytes::from_static(b"\xff\xff\xff")).await.unwrap();
+    assert!(bad.next().await.is_none_or(|r| r.is_err()));
+
+    let hello = Frame::ClientHello {
+        protocol_version: PROTOCOL_VERSION,
+        device: "probe".into(),
+    };
+    framed
+        .send(Bytes::from(hello.encode().unwrap()))
+        .await
+        .unwrap();
+    let first = Frame::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+    let Frame::ServerHello {
+        epoch_us,
+        sample_rate,
+        channels,
+        ..
+    } = first
+    else {
+        panic!("{first:?}")
+    };
+    assert_eq!((epoch_us, sample_rate, channels), (tx.epoch_us, 48_000, 2));
+    let t1 = clock.now_us();
+    framed
+        .send(Bytes::from(
+            Frame::TimeRequest { t1_us: t1 }.encode().unwrap(),
+        ))
+        .await
+        .unwrap();
+    let (mut audio, mut answered) = (0, false);
+    let mut last_index = None;
+    while !(answered && audio >= 10) {
+        let f = Frame::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+        match f {
+            Frame::Audio {
+                sample_index,
+                frames,
+                ..
+            } => {
+                assert_eq!(frames, 960);
+                if let Some(l) = last_index {
+                    assert_eq!(sample_index, l + 960, "chunks must be contiguous");
+                }
+                last_index = Some(sample_index);
+                audio += 1;
+            }
+            Frame::TimeResponse {
+                t1_us,
+                t2_us,
+                t3_us,
+            } => {
+                let t4 = clock.now_us();
+                assert_eq!(t1_us, t1);
+                // Same process, same clock: the transmitter's stamps lie between ours.
+                assert!(t1 <= t2_us && t2_us <= t3_us && t3_us <= t4);
+                answered = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -62,8 +62,8 @@ impl Decimator {
                 // The taps sum to 1, so the mean comes off once.
                 let seg = &x[centre - half..centre + half + 1];
                 let mut acc = 0.0f32;
-                for k in 0..TAPS {
-                    acc += seg[k] * self.taps[k];
+                for (&s, &t) in seg.iter().zip(&self.taps) {
+                    acc += s * t;
                 }
                 acc - mean
             } else {

@@ -31,6 +31,10 @@ enum Command {
     Demo(DemoArgs),
     /// Run a scenario on virtual time, faster than real time, and report sync accuracy.
     Sim(SimArgs),
+    /// Delay of a recording against a reference (both start at the same instant),
+    /// printed as JSON: {"delay_ms": 37.291, "confidence": 0.93, ...} or
+    /// {"delay_ms": null, "reason": ...}.
+    Delay(DelayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -44,6 +48,19 @@ struct SimArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct DelayArgs {
+    /// The reference audio file (what was played).
+    #[arg(long)]
+    reference: PathBuf,
+    /// The recording (what the microphone heard), starting at the same instant.
+    #[arg(long)]
+    recording: PathBuf,
+    /// Largest delay searched either way, ms.
+    #[arg(long, default_value_t = 1000.0)]
+    max_lag_ms: f64,
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +164,7 @@ struct DemoArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -163,6 +181,7 @@ pub fn main() -> ExitCode {
             Command::Receiver(a) => receiver(a).await,
             Command::Demo(a) => demo(a).await,
             Command::Sim(a) => tokio::task::spawn_blocking(move || sim(a)).await?,
+            Command::Delay(a) => delay(a),
         }
     });
     match result {
@@ -172,6 +191,13 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `syncstream delay`: one JSON object on standard output.
+fn delay(a: DelayArgs) -> anyhow::Result<()> {
+    let v = syncstream_shared::dsp::cli::run_delay(&a.reference, &a.recording, a.max_lag_ms)?;
+    println!("{v}");
+    Ok(())
 }
 
 fn init_logging() {

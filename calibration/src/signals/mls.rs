@@ -32,7 +32,7 @@ use crate::CalibrationError;
 pub const ROOM_RESPONSE_MARGIN_MS: f64 = 300.0;
 
 /// Highest sequence index accepted (distinct primitive polynomials per order).
-pub const MAX_SEQUENCES: u32 = 32;
+pub const MAX_SEQUENCES: u32 = 64;
 
 /// Parameters of an MLS test signal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,7 +46,7 @@ pub struct MlsParams {
     pub level_dbfs: f64,
     /// Raised-cosine fade-in and fade-out, ms (less than half a period).
     pub fade_ms: f64,
-    /// Which primitive polynomial of this order (0..32): distinct values give nearly
+    /// Which primitive polynomial of this order (0..64): distinct values give nearly
     /// orthogonal sequences.
     pub sequence: u32,
 }
@@ -129,13 +129,39 @@ fn is_maximal(order: u32, mask: u32) -> bool {
     false
 }
 
+/// The first `count` tap masks of order `order` giving a maximal-length LFSR, in
+/// increasing order. Searched once per order and cached.
+pub(crate) fn primitive_masks(order: u32, count: usize) -> Vec<u32> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<u32, Vec<u32>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut known = cache
+        .lock()
+        .map(|c| c.get(&order).cloned().unwrap_or_default())
+        .unwrap_or_default();
+    if known.len() < count {
+        let top = 1u32 << (order - 1);
+        let from = known.last().map(|m| m - top + 1).unwrap_or(0);
+        known.extend(
+            (from..top)
+                .map(|c| top | c)
+                .filter(|&m| is_maximal(order, m))
+                .take(count - known.len()),
+        );
+        if let Ok(mut c) = cache.lock() {
+            c.insert(order, known.clone());
+        }
+    }
+    known.truncate(count);
+    known
+}
+
 /// The `index`-th (from 0) tap mask of order `order` giving a maximal-length LFSR.
 pub(crate) fn primitive_mask(order: u32, index: u32) -> Option<u32> {
-    let top = 1u32 << (order - 1);
-    (0..top)
-        .map(|c| top | c)
-        .filter(|&m| is_maximal(order, m))
-        .nth(index as usize)
+    primitive_masks(order, index as usize + 1)
+        .get(index as usize)
+        .copied()
 }
 
 /// One period of the sequence as ±1 (bit 0 → +1, bit 1 → −1).

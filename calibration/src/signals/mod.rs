@@ -174,7 +174,8 @@ impl TestSignal {
     /// the output path. Index `n` is a delay of `n` samples; values are path gains (a
     /// direct connection gives a peak of ≈1).
     ///
-    /// For a sweep the result has `recording.len()` samples; for an MLS one period
+    /// For a sweep the result covers the delays whose whole response to the sweep is in
+    /// the recording (`recording.len() − samples.len() + 1` samples); for an MLS one period
     /// (circular: delays are known modulo the period). A recording too short for the
     /// deconvolution gives an empty vector (use [`crate::latency::analyse`] for an
     /// error that says why).

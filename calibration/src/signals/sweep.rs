@@ -137,8 +137,10 @@ fn band_window(f: f64, p: &SweepParams) -> f64 {
     }
 }
 
-/// Impulse response of `recording` against the played `sweep`: `recording.len()`
-/// samples, index = delay in samples after the sweep's start.
+/// Impulse response of `recording` against the played `sweep`, index = delay in
+/// samples after the sweep's start, for the delays the recording covers completely:
+/// `recording.len() − sweep.len() + 1` samples. (Longer delays would see only part of
+/// the sweep, with less noise and a truncated response: a biased noise floor.)
 ///
 /// Errors: a recording shorter than the sweep (its top octaves would be missing).
 pub(crate) fn deconvolve(
@@ -177,7 +179,8 @@ pub(crate) fn deconvolve(
         })
         .collect();
     let h = irfft(&hs, n);
-    Ok(h[..recording.len()].iter().map(|&v| v as f32).collect())
+    let valid = recording.len() - sweep.len() + 1;
+    Ok(h[..valid].iter().map(|&v| v as f32).collect())
 }
 
 #[cfg(test)]
@@ -226,7 +229,7 @@ mod tests {
             y[i + delay] += 0.5 * v;
         }
         let h = deconvolve(&x, &p, &y).unwrap();
-        assert_eq!(h.len(), y.len());
+        assert_eq!(h.len(), y.len() - x.len() + 1);
         let (imax, vmax) = h
             .iter()
             .enumerate()

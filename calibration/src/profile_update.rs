@@ -156,7 +156,10 @@ mod tests {
         // YYYY-MM-DDTHH:MM:SSZ
         let b = d.as_bytes();
         assert_eq!(b.len(), 20, "{d}");
-        assert!(b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':', "{d}");
+        assert!(
+            b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':',
+            "{d}"
+        );
         assert!(d.ends_with('Z'), "{d}");
     }
 
@@ -166,8 +169,13 @@ mod tests {
         let path = dir.path().join("bad.json");
         let text = r#"{"type":"hdmi","base_latency_ms":"seventy"}"#;
         std::fs::write(&path, text).unwrap();
-        let e = apply_measurement(&path, &meas(80.0)).unwrap_err().to_string();
-        assert!(e.contains("bad.json") && e.contains("base_latency_ms"), "{e}");
+        let e = apply_measurement(&path, &meas(80.0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bad.json") && e.contains("base_latency_ms"),
+            "{e}"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 
@@ -192,8 +200,13 @@ mod tests {
         let file = dir.path().join("not-a-dir");
         std::fs::write(&file, "x").unwrap();
         let path = file.join("tv.json");
-        let e = apply_measurement(&path, &meas(80.0)).unwrap_err().to_string();
-        assert!(e.contains("not-a-dir/tv.json") && e.contains("untouched"), "{e}");
+        let e = apply_measurement(&path, &meas(80.0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not-a-dir/tv.json") && e.contains("untouched"),
+            "{e}"
+        );
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
     }
 

@@ -28,7 +28,7 @@ pub(crate) fn irfft(spec: &[Complex<f64>], n: usize) -> Vec<f64> {
     if let Some(first) = input.first_mut() {
         first.im = 0.0;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         if let Some(last) = input.last_mut() {
             last.im = 0.0;
         }

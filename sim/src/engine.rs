@@ -171,6 +171,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         ((net.delay_ms + rng.random_range(0.0..=1.0) * j) * 1000.0).round() as i64
     };
     let mut estimator = DelayEstimator::new(fs);
+    let debug = std::env::var_os("SYNCSTREAM_SIM_DEBUG").is_some();
     let mut log = TruthLog::default();
     let end_us = origin_us + (sc.duration_s * 1e6) as i64;
     let mut chunk = vec![0.0f32; CHUNK_FRAMES * STREAM_CHANNELS as usize];
@@ -335,7 +336,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         .enumerate()
         .map(|(i, d)| {
             let c = devices[i].core.lock().unwrap();
-            if std::env::var("SS_DEBUG").is_ok() {
+            if debug {
                 eprintln!(
                     "{}: clock rate {:.1} ppm (true {:.1})",
                     d.name,

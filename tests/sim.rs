@@ -42,3 +42,19 @@ fn malformed_scenarios_name_the_field() {
         "{e}"
     );
 }
+
+#[test]
+fn network_jitter_bursts_of_100_ms_cause_no_underrun() {
+    let mut s = scenario(60.0);
+    s.network.jitter_ms = 100.0;
+    s.devices.truncate(3);
+    for d in &mut s.devices {
+        d.hears
+            .retain(|h| h.device != "homepod" && h.device != "bt");
+    }
+    let r = run_scenario(&s, &mut |_, _| {}).unwrap();
+    for d in &r.devices {
+        assert_eq!(d.underruns, 0, "{}: {}", d.name, summary(&r));
+        assert!(d.residual_ms.is_some(), "{} never played: {}", d.name, summary(&r));
+    }
+}

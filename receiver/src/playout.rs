@@ -13,7 +13,8 @@
 //! - a larger error (start, a big offset change, a clock step) is a jump, hidden by a
 //!   [`CROSSFADE_FRAMES`]-frame crossfade from the old to the new position (no click).
 //!
-//! Mute, volume and stop ramp the gain over [`GAIN_RAMP_FRAMES`] frames.
+//! Start, mute, volume, stop and running dry (a lost connection) ramp the gain over
+//! [`GAIN_RAMP_FRAMES`] frames, so nothing clicks.
 
 use syncstream_shared::audio::RenderInfo;
 
@@ -94,7 +95,7 @@ impl Playout {
             volume: 1.0,
             muted: false,
             stopped: false,
-            gain: 1.0,
+            gain: 0.0,
             settled_since_us: None,
             started: false,
             stats: PlayoutStats::default(),
@@ -267,8 +268,11 @@ impl Playout {
                 self.settled_since_us = None;
             }
         }
-        // Gain ramp towards volume (0 when muted or stopped).
-        let goal = if self.muted || self.stopped {
+        // Gain ramp towards volume; to 0 when muted, stopped, or about to run dry (a lost
+        // connection fades out instead of clicking, and fades back in when audio returns).
+        let ahead = jb.end() as f64 - self.pos.unwrap_or(f64::MAX);
+        let running_dry = ahead < GAIN_RAMP_FRAMES as f64;
+        let goal = if self.muted || self.stopped || running_dry {
             0.0
         } else {
             self.volume
@@ -349,10 +353,9 @@ mod tests {
         // DAC time 1.5 s, playout delay 1 s → source time 0.5 s = sample 24000.
         let mut out = vec![0.0; 480];
         let info = p.render(&mut out, 1_500_000, &cs, &jb);
-        assert_eq!(
-            out[CROSSFADE_FRAMES + 10],
-            (24_000 + CROSSFADE_FRAMES + 10) as f32
-        );
+        // The first block fades in from silence.
+        assert!((out[0] - 24_000.0 / GAIN_RAMP_FRAMES as f32).abs() < 1e-3);
+        assert_eq!(out[479], 24_479.0);
         assert!((info.source_pts_us.unwrap() - 500_000.0).abs() < 1.0);
         // Next block continues seamlessly.
         p.render(&mut out, 1_510_000, &cs, &jb);
@@ -406,6 +409,36 @@ mod tests {
         assert!(out.iter().all(|&s| s == 0.0));
         assert_eq!(info.source_pts_us, None);
         assert_eq!(p.stats().underruns, 1);
+    }
+
+    #[test]
+    fn fades_out_before_running_dry() {
+        let (mut p, cs, _) = setup();
+        // 1.5 s of audio buffered; playback at t = 1.0 s reads sample 0 onwards.
+        let mut jb = JitterBuffer::new(1, 1_000_000);
+        jb.push(0, &vec![1.0; 72_000]);
+        let mut out = vec![0.0; 480];
+        let mut t = 1_000_000;
+        let mut last = 0.0f32;
+        let mut max_step = 0.0f32;
+        let mut dry_blocks = 0;
+        for _ in 0..200 {
+            p.render(&mut out, t, &cs, &jb);
+            for &x in &out {
+                max_step = max_step.max((x - last).abs());
+                last = x;
+            }
+            if out.iter().all(|&x| x == 0.0) {
+                dry_blocks += 1;
+            }
+            t += 10_000;
+        }
+        // It ran dry after 1.5 s of audio, without a step larger than the ramp's.
+        assert!(dry_blocks > 0);
+        assert!(
+            max_step <= 1.0 / GAIN_RAMP_FRAMES as f32 + 1e-6,
+            "{max_step}"
+        );
     }
 
     #[test]

@@ -55,6 +55,11 @@ fn network_jitter_bursts_of_100_ms_cause_no_underrun() {
     let r = run_scenario(&s, &mut |_, _| {}).unwrap();
     for d in &r.devices {
         assert_eq!(d.underruns, 0, "{}: {}", d.name, summary(&r));
-        assert!(d.residual_ms.is_some(), "{} never played: {}", d.name, summary(&r));
+        assert!(
+            d.residual_ms.is_some(),
+            "{} never played: {}",
+            d.name,
+            summary(&r)
+        );
     }
 }

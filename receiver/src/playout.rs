@@ -29,6 +29,9 @@ pub const MAX_SLEW_PPM: f64 = 1_000.0;
 pub const SLEW_TIME_S: f64 = 0.25;
 /// Errors below this count as on target, µs.
 pub const SETTLED_US: f64 = 25.0;
+/// Errors below this count as roughly on target (good enough while acquiring, when a
+/// measurement only has to be right to a millisecond), µs.
+pub const ROUGHLY_SETTLED_US: f64 = 500.0;
 /// Length of the crossfade on a jump, frames (5 ms at 48 kHz).
 pub const CROSSFADE_FRAMES: usize = 240;
 /// Length of a gain ramp (mute, volume, stop), frames (10 ms at 48 kHz).
@@ -76,6 +79,9 @@ pub struct Playout {
     gain: f32,
     /// Local DAC time from which playout has been on target with the current offset.
     settled_since_us: Option<i64>,
+    /// Local DAC time from which playout has been within [`ROUGHLY_SETTLED_US`] of its
+    /// target with no jump.
+    roughly_settled_since_us: Option<i64>,
     /// Whether a block has been played from buffered audio since the stream (re)started;
     /// only after that does missing audio count as an underrun.
     started: bool,
@@ -97,6 +103,7 @@ impl Playout {
             stopped: false,
             gain: 0.0,
             settled_since_us: None,
+            roughly_settled_since_us: None,
             started: false,
             stats: PlayoutStats::default(),
             old: Vec::new(),
@@ -108,6 +115,7 @@ impl Playout {
         if self.params != Some(params) {
             self.pos = None;
             self.settled_since_us = None;
+            self.roughly_settled_since_us = None;
         }
         self.started = false;
         self.params = Some(params);
@@ -148,6 +156,9 @@ impl Playout {
         self.offset_ref_us = ref_us;
         if (offset_ms - before).abs() * 1000.0 > SETTLED_US {
             self.settled_since_us = None;
+        }
+        if (offset_ms - before).abs() * 1000.0 > ROUGHLY_SETTLED_US {
+            self.roughly_settled_since_us = None;
         }
     }
 
@@ -191,6 +202,12 @@ impl Playout {
     /// Local DAC time since which playout has been on target with the current offset.
     pub fn settled_since_us(&self) -> Option<i64> {
         self.settled_since_us
+    }
+
+    /// Local DAC time since which playout has been within [`ROUGHLY_SETTLED_US`] of its
+    /// target with the current offset (no jump).
+    pub fn roughly_settled_since_us(&self) -> Option<i64> {
+        self.roughly_settled_since_us
     }
 
     /// The decoded-buffer position that should leave the output at local `dac_time_us`.
@@ -239,6 +256,7 @@ impl Playout {
             // Jump: crossfade from the old position to the target.
             self.stats.jumps += 1;
             self.settled_since_us = None;
+            self.roughly_settled_since_us = None;
             self.old.resize(out.len(), 0.0);
             let mut old = std::mem::take(&mut self.old);
             missing |= read(jb, start, 1.0, &mut old, ch);
@@ -260,12 +278,16 @@ impl Playout {
             missing |= read(jb, start, rate, out, ch);
             self.pos = Some(start + n as f64 * rate);
             first_pos = start;
-            if err.abs() * 1e6 / fs <= SETTLED_US {
-                if self.settled_since_us.is_none() {
-                    self.settled_since_us = Some(dac_time_us);
-                }
+            let err_us = err.abs() * 1e6 / fs;
+            if err_us <= SETTLED_US {
+                self.settled_since_us.get_or_insert(dac_time_us);
             } else {
                 self.settled_since_us = None;
+            }
+            if err_us <= ROUGHLY_SETTLED_US {
+                self.roughly_settled_since_us.get_or_insert(dac_time_us);
+            } else {
+                self.roughly_settled_since_us = None;
             }
         }
         // Gain ramp towards volume; to 0 when muted, stopped, or about to run dry (a lost

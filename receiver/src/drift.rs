@@ -121,6 +121,9 @@ pub struct Measurement {
     pub ref_duration_ms: u64,
     /// Search margin, ms.
     pub margin_ms: f64,
+    /// Tracking (the device was in sync at the last measurement): the drift is expected
+    /// near 0 and the estimator may prefer the peak there; while acquiring it may not.
+    pub tracking: bool,
     /// Buffer offset in effect at the window's centre, ms.
     pub applied_offset_ms: f64,
     /// Acoustic delay speaker → microphone, ms.
@@ -189,6 +192,7 @@ pub fn plan(
         ref_start_us: (expected_pts - margin_ms * 1000.0).round() as i64,
         ref_duration_ms: cfg.window_ms + (2.0 * margin_ms).ceil() as u64,
         margin_ms,
+        tracking,
         applied_offset_ms: offset_ms,
         mic_delay_ms,
         playout_delay_us: params.playout_delay_us,
@@ -217,7 +221,7 @@ pub fn analyze(
     let search = LagSearch {
         min_lag_ms: -delta_ms - m.margin_ms,
         max_lag_ms: -delta_ms + m.margin_ms,
-        expected_lag_ms: Some(-delta_ms),
+        expected_lag_ms: m.tracking.then_some(-delta_ms),
     };
     let mut report = DriftReport {
         device: device.to_string(),

@@ -134,6 +134,10 @@ struct TransmitterArgs {
     /// Seconds of source audio kept for source windows.
     #[arg(long, default_value_t = 30.0)]
     buffer_seconds: f64,
+    /// Folder of device profiles (<device>.json): a device whose settled offset stays
+    /// more than 2 ms from its profile for 10 minutes gets its base_latency_ms updated.
+    #[arg(long)]
+    profiles_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -251,7 +255,10 @@ async fn calibrate(a: CalibrateArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || calibrate_scenario(&scenario, &opts)).await??
     } else if let Some(broker) = a.mqtt.clone() {
         if !(a.timeout_s.is_finite() && a.timeout_s > 0.0 && a.timeout_s <= 3600.0) {
-            anyhow::bail!("--timeout-s must be between 0 and 3600 s, got {}", a.timeout_s);
+            anyhow::bail!(
+                "--timeout-s must be between 0 and 3600 s, got {}",
+                a.timeout_s
+            );
         }
         calibrate_live(&LiveOptions {
             broker,
@@ -317,6 +324,7 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
         codec: a.codec,
         buffer_seconds: a.buffer_seconds,
         playout_delay_ms: a.playout_delay_ms,
+        profiles_dir: a.profiles_dir,
         ..Default::default()
     };
     let _tx = syncstream_transmitter::start(cfg, source, clock).await?;

@@ -68,7 +68,8 @@ fn scenario_targets_sequential_sweep() {
     // The report's plots are PNG files.
     for d in &run.devices {
         for kind in ["impulse", "peak"] {
-            let png = std::fs::read(report.path().join(format!("{}-{kind}.png", d.device))).unwrap();
+            let png =
+                std::fs::read(report.path().join(format!("{}-{kind}.png", d.device))).unwrap();
             assert!(png.starts_with(b"\x89PNG"), "{} {kind}", d.device);
         }
     }
@@ -190,7 +191,9 @@ async fn start_demo() -> DemoSystem {
 
 fn write_profiles(dir: &Path, sys: &DemoSystem) {
     for d in &sys.devices {
-        d.profile.save(&dir.join(format!("{}.json", d.name))).unwrap();
+        d.profile
+            .save(&dir.join(format!("{}.json", d.name)))
+            .unwrap();
     }
 }
 
@@ -243,9 +246,12 @@ async fn live_test_tone_and_calibrate_against_the_demo() {
     println!("{text}");
     for (i, d) in run.devices.iter().enumerate() {
         let truth = sys.room.true_latency_ms(i);
-        let m = d.latency_ms.unwrap_or_else(|| panic!("{}: {text}", d.device));
+        let m = d
+            .latency_ms
+            .unwrap_or_else(|| panic!("{}: {text}", d.device));
         assert!((m - truth).abs() < 0.5, "{}: {m} vs {truth}", d.device);
-        let profile = DeviceProfile::load(&profiles.path().join(format!("{}.json", d.device))).unwrap();
+        let profile =
+            DeviceProfile::load(&profiles.path().join(format!("{}.json", d.device))).unwrap();
         if d.device == "cast" {
             let f = d.failure.as_deref().unwrap_or_default();
             assert!(f.contains("read-only"), "{f}");
@@ -262,9 +268,10 @@ async fn live_test_tone_and_calibrate_against_the_demo() {
 #[test]
 fn a_device_that_never_answers_times_out_and_keeps_its_profile() {
     let port = common::free_port();
-    syncstream_transmitter::broker::start_embedded_broker(
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-    )
+    syncstream_transmitter::broker::start_embedded_broker(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        port,
+    )))
     .unwrap();
     assert!(common::wait_for_port(port, Duration::from_secs(10)));
     let dir = tempfile::tempdir().unwrap();

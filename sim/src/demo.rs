@@ -135,7 +135,10 @@ pub struct DemoSystem {
 /// `cfg.audio`, the real-time virtual room of `devices` and one receiver per device.
 ///
 /// Errors: the audio file cannot be read, or a server or receiver cannot start.
-pub async fn start_system(cfg: &DemoConfig, devices: Vec<DemoDevice>) -> anyhow::Result<DemoSystem> {
+pub async fn start_system(
+    cfg: &DemoConfig,
+    devices: Vec<DemoDevice>,
+) -> anyhow::Result<DemoSystem> {
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let source = looping_clip(&cfg.audio)?;
     let mqtt = match &cfg.broker {

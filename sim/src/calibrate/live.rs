@@ -230,7 +230,10 @@ pub async fn calibrate_live(opts: &LiveOptions) -> anyhow::Result<CalibrationRun
     let devices: Vec<String> = match &opts.devices {
         Some(d) if !d.is_empty() => {
             let mut seen = BTreeSet::new();
-            d.iter().filter(|x| seen.insert((*x).clone())).cloned().collect()
+            d.iter()
+                .filter(|x| seen.insert((*x).clone()))
+                .cloned()
+                .collect()
         }
         _ => {
             // Retained statuses arrive right after subscribing; collect them briefly.
@@ -353,8 +356,7 @@ pub async fn calibrate_live(opts: &LiveOptions) -> anyhow::Result<CalibrationRun
                 o.uncertainty_ms = r.uncertainty_ms;
                 o.confidence = r.confidence;
                 o.signal = r.signal.clone();
-                if let (Some(dir), Some(m)) = (&opts.profiles_dir, measurement_of(r, opts.signal))
-                {
+                if let (Some(dir), Some(m)) = (&opts.profiles_dir, measurement_of(r, opts.signal)) {
                     let path = dir.join(format!("{d}.json"));
                     match apply_measurement(&path, &m) {
                         Ok(change) => o.profile = Some(change),

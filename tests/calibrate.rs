@@ -309,3 +309,52 @@ fn a_device_that_never_answers_times_out_and_keeps_its_profile() {
         r#"{"type":"hdmi","base_latency_ms":70}"#
     );
 }
+
+/// The sync loop starting from calibrated profiles: calibrate the five-device scenario
+/// (±100 ppm clocks, wandering wireless devices), write the measured latencies into
+/// profiles, run the simulator from them and check it converges in under 5 s (all
+/// pairs within 1 ms and staying there, the report's definition).
+#[test]
+fn the_sync_loop_converges_quickly_from_calibrated_profiles() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut sc = Scenario::load(&root.join("scenarios/five-devices-1h.json")).unwrap();
+    sc.duration_s = 20.0;
+    let run = calibrate_scenario(
+        &sc,
+        &ScenarioOptions {
+            signal: SignalKind::Sweep,
+            simultaneous: false,
+            report_dir: None,
+        },
+    )
+    .unwrap();
+    println!("{}", serde_json::to_string_pretty(&run).unwrap());
+    assert_eq!(run.succeeded, 5);
+    let dir = tempfile::tempdir().unwrap();
+    for (d, o) in sc.devices.iter_mut().zip(&run.devices) {
+        let mut p = sc_profile(&d.profile);
+        p.base_latency_ms = o.latency_ms.unwrap();
+        let path = dir.path().join(format!("{}.json", d.name));
+        p.save(&path).unwrap();
+        d.profile = path.display().to_string();
+    }
+    let report = syncstream_sim::run_scenario(&sc, &mut |_, _| {}).unwrap();
+    let t = report.time_to_converge_s;
+    println!(
+        "time to converge from calibrated profiles: {t:?} s; pairwise max per second: {:?}",
+        report.pairwise_max_per_s
+    );
+    assert!(report.converged && t.unwrap() < 5.0, "{t:?}");
+}
+
+fn sc_profile(kind: &str) -> DeviceProfile {
+    use syncstream_shared::profile::OutputType;
+    let k = match kind {
+        "analog" => OutputType::Analog,
+        "hdmi" => OutputType::Hdmi,
+        "chromecast" => OutputType::Chromecast,
+        "airplay" => OutputType::Airplay,
+        _ => OutputType::Bluetooth,
+    };
+    DeviceProfile::default_for(k)
+}

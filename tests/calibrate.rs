@@ -229,6 +229,7 @@ async fn live_test_tone_and_calibrate_against_the_demo() {
     let mut perm = std::fs::metadata(&cast).unwrap().permissions();
     perm.set_readonly(true);
     std::fs::set_permissions(&cast, perm).unwrap();
+    let report = tempfile::tempdir().unwrap();
     let run = calibrate_live(&LiveOptions {
         broker: broker.clone(),
         devices: Some(vec!["kitchen".into(), "tv".into(), "cast".into()]),
@@ -237,7 +238,7 @@ async fn live_test_tone_and_calibrate_against_the_demo() {
         profiles_dir: Some(profiles.path().to_path_buf()),
         timeout: Duration::from_secs(30),
         discovery: Duration::from_millis(0),
-        report_dir: None,
+        report_dir: Some(report.path().to_path_buf()),
         progress: false,
     })
     .await
@@ -263,6 +264,11 @@ async fn live_test_tone_and_calibrate_against_the_demo() {
         }
     }
     assert_eq!(run.succeeded, 2);
+    // The report has every device's plots, drawn from the receivers' impulse responses.
+    for d in ["kitchen", "tv", "cast"] {
+        let png = std::fs::read(report.path().join(format!("{d}-impulse.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{d}");
+    }
 }
 
 #[test]

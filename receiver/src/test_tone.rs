@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, QoS};
+use syncstream_calibration::onset::OnsetParams;
 use syncstream_calibration::{
-    measure, MlsParams, SignalKind, SignalParams, SweepParams, TestSignal, SAMPLE_RATE,
+    analyse, MlsParams, SignalKind, SignalParams, SweepParams, TestSignal, SAMPLE_RATE,
 };
 use syncstream_shared::messages::{topics, CalibrationResult, TestToneRequest};
 use syncstream_shared::time::Clock;
@@ -252,7 +253,13 @@ pub async fn run(
         ts_us: clock.now_us(),
         ..result
     };
-    info!(device, ?result, "calibration result");
+    info!(
+        device,
+        latency_ms = ?result.latency_ms,
+        uncertainty_ms = ?result.uncertainty_ms,
+        error = ?result.error,
+        "calibration result"
+    );
     match serde_json::to_vec(&result) {
         Ok(payload) => {
             if let Err(e) = client
@@ -346,13 +353,33 @@ async fn measure_tone(
         ));
     };
     let offset_samples = (first_adc_us - start_dac_us as f64) * SAMPLE_RATE as f64 / 1e6;
-    let m = tokio::task::spawn_blocking(move || {
-        measure(&signal, &recording, offset_samples, mic_distance_m)
+    let a = tokio::task::spawn_blocking(move || {
+        analyse(
+            &signal,
+            &recording,
+            offset_samples,
+            mic_distance_m,
+            &OnsetParams::default(),
+        )
     })
     .await
     .map_err(|e| format!("measurement task: {e}"))?
     .map_err(|e| e.to_string())?;
+    let (ir, ir_origin_samples) = if req.include_ir == Some(true) {
+        let ms = SAMPLE_RATE as usize / 1000;
+        let from = a.onset.index.saturating_sub(10 * ms);
+        let to = (a.onset.index + 60 * ms).min(a.ir.len());
+        (
+            a.ir.get(from..to).map(|x| x.to_vec()),
+            Some(a.ir_origin_samples + from as f64),
+        )
+    } else {
+        (None, None)
+    };
+    let m = a.measurement;
     Ok(CalibrationResult {
+        ir,
+        ir_origin_samples,
         latency_ms: Some(m.latency_ms),
         uncertainty_ms: Some(m.uncertainty_ms),
         confidence: Some(m.confidence),

@@ -176,6 +176,8 @@ pub struct TestToneRequest {
     /// Longest output latency to listen for, ms (default: the profile's base latency
     /// + 500 ms, at most 2000).
     pub max_latency_ms: Option<f64>,
+    /// Include an excerpt of the impulse response in the answer (for report plots).
+    pub include_ir: Option<bool>,
 }
 
 /// A receiver's answer to a `test_tone` command, on `syncstream/calibration/<device>`:
@@ -215,6 +217,13 @@ pub struct CalibrationResult {
     /// Why there is no measurement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When asked for (`include_ir`): the impulse response from 10 ms before to 60 ms
+    /// after the direct sound, 48 kHz samples (path gain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ir: Option<Vec<f32>>,
+    /// Delay of `ir[0]` after the signal's sample 0, samples at 48 kHz (fractional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ir_origin_samples: Option<f64>,
 }
 
 /// Receiver state published (retained) on `syncstream/status/<device>`. The MQTT last

@@ -19,10 +19,13 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rumqttc::{Event, Outgoing, Packet, QoS};
+use syncstream_calibration::onset::{detect_onset, OnsetParams};
 use syncstream_calibration::orthogonal::orthogonal_set;
 use syncstream_calibration::profile_update::apply_measurement;
 use syncstream_calibration::report::{write_report, ReportEntry};
-use syncstream_calibration::{LatencyMeasurement, MlsParams, SignalKind, SignalParams};
+use syncstream_calibration::{
+    ImpulseAnalysis, LatencyMeasurement, MlsParams, SignalKind, SignalParams,
+};
 use syncstream_shared::messages::{
     parse, topics, CalibrationResult, Command, Status, TestToneRequest,
 };
@@ -204,6 +207,22 @@ fn measurement_of(r: &CalibrationResult, kind: SignalKind) -> Option<LatencyMeas
     })
 }
 
+/// Rebuilds an impulse analysis, for the report's plots, from the excerpt of the
+/// impulse response a receiver sent (the direct path is detected again on the
+/// excerpt; the measurement is the receiver's).
+fn analysis_of(r: &CalibrationResult, kind: SignalKind) -> Option<ImpulseAnalysis> {
+    let ir = r.ir.clone()?;
+    let origin = r.ir_origin_samples?;
+    let measurement = measurement_of(r, kind)?;
+    let onset = detect_onset(&ir, 0, &OnsetParams::default()).ok()?;
+    Some(ImpulseAnalysis {
+        ir,
+        ir_origin_samples: origin,
+        onset,
+        measurement,
+    })
+}
+
 fn valid_device_name(d: &str) -> bool {
     !d.is_empty() && !d.contains(['/', '+', '#']) && d != "summary"
 }
@@ -291,6 +310,7 @@ pub async fn calibrate_live(opts: &LiveOptions) -> anyhow::Result<CalibrationRun
             signal: Some(opts.signal.as_str().into()),
             run_id: Some(run_id.clone()),
             sequence: seq,
+            include_ir: opts.report_dir.is_some().then_some(true),
             ..Default::default()
         }))
     };
@@ -367,7 +387,7 @@ pub async fn calibrate_live(opts: &LiveOptions) -> anyhow::Result<CalibrationRun
         }
         entries.push(ReportEntry {
             device: d.clone(),
-            analysis: None,
+            analysis: answers.get(d).and_then(|r| analysis_of(r, opts.signal)),
             change: o.profile.clone(),
             error: o.failure.clone(),
             true_latency_ms: None,

@@ -364,3 +364,100 @@ fn sc_profile(kind: &str) -> DeviceProfile {
     };
     DeviceProfile::default_for(k)
 }
+
+/// Waits for the first message on `topic` (e.g. a retained status), bounded.
+async fn first_message(broker: &BrokerUrl, topic: &str, timeout: Duration) -> Option<Vec<u8>> {
+    let mut o = MqttOptions::new("calibrate-test-wait", broker.host.clone(), broker.port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, el.poll()).await.ok()? {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                client.subscribe(topic, QoS::AtLeastOnce).await.ok()?;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topic => {
+                return Some(p.payload.to_vec())
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A receiver whose microphone hears nothing answers with a clear error; calibrate
+/// reports it, fails (nothing succeeded) and leaves the profile untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deaf_microphone_gets_a_clear_error_and_keeps_the_profile() {
+    use std::sync::Arc;
+    use syncstream_shared::audio::{find_microphone, find_sink, BackendConfig, StreamFormat};
+    use syncstream_shared::time::{Clock, MonotonicClock};
+    let port = common::free_port();
+    syncstream_transmitter::broker::start_embedded_broker(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        port,
+    )))
+    .unwrap();
+    assert!(common::wait_for_port(port, Duration::from_secs(10)));
+    let broker = BrokerUrl {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
+    let backend = |channels| BackendConfig {
+        device: None,
+        format: StreamFormat {
+            sample_rate: 48_000,
+            channels,
+        },
+        clock: clock.clone(),
+    };
+    let sink = find_sink("null").unwrap()(&backend(2)).unwrap();
+    let mic = find_microphone("null").unwrap()(&backend(1)).unwrap();
+    let profile = DeviceProfile::default_for(syncstream_shared::profile::OutputType::Hdmi);
+    let _rx = syncstream_receiver::start(
+        syncstream_receiver::ReceiverConfig {
+            device: "deaf".into(),
+            // No transmitter: the test tone does not need the stream.
+            transmitter_host: "127.0.0.1".into(),
+            stream_port: common::free_port(),
+            http_port: common::free_port(),
+            broker: broker.clone(),
+            profile: profile.clone(),
+            drift: Default::default(),
+        },
+        sink,
+        mic,
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    // The receiver is subscribed once its retained status is out.
+    first_message(&broker, "syncstream/status/deaf", Duration::from_secs(10))
+        .await
+        .expect("the receiver never published its status");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deaf.json");
+    profile.save(&path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let run = calibrate_live(&LiveOptions {
+        broker,
+        devices: Some(vec!["deaf".into()]),
+        signal: SignalKind::Sweep,
+        simultaneous: false,
+        profiles_dir: Some(dir.path().to_path_buf()),
+        timeout: Duration::from_secs(20),
+        discovery: Duration::from_millis(0),
+        report_dir: None,
+        progress: false,
+    })
+    .await
+    .unwrap();
+    let f = run.devices[0].failure.clone().unwrap_or_default();
+    assert!(
+        f.starts_with("deaf: no test signal found") && f.ends_with("profile not touched"),
+        "{f}"
+    );
+    assert_eq!((run.succeeded, run.failed), (0, 1));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}

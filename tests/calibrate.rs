@@ -461,3 +461,67 @@ async fn a_deaf_microphone_gets_a_clear_error_and_keeps_the_profile() {
     assert_eq!((run.succeeded, run.failed), (0, 1));
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
+
+/// The thin CLI over the scenario mode: one JSON object on stdout; bad input is named.
+#[test]
+fn calibrate_scenario_cli_prints_one_json_object() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let sc = root.join("scenarios/calibration-five-devices.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstream"))
+        .args([
+            "calibrate",
+            "--scenario",
+            sc.to_str().unwrap(),
+            "--simultaneous",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: CalibrationRun = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (run.mode.as_str(), run.signal.as_str()),
+        ("scenario", "mls")
+    );
+    assert!(run.max_abs_error_ms.unwrap() <= 0.1);
+    for (args, needle) in [
+        (
+            vec!["calibrate", "--scenario", "/nonexistent/s.json"],
+            "/nonexistent/s.json",
+        ),
+        (
+            vec![
+                "calibrate",
+                "--scenario",
+                sc.to_str().unwrap(),
+                "--signal",
+                "noise",
+            ],
+            "unknown test signal 'noise'",
+        ),
+        (
+            vec![
+                "calibrate",
+                "--scenario",
+                sc.to_str().unwrap(),
+                "--simultaneous",
+                "--signal",
+                "sweep",
+            ],
+            "--signal mls",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncstream"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! The simulator on shorter scenarios: five devices with drifting clocks and wandering
 //! wireless latencies converge and stay within a fraction of a millisecond of each other.
-//! (The clock-sync issue's targets are 15 s and 0.2 ms p95; the bounds here are what the
-//! loop reaches today on every seed tried, with margin.)
+//! (The clock-sync issue's targets are 15 s and 0.2 ms p95: the first is asserted; the
+//! pairwise bound here is what the loop reaches today on every seed tried, with margin,
+//! as 0.2 ms p95 is not held yet while wireless latencies wander.)
 
 use std::path::Path;
 
@@ -23,7 +24,7 @@ fn five_devices_converge_and_stay_in_sync() {
     let r = run_scenario(&scenario(150.0), &mut |_, _| {}).unwrap();
     assert!(r.converged, "{}", summary(&r));
     let t = r.time_to_converge_s.unwrap();
-    assert!(t <= 25.0, "converged after {t} s: {}", summary(&r));
+    assert!(t <= 15.0, "converged after {t} s: {}", summary(&r));
     let p = r.pairwise_ms.unwrap();
     assert!(p.p95 <= 0.5, "pairwise p95 {} ms: {}", p.p95, summary(&r));
     for d in &r.devices {
@@ -41,4 +42,25 @@ fn malformed_scenarios_name_the_field() {
         e.contains("bad.json") && e.contains("devices[0].snr_db"),
         "{e}"
     );
+}
+
+#[test]
+fn network_jitter_bursts_of_100_ms_cause_no_underrun() {
+    let mut s = scenario(60.0);
+    s.network.jitter_ms = 100.0;
+    s.devices.truncate(3);
+    for d in &mut s.devices {
+        d.hears
+            .retain(|h| h.device != "homepod" && h.device != "bt");
+    }
+    let r = run_scenario(&s, &mut |_, _| {}).unwrap();
+    for d in &r.devices {
+        assert_eq!(d.underruns, 0, "{}: {}", d.name, summary(&r));
+        assert!(
+            d.residual_ms.is_some(),
+            "{} never played: {}",
+            d.name,
+            summary(&r)
+        );
+    }
 }

@@ -12,15 +12,8 @@ use crate::core::SharedCore;
 
 /// The last will: `{"device":"<device>","state":"offline"}`, retained on the status topic.
 pub fn last_will(device: &str) -> (String, Vec<u8>) {
-    let s = Status {
-        device: device.to_string(),
-        state: "offline".into(),
-        ..Default::default()
-    };
-    (
-        topics::status(device),
-        serde_json::to_vec(&s).unwrap_or_default(),
-    )
+    let payload = serde_json::json!({ "device": device, "state": "offline" });
+    (topics::status(device), payload.to_string().into_bytes())
 }
 
 /// Topics the receiver subscribes to.

@@ -45,6 +45,8 @@ impl Default for ClockSync {
     }
 }
 
+/// Share of the window (lowest round trips) used for the fit, %.
+const SELECT_PERCENT: f64 = 20.0;
 /// Fewest selected exchanges, and shortest span of local time (µs), for a rate fit.
 const MIN_FIT_POINTS: usize = 8;
 const MIN_FIT_SPAN_US: f64 = 5e6;
@@ -90,7 +92,7 @@ impl ClockSync {
 
     fn update(&mut self, now_local_us: f64) {
         let rtts: Vec<f64> = self.window.iter().map(|e| e.rtt_us).collect();
-        let limit = percentile(&rtts, 20.0).unwrap_or(f64::MAX);
+        let limit = percentile(&rtts, SELECT_PERCENT).unwrap_or(f64::MAX);
         let good: Vec<&Exchange> = self.window.iter().filter(|e| e.rtt_us <= limit).collect();
         let span = match (good.first(), good.last()) {
             (Some(a), Some(b)) => b.local_us - a.local_us,

@@ -164,7 +164,14 @@ pub fn plan(
     // earlier; latency ≈ offset (plus what we have not corrected yet).
     let settle_margin_us =
         (100.0 + 0.2 * offset_ms.abs() + offset_ms.max(0.0) + mic_delay_ms) * 1000.0;
-    match playout.settled_since_us() {
+    // Tracking needs playout exactly on target; acquiring only needs it within 0.5 ms
+    // (the first offset is locked on measurements that agree within a millisecond).
+    let settled = if tracking {
+        playout.settled_since_us()
+    } else {
+        playout.roughly_settled_since_us()
+    };
+    match settled {
         Some(t) if (t as f64) <= rec_start_local as f64 - settle_margin_us => {}
         _ => return Err(NotReady::NotSettled),
     }

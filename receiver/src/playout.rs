@@ -13,7 +13,8 @@
 //! - a larger error (start, a big offset change, a clock step) is a jump, hidden by a
 //!   [`CROSSFADE_FRAMES`]-frame crossfade from the old to the new position (no click).
 //!
-//! Mute, volume and stop ramp the gain over [`GAIN_RAMP_FRAMES`] frames.
+//! Start, mute, volume, stop and running dry (a lost connection) ramp the gain over
+//! [`GAIN_RAMP_FRAMES`] frames, so nothing clicks.
 
 use syncstream_shared::audio::RenderInfo;
 
@@ -28,6 +29,9 @@ pub const MAX_SLEW_PPM: f64 = 1_000.0;
 pub const SLEW_TIME_S: f64 = 0.25;
 /// Errors below this count as on target, µs.
 pub const SETTLED_US: f64 = 25.0;
+/// Errors below this count as roughly on target (good enough while acquiring, when a
+/// measurement only has to be right to a millisecond), µs.
+pub const ROUGHLY_SETTLED_US: f64 = 500.0;
 /// Length of the crossfade on a jump, frames (5 ms at 48 kHz).
 pub const CROSSFADE_FRAMES: usize = 240;
 /// Length of a gain ramp (mute, volume, stop), frames (10 ms at 48 kHz).
@@ -75,6 +79,9 @@ pub struct Playout {
     gain: f32,
     /// Local DAC time from which playout has been on target with the current offset.
     settled_since_us: Option<i64>,
+    /// Local DAC time from which playout has been within [`ROUGHLY_SETTLED_US`] of its
+    /// target with no jump.
+    roughly_settled_since_us: Option<i64>,
     /// Whether a block has been played from buffered audio since the stream (re)started;
     /// only after that does missing audio count as an underrun.
     started: bool,
@@ -94,8 +101,9 @@ impl Playout {
             volume: 1.0,
             muted: false,
             stopped: false,
-            gain: 1.0,
+            gain: 0.0,
             settled_since_us: None,
+            roughly_settled_since_us: None,
             started: false,
             stats: PlayoutStats::default(),
             old: Vec::new(),
@@ -107,6 +115,7 @@ impl Playout {
         if self.params != Some(params) {
             self.pos = None;
             self.settled_since_us = None;
+            self.roughly_settled_since_us = None;
         }
         self.started = false;
         self.params = Some(params);
@@ -147,6 +156,9 @@ impl Playout {
         self.offset_ref_us = ref_us;
         if (offset_ms - before).abs() * 1000.0 > SETTLED_US {
             self.settled_since_us = None;
+        }
+        if (offset_ms - before).abs() * 1000.0 > ROUGHLY_SETTLED_US {
+            self.roughly_settled_since_us = None;
         }
     }
 
@@ -190,6 +202,12 @@ impl Playout {
     /// Local DAC time since which playout has been on target with the current offset.
     pub fn settled_since_us(&self) -> Option<i64> {
         self.settled_since_us
+    }
+
+    /// Local DAC time since which playout has been within [`ROUGHLY_SETTLED_US`] of its
+    /// target with the current offset (no jump).
+    pub fn roughly_settled_since_us(&self) -> Option<i64> {
+        self.roughly_settled_since_us
     }
 
     /// The decoded-buffer position that should leave the output at local `dac_time_us`.
@@ -238,6 +256,7 @@ impl Playout {
             // Jump: crossfade from the old position to the target.
             self.stats.jumps += 1;
             self.settled_since_us = None;
+            self.roughly_settled_since_us = None;
             self.old.resize(out.len(), 0.0);
             let mut old = std::mem::take(&mut self.old);
             missing |= read(jb, start, 1.0, &mut old, ch);
@@ -259,16 +278,23 @@ impl Playout {
             missing |= read(jb, start, rate, out, ch);
             self.pos = Some(start + n as f64 * rate);
             first_pos = start;
-            if err.abs() * 1e6 / fs <= SETTLED_US {
-                if self.settled_since_us.is_none() {
-                    self.settled_since_us = Some(dac_time_us);
-                }
+            let err_us = err.abs() * 1e6 / fs;
+            if err_us <= SETTLED_US {
+                self.settled_since_us.get_or_insert(dac_time_us);
             } else {
                 self.settled_since_us = None;
             }
+            if err_us <= ROUGHLY_SETTLED_US {
+                self.roughly_settled_since_us.get_or_insert(dac_time_us);
+            } else {
+                self.roughly_settled_since_us = None;
+            }
         }
-        // Gain ramp towards volume (0 when muted or stopped).
-        let goal = if self.muted || self.stopped {
+        // Gain ramp towards volume; to 0 when muted, stopped, or about to run dry (a lost
+        // connection fades out instead of clicking, and fades back in when audio returns).
+        let ahead = jb.end() as f64 - self.pos.unwrap_or(f64::MAX);
+        let running_dry = ahead < GAIN_RAMP_FRAMES as f64;
+        let goal = if self.muted || self.stopped || running_dry {
             0.0
         } else {
             self.volume
@@ -349,10 +375,9 @@ mod tests {
         // DAC time 1.5 s, playout delay 1 s → source time 0.5 s = sample 24000.
         let mut out = vec![0.0; 480];
         let info = p.render(&mut out, 1_500_000, &cs, &jb);
-        assert_eq!(
-            out[CROSSFADE_FRAMES + 10],
-            (24_000 + CROSSFADE_FRAMES + 10) as f32
-        );
+        // The first block fades in from silence.
+        assert!((out[0] - 24_000.0 / GAIN_RAMP_FRAMES as f32).abs() < 1e-3);
+        assert_eq!(out[479], 24_479.0);
         assert!((info.source_pts_us.unwrap() - 500_000.0).abs() < 1.0);
         // Next block continues seamlessly.
         p.render(&mut out, 1_510_000, &cs, &jb);
@@ -406,6 +431,36 @@ mod tests {
         assert!(out.iter().all(|&s| s == 0.0));
         assert_eq!(info.source_pts_us, None);
         assert_eq!(p.stats().underruns, 1);
+    }
+
+    #[test]
+    fn fades_out_before_running_dry() {
+        let (mut p, cs, _) = setup();
+        // 1.5 s of audio buffered; playback at t = 1.0 s reads sample 0 onwards.
+        let mut jb = JitterBuffer::new(1, 1_000_000);
+        jb.push(0, &vec![1.0; 72_000]);
+        let mut out = vec![0.0; 480];
+        let mut t = 1_000_000;
+        let mut last = 0.0f32;
+        let mut max_step = 0.0f32;
+        let mut dry_blocks = 0;
+        for _ in 0..200 {
+            p.render(&mut out, t, &cs, &jb);
+            for &x in &out {
+                max_step = max_step.max((x - last).abs());
+                last = x;
+            }
+            if out.iter().all(|&x| x == 0.0) {
+                dry_blocks += 1;
+            }
+            t += 10_000;
+        }
+        // It ran dry after 1.5 s of audio, without a step larger than the ramp's.
+        assert!(dry_blocks > 0);
+        assert!(
+            max_step <= 1.0 / GAIN_RAMP_FRAMES as f32 + 1e-6,
+            "{max_step}"
+        );
     }
 
     #[test]

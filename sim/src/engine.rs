@@ -34,6 +34,9 @@ const SYNC_INTERVAL_US: i64 = 250_000;
 const FAST_SYNC_INTERVAL_US: i64 = 50_000;
 /// Interval between measurements once a device is tracking, µs.
 const TRACKING_INTERVAL_US: i64 = 5_000_000;
+/// First measurement: once the rolling buffer holds a window's source (window + playout
+/// delay + the acquiring search margin), µs.
+const FIRST_MEASUREMENT_US: i64 = 3_500_000;
 /// The microphone is switched on this long before a measurement's window starts, µs.
 const MIC_LEAD_US: i64 = 200_000;
 
@@ -120,7 +123,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
             last_audio_delivery: 0,
             next_sync: origin_us,
             syncs_sent: 0,
-            next_measure: origin_us + 2_700_000 + i as i64 * 300_000,
+            next_measure: origin_us + FIRST_MEASUREMENT_US + i as i64 * 300_000,
             mic_on: false,
             mic: room.microphone(&d.name)?,
             _sink: sink,
@@ -138,6 +141,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         ((net.delay_ms + rng.random_range(0.0..=1.0) * j) * 1000.0).round() as i64
     };
     let mut estimator = DelayEstimator::new(fs);
+    let debug = std::env::var_os("SYNCSTREAM_SIM_DEBUG").is_some();
     let mut log = TruthLog::default();
     let end_us = origin_us + (sc.duration_s * 1e6) as i64;
     let mut chunk = vec![0.0f32; CHUNK_FRAMES * STREAM_CHANNELS as usize];
@@ -241,26 +245,39 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
             }
             let report = {
                 let c = d.core.lock().unwrap();
-                match drift::plan(
+                let planned = drift::plan(
                     &drift_cfg,
                     &c.mic,
                     &c.playout,
                     &c.clock,
                     c.profile.mic_delay_ms(),
                     c.tracking,
-                ) {
+                );
+                let r = match &planned {
                     Ok(m) => match buffer.window(m.ref_start_us, m.ref_duration_ms) {
                         Ok((first, reference)) => Some(drift::analyze(
                             &mut estimator,
                             &c.device,
-                            &m,
+                            m,
                             &reference,
                             first,
                         )),
                         Err(_) => None,
                     },
                     Err(_) => None,
+                };
+                if debug {
+                    let t_s = (t - origin_us) as f64 / 1e6;
+                    match (&planned, &r) {
+                        (_, Some(r)) => eprintln!(
+                            "{t_s:7.2} {} drift {:?} conf {:.2} applied {:.3} {:?}",
+                            c.device, r.drift_ms, r.confidence, r.applied_offset_ms, r.reason
+                        ),
+                        (Err(e), _) => eprintln!("{t_s:7.2} {} no measurement: {e:?}", c.device),
+                        _ => eprintln!("{t_s:7.2} {} no source window", c.device),
+                    }
                 }
+                r
             };
             d.mic.stop()?;
             d.mic_on = false;
@@ -302,7 +319,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         .enumerate()
         .map(|(i, d)| {
             let c = devices[i].core.lock().unwrap();
-            if std::env::var("SS_DEBUG").is_ok() {
+            if debug {
                 eprintln!(
                     "{}: clock rate {:.1} ppm (true {:.1})",
                     d.name,

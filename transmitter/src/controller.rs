@@ -8,7 +8,9 @@
 //!
 //! - Reports below `min_confidence` or without an estimate are ignored.
 //! - Acquiring: the first offset is set when two consecutive targets agree within
-//!   `agree_ms`, so one wrong estimate cannot move a speaker.
+//!   `agree_ms`, or at once on a report of at least `lock_confidence` (the estimator's
+//!   confidence is calibrated: at 0.99 it has not been wrong in its evaluation), so a
+//!   doubtful estimate cannot move a speaker.
 //! - Tracking: a target further than `outlier_ms` from the median of the recent
 //!   targets is an outlier and ignored, unless `relock_count` outliers in a row agree
 //!   with each other (the device's latency really changed: a Bluetooth reconnect, a TV
@@ -33,6 +35,8 @@ pub struct ControllerConfig {
     pub min_confidence: f64,
     /// Two targets agreeing within this many ms lock a device, ms.
     pub agree_ms: f64,
+    /// A single report at least this confident locks a device at once.
+    pub lock_confidence: f64,
     /// Targets further than this from the recent median are outliers, ms.
     pub outlier_ms: f64,
     /// Outliers in a row that, agreeing with each other, re-lock the device.
@@ -58,6 +62,7 @@ impl Default for ControllerConfig {
         Self {
             min_confidence: 0.6,
             agree_ms: 1.0,
+            lock_confidence: 0.99,
             outlier_ms: 3.0,
             relock_count: 3,
             gain: 0.6,
@@ -220,7 +225,15 @@ impl SyncController {
             LockState::Acquiring => {
                 dev.pending.push(target);
                 let n = dev.pending.len();
-                if n >= 2 && (dev.pending[n - 1] - dev.pending[n - 2]).abs() <= cfg.agree_ms {
+                if r.confidence >= cfg.lock_confidence {
+                    dev.targets = std::iter::once(target).collect();
+                    dev.pending.clear();
+                    dev.state = LockState::Tracking;
+                    dev.used += 1;
+                    dev.rate_ms_per_s = 0.0;
+                    target
+                } else if n >= 2 && (dev.pending[n - 1] - dev.pending[n - 2]).abs() <= cfg.agree_ms
+                {
                     let locked = 0.5 * (dev.pending[n - 1] + dev.pending[n - 2]);
                     dev.targets = dev.pending[n - 2..].iter().copied().collect();
                     dev.pending.clear();
@@ -353,6 +366,13 @@ mod tests {
             last_err = err;
         }
         assert!(last_err < 0.01);
+    }
+
+    #[test]
+    fn a_very_confident_report_locks_at_once() {
+        let mut c = SyncController::new(ControllerConfig::default());
+        assert!((offset(c.on_report(&report(Some(42.0), 0.995, 70.0))) - 112.0).abs() < 1e-9);
+        assert_eq!(c.device("tv").unwrap().state, LockState::Tracking);
     }
 
     #[test]

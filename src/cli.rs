@@ -35,6 +35,41 @@ enum Command {
     /// printed as JSON: {"delay_ms": 37.291, "confidence": 0.93, ...} or
     /// {"delay_ms": null, "reason": ...}.
     Delay(DelayArgs),
+    /// Measure each device's output latency with a test signal (in a scenario's virtual
+    /// room, or against a live system over MQTT) and print one JSON object.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["scenario", "mqtt"])))]
+struct CalibrateArgs {
+    /// Calibrate this simulator scenario's virtual room (JSON; see scenarios/).
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Calibrate the live system on this broker (mqtt://host:port).
+    #[arg(long)]
+    mqtt: Option<BrokerUrl>,
+    /// Devices to calibrate, comma-separated (live; default: every device with a status).
+    #[arg(long, value_delimiter = ',')]
+    devices: Option<Vec<String>>,
+    /// Test signal: sweep or mls (default: sweep, or mls with --simultaneous).
+    #[arg(long)]
+    signal: Option<String>,
+    /// Calibrate all devices at once with orthogonal MLS sequences.
+    #[arg(long)]
+    simultaneous: bool,
+    /// Folder of device profiles (<device>.json) to update with the measured latencies (live).
+    #[arg(long)]
+    profiles_dir: Option<PathBuf>,
+    /// Seconds to wait for each device's answer (live).
+    #[arg(long, default_value_t = 20.0)]
+    timeout_s: f64,
+    /// Write plots and summary.json into this folder.
+    #[arg(long)]
+    report_dir: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +134,10 @@ struct TransmitterArgs {
     /// Seconds of source audio kept for source windows.
     #[arg(long, default_value_t = 30.0)]
     buffer_seconds: f64,
+    /// Folder of device profiles (<device>.json): a device whose settled offset stays
+    /// more than 2 ms from its profile for 10 minutes gets its base_latency_ms updated.
+    #[arg(long)]
+    profiles_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -182,6 +221,7 @@ pub fn main() -> ExitCode {
             Command::Demo(a) => demo(a).await,
             Command::Sim(a) => tokio::task::spawn_blocking(move || sim(a)).await?,
             Command::Delay(a) => delay(a),
+            Command::Calibrate(a) => calibrate(a).await,
         }
     });
     match result {
@@ -191,6 +231,60 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `syncstream calibrate`: one JSON object on standard output, failures on standard
+/// error; fails only when no device was calibrated.
+async fn calibrate(a: CalibrateArgs) -> anyhow::Result<()> {
+    use syncstream_calibration::SignalKind;
+    use syncstream_sim::calibrate::{
+        calibrate_live, calibrate_scenario, LiveOptions, ScenarioOptions,
+    };
+    let signal: SignalKind = match &a.signal {
+        Some(s) => s.parse()?,
+        None if a.simultaneous => SignalKind::Mls,
+        None => SignalKind::Sweep,
+    };
+    let run = if let Some(path) = &a.scenario {
+        let scenario = syncstream_sim::Scenario::load(path)?;
+        let opts = ScenarioOptions {
+            signal,
+            simultaneous: a.simultaneous,
+            report_dir: a.report_dir.clone(),
+        };
+        tokio::task::spawn_blocking(move || calibrate_scenario(&scenario, &opts)).await??
+    } else if let Some(broker) = a.mqtt.clone() {
+        if !(a.timeout_s.is_finite() && a.timeout_s > 0.0 && a.timeout_s <= 3600.0) {
+            anyhow::bail!(
+                "--timeout-s must be between 0 and 3600 s, got {}",
+                a.timeout_s
+            );
+        }
+        calibrate_live(&LiveOptions {
+            broker,
+            devices: a.devices.clone(),
+            signal,
+            simultaneous: a.simultaneous,
+            profiles_dir: a.profiles_dir.clone(),
+            timeout: std::time::Duration::from_secs_f64(a.timeout_s),
+            discovery: std::time::Duration::from_millis(1500),
+            report_dir: a.report_dir.clone(),
+            progress: !a.quiet,
+        })
+        .await?
+    } else {
+        anyhow::bail!("give --scenario FILE or --mqtt mqtt://host:port");
+    };
+    println!("{}", serde_json::to_string_pretty(&run)?);
+    for d in &run.devices {
+        if let Some(f) = &d.failure {
+            eprintln!("{f}");
+        }
+    }
+    if run.succeeded == 0 {
+        anyhow::bail!("no device was calibrated ({} failed)", run.failed);
+    }
+    Ok(())
 }
 
 /// `syncstream delay`: one JSON object on standard output.
@@ -230,6 +324,7 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
         codec: a.codec,
         buffer_seconds: a.buffer_seconds,
         playout_delay_ms: a.playout_delay_ms,
+        profiles_dir: a.profiles_dir,
         ..Default::default()
     };
     let _tx = syncstream_transmitter::start(cfg, source, clock).await?;

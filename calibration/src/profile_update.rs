@@ -64,14 +64,35 @@ pub fn apply_measurement_at(
     m: &LatencyMeasurement,
     date: &str,
 ) -> Result<ProfileChange, CalibrationError> {
-    if !(m.latency_ms.is_finite() && (0.0..=2000.0).contains(&m.latency_ms)) {
+    apply_record(
+        path,
+        CalibrationRecord {
+            date: date.to_string(),
+            latency_ms: m.latency_ms,
+            uncertainty_ms: m.uncertainty_ms,
+            confidence: m.confidence,
+            signal: m.signal.as_str().to_string(),
+        },
+    )
+}
+
+/// Sets the profile at `path`'s `base_latency_ms` to `record.latency_ms` and its
+/// `calibration` to `record` (whatever produced it: a test signal, or `"history"` for
+/// the sync controller's long-term offset), atomically.
+///
+/// Errors (the file is left as it was in every case): as [`apply_measurement_at`].
+pub fn apply_record(
+    path: &Path,
+    record: CalibrationRecord,
+) -> Result<ProfileChange, CalibrationError> {
+    let latency_ms = record.latency_ms;
+    if !(latency_ms.is_finite() && (0.0..=2000.0).contains(&latency_ms)) {
         return Err(CalibrationError::Implausible(format!(
-            "measured latency {} ms is outside 0..=2000 ms; profile {} not updated",
-            m.latency_ms,
+            "measured latency {latency_ms} ms is outside 0..=2000 ms; profile {} not updated",
             path.display()
         )));
     }
-    if !(m.confidence.is_finite() && m.confidence > 0.0) {
+    if !(record.confidence.is_finite() && record.confidence > 0.0) {
         return Err(CalibrationError::Implausible(format!(
             "measurement has no confidence; profile {} not updated",
             path.display()
@@ -90,21 +111,14 @@ pub fn apply_measurement_at(
         });
     }
     let previous = profile.base_latency_ms;
-    let record = CalibrationRecord {
-        date: date.to_string(),
-        latency_ms: m.latency_ms,
-        uncertainty_ms: m.uncertainty_ms,
-        confidence: m.confidence,
-        signal: m.signal.as_str().to_string(),
-    };
-    profile.base_latency_ms = m.latency_ms;
+    profile.base_latency_ms = latency_ms;
     profile.calibration = Some(record.clone());
     profile.save(path)?;
     Ok(ProfileChange {
         path: path.to_path_buf(),
         previous_base_latency_ms: previous,
-        new_base_latency_ms: m.latency_ms,
-        change_ms: m.latency_ms - previous,
+        new_base_latency_ms: latency_ms,
+        change_ms: latency_ms - previous,
         record,
     })
 }

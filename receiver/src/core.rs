@@ -11,6 +11,7 @@ use crate::clock_sync::ClockSync;
 use crate::drift::MicRecorder;
 use crate::jitter_buffer::JitterBuffer;
 use crate::playout::Playout;
+use crate::test_tone::TestTone;
 
 /// Shared receiver state.
 pub struct Core {
@@ -35,6 +36,8 @@ pub struct Core {
     pub tracking: bool,
     /// Connected to the transmitter?
     pub connected: bool,
+    /// Calibration test tone (overlays the output, records the microphone).
+    pub test_tone: TestTone,
 }
 
 /// A handle to the shared state.
@@ -54,6 +57,7 @@ impl Core {
             last_report: None,
             tracking: false,
             connected: false,
+            test_tone: TestTone::default(),
         }
     }
 }
@@ -99,6 +103,11 @@ pub fn render_fn(core: SharedCore) -> RenderFn {
         if let Some(p) = c.playout.target_position(dac_time_us, &c.clock) {
             c.jitter_buffer.trim_before(p as i64 - 48_000);
         }
+        c.test_tone.overlay(
+            out,
+            dac_time_us,
+            syncstream_shared::time::STREAM_CHANNELS as usize,
+        );
         info
     })
 }
@@ -106,6 +115,9 @@ pub fn render_fn(core: SharedCore) -> RenderFn {
 /// The capture callback for the receiver's microphone.
 pub fn capture_fn(core: SharedCore) -> CaptureFn {
     Box::new(move |block: &[f32], adc_time_us: i64| {
-        core.lock().unwrap().mic.push(block, adc_time_us);
+        let mut c = core.lock().unwrap();
+        let rate = c.mic.rate();
+        c.test_tone.capture(block, adc_time_us, rate);
+        c.mic.push(block, adc_time_us);
     })
 }

@@ -13,6 +13,7 @@ pub mod drift;
 pub mod jitter_buffer;
 pub mod playout;
 pub mod stream_client;
+pub mod test_tone;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +25,7 @@ use syncstream_shared::messages::Command;
 use syncstream_shared::mqtt::{self, BrokerUrl};
 use syncstream_shared::profile::DeviceProfile;
 use syncstream_shared::time::Clock;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::core::{Core, SharedCore};
 use crate::drift::DriftConfig;
@@ -142,6 +143,7 @@ pub async fn start(
     {
         let http = format!("http://{}:{}", cfg.transmitter_host, cfg.http_port);
         let (core, client, drift_cfg) = (core.clone(), client.clone(), cfg.drift.clone());
+        let clock = clock.clone();
         tasks.push(tokio::spawn(async move {
             let estimator = Arc::new(Mutex::new(DelayEstimator::new(syncstream_shared::time::STREAM_SAMPLE_RATE)));
             let http_client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
@@ -153,11 +155,16 @@ pub async fn start(
                     Some(cmd) = cmd_rx.recv() => {
                         match cmd {
                             Command::Resync => { tick.reset_immediately(); }
-                            Command::TestTone(_) => warn!("test_tone is not supported by this receiver yet"),
+                            Command::TestTone(req) => {
+                                tokio::spawn(test_tone::run(core.clone(), client.clone(), clock.clone(), req));
+                            }
                             _ => {}
                         }
                         continue;
                     }
+                }
+                if core.lock().unwrap().test_tone.blocks_drift(clock.now_us()) {
+                    continue;
                 }
                 if let Err(e) = measure_once(&http, &core, &client, &drift_cfg, &estimator, &http_client).await {
                     debug!("no drift measurement: {e:#}");

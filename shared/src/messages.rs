@@ -170,6 +170,60 @@ pub struct TestToneRequest {
     pub duration_ms: Option<f64>,
     /// Calibration run this belongs to, echoed in the result.
     pub run_id: Option<String>,
+    /// For an MLS: which primitive polynomial to use (0..64). A simultaneous
+    /// calibration gives every device a different member of an orthogonal set.
+    pub sequence: Option<u32>,
+    /// Longest output latency to listen for, ms (default: the profile's base latency
+    /// + 500 ms, at most 2000).
+    pub max_latency_ms: Option<f64>,
+    /// Include an excerpt of the impulse response in the answer (for report plots).
+    pub include_ir: Option<bool>,
+}
+
+/// A receiver's answer to a `test_tone` command, on `syncstream/calibration/<device>`:
+/// either a measurement or an error.
+///
+/// Examples: `{"device":"kitchen","run_id":"r1","latency_ms":31.52,"uncertainty_ms":0.002,
+/// "confidence":1.0,"signal":"sweep","ts_us":123}`,
+/// `{"device":"kitchen","run_id":"r1","error":"no test signal found ..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CalibrationResult {
+    /// Device that measured.
+    pub device: String,
+    /// The request's `run_id`, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Measured output latency, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// 1 σ uncertainty of `latency_ms`, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncertainty_ms: Option<f64>,
+    /// Confidence, 0..=1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// Arrival of the direct sound after the signal's start, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onset_ms: Option<f64>,
+    /// Direct-path peak over the impulse response's noise floor, dB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_to_noise_db: Option<f64>,
+    /// `sweep` or `mls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Local time of the answer, µs.
+    #[serde(default)]
+    pub ts_us: i64,
+    /// Why there is no measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When asked for (`include_ir`): the impulse response from 10 ms before to 60 ms
+    /// after the direct sound, 48 kHz samples (path gain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ir: Option<Vec<f32>>,
+    /// Delay of `ir[0]` after the signal's sample 0, samples at 48 kHz (fractional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ir_origin_samples: Option<f64>,
 }
 
 /// Receiver state published (retained) on `syncstream/status/<device>`. The MQTT last

@@ -111,10 +111,34 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Runs the demo and returns its report.
+/// A running demo system: broker, transmitter, receivers and the real-time virtual
+/// room. Dropping it stops everything.
+pub struct DemoSystem {
+    /// The transmitter (its broker URL, ports and controller).
+    pub tx: syncstream_transmitter::Transmitter,
+    /// One receiver per device, in `devices` order.
+    pub receivers: Vec<Receiver>,
+    /// The virtual room (true latencies, ground truth).
+    pub room: Room,
+    /// The devices started.
+    pub devices: Vec<DemoDevice>,
+    /// The clock every component runs on.
+    pub clock: Arc<dyn Clock>,
+    /// Local time at which the room started, µs.
+    pub start_us: i64,
+    /// Playout delay announced by the transmitter, ms.
+    pub playout_delay_ms: f64,
+    _room_thread: RealtimeRoom,
+}
+
+/// Starts the broker (unless `cfg.broker` names one), the transmitter playing
+/// `cfg.audio`, the real-time virtual room of `devices` and one receiver per device.
 ///
-/// Errors: the audio file cannot be read, or a server cannot start.
-pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
+/// Errors: the audio file cannot be read, or a server or receiver cannot start.
+pub async fn start_system(
+    cfg: &DemoConfig,
+    devices: Vec<DemoDevice>,
+) -> anyhow::Result<DemoSystem> {
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let source = looping_clip(&cfg.audio)?;
     let mqtt = match &cfg.broker {
@@ -130,14 +154,13 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
     };
     let playout_delay_ms = tx_cfg.playout_delay_ms as f64;
     let tx = syncstream_transmitter::start(tx_cfg, source, clock.clone()).await?;
-    let devices = demo_devices();
     let start_us = clock.now_us();
     let room = Room::new(
         devices.iter().map(|d| d.room.clone()).collect(),
         start_us,
         cfg.seed,
     )?;
-    let _room_thread = RealtimeRoom::start(room.clone(), clock.clone());
+    let room_thread = RealtimeRoom::start(room.clone(), clock.clone());
     let mut receivers: Vec<Receiver> = Vec::new();
     for d in &devices {
         let rcfg = ReceiverConfig {
@@ -159,6 +182,31 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
         .with_context(|| format!("starting receiver {}", d.name))?;
         receivers.push(r);
     }
+    Ok(DemoSystem {
+        tx,
+        receivers,
+        room,
+        devices,
+        clock,
+        start_us,
+        playout_delay_ms,
+        _room_thread: room_thread,
+    })
+}
+
+/// Runs the demo and returns its report.
+///
+/// Errors: the audio file cannot be read, or a server cannot start.
+pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
+    let sys = start_system(&cfg, demo_devices()).await?;
+    let (clock, room, devices, receivers, start_us, playout_delay_ms) = (
+        sys.clock.clone(),
+        sys.room.clone(),
+        &sys.devices,
+        &sys.receivers,
+        sys.start_us,
+        sys.playout_delay_ms,
+    );
     let mut log = TruthLog::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut printed = 0u32;
@@ -175,8 +223,8 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
         );
         if cfg.live_table && printed.is_multiple_of(4) {
             print_table(
-                &devices,
-                &receivers,
+                devices,
+                receivers,
                 &room,
                 &log,
                 (clock.now_us() - start_us) as f64 / 1e6,
@@ -210,8 +258,7 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
         })
         .collect();
     let duration_s = (clock.now_us() - start_us) as f64 / 1e6;
-    drop(receivers);
-    drop(tx);
+    drop(sys);
     Ok(build_report(
         &log,
         &facts,

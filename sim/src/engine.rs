@@ -20,9 +20,7 @@ use syncstream_receiver::drift::{self, DriftConfig};
 use syncstream_receiver::playout::StreamParams;
 use syncstream_shared::codec::CHUNK_FRAMES;
 use syncstream_shared::dsp::DelayEstimator;
-use syncstream_shared::room::{
-    ClockModel, Hearing, ImpulseResponse, Room, VirtualDevice, BLOCK_FRAMES,
-};
+use syncstream_shared::room::{ClockModel, Room, BLOCK_FRAMES};
 use syncstream_shared::time::{samples_to_us, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
 use syncstream_transmitter::controller::{ControllerConfig, Decision, SyncController};
 use syncstream_transmitter::rolling_buffer::RollingBuffer;
@@ -102,40 +100,9 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         ..Default::default()
     });
     // The room.
-    let mut vdevs = Vec::new();
-    let mut profiles = Vec::new();
-    for d in &sc.devices {
-        let profile = sc
-            .profile_of(d)
-            .map_err(|e| anyhow::anyhow!("device {}: {e}", d.name))?;
-        let mut v = VirtualDevice::new(&d.name, d.latency_ms);
-        v.latency_wander_ms_per_min = d.latency_wander_ms;
-        v.mic_distance_m = profile.mic_distance_m;
-        v.snr_db = d.snr_db;
-        v.rt60_s = d.rt60_s;
-        if let Some(path) = &d.rir {
-            v.rir = Some(ImpulseResponse::from_wav(
-                path,
-                profile.mic_distance_m,
-                fs,
-                400,
-            )?);
-        }
-        v.hears = d
-            .hears
-            .iter()
-            .map(|h| Hearing {
-                device: h.device.clone(),
-                gain_db: h.gain_db,
-                distance_m: h.distance_m,
-            })
-            .collect();
-        v.clock = ClockModel {
-            offset_us: rng.random_range(-5e9..5e9),
-            ppm: d.clock_ppm,
-        };
-        vdevs.push(v);
-        profiles.push(profile);
+    let (mut vdevs, profiles) = crate::room_setup::virtual_devices(sc)?;
+    for v in &mut vdevs {
+        v.clock.offset_us = rng.random_range(-5e9..5e9);
     }
     let room = Room::new(vdevs.clone(), origin_us, sc.seed)?;
     let drift_cfg = DriftConfig::default();

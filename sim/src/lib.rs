@@ -1,9 +1,11 @@
 //! The SyncStream demo and simulator: transmitter, receivers and the virtual room
 //! together, with reports of how well they stay in sync.
 
+pub mod calibrate;
 pub mod demo;
 pub mod engine;
 pub mod report;
+pub mod room_setup;
 pub mod scenario;
 pub mod source;
 

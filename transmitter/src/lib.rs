@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod controller;
+pub mod history;
 pub mod http;
 pub mod mqtt;
 pub mod pacer;
@@ -56,6 +57,11 @@ pub struct TransmitterConfig {
     pub playout_delay_ms: u32,
     /// Controller tuning.
     pub controller: ControllerConfig,
+    /// Device profiles (`<device>.json`) that the offset history may update; `None`:
+    /// no auto-calibration.
+    pub profiles_dir: Option<std::path::PathBuf>,
+    /// When the offset history updates a profile.
+    pub history: history::HistoryConfig,
 }
 
 impl Default for TransmitterConfig {
@@ -68,6 +74,8 @@ impl Default for TransmitterConfig {
             buffer_seconds: 30.0,
             playout_delay_ms: 1000,
             controller: ControllerConfig::default(),
+            profiles_dir: None,
+            history: history::HistoryConfig::default(),
         }
     }
 }
@@ -171,7 +179,15 @@ pub async fn start(
         }
     });
 
-    tokio::spawn(mqtt::run_controller(broker.clone(), controller.clone()));
+    let keeper = cfg
+        .profiles_dir
+        .clone()
+        .map(|dir| history::ProfileKeeper::new(dir, cfg.history.clone()));
+    tokio::spawn(mqtt::run_controller(
+        broker.clone(),
+        controller.clone(),
+        keeper,
+    ));
 
     let stop = Arc::new(AtomicBool::new(false));
     let pacer = {

@@ -9,10 +9,16 @@ use syncstream_shared::messages::{parse, topics, Command, DriftReport};
 use syncstream_shared::mqtt::{connect, drive, BrokerUrl};
 use tracing::{debug, info, warn};
 
-use crate::controller::{Decision, SyncController};
+use crate::controller::{Decision, LockState, SyncController};
+use crate::history::ProfileKeeper;
 
-/// Runs the controller's MQTT client forever.
-pub async fn run_controller(url: BrokerUrl, controller: Arc<Mutex<SyncController>>) {
+/// Runs the controller's MQTT client forever. With `keeper`, every settled offset is
+/// fed to the auto-calibration history ([`crate::history`]).
+pub async fn run_controller(
+    url: BrokerUrl,
+    controller: Arc<Mutex<SyncController>>,
+    mut keeper: Option<ProfileKeeper>,
+) {
     let client_id = format!("syncstream-controller-{}", std::process::id());
     let (client, eventloop) = connect(&url, &client_id, None);
     let publisher = client.clone();
@@ -30,6 +36,9 @@ pub async fn run_controller(url: BrokerUrl, controller: Arc<Mutex<SyncController
                 if let Ok(Command::Resync) = parse::<Command>(&p.topic, &p.payload) {
                     info!(device, "resync: forgetting the device's lock");
                     controller.lock().unwrap().reset(device);
+                    if let Some(k) = keeper.as_mut() {
+                        k.reset(device);
+                    }
                 }
                 return;
             }
@@ -45,7 +54,27 @@ pub async fn run_controller(url: BrokerUrl, controller: Arc<Mutex<SyncController
                 warn!("drift report on {} names device '{}'; ignored", p.topic, report.device);
                 return;
             }
-            let decision = controller.lock().unwrap().on_report(&report);
+            let (decision, settled) = {
+                let mut c = controller.lock().unwrap();
+                let d = c.on_report(&report);
+                let settled = c
+                    .device(device)
+                    .filter(|s| s.state == LockState::Tracking)
+                    .and_then(|s| s.offset_ms);
+                (d, settled)
+            };
+            if let (Some(k), Some(offset_ms)) = (keeper.as_mut(), settled) {
+                match k.observe(device, report.ts_us, offset_ms) {
+                    Ok(Some(change)) => info!(
+                        device,
+                        previous_ms = change.previous_base_latency_ms,
+                        new_ms = change.new_base_latency_ms,
+                        "profile updated from the offset history"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => warn!("{e}"),
+                }
+            }
             match decision {
                 Decision::Publish(offset) => {
                     info!(device, offset_ms = offset.offset_ms, drift_ms = ?report.drift_ms, "new buffer offset");

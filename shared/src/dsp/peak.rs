@@ -156,24 +156,33 @@ pub fn parabolic_offset(ym: f32, y0: f32, yp: f32) -> f64 {
 /// Value and first two derivatives (per sample) of the band-limited correlation
 /// `r(m) = Σ_k w_k Re(Ψ_k e^{j2πkm/N})` at fractional index `m`.
 fn correlation_derivatives(spectrum: &[Complex32], n: usize, m: f64) -> (f64, f64, f64) {
+    // Only the bins that carry weight (the band mask zeroes the rest).
+    let first = spectrum
+        .iter()
+        .position(|p| p.re != 0.0 || p.im != 0.0)
+        .unwrap_or(spectrum.len());
+    let last_nz = spectrum
+        .iter()
+        .rposition(|p| p.re != 0.0 || p.im != 0.0)
+        .map_or(first, |i| i + 1);
     let step = 2.0 * std::f64::consts::PI * m / n as f64;
     let (sin_s, cos_s) = step.sin_cos();
-    // e^{j k step} by recurrence, renormalised now and then.
-    let (mut c, mut s) = (1.0f64, 0.0f64);
+    // e^{j k step} by recurrence from the first bin, renormalised now and then.
+    let (mut s, mut c) = (step * first as f64).sin_cos();
     let (mut r0, mut r1, mut r2) = (0.0f64, 0.0f64, 0.0f64);
     let last = n / 2;
-    for (k, p) in spectrum.iter().enumerate() {
-        if p.re != 0.0 || p.im != 0.0 {
-            let w = if k == 0 || k == last { 1.0 } else { 2.0 };
-            let (pr, pi) = (p.re as f64, p.im as f64);
-            // Re(Ψ e^{jθ}) = pr c − pi s; derivative wrt m: ω Re(jΨe^{jθ}) = −ω(pr s + pi c).
-            let re = pr * c - pi * s;
-            let im = pr * s + pi * c;
-            let omega = 2.0 * std::f64::consts::PI * k as f64 / n as f64;
-            r0 += w * re;
-            r1 -= w * omega * im;
-            r2 -= w * omega * omega * re;
-        }
+    let w0 = 2.0 * std::f64::consts::PI / n as f64;
+    for (k, p) in spectrum[first..last_nz].iter().enumerate() {
+        let k = k + first;
+        let w = if k == 0 || k == last { 1.0 } else { 2.0 };
+        let (pr, pi) = (p.re as f64, p.im as f64);
+        // Re(Ψ e^{jθ}) = pr c − pi s; derivative wrt m: ω Re(jΨe^{jθ}) = −ω(pr s + pi c).
+        let re = pr * c - pi * s;
+        let im = pr * s + pi * c;
+        let omega = w0 * k as f64;
+        r0 += w * re;
+        r1 -= w * omega * im;
+        r2 -= w * omega * omega * re;
         let nc = c * cos_s - s * sin_s;
         s = c * sin_s + s * cos_s;
         c = nc;
@@ -191,6 +200,8 @@ fn correlation_derivatives(spectrum: &[Complex32], n: usize, m: f64) -> (f64, f6
 /// Returns the offset from `m0` in samples, within ±1.
 pub fn refine_peak(spectrum: &[Complex32], n: usize, m0: f64, start_offset: f64) -> f64 {
     let mut off = start_offset;
+    // Newton converges quadratically from the parabolic start (within ~0.1 sample):
+    // a step below 1e-3 sample (0.02 µs at 48 kHz) leaves an error far below that.
     for _ in 0..4 {
         let (_, d1, d2) = correlation_derivatives(spectrum, n, m0 + off);
         if d2 >= 0.0 || !d1.is_finite() {
@@ -198,7 +209,7 @@ pub fn refine_peak(spectrum: &[Complex32], n: usize, m0: f64, start_offset: f64)
         }
         let step = (-d1 / d2).clamp(-0.25, 0.25);
         off += step;
-        if step.abs() < 1e-4 {
+        if step.abs() < 1e-3 {
             break;
         }
     }

@@ -136,13 +136,19 @@ pub fn plan_blocks(len: usize, width: usize) -> BlockPlan {
 }
 
 /// Multiplies the first and last `taper` samples of `x` by a raised cosine (Tukey
-/// window ends). `table` caches the ramp (reallocated only when it must grow).
-fn apply_taper(x: &mut [f32], taper: usize, table: &mut Vec<f32>) {
+/// window ends). `tables` caches the ramps of the last two lengths used (a
+/// correlation uses two: its full blocks and its last, shorter one), so that steady
+/// use computes no cosines.
+fn apply_taper(x: &mut [f32], taper: usize, tables: &mut [Vec<f32>; 2]) {
     let taper = taper.min(x.len() / 2);
     if taper == 0 {
         return;
     }
-    if table.len() != taper {
+    if tables[0].len() != taper {
+        tables.swap(0, 1);
+    }
+    if tables[0].len() != taper {
+        let table = &mut tables[0];
         table.clear();
         table.extend((0..taper).map(|i| {
             let a = std::f64::consts::PI * (i as f64 + 0.5) / taper as f64;
@@ -150,7 +156,7 @@ fn apply_taper(x: &mut [f32], taper: usize, table: &mut Vec<f32>) {
         }));
     }
     let n = x.len();
-    for (i, &w) in table.iter().enumerate() {
+    for (i, &w) in tables[0].iter().enumerate() {
         x[i] *= w;
         x[n - 1 - i] *= w;
     }
@@ -204,8 +210,8 @@ pub struct GccWorkspace {
     psi: Vec<Complex32>,
     spec_tmp: Vec<Complex32>,
     lags: Vec<f32>,
-    taper_y: Vec<f32>,
-    taper_x: Vec<f32>,
+    taper_y: [Vec<f32>; 2],
+    taper_x: [Vec<f32>; 2],
 }
 
 impl Default for GccWorkspace {
@@ -233,8 +239,8 @@ impl GccWorkspace {
             psi: Vec::new(),
             spec_tmp: Vec::new(),
             lags: Vec::new(),
-            taper_y: Vec::new(),
-            taper_x: Vec::new(),
+            taper_y: [Vec::new(), Vec::new()],
+            taper_x: [Vec::new(), Vec::new()],
         }
     }
 

@@ -636,7 +636,7 @@ mod tests {
             Err(EstimateError::Empty("reference"))
         );
         assert_eq!(
-            e.estimate(&[1.0], &[f32::NAN], &LagSearch::symmetric(1.0)),
+            e.estimate(&[1.0], &[0.5, f32::NAN], &LagSearch::symmetric(1.0)),
             Err(EstimateError::NotFinite("recording"))
         );
         assert_eq!(
@@ -656,6 +656,13 @@ mod tests {
             e.estimate(&[1.0; 480], &[1.0; 480], &far),
             Err(EstimateError::BadSearch(_))
         ));
+        assert_eq!(
+            e.estimate(&[1.0, f32::INFINITY], &[1.0], &LagSearch::symmetric(1.0)),
+            Err(EstimateError::NotFinite("reference"))
+        );
+        // Huge but finite samples overflow f32 sums; they are not "not finite".
+        let huge = vec![3e37f32; 4800];
+        assert!(e.estimate(&huge, &huge, &LagSearch::symmetric(1.0)).is_ok());
         // Tiny inputs do not panic.
         for n in 1..5 {
             let x: Vec<f32> = (0..n).map(|i| i as f32).collect();

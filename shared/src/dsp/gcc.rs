@@ -361,34 +361,51 @@ impl GccWorkspace {
         let floor = (mean_sxx * 10f64.powf(-REF_FLOOR_DB / 10.0)) as f32;
         let (mut sum_w, mut sum_w2) = (0.0f64, 0.0f64);
         let kb = blocks_used as f32;
-        for k in 0..bins {
-            let d = (self.sxx[k] * self.syy[k]).sqrt();
-            let keep = k >= k_min && self.sxx[k] > floor && d > 0.0 && max_sxx > 0.0;
-            let w = if !keep {
-                Complex32::default()
-            } else {
-                let scot = self.gxy[k] / d;
-                match self.weighting {
-                    Weighting::Phat => scot / scot.norm_sqr().sqrt().max(1e-30),
-                    Weighting::Scot => scot,
-                    Weighting::ScotBeta(beta) => {
-                        // |G_xy| / (S_xx S_yy)^(β/2): SCOT for β = 1, plain
-                        // cross-correlation for β = 0.
-                        self.gxy[k] / d.powf(beta).max(1e-30)
-                    }
-                    Weighting::Ml if blocks_used >= 2 => {
-                        // Coherence with its 1/K bias removed, then γ²/(1 − γ²).
-                        let g2 = scot.norm_sqr();
-                        let g2c = ((kb * g2 - 1.0) / (kb - 1.0)).clamp(0.0, ML_MAX_COHERENCE);
-                        scot / scot.norm_sqr().sqrt().max(1e-30) * (g2c / (1.0 - g2c))
-                    }
-                    Weighting::Ml => scot,
+        let weighting = self.weighting;
+        // Per bin: the band mask, then the weighting; sums of |Ψ| and |Ψ|² in f32
+        // per chunk (so that the common SCOT path vectorises), chunks summed in f64.
+        let weigh = |k: usize, g: Complex32, sx: f32, sy: f32| -> Complex32 {
+            let d = (sx * sy).sqrt();
+            let keep = k >= k_min && sx > floor && d > 0.0 && max_sxx > 0.0;
+            if !keep {
+                return Complex32::default();
+            }
+            let scot = g / d;
+            match weighting {
+                Weighting::Phat => scot / scot.norm_sqr().sqrt().max(1e-30),
+                Weighting::Scot => scot,
+                Weighting::ScotBeta(beta) => {
+                    // |G_xy| / (S_xx S_yy)^(β/2): SCOT for β = 1, plain
+                    // cross-correlation for β = 0.
+                    g / d.powf(beta).max(1e-30)
                 }
-            };
-            let m = (w.norm_sqr() as f64).sqrt();
-            sum_w += m;
-            sum_w2 += m * m;
-            self.psi[k] = w;
+                Weighting::Ml if blocks_used >= 2 => {
+                    // Coherence with its 1/K bias removed, then γ²/(1 − γ²).
+                    let g2 = scot.norm_sqr();
+                    let g2c = ((kb * g2 - 1.0) / (kb - 1.0)).clamp(0.0, ML_MAX_COHERENCE);
+                    scot / scot.norm_sqr().sqrt().max(1e-30) * (g2c / (1.0 - g2c))
+                }
+                Weighting::Ml => scot,
+            }
+        };
+        const CHUNK: usize = 1024;
+        for c0 in (0..bins).step_by(CHUNK) {
+            let c1 = (c0 + CHUNK).min(bins);
+            let (mut s1, mut s2) = (0.0f32, 0.0f32);
+            for ((((k, psi), &g), &sx), &sy) in (c0..c1)
+                .zip(&mut self.psi[c0..c1])
+                .zip(&self.gxy[c0..c1])
+                .zip(&self.sxx[c0..c1])
+                .zip(&self.syy[c0..c1])
+            {
+                let w = weigh(k, g, sx, sy);
+                let m2 = w.norm_sqr();
+                s1 += m2.sqrt();
+                s2 += m2;
+                *psi = w;
+            }
+            sum_w += s1 as f64;
+            sum_w2 += s2 as f64;
         }
         // Real signal: the Nyquist bin's imaginary part must be zero.
         self.psi[bins - 1].im = 0.0;
@@ -402,9 +419,15 @@ impl GccWorkspace {
         let _ = inv.process_with_scratch(&mut self.spec_tmp, &mut self.time, &mut self.scratch);
         // Lag τ = lo + i sits at index (τ − hi) mod N.
         let scale = 1.0 / n as f32;
-        for (i, v) in self.lags.iter_mut().enumerate() {
-            let m = (lo + i as i64 - hi).rem_euclid(n as i64) as usize;
-            *v = self.time[m] * scale;
+        // Consecutive lags are consecutive indices, wrapping at N at most once
+        // (the lag range is narrower than N).
+        let m0 = (lo - hi).rem_euclid(n as i64) as usize;
+        let first = (n - m0).min(width);
+        for (v, &t) in self.lags[..first].iter_mut().zip(&self.time[m0..]) {
+            *v = t * scale;
+        }
+        for (v, &t) in self.lags[first..].iter_mut().zip(&self.time) {
+            *v = t * scale;
         }
         Correlation {
             values: &self.lags,

@@ -166,33 +166,47 @@ fn correlation_derivatives(spectrum: &[Complex32], n: usize, m: f64) -> (f64, f6
         .rposition(|p| p.re != 0.0 || p.im != 0.0)
         .map_or(first, |i| i + 1);
     let step = 2.0 * std::f64::consts::PI * m / n as f64;
-    let (sin_s, cos_s) = step.sin_cos();
-    // e^{j k step} by recurrence from the first bin, renormalised now and then.
-    let (mut s, mut c) = (step * first as f64).sin_cos();
-    let (mut r0, mut r1, mut r2) = (0.0f64, 0.0f64, 0.0f64);
+    // e^{j k step} by recurrence from the first bin, in four interleaved chains
+    // (bins k, k+1, k+2, k+3, each rotated by 4·step) so that they run in parallel;
+    // renormalised now and then.
+    let (sin4, cos4) = (4.0 * step).sin_cos();
+    let mut c = [0.0f64; 4];
+    let mut s = [0.0f64; 4];
+    for j in 0..4 {
+        let (sj, cj) = (step * (first + j) as f64).sin_cos();
+        c[j] = cj;
+        s[j] = sj;
+    }
+    let (mut r0, mut r1, mut r2) = ([0.0f64; 4], [0.0f64; 4], [0.0f64; 4]);
     let last = n / 2;
     let w0 = 2.0 * std::f64::consts::PI / n as f64;
-    for (k, p) in spectrum[first..last_nz].iter().enumerate() {
-        let k = k + first;
-        let w = if k == 0 || k == last { 1.0 } else { 2.0 };
-        let (pr, pi) = (p.re as f64, p.im as f64);
-        // Re(Ψ e^{jθ}) = pr c − pi s; derivative wrt m: ω Re(jΨe^{jθ}) = −ω(pr s + pi c).
-        let re = pr * c - pi * s;
-        let im = pr * s + pi * c;
-        let omega = w0 * k as f64;
-        r0 += w * re;
-        r1 -= w * omega * im;
-        r2 -= w * omega * omega * re;
-        let nc = c * cos_s - s * sin_s;
-        s = c * sin_s + s * cos_s;
-        c = nc;
-        if k % 1024 == 1023 {
-            let norm = (c * c + s * s).sqrt();
-            c /= norm;
-            s /= norm;
+    for (q, quad) in spectrum[first..last_nz].chunks(4).enumerate() {
+        for (j, p) in quad.iter().enumerate() {
+            let k = first + 4 * q + j;
+            let w = if k == 0 || k == last { 1.0 } else { 2.0 };
+            let (pr, pi) = (p.re as f64, p.im as f64);
+            // Re(Ψ e^{jθ}) = pr c − pi s; derivative wrt m: ω Re(jΨe^{jθ}) = −ω(pr s + pi c).
+            let re = pr * c[j] - pi * s[j];
+            let im = pr * s[j] + pi * c[j];
+            let omega = w0 * k as f64;
+            r0[j] += w * re;
+            r1[j] -= w * omega * im;
+            r2[j] -= w * omega * omega * re;
+        }
+        for j in 0..4 {
+            let nc = c[j] * cos4 - s[j] * sin4;
+            s[j] = c[j] * sin4 + s[j] * cos4;
+            c[j] = nc;
+        }
+        if q % 256 == 255 {
+            for j in 0..4 {
+                let norm = (c[j] * c[j] + s[j] * s[j]).sqrt();
+                c[j] /= norm;
+                s[j] /= norm;
+            }
         }
     }
-    (r0, r1, r2)
+    (r0.iter().sum(), r1.iter().sum(), r2.iter().sum())
 }
 
 /// Refines an integer peak at FFT-circular index `m0` (see [`crate::dsp::gcc`]) to

@@ -315,6 +315,11 @@ def main():
     cases_path = os.path.join(args.work, "cases.bin")
     results_path = os.path.join(args.work, "results.jsonl")
     write_cases(cases_path, all_cases)
+    # The truth and condition of every case, for analysing results.jsonl offline.
+    with open(os.path.join(args.work, "truth.jsonl"), "w") as f:
+        for (_, _, _, _, truth), ci in zip(all_cases, owners):
+            f.write(json.dumps({"cond": CONDITIONS[ci][0], "group": CONDITIONS[ci][1],
+                                "truth_ms": truth}) + "\n")
     subprocess.run([args.binary, "run", cases_path, results_path], check=True)
     ours = [json.loads(line) for line in open(results_path)]
     assert len(ours) == len(all_cases)

@@ -108,12 +108,56 @@ pub struct Diagnostics {
     pub lobe_ms: f64,
 }
 
-/// Mean and RMS level (dBFS, after removing the mean) of a signal.
-fn mean_and_level(x: &[f32]) -> (f32, f64) {
+/// `Σ (x − offset)` (`square` false) or `Σ (x − offset)²` (true): f32 lanes per
+/// chunk, so that it vectorises, chunks summed in f64. Not finite when `x` holds a
+/// NaN or an infinity.
+fn sum(x: &[f32], offset: f32, square: bool) -> f64 {
+    fn lanes<F: Fn(f32) -> f32>(chunk: &[f32], f: F) -> f64 {
+        let mut acc = [0.0f32; 16];
+        let mut it = chunk.chunks_exact(16);
+        for c in &mut it {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += f(v);
+            }
+        }
+        let tail: f32 = it.remainder().iter().map(|&v| f(v)).sum();
+        acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64
+    }
+    x.chunks(4096)
+        .map(|c| {
+            if square {
+                lanes(c, |v| (v - offset) * (v - offset))
+            } else {
+                lanes(c, |v| v - offset)
+            }
+        })
+        .sum()
+}
+
+/// Mean and RMS level (dBFS, after removing the mean) of a signal, or `None` when
+/// it holds samples that are not finite.
+fn mean_and_level(x: &[f32]) -> Option<(f32, f64)> {
     let n = x.len().max(1) as f64;
-    let mean = x.iter().map(|&s| s as f64).sum::<f64>() / n;
-    let e = x.iter().map(|&s| (s as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean as f32, 10.0 * e.max(1e-20).log10())
+    let s = sum(x, 0.0, false);
+    let (mean, e) = if s.is_finite() && (s / n).abs() < 1e30 {
+        let mean = (s / n) as f32;
+        (mean, sum(x, mean, true) / n)
+    } else {
+        // A NaN or an infinity, or finite samples so large that f32 sums overflow.
+        if x.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let e = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        (mean as f32, e)
+    };
+    if !e.is_finite() {
+        // f32 squares of huge (finite) samples overflow: measure in f64.
+        let m = mean as f64;
+        let e = x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n;
+        return Some((mean, 10.0 * e.max(1e-20).log10()));
+    }
+    Some((mean, 10.0 * e.max(1e-20).log10()))
 }
 
 /// With [`DelayEstimator::with_two_stage`], recordings at least this long (samples,
@@ -225,12 +269,11 @@ impl DelayEstimator {
         if recording.is_empty() {
             return Err(EstimateError::Empty("recording"));
         }
-        if reference.iter().any(|s| !s.is_finite()) {
-            return Err(EstimateError::NotFinite("reference"));
-        }
-        if recording.iter().any(|s| !s.is_finite()) {
-            return Err(EstimateError::NotFinite("recording"));
-        }
+        // One vectorised pass each: a NaN or an infinity makes the sums non-finite.
+        let (ref_mean, ref_db) =
+            mean_and_level(reference).ok_or(EstimateError::NotFinite("reference"))?;
+        let (rec_mean, signal_strength_db) =
+            mean_and_level(recording).ok_or(EstimateError::NotFinite("recording"))?;
         if self.sample_rate == 0 {
             return Err(EstimateError::BadSearch("sample rate of 0 Hz".into()));
         }
@@ -259,8 +302,6 @@ impl DelayEstimator {
             )));
         }
         self.diagnostics = None;
-        let (rec_mean, signal_strength_db) = mean_and_level(recording);
-        let (ref_mean, ref_db) = mean_and_level(reference);
         let no = |reason: String, confidence: f64| DelayEstimate {
             delay_ms: None,
             confidence,
@@ -595,7 +636,7 @@ mod tests {
             Err(EstimateError::Empty("reference"))
         );
         assert_eq!(
-            e.estimate(&[1.0], &[f32::NAN], &LagSearch::symmetric(1.0)),
+            e.estimate(&[1.0], &[0.5, f32::NAN], &LagSearch::symmetric(1.0)),
             Err(EstimateError::NotFinite("recording"))
         );
         assert_eq!(
@@ -615,6 +656,13 @@ mod tests {
             e.estimate(&[1.0; 480], &[1.0; 480], &far),
             Err(EstimateError::BadSearch(_))
         ));
+        assert_eq!(
+            e.estimate(&[1.0, f32::INFINITY], &[1.0], &LagSearch::symmetric(1.0)),
+            Err(EstimateError::NotFinite("reference"))
+        );
+        // Huge but finite samples overflow f32 sums; they are not "not finite".
+        let huge = vec![3e37f32; 4800];
+        assert!(e.estimate(&huge, &huge, &LagSearch::symmetric(1.0)).is_ok());
         // Tiny inputs do not panic.
         for n in 1..5 {
             let x: Vec<f32> = (0..n).map(|i| i as f32).collect();

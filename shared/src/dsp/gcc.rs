@@ -136,13 +136,19 @@ pub fn plan_blocks(len: usize, width: usize) -> BlockPlan {
 }
 
 /// Multiplies the first and last `taper` samples of `x` by a raised cosine (Tukey
-/// window ends). `table` caches the ramp (reallocated only when it must grow).
-fn apply_taper(x: &mut [f32], taper: usize, table: &mut Vec<f32>) {
+/// window ends). `tables` caches the ramps of the last two lengths used (a
+/// correlation uses two: its full blocks and its last, shorter one), so that steady
+/// use computes no cosines.
+fn apply_taper(x: &mut [f32], taper: usize, tables: &mut [Vec<f32>; 2]) {
     let taper = taper.min(x.len() / 2);
     if taper == 0 {
         return;
     }
-    if table.len() != taper {
+    if tables[0].len() != taper {
+        tables.swap(0, 1);
+    }
+    if tables[0].len() != taper {
+        let table = &mut tables[0];
         table.clear();
         table.extend((0..taper).map(|i| {
             let a = std::f64::consts::PI * (i as f64 + 0.5) / taper as f64;
@@ -150,10 +156,23 @@ fn apply_taper(x: &mut [f32], taper: usize, table: &mut Vec<f32>) {
         }));
     }
     let n = x.len();
-    for (i, &w) in table.iter().enumerate() {
+    for (i, &w) in tables[0].iter().enumerate() {
         x[i] *= w;
         x[n - 1 - i] *= w;
     }
+}
+
+/// `Σ x²`, in 16 independent lanes so that it vectorises.
+pub fn energy(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    let tail: f32 = it.remainder().iter().map(|v| v * v).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The weighted correlation of one estimate, valid until the next call.
@@ -191,8 +210,8 @@ pub struct GccWorkspace {
     psi: Vec<Complex32>,
     spec_tmp: Vec<Complex32>,
     lags: Vec<f32>,
-    taper_y: Vec<f32>,
-    taper_x: Vec<f32>,
+    taper_y: [Vec<f32>; 2],
+    taper_x: [Vec<f32>; 2],
 }
 
 impl Default for GccWorkspace {
@@ -220,8 +239,8 @@ impl GccWorkspace {
             psi: Vec::new(),
             spec_tmp: Vec::new(),
             lags: Vec::new(),
-            taper_y: Vec::new(),
-            taper_x: Vec::new(),
+            taper_y: [Vec::new(), Vec::new()],
+            taper_x: [Vec::new(), Vec::new()],
         }
     }
 
@@ -290,7 +309,7 @@ impl GccWorkspace {
                     *t = s - rec_mean;
                 }
                 apply_taper(t, (len / TAPER_DIVISOR).max(1), &mut self.taper_y);
-                t.iter().map(|v| v * v).sum::<f32>()
+                energy(t)
             };
             self.time[len..].fill(0.0);
             let _ = fwd.process_with_scratch(&mut self.time, &mut self.spec_y, &mut self.scratch);
@@ -311,18 +330,25 @@ impl GccWorkspace {
                     *t = s - ref_mean;
                 }
                 apply_taper(t, (seg_len / (2 * TAPER_DIVISOR)).max(1), &mut self.taper_x);
-                t.iter().map(|v| v * v).sum::<f32>()
+                energy(t)
             };
             start = end;
             if e_x <= 0.0 || e_y <= 0.0 {
                 continue;
             }
             let _ = fwd.process_with_scratch(&mut self.time, &mut self.spec_x, &mut self.scratch);
-            for k in 0..self.gxy.len() {
-                let (x, y) = (self.spec_x[k], self.spec_y[k]);
-                self.gxy[k] += y * x.conj();
-                self.sxx[k] += x.norm_sqr();
-                self.syy[k] += y.norm_sqr();
+            for ((((g, sx), sy), x), y) in self
+                .gxy
+                .iter_mut()
+                .zip(self.sxx.iter_mut())
+                .zip(self.syy.iter_mut())
+                .zip(&self.spec_x)
+                .zip(&self.spec_y)
+            {
+                g.re += y.re * x.re + y.im * x.im;
+                g.im += y.im * x.re - y.re * x.im;
+                *sx += x.re * x.re + x.im * x.im;
+                *sy += y.re * y.re + y.im * y.im;
             }
             blocks_used += 1;
         }
@@ -335,34 +361,51 @@ impl GccWorkspace {
         let floor = (mean_sxx * 10f64.powf(-REF_FLOOR_DB / 10.0)) as f32;
         let (mut sum_w, mut sum_w2) = (0.0f64, 0.0f64);
         let kb = blocks_used as f32;
-        for k in 0..bins {
-            let d = (self.sxx[k] * self.syy[k]).sqrt();
-            let keep = k >= k_min && self.sxx[k] > floor && d > 0.0 && max_sxx > 0.0;
-            let w = if !keep {
-                Complex32::default()
-            } else {
-                let scot = self.gxy[k] / d;
-                match self.weighting {
-                    Weighting::Phat => scot / scot.norm().max(1e-30),
-                    Weighting::Scot => scot,
-                    Weighting::ScotBeta(beta) => {
-                        // |G_xy| / (S_xx S_yy)^(β/2): SCOT for β = 1, plain
-                        // cross-correlation for β = 0.
-                        self.gxy[k] / d.powf(beta).max(1e-30)
-                    }
-                    Weighting::Ml if blocks_used >= 2 => {
-                        // Coherence with its 1/K bias removed, then γ²/(1 − γ²).
-                        let g2 = scot.norm_sqr();
-                        let g2c = ((kb * g2 - 1.0) / (kb - 1.0)).clamp(0.0, ML_MAX_COHERENCE);
-                        scot / scot.norm().max(1e-30) * (g2c / (1.0 - g2c))
-                    }
-                    Weighting::Ml => scot,
+        let weighting = self.weighting;
+        // Per bin: the band mask, then the weighting; sums of |Ψ| and |Ψ|² in f32
+        // per chunk (so that the common SCOT path vectorises), chunks summed in f64.
+        let weigh = |k: usize, g: Complex32, sx: f32, sy: f32| -> Complex32 {
+            let d = (sx * sy).sqrt();
+            let keep = k >= k_min && sx > floor && d > 0.0 && max_sxx > 0.0;
+            if !keep {
+                return Complex32::default();
+            }
+            let scot = g / d;
+            match weighting {
+                Weighting::Phat => scot / scot.norm_sqr().sqrt().max(1e-30),
+                Weighting::Scot => scot,
+                Weighting::ScotBeta(beta) => {
+                    // |G_xy| / (S_xx S_yy)^(β/2): SCOT for β = 1, plain
+                    // cross-correlation for β = 0.
+                    g / d.powf(beta).max(1e-30)
                 }
-            };
-            let m = w.norm() as f64;
-            sum_w += m;
-            sum_w2 += m * m;
-            self.psi[k] = w;
+                Weighting::Ml if blocks_used >= 2 => {
+                    // Coherence with its 1/K bias removed, then γ²/(1 − γ²).
+                    let g2 = scot.norm_sqr();
+                    let g2c = ((kb * g2 - 1.0) / (kb - 1.0)).clamp(0.0, ML_MAX_COHERENCE);
+                    scot / scot.norm_sqr().sqrt().max(1e-30) * (g2c / (1.0 - g2c))
+                }
+                Weighting::Ml => scot,
+            }
+        };
+        const CHUNK: usize = 1024;
+        for c0 in (0..bins).step_by(CHUNK) {
+            let c1 = (c0 + CHUNK).min(bins);
+            let (mut s1, mut s2) = (0.0f32, 0.0f32);
+            for ((((k, psi), &g), &sx), &sy) in (c0..c1)
+                .zip(&mut self.psi[c0..c1])
+                .zip(&self.gxy[c0..c1])
+                .zip(&self.sxx[c0..c1])
+                .zip(&self.syy[c0..c1])
+            {
+                let w = weigh(k, g, sx, sy);
+                let m2 = w.norm_sqr();
+                s1 += m2.sqrt();
+                s2 += m2;
+                *psi = w;
+            }
+            sum_w += s1 as f64;
+            sum_w2 += s2 as f64;
         }
         // Real signal: the Nyquist bin's imaginary part must be zero.
         self.psi[bins - 1].im = 0.0;
@@ -376,9 +419,15 @@ impl GccWorkspace {
         let _ = inv.process_with_scratch(&mut self.spec_tmp, &mut self.time, &mut self.scratch);
         // Lag τ = lo + i sits at index (τ − hi) mod N.
         let scale = 1.0 / n as f32;
-        for (i, v) in self.lags.iter_mut().enumerate() {
-            let m = (lo + i as i64 - hi).rem_euclid(n as i64) as usize;
-            *v = self.time[m] * scale;
+        // Consecutive lags are consecutive indices, wrapping at N at most once
+        // (the lag range is narrower than N).
+        let m0 = (lo - hi).rem_euclid(n as i64) as usize;
+        let first = (n - m0).min(width);
+        for (v, &t) in self.lags[..first].iter_mut().zip(&self.time[m0..]) {
+            *v = t * scale;
+        }
+        for (v, &t) in self.lags[first..].iter_mut().zip(&self.time) {
+            *v = t * scale;
         }
         Correlation {
             values: &self.lags,

@@ -156,34 +156,57 @@ pub fn parabolic_offset(ym: f32, y0: f32, yp: f32) -> f64 {
 /// Value and first two derivatives (per sample) of the band-limited correlation
 /// `r(m) = Σ_k w_k Re(Ψ_k e^{j2πkm/N})` at fractional index `m`.
 fn correlation_derivatives(spectrum: &[Complex32], n: usize, m: f64) -> (f64, f64, f64) {
+    // Only the bins that carry weight (the band mask zeroes the rest).
+    let first = spectrum
+        .iter()
+        .position(|p| p.re != 0.0 || p.im != 0.0)
+        .unwrap_or(spectrum.len());
+    let last_nz = spectrum
+        .iter()
+        .rposition(|p| p.re != 0.0 || p.im != 0.0)
+        .map_or(first, |i| i + 1);
     let step = 2.0 * std::f64::consts::PI * m / n as f64;
-    let (sin_s, cos_s) = step.sin_cos();
-    // e^{j k step} by recurrence, renormalised now and then.
-    let (mut c, mut s) = (1.0f64, 0.0f64);
-    let (mut r0, mut r1, mut r2) = (0.0f64, 0.0f64, 0.0f64);
+    // e^{j k step} by recurrence from the first bin, in four interleaved chains
+    // (bins k, k+1, k+2, k+3, each rotated by 4·step) so that they run in parallel;
+    // renormalised now and then.
+    let (sin4, cos4) = (4.0 * step).sin_cos();
+    let mut c = [0.0f64; 4];
+    let mut s = [0.0f64; 4];
+    for j in 0..4 {
+        let (sj, cj) = (step * (first + j) as f64).sin_cos();
+        c[j] = cj;
+        s[j] = sj;
+    }
+    let (mut r0, mut r1, mut r2) = ([0.0f64; 4], [0.0f64; 4], [0.0f64; 4]);
     let last = n / 2;
-    for (k, p) in spectrum.iter().enumerate() {
-        if p.re != 0.0 || p.im != 0.0 {
+    let w0 = 2.0 * std::f64::consts::PI / n as f64;
+    for (q, quad) in spectrum[first..last_nz].chunks(4).enumerate() {
+        for (j, p) in quad.iter().enumerate() {
+            let k = first + 4 * q + j;
             let w = if k == 0 || k == last { 1.0 } else { 2.0 };
             let (pr, pi) = (p.re as f64, p.im as f64);
             // Re(Ψ e^{jθ}) = pr c − pi s; derivative wrt m: ω Re(jΨe^{jθ}) = −ω(pr s + pi c).
-            let re = pr * c - pi * s;
-            let im = pr * s + pi * c;
-            let omega = 2.0 * std::f64::consts::PI * k as f64 / n as f64;
-            r0 += w * re;
-            r1 -= w * omega * im;
-            r2 -= w * omega * omega * re;
+            let re = pr * c[j] - pi * s[j];
+            let im = pr * s[j] + pi * c[j];
+            let omega = w0 * k as f64;
+            r0[j] += w * re;
+            r1[j] -= w * omega * im;
+            r2[j] -= w * omega * omega * re;
         }
-        let nc = c * cos_s - s * sin_s;
-        s = c * sin_s + s * cos_s;
-        c = nc;
-        if k % 1024 == 1023 {
-            let norm = (c * c + s * s).sqrt();
-            c /= norm;
-            s /= norm;
+        for j in 0..4 {
+            let nc = c[j] * cos4 - s[j] * sin4;
+            s[j] = c[j] * sin4 + s[j] * cos4;
+            c[j] = nc;
+        }
+        if q % 256 == 255 {
+            for j in 0..4 {
+                let norm = (c[j] * c[j] + s[j] * s[j]).sqrt();
+                c[j] /= norm;
+                s[j] /= norm;
+            }
         }
     }
-    (r0, r1, r2)
+    (r0.iter().sum(), r1.iter().sum(), r2.iter().sum())
 }
 
 /// Refines an integer peak at FFT-circular index `m0` (see [`crate::dsp::gcc`]) to
@@ -191,6 +214,8 @@ fn correlation_derivatives(spectrum: &[Complex32], n: usize, m: f64) -> (f64, f6
 /// Returns the offset from `m0` in samples, within ±1.
 pub fn refine_peak(spectrum: &[Complex32], n: usize, m0: f64, start_offset: f64) -> f64 {
     let mut off = start_offset;
+    // Newton converges quadratically from the parabolic start (within ~0.1 sample):
+    // a step below 1e-3 sample (0.02 µs at 48 kHz) leaves an error far below that.
     for _ in 0..4 {
         let (_, d1, d2) = correlation_derivatives(spectrum, n, m0 + off);
         if d2 >= 0.0 || !d1.is_finite() {
@@ -198,7 +223,7 @@ pub fn refine_peak(spectrum: &[Complex32], n: usize, m0: f64, start_offset: f64)
         }
         let step = (-d1 / d2).clamp(-0.25, 0.25);
         off += step;
-        if step.abs() < 1e-4 {
+        if step.abs() < 1e-3 {
             break;
         }
     }

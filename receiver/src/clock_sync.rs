@@ -49,7 +49,9 @@ impl Default for ClockSync {
 const SELECT_PERCENT: f64 = 20.0;
 /// Fewest selected exchanges, and shortest span of local time (µs), for a rate fit.
 const MIN_FIT_POINTS: usize = 8;
-const MIN_FIT_SPAN_US: f64 = 5e6;
+const MIN_FIT_SPAN_US: f64 = 1.5e6;
+/// Largest rate error believed, dimensionless (a fit beyond it is noise).
+const MAX_RATE: f64 = 500e-6;
 
 impl ClockSync {
     /// A filter over the last `window` exchanges.
@@ -109,7 +111,11 @@ impl ClockSync {
                 sxx += dx * dx;
                 sxy += dx * (e.offset_us - my);
             }
-            self.rate = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+            self.rate = if sxx > 0.0 {
+                (sxy / sxx).clamp(-MAX_RATE, MAX_RATE)
+            } else {
+                0.0
+            };
             self.offset_us = Some(my - self.rate * mx);
         } else {
             let offsets: Vec<f64> = good.iter().map(|e| e.offset_us).collect();

@@ -18,12 +18,12 @@ use tracing::{info, warn};
 use crate::core::SharedCore;
 use crate::playout::StreamParams;
 
-/// Clock-sync requests per second during the first seconds of a connection.
-const FAST_SYNC_INTERVAL: Duration = Duration::from_millis(50);
+/// Interval between clock-sync requests during the first seconds of a connection.
+pub const FAST_SYNC_INTERVAL: Duration = Duration::from_millis(50);
 /// Clock-sync interval afterwards.
-const SYNC_INTERVAL: Duration = Duration::from_millis(250);
-/// Requests sent fast.
-const FAST_SYNC_COUNT: u32 = 40;
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+/// Requests sent at the fast interval (2 s' worth, so the clock's rate can be fitted early).
+pub const FAST_SYNC_COUNT: u32 = 40;
 
 /// Runs the client forever: connect, stream, and on any error reconnect after a
 /// backoff of 0.2 s doubling up to 5 s.

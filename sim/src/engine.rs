@@ -18,6 +18,7 @@ use rand::{RngExt, SeedableRng};
 use syncstream_receiver::core::{capture_fn, render_fn, Core, SharedCore};
 use syncstream_receiver::drift::{self, DriftConfig};
 use syncstream_receiver::playout::StreamParams;
+use syncstream_receiver::stream_client;
 use syncstream_shared::codec::CHUNK_FRAMES;
 use syncstream_shared::dsp::DelayEstimator;
 use syncstream_shared::room::{ClockModel, Room, BLOCK_FRAMES};
@@ -30,8 +31,8 @@ use crate::scenario::Scenario;
 use crate::source::looping_clip;
 
 /// Interval between clock-sync requests, µs (fast for the first second).
-const SYNC_INTERVAL_US: i64 = 250_000;
-const FAST_SYNC_INTERVAL_US: i64 = 50_000;
+const SYNC_INTERVAL_US: i64 = stream_client::SYNC_INTERVAL.as_micros() as i64;
+const FAST_SYNC_INTERVAL_US: i64 = stream_client::FAST_SYNC_INTERVAL.as_micros() as i64;
 /// Interval between measurements once a device is tracking, µs.
 const TRACKING_INTERVAL_US: i64 = 5_000_000;
 /// First measurement: once the rolling buffer holds a window's source (window + playout
@@ -185,7 +186,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
                     },
                 ));
                 d.syncs_sent += 1;
-                d.next_sync += if d.syncs_sent < 20 {
+                d.next_sync += if d.syncs_sent < stream_client::FAST_SYNC_COUNT {
                     FAST_SYNC_INTERVAL_US
                 } else {
                     SYNC_INTERVAL_US

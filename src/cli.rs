@@ -202,7 +202,13 @@ struct DemoArgs {
 /// Runs the tool; prints errors with their causes and returns a non-zero exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Daemons log what they do; the interactive commands only warnings (the demo's live
+    // table and the JSON outputs stay readable). RUST_LOG overrides both.
+    let default_filter = match cli.command {
+        Command::Transmitter(_) | Command::Receiver(_) => "warn,syncstream=info,rumqttd=error",
+        _ => "warn,rumqttd=error",
+    };
+    init_logging(default_filter);
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -294,10 +300,9 @@ fn delay(a: DelayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,syncstream=info,rumqttd=error")
-    });
+fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

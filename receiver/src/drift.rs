@@ -278,15 +278,7 @@ mod tests {
             codec_delay_samples: 0,
             playout_delay_us: 1_000_000,
         };
-        let mut x: u64 = 3;
-        let source: Vec<f32> = (0..20 * fs as usize)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x as f64 / u64::MAX as f64 - 0.5) as f32
-            })
-            .collect();
+        let source = syncstream_shared::testing::white_noise(20 * fs as usize, 3, 0.5);
         let mut cs = ClockSync::default();
         cs.add_exchange(0, 0, 0, 0);
         let mut playout = Playout::new(10.0);

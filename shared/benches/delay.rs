@@ -5,27 +5,16 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use syncstream_shared::dsp::{DelayEstimator, LagSearch};
-
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x as f64 / u64::MAX as f64 * 2.0 - 1.0) as f32 * 0.3
-        })
-        .collect()
-}
+use syncstream_shared::testing::white_noise;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("delay_estimate");
     for &(secs, search_ms) in &[(0.5f64, 50.0f64), (2.0, 50.0), (2.0, 100.0), (2.0, 1000.0)] {
         let n = (secs * 48_000.0) as usize;
-        let reference = noise(n, 1);
+        let reference = white_noise(n, 1, 0.3);
         let mut recording = vec![0.0f32; n];
         recording[480..].copy_from_slice(&reference[..n - 480]);
-        for (r, v) in recording.iter_mut().zip(noise(n, 2)) {
+        for (r, v) in recording.iter_mut().zip(white_noise(n, 2, 0.3)) {
             *r += 0.5 * v;
         }
         let mut est = DelayEstimator::new(48_000);

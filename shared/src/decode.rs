@@ -240,27 +240,14 @@ pub fn decode_file(path: &Path, target_rate_hz: u32) -> anyhow::Result<DecodedAu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn write_wav(path: &Path, rate: u32, samples: &[f32]) {
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: rate,
-            bits_per_sample: 32,
-            sample_format: hound::SampleFormat::Float,
-        };
-        let mut w = hound::WavWriter::create(path, spec).unwrap();
-        for &s in samples {
-            w.write_sample(s).unwrap();
-        }
-        w.finalize().unwrap();
-    }
+    use crate::testing::write_wav_f32;
 
     #[test]
     fn decodes_and_resamples_a_wav() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.wav");
         let x: Vec<f32> = (0..8000).map(|n| (n as f32 * 0.05).sin() * 0.5).collect();
-        write_wav(&p, 8000, &x);
+        write_wav_f32(&p, 8000, 1, &x).unwrap();
         let a = decode_file(&p, 48_000).unwrap();
         assert_eq!(a.sample_rate, 48_000);
         assert!((a.frames() as i64 - 48_000).abs() < 10, "{}", a.frames());
@@ -283,7 +270,7 @@ mod tests {
         );
         assert!(e.contains("missing.wav"), "{e}");
         let empty = dir.path().join("empty.wav");
-        write_wav(&empty, 48_000, &[]);
+        write_wav_f32(&empty, 48_000, 1, &[]).unwrap();
         let e = format!("{:#}", decode_file(&empty, 48_000).unwrap_err());
         assert!(e.contains("no audio"), "{e}");
     }

@@ -16,5 +16,6 @@ pub mod mqtt;
 pub mod profile;
 pub mod room;
 pub mod stats;
+pub mod testing;
 pub mod time;
 pub mod wire;

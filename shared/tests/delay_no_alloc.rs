@@ -2,6 +2,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use syncstream_shared::testing::white_noise;
 
 use syncstream_shared::dsp::{DelayEstimator, LagSearch};
 
@@ -26,22 +27,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x as f64 / u64::MAX as f64 * 2.0 - 1.0) as f32 * 0.3
-        })
-        .collect()
-}
-
 #[test]
 fn steady_state_estimates_do_not_allocate() {
     // The drift detector's shape: a reference 100 ms longer, lags 0..100 ms.
-    let reference = noise(96_000 + 4_800, 1);
+    let reference = white_noise(96_000 + 4_800, 1, 0.3);
     let mut recording = vec![0.0f32; 96_000];
     for (n, r) in recording.iter_mut().enumerate() {
         *r = 0.5 * reference[n + 4_800 - 2_000];

@@ -89,44 +89,19 @@ fn round(x: f64, digits: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn write_wav(path: &Path, rate: u32, channels: u16, samples: &[f32]) {
-        let spec = hound::WavSpec {
-            channels,
-            sample_rate: rate,
-            bits_per_sample: 32,
-            sample_format: hound::SampleFormat::Float,
-        };
-        let mut w = hound::WavWriter::create(path, spec).unwrap();
-        for &s in samples {
-            w.write_sample(s).unwrap();
-        }
-        w.finalize().unwrap();
-    }
-
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x as f64 / u64::MAX as f64 * 2.0 - 1.0) as f32 * 0.3
-            })
-            .collect()
-    }
+    use crate::testing::{white_noise, write_wav_f32};
 
     #[test]
     fn finds_the_delay_between_files_of_different_rates_and_channels() {
         let dir = tempfile::tempdir().unwrap();
         // Reference: 1.5 s of noise at 48 kHz, stereo. Recording: the same delayed by
         // 12.5 ms (600 samples), mono, 48 kHz then a second copy at 24 kHz.
-        let x = noise(72_000, 7);
+        let x = white_noise(72_000, 7, 0.3);
         let stereo: Vec<f32> = x.iter().flat_map(|&s| [s, s]).collect();
-        write_wav(&dir.path().join("ref.wav"), 48_000, 2, &stereo);
+        write_wav_f32(&dir.path().join("ref.wav"), 48_000, 2, &stereo).unwrap();
         let mut y = vec![0.0f32; 72_000];
         y[600..].copy_from_slice(&x[..72_000 - 600]);
-        write_wav(&dir.path().join("rec.wav"), 48_000, 1, &y);
+        write_wav_f32(&dir.path().join("rec.wav"), 48_000, 1, &y).unwrap();
         let v = run_delay(
             &dir.path().join("ref.wav"),
             &dir.path().join("rec.wav"),
@@ -136,7 +111,7 @@ mod tests {
         let d = v["delay_ms"].as_f64().unwrap();
         assert!((d - 12.5).abs() < 0.005, "{v}");
         let half: Vec<f32> = y.iter().step_by(2).copied().collect();
-        write_wav(&dir.path().join("rec24.wav"), 24_000, 1, &half);
+        write_wav_f32(&dir.path().join("rec24.wav"), 24_000, 1, &half).unwrap();
         let v = run_delay(
             &dir.path().join("ref.wav"),
             &dir.path().join("rec24.wav"),
@@ -153,17 +128,17 @@ mod tests {
     fn errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.wav");
-        write_wav(&good, 48_000, 1, &noise(4800, 1));
+        write_wav_f32(&good, 48_000, 1, &white_noise(4800, 1, 0.3)).unwrap();
         let text = dir.path().join("text.wav");
         std::fs::write(&text, b"not audio at all").unwrap();
         let e = format!("{:#}", run_delay(&good, &text, 100.0).unwrap_err());
         assert!(e.contains("text.wav"), "{e}");
         let empty = dir.path().join("empty.wav");
-        write_wav(&empty, 48_000, 1, &[]);
+        write_wav_f32(&empty, 48_000, 1, &[]).unwrap();
         let e = format!("{:#}", run_delay(&empty, &good, 100.0).unwrap_err());
         assert!(e.contains("empty.wav"), "{e}");
         let nan = dir.path().join("nan.wav");
-        write_wav(&nan, 48_000, 1, &[0.1, f32::NAN, 0.2]);
+        write_wav_f32(&nan, 48_000, 1, &[0.1, f32::NAN, 0.2]).unwrap();
         let e = format!("{:#}", run_delay(&good, &nan, 100.0).unwrap_err());
         assert!(e.contains("nan.wav") && e.contains("not finite"), "{e}");
         assert!(run_delay(&good, &good, f64::NAN).is_err());
@@ -173,9 +148,9 @@ mod tests {
     fn silence_gives_null_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.wav");
-        write_wav(&good, 48_000, 1, &noise(48_000, 1));
+        write_wav_f32(&good, 48_000, 1, &white_noise(48_000, 1, 0.3)).unwrap();
         let quiet = dir.path().join("quiet.wav");
-        write_wav(&quiet, 48_000, 1, &vec![0.0; 48_000]);
+        write_wav_f32(&quiet, 48_000, 1, &vec![0.0; 48_000]).unwrap();
         let v = run_delay(&good, &quiet, 100.0).unwrap();
         assert!(v["delay_ms"].is_null(), "{v}");
         assert!(v["reason"].as_str().unwrap().contains("silent"), "{v}");

@@ -476,22 +476,11 @@ impl DelayEstimator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x as f64 / u64::MAX as f64 * 2.0 - 1.0) as f32 * 0.3
-            })
-            .collect()
-    }
+    use crate::testing::white_noise;
 
     #[test]
     fn finds_an_integer_delay() {
-        let r = noise(48_000, 1);
+        let r = white_noise(48_000, 1, 0.3);
         let d = 480usize;
         let mut rec = vec![0.0; 48_000];
         rec[d..].copy_from_slice(&r[..48_000 - d]);
@@ -506,8 +495,8 @@ mod tests {
         let mut e = DelayEstimator::new(48_000);
         let est = e
             .estimate(
-                &noise(48_000, 1),
-                &noise(48_000, 2),
+                &white_noise(48_000, 1, 0.3),
+                &white_noise(48_000, 2, 0.3),
                 &LagSearch::symmetric(100.0),
             )
             .unwrap();
@@ -520,7 +509,10 @@ mod tests {
         let mut planner = realfft::RealFftPlanner::<f64>::new();
         let fwd = planner.plan_fft_forward(n);
         let inv = planner.plan_fft_inverse(n);
-        let mut x: Vec<f64> = noise(n, seed).iter().map(|&s| s as f64).collect();
+        let mut x: Vec<f64> = white_noise(n, seed, 0.3)
+            .iter()
+            .map(|&s| s as f64)
+            .collect();
         let mut spec = fwd.make_output_vec();
         fwd.process(&mut x, &mut spec).unwrap();
         for (k, c) in spec.iter_mut().enumerate() {
@@ -549,8 +541,8 @@ mod tests {
     fn works_with_a_longer_reference_as_the_drift_detector_uses_it() {
         // A 3 s reference, a 2 s recording, lags searched in [0, 1000] ms; the
         // recording holds the reference 523.4 ms late (other sound before it).
-        let r = noise(48_000 * 3, 5);
-        let other = noise(96_000, 6);
+        let r = white_noise(48_000 * 3, 5, 0.3);
+        let other = white_noise(96_000, 6, 0.3);
         let lag = 25_123;
         let rec: Vec<f32> = (0..96_000)
             .map(|n| if n >= lag { 0.5 * r[n - lag] } else { other[n] })
@@ -590,7 +582,7 @@ mod tests {
     #[test]
     fn expected_lag_picks_the_nearby_peak_and_early_peaks_win_otherwise() {
         // Two equal copies, at 4 ms and 10 ms: earliest strong = 4 ms.
-        let r = noise(48_000, 11);
+        let r = white_noise(48_000, 11, 0.3);
         let mut rec = vec![0.0f32; 48_000];
         for n in 480..48_000 {
             rec[n] += r[n - 480];
@@ -616,7 +608,7 @@ mod tests {
     #[test]
     fn silence_and_a_peak_outside_the_range_give_none() {
         let mut e = DelayEstimator::new(48_000);
-        let r = noise(48_000, 1);
+        let r = white_noise(48_000, 1, 0.3);
         let est = e
             .estimate(&r, &vec![0.0; 48_000], &LagSearch::symmetric(100.0))
             .unwrap();

@@ -119,6 +119,7 @@ impl AudioSource for FileSource {
 mod tests {
     use super::*;
     use syncstream_shared::decode::decode_file;
+    use syncstream_shared::testing::write_wav_f32;
 
     fn clips_dir() -> Option<PathBuf> {
         let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/audio");
@@ -140,20 +141,6 @@ mod tests {
             }
             out.extend_from_slice(&buf[..2 * n]);
         }
-    }
-
-    fn write_wav(path: &Path, rate: u32, channels: u16, samples: &[f32]) {
-        let spec = hound::WavSpec {
-            channels,
-            sample_rate: rate,
-            bits_per_sample: 32,
-            sample_format: hound::SampleFormat::Float,
-        };
-        let mut w = hound::WavWriter::create(path, spec).unwrap();
-        for &s in samples {
-            w.write_sample(s).unwrap();
-        }
-        w.finalize().unwrap();
     }
 
     #[test]
@@ -216,7 +203,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("click.wav");
         let x: Vec<f32> = (0..4800).map(|n| (n as f32 / 4800.0) - 0.5).collect();
-        write_wav(&p, 48_000, 1, &x);
+        write_wav_f32(&p, 48_000, 1, &x).unwrap();
         let mut once = FileSource::open(&p, false).unwrap();
         let y = read_all(&mut once, 1000);
         assert_eq!(y.len(), 9600);
@@ -240,14 +227,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("quad.wav");
         let x: Vec<f32> = (0..100).flat_map(|_| [0.1f32, 0.2, 0.3, 0.4]).collect();
-        write_wav(&p, 48_000, 4, &x);
+        write_wav_f32(&p, 48_000, 4, &x).unwrap();
         let mut src = FileSource::open(&p, false).unwrap();
         let y = read_all(&mut src, 64);
         assert_eq!(y.len(), 200);
         assert!((y[0] - 0.2).abs() < 1e-6 && (y[1] - 0.3).abs() < 1e-6);
 
         let empty = dir.path().join("empty.wav");
-        write_wav(&empty, 44_100, 2, &[]);
+        write_wav_f32(&empty, 44_100, 2, &[]).unwrap();
         for looped in [false, true] {
             let mut src = FileSource::open(&empty, looped).unwrap();
             let e = format!("{:#}", src.read(&mut [0.0; 64]).unwrap_err());

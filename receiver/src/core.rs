@@ -100,7 +100,7 @@ pub fn render_fn(core: SharedCore) -> RenderFn {
             .playout
             .render(out, dac_time_us, &c.clock, &c.jitter_buffer);
         // Keep a little history behind the read position for slewing and crossfades.
-        if let Some(p) = c.playout.target_position(dac_time_us, &c.clock) {
+        if let Some(p) = c.playout.position() {
             c.jitter_buffer.trim_before(p as i64 - 48_000);
         }
         c.test_tone.overlay(

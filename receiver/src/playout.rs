@@ -194,6 +194,11 @@ impl Playout {
         self.stopped
     }
 
+    /// Decoded-buffer position of the next frame to render, once playing.
+    pub fn position(&self) -> Option<f64> {
+        self.pos
+    }
+
     /// Counters.
     pub fn stats(&self) -> PlayoutStats {
         self.stats

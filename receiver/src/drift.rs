@@ -20,6 +20,7 @@ use syncstream_shared::time::{samples_to_us, us_to_samples};
 
 use crate::clock_sync::ClockSync;
 use crate::playout::Playout;
+use crate::resampler::align_to_transmitter_clock;
 
 /// Drift detector settings.
 #[derive(Debug, Clone)]
@@ -108,6 +109,12 @@ impl MicRecorder {
     }
 }
 
+/// Largest variation of the playout error over a window while tracking, µs: a
+/// measurement assumes one delay for the whole window.
+pub const TRACKING_MAX_SPREAD_US: f64 = 250.0;
+/// The same while acquiring, where a measurement only has to be right to 1 ms, µs.
+pub const ACQUIRING_MAX_SPREAD_US: f64 = 500.0;
+
 /// A measurement ready to be analysed once its source window is fetched.
 #[derive(Debug, Clone)]
 pub struct Measurement {
@@ -124,14 +131,15 @@ pub struct Measurement {
     /// Tracking (the device was in sync at the last measurement): the drift is expected
     /// near 0 and the estimator may prefer the peak there; while acquiring it may not.
     pub tracking: bool,
-    /// Buffer offset in effect at the window's centre, ms.
+    /// Buffer offset really in effect at the window's centre (the controller's offset
+    /// minus the mean playout error while the window's sound was played), ms.
     pub applied_offset_ms: f64,
     /// Acoustic delay speaker → microphone, ms.
     pub mic_delay_ms: f64,
     /// Playout delay, µs.
     pub playout_delay_us: i64,
     /// Rate error of the local clock (transmitter µs per local µs, minus 1) when the
-    /// window was recorded; the recording is stretched by it.
+    /// window was recorded; [`analyze`] resamples the recording by it.
     pub clock_rate: f64,
 }
 
@@ -142,7 +150,8 @@ pub enum NotReady {
     NotStreaming,
     /// Not enough microphone audio yet.
     NoRecording,
-    /// Playout changed (jump, slew, new offset) during the window.
+    /// Playout jumped during the window, or its error varied more than
+    /// [`TRACKING_MAX_SPREAD_US`] (tracking) / [`ACQUIRING_MAX_SPREAD_US`] (acquiring).
     NotSettled,
 }
 
@@ -163,21 +172,35 @@ pub fn plan(
     let window_us = cfg.window_ms as f64 * 1000.0;
     let centre_tx_us = rec_start_tx_us + 0.5 * window_us;
     let offset_ms = playout.offset_at_ms(centre_tx_us);
-    // The sound recorded at the window start left the DAC about (latency + mic delay)
-    // earlier; latency ≈ offset (plus what we have not corrected yet).
-    let settle_margin_us =
-        (100.0 + 0.2 * offset_ms.abs() + offset_ms.max(0.0) + mic_delay_ms) * 1000.0;
-    // Tracking needs playout exactly on target; acquiring only needs it within 0.5 ms
-    // (the first offset is locked on measurements that agree within a millisecond).
-    let settled = if tracking {
-        playout.settled_since_us()
+    // The sound recorded in the window left the DAC about (latency + mic delay) earlier;
+    // latency ≈ offset (plus what is not corrected yet, hence the margin). Over that span
+    // playout must have followed one offset (no jump) closely enough for one delay to
+    // describe the window, and its mean error is taken off the offset: what counts is
+    // the offset really in effect, whether or not playout had caught up with it.
+    let window_us = window_us as i64;
+    let lead_us = ((offset_ms.max(0.0) + mic_delay_ms) * 1000.0) as i64;
+    let margin_us = ((100.0 + 0.2 * offset_ms.abs()) * 1000.0) as i64;
+    let span = playout
+        .error_over(
+            rec_start_local - lead_us - margin_us,
+            rec_start_local + window_us,
+        )
+        .ok_or(NotReady::NotSettled)?;
+    let max_spread_us = if tracking {
+        TRACKING_MAX_SPREAD_US
     } else {
-        playout.roughly_settled_since_us()
+        ACQUIRING_MAX_SPREAD_US
     };
-    match settled {
-        Some(t) if (t as f64) <= rec_start_local as f64 - settle_margin_us => {}
-        _ => return Err(NotReady::NotSettled),
+    if span.spread_us > max_spread_us {
+        return Err(NotReady::NotSettled);
     }
+    let heard = playout
+        .error_over(
+            rec_start_local - lead_us,
+            rec_start_local + window_us - lead_us,
+        )
+        .ok_or(NotReady::NotSettled)?;
+    let applied_offset_ms = offset_ms - heard.mean_us / 1000.0;
     let p_ms = params.playout_delay_us as f64 / 1000.0;
     let margin_ms = if tracking {
         cfg.track_margin_ms
@@ -193,7 +216,7 @@ pub fn plan(
         ref_duration_ms: cfg.window_ms + (2.0 * margin_ms).ceil() as u64,
         margin_ms,
         tracking,
-        applied_offset_ms: offset_ms,
+        applied_offset_ms,
         mic_delay_ms,
         playout_delay_us: params.playout_delay_us,
         clock_rate: clock.rate(),
@@ -211,13 +234,13 @@ pub fn analyze(
 ) -> DriftReport {
     // The reference "starts" (in the estimator's same-instant convention) when its first
     // sample should reach the microphone; the recording starts `delta` later. The
-    // recording runs on the local clock, so in transmitter time it is stretched by the
-    // clock's rate error; the estimate is the lag averaged over the window, i.e. at its
-    // centre, where the stretch has added half the window times the rate error.
+    // recording runs on the local clock, so it is first put on the transmitter's time
+    // base (else its clock's rate error stretches it and smears the peak).
     let ref_heard_at_us =
         ref_first_pts_us as f64 + m.playout_delay_us as f64 + m.mic_delay_ms * 1000.0;
-    let window_ms = m.recording.len() as f64 * 1000.0 / estimator.sample_rate() as f64;
-    let delta_ms = (m.rec_start_tx_us - ref_heard_at_us) / 1000.0 + 0.5 * window_ms * m.clock_rate;
+    let recording = align_to_transmitter_clock(&m.recording, m.clock_rate);
+    let window_ms = recording.len() as f64 * 1000.0 / estimator.sample_rate() as f64;
+    let delta_ms = (m.rec_start_tx_us - ref_heard_at_us) / 1000.0;
     let search = LagSearch {
         min_lag_ms: -delta_ms - m.margin_ms,
         max_lag_ms: -delta_ms + m.margin_ms,
@@ -232,7 +255,7 @@ pub fn analyze(
         applied_offset_ms: m.applied_offset_ms,
         reason: None,
     };
-    match estimator.estimate(reference, &m.recording, &search) {
+    match estimator.estimate(reference, &recording, &search) {
         Ok(est) => {
             report.confidence = est.confidence;
             report.signal_strength_db = est.signal_strength_db;

@@ -12,6 +12,7 @@ pub mod core;
 pub mod drift;
 pub mod jitter_buffer;
 pub mod playout;
+pub mod resampler;
 pub mod stream_client;
 pub mod test_tone;
 

@@ -254,6 +254,7 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
                 underruns: c.playout.stats().underruns,
                 jumps: c.playout.stats().jumps,
                 offsets_applied: 0,
+                clock_errors_us: Vec::new(),
             }
         })
         .collect();

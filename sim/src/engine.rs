@@ -33,11 +33,12 @@ use crate::source::looping_clip;
 /// Interval between clock-sync requests, µs (fast for the first second).
 const SYNC_INTERVAL_US: i64 = stream_client::SYNC_INTERVAL.as_micros() as i64;
 const FAST_SYNC_INTERVAL_US: i64 = stream_client::FAST_SYNC_INTERVAL.as_micros() as i64;
-/// Interval between measurements once a device is tracking, µs.
-const TRACKING_INTERVAL_US: i64 = 5_000_000;
 /// First measurement: once the rolling buffer holds a window's source (window + playout
 /// delay + the acquiring search margin), µs.
 const FIRST_MEASUREMENT_US: i64 = 3_500_000;
+/// Clock-sync errors are sampled from this time on, every this often, µs.
+const CLOCK_ERROR_FROM_US: i64 = 10_000_000;
+const CLOCK_ERROR_EVERY_US: i64 = 100_000;
 /// The microphone is switched on this long before a measurement's window starts, µs.
 const MIC_LEAD_US: i64 = 200_000;
 
@@ -72,6 +73,8 @@ struct SimDevice {
     mic: Box<dyn syncstream_shared::audio::Microphone>,
     _sink: Box<dyn syncstream_shared::audio::Sink>,
     offsets_applied: u64,
+    /// Clock-sync offset errors, µs (see [`crate::report::DeviceReport::clock_error_us`]).
+    clock_errors_us: Vec<f64>,
 }
 
 /// Progress callback: (simulated s, total s).
@@ -129,6 +132,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
             mic: room.microphone(&d.name)?,
             _sink: sink,
             offsets_applied: 0,
+            clock_errors_us: Vec::new(),
         });
     }
     let net = sc.network.clone();
@@ -282,18 +286,14 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
             };
             d.mic.stop()?;
             d.mic_on = false;
-            let tracking = {
-                let mut c = d.core.lock().unwrap();
-                if let Some(r) = &report {
-                    c.note_report(r, drift_cfg.track_below_ms);
-                }
-                c.tracking
-            };
-            d.next_measure = t + if tracking {
-                TRACKING_INTERVAL_US
-            } else {
-                drift_cfg.interval_ms as i64 * 1000
-            };
+            if let Some(r) = &report {
+                d.core
+                    .lock()
+                    .unwrap()
+                    .note_report(r, drift_cfg.track_below_ms);
+            }
+            // The receivers' own cadence (`DriftConfig::interval_ms`), tracking or not.
+            d.next_measure = t + drift_cfg.interval_ms as i64 * 1000;
             if let Some(r) = report {
                 // Report → controller → offset, each one network delay.
                 if let Decision::Publish(o) = controller.on_report(&r) {
@@ -306,6 +306,14 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
                             ref_us: o.ref_us,
                         },
                     ));
+                }
+            }
+        }
+        if t - origin_us >= CLOCK_ERROR_FROM_US && (t - origin_us) % CLOCK_ERROR_EVERY_US == 0 {
+            for d in devices.iter_mut() {
+                let local = d.clock.local_from_room(t as f64);
+                if let Some(tx) = d.core.lock().unwrap().clock.tx_from_local(local) {
+                    d.clock_errors_us.push(tx - t as f64);
                 }
             }
         }
@@ -337,6 +345,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
                 underruns: c.playout.stats().underruns,
                 jumps: c.playout.stats().jumps,
                 offsets_applied: devices[i].offsets_applied,
+                clock_errors_us: devices[i].clock_errors_us.clone(),
             }
         })
         .collect();

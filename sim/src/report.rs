@@ -88,6 +88,10 @@ pub struct DeviceReport {
     pub jumps: u64,
     /// Buffer offsets received from the controller (corrections applied).
     pub offsets_applied: u64,
+    /// |clock-sync offset error| (receiver's estimate of transmitter time − true
+    /// transmitter time), sampled every 100 ms from 10 s on, µs (simulator only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_error_us: Option<ErrorSummary>,
 }
 
 /// Pairwise result for two devices.
@@ -143,6 +147,8 @@ pub struct DeviceFacts {
     pub jumps: u64,
     /// Offsets applied.
     pub offsets_applied: u64,
+    /// Clock-sync offset errors sampled during the run, µs (empty when unknown).
+    pub clock_errors_us: Vec<f64>,
 }
 
 /// Builds the report from the truth log.
@@ -201,6 +207,7 @@ pub fn build_report(
             underruns: f.underruns,
             jumps: f.jumps,
             offsets_applied: f.offsets_applied,
+            clock_error_us: ErrorSummary::of_abs(&f.clock_errors_us),
         })
         .collect();
     let mut pairs = Vec::new();
@@ -261,6 +268,7 @@ mod tests {
                 underruns: 0,
                 jumps: 0,
                 offsets_applied: 0,
+                clock_errors_us: Vec::new(),
             })
             .collect()
     }

@@ -65,12 +65,12 @@ impl Default for ControllerConfig {
             lock_confidence: 0.99,
             outlier_ms: 3.0,
             relock_count: 3,
-            gain: 0.6,
+            gain: 0.7,
             deadband_ms: 0.005,
             min_offset_ms: -50.0,
             max_offset_ms: 1900.0,
             history: 7,
-            velocity_gain: 0.15,
+            velocity_gain: 0.3,
             max_rate_ms_per_s: 0.5,
         }
     }

@@ -1,9 +1,9 @@
 //! Clock sync over real loopback TCP with injected network jitter, and a cut connection
 //! that reconnects by itself and resynchronises.
 //!
-//! Bounds: p95 ≤ 50 µs without jitter; with 5 and 20 ms of jitter the clock-sync issue
-//! asks for 50 µs too, which is not reached yet (about 45 and 150 µs measured here), so
-//! those cases assert what holds today with margin (≤ 500 µs).
+//! Bound: offset error p95 ≤ 50 µs with 0, 5 and 20 ms of jitter (the clock-sync
+//! target), measured over 15 s after a 30 s warm-up (the window fills up for a minute;
+//! the estimate of the rate, and so of the offset now, improves as it does).
 
 mod common;
 
@@ -59,9 +59,9 @@ async fn offset_errors(jitter_ms: f64) -> Vec<f64> {
         core.clone(),
         clock.clone(),
     ));
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
     let mut errors = Vec::new();
-    for _ in 0..80 {
+    for _ in 0..150 {
         let now = clock.now_us();
         if let Some(tx_us) = core.lock().unwrap().clock.tx_from_local(now as f64) {
             errors.push((tx_us - now as f64).abs());
@@ -77,13 +77,13 @@ async fn offset_error_p95_within_50_us_under_jitter() {
     let (a, b, c) = tokio::join!(offset_errors(0.0), offset_errors(5.0), offset_errors(20.0));
     for (jitter, errors) in [(0.0, a), (5.0, b), (20.0, c)] {
         assert!(
-            errors.len() >= 70,
+            errors.len() >= 140,
             "jitter {jitter} ms: only {} estimates",
             errors.len()
         );
         let p95 = percentile(&errors, 95.0).unwrap();
         println!("jitter {jitter} ms: offset error p95 {p95:.1} µs");
-        let bound = if jitter == 0.0 { 50.0 } else { 500.0 };
+        let bound = 50.0;
         assert!(
             p95 <= bound,
             "jitter {jitter} ms: offset error p95 {p95:.1} µs (bound {bound} µs)"

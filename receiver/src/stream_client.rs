@@ -18,12 +18,10 @@ use tracing::{info, warn};
 use crate::core::SharedCore;
 use crate::playout::StreamParams;
 
-/// Interval between clock-sync requests during the first seconds of a connection.
-pub const FAST_SYNC_INTERVAL: Duration = Duration::from_millis(50);
-/// Clock-sync interval afterwards.
-pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
-/// Requests sent at the fast interval (2 s' worth, so the clock's rate can be fitted early).
-pub const FAST_SYNC_COUNT: u32 = 40;
+/// Interval between clock-sync requests (20 a second, ~1.2 kB/s both ways: the more
+/// exchanges, the more of them cross a jittery network without queueing, and those are
+/// the ones clock sync relies on).
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Runs the client forever: connect, stream, and on any error reconnect after a
 /// backoff of 0.2 s doubling up to 5 s.
@@ -106,18 +104,11 @@ async fn session(addr: &str, core: &SharedCore, clock: &Arc<dyn Clock>) -> anyho
     // Clock-sync requests from their own task.
     let sync_clock = clock.clone();
     let requester = async move {
-        let mut sent = 0u32;
         loop {
             let t1_us = sync_clock.now_us();
             sink.send(Bytes::from(Frame::TimeRequest { t1_us }.encode()?))
                 .await?;
-            sent += 1;
-            tokio::time::sleep(if sent < FAST_SYNC_COUNT {
-                FAST_SYNC_INTERVAL
-            } else {
-                SYNC_INTERVAL
-            })
-            .await;
+            tokio::time::sleep(SYNC_INTERVAL).await;
         }
         #[allow(unreachable_code)]
         anyhow::Ok(())

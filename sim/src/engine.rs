@@ -30,9 +30,8 @@ use crate::report::{build_report, DeviceFacts, Report, TruthLog};
 use crate::scenario::Scenario;
 use crate::source::looping_clip;
 
-/// Interval between clock-sync requests, µs (fast for the first second).
+/// Interval between clock-sync requests, µs (the receivers').
 const SYNC_INTERVAL_US: i64 = stream_client::SYNC_INTERVAL.as_micros() as i64;
-const FAST_SYNC_INTERVAL_US: i64 = stream_client::FAST_SYNC_INTERVAL.as_micros() as i64;
 /// First measurement: once the rolling buffer holds a window's source (window + playout
 /// delay + the acquiring search margin), µs.
 const FIRST_MEASUREMENT_US: i64 = 3_500_000;
@@ -67,7 +66,6 @@ struct SimDevice {
     inbox: VecDeque<(i64, Message)>,
     last_audio_delivery: i64,
     next_sync: i64,
-    syncs_sent: u32,
     next_measure: i64,
     mic_on: bool,
     mic: Box<dyn syncstream_shared::audio::Microphone>,
@@ -126,7 +124,6 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
             inbox: VecDeque::new(),
             last_audio_delivery: 0,
             next_sync: origin_us,
-            syncs_sent: 0,
             next_measure: origin_us + FIRST_MEASUREMENT_US + i as i64 * 300_000,
             mic_on: false,
             mic: room.microphone(&d.name)?,
@@ -189,12 +186,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
                         t4_room_us,
                     },
                 ));
-                d.syncs_sent += 1;
-                d.next_sync += if d.syncs_sent < stream_client::FAST_SYNC_COUNT {
-                    FAST_SYNC_INTERVAL_US
-                } else {
-                    SYNC_INTERVAL_US
-                };
+                d.next_sync += SYNC_INTERVAL_US;
             }
             // Deliveries.
             let mut c = d.core.lock().unwrap();

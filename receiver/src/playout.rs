@@ -132,6 +132,14 @@ impl Playout {
             self.pos = None;
             self.error_log.clear();
         }
+        // Built here, not in the audio callback, so rendering allocates nothing.
+        if self
+            .resampler
+            .as_ref()
+            .is_none_or(|r| r.channels() != params.channels)
+        {
+            self.resampler = Some(DriftResampler::new(params.channels));
+        }
         self.started = false;
         self.params = Some(params);
     }

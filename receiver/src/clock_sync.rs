@@ -134,16 +134,12 @@ impl ClockSync {
                 sxy += w * dx * (e.offset_us - my);
             }
             // The clean exchanges must themselves span time for a rate (their weighted
-            // spread of x at least a fifth of the minimum span).
-            self.rate = if sxx / sw >= (0.2 * MIN_FIT_SPAN_US).powi(2) {
-                (sxy / sxx).clamp(-MAX_RATE, MAX_RATE)
-            } else {
-                self.rate
-            };
-            self.offset_us = Some(my - self.rate * mx);
-        } else {
-            self.offset_us = Some(my - self.rate * mx);
+            // spread of x at least a fifth of the minimum span); else the last rate holds.
+            if sxx / sw >= (0.2 * MIN_FIT_SPAN_US).powi(2) {
+                self.rate = (sxy / sxx).clamp(-MAX_RATE, MAX_RATE);
+            }
         }
+        self.offset_us = Some(my - self.rate * mx);
     }
 
     /// Number of exchanges in the window.

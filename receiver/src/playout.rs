@@ -78,7 +78,7 @@ pub struct PlayoutStats {
 }
 
 /// The playout scheduler of one receiver.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Playout {
     params: Option<StreamParams>,
     offset_ms: f64,
@@ -297,13 +297,12 @@ impl Playout {
         }
         let fs = p.sample_rate as f64;
         let jump_samples = JUMP_THRESHOLD_US * fs / 1e6;
-        let rs = match &mut self.resampler {
-            Some(rs) if rs.channels() == ch => rs,
-            slot => slot.insert(DriftResampler::new(ch)),
+        // Exists whenever `params` does (built in `set_stream`).
+        let Some(rs) = self.resampler.as_mut() else {
+            return RenderInfo::default();
         };
         let start = match self.pos {
-            Some(pos) if rs.is_primed() => pos,
-            Some(pos) => rs.reset(pos) as f64,
+            Some(pos) => pos,
             None => {
                 self.stats.jumps += 1;
                 self.last_jump_us = Some(dac_time_us);

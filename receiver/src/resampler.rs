@@ -15,6 +15,8 @@
 //! change); quintic interpolation of 48 kHz audio is accurate to about −70 dB at
 //! 5 kHz and costs ~20 multiply-adds per sample, cheap enough for a Pi Zero W.
 
+use std::sync::OnceLock;
+
 use rubato::audioadapter_buffers::direct::SequentialSliceOfVecs;
 use rubato::{Adjustable, Async, FixedAsync, PolynomialDegree, Resampler, Resizable};
 
@@ -98,14 +100,6 @@ impl std::fmt::Debug for DriftResampler {
     }
 }
 
-impl Clone for DriftResampler {
-    /// A fresh resampler with the same shape (the interpolation history is not copied;
-    /// the clone must be [`reset`](DriftResampler::reset) before use).
-    fn clone(&self) -> Self {
-        Self::new(self.channels)
-    }
-}
-
 impl DriftResampler {
     /// A resampler for `channels` interleaved channels (≥ 1).
     ///
@@ -130,13 +124,15 @@ impl DriftResampler {
             lead_frames: 0,
             preroll: 0,
         };
-        me.lead_frames = me.measure_lead();
+        // The same for every resampler of this kind: measured by the first one.
+        static LEAD_FRAMES: OnceLock<i64> = OnceLock::new();
+        me.lead_frames = *LEAD_FRAMES.get_or_init(|| me.measure_lead());
         me.rs.reset();
         me
     }
 
     /// How far output frame `k` lies behind `k` input frames after a reset,
-    /// measured once by passing a ramp (`x[i] = i`, which the polynomial reproduces
+    /// measured (once per process) by passing a ramp (`x[i] = i`, which the polynomial reproduces
     /// exactly) so that it does not depend on rubato's internals.
     fn measure_lead(&mut self) -> i64 {
         self.rs.reset();
@@ -174,11 +170,6 @@ impl DriftResampler {
     /// Interleaved channels.
     pub fn channels(&self) -> usize {
         self.channels
-    }
-
-    /// Whether [`reset`](Self::reset) has been called.
-    pub fn is_primed(&self) -> bool {
-        self.next_input.is_some()
     }
 
     /// Renders `out.len() / channels` interleaved frames, reading `rate` input frames per

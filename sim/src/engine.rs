@@ -314,6 +314,10 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
             last_progress = t;
         }
     }
+    let mut clock_errors: Vec<Vec<f64>> = devices
+        .iter_mut()
+        .map(|d| std::mem::take(&mut d.clock_errors_us))
+        .collect();
     let facts: Vec<DeviceFacts> = sc
         .devices
         .iter()
@@ -337,7 +341,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
                 underruns: c.playout.stats().underruns,
                 jumps: c.playout.stats().jumps,
                 offsets_applied: devices[i].offsets_applied,
-                clock_errors_us: devices[i].clock_errors_us.clone(),
+                clock_errors_us: std::mem::take(&mut clock_errors[i]),
             }
         })
         .collect();

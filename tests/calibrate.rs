@@ -312,13 +312,7 @@ async fn live_test_tone_and_calibrate_against_the_demo() {
 
 #[test]
 fn a_device_that_never_answers_times_out_and_keeps_its_profile() {
-    let port = common::free_port();
-    syncstream_transmitter::broker::start_embedded_broker(std::net::SocketAddr::from((
-        [127, 0, 0, 1],
-        port,
-    )))
-    .unwrap();
-    assert!(common::wait_for_port(port, Duration::from_secs(10)));
+    let port = common::embedded_broker();
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("ghost.json");
     std::fs::write(&profile, r#"{"type":"hdmi","base_latency_ms":70}"#).unwrap();
@@ -455,13 +449,7 @@ async fn a_deaf_microphone_gets_a_clear_error_and_keeps_the_profile() {
     use std::sync::Arc;
     use syncstream_shared::audio::{find_microphone, find_sink, BackendConfig, StreamFormat};
     use syncstream_shared::time::{Clock, MonotonicClock};
-    let port = common::free_port();
-    syncstream_transmitter::broker::start_embedded_broker(std::net::SocketAddr::from((
-        [127, 0, 0, 1],
-        port,
-    )))
-    .unwrap();
-    assert!(common::wait_for_port(port, Duration::from_secs(10)));
+    let port = common::embedded_broker();
     let broker = BrokerUrl {
         host: "127.0.0.1".into(),
         port,

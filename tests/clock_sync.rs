@@ -10,7 +10,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use syncstream_receiver::core::Core;
+use syncstream_receiver::core::{Core, SharedCore};
 use syncstream_shared::profile::{DeviceProfile, OutputType};
 use syncstream_shared::stats::percentile;
 use syncstream_shared::time::{Clock, MonotonicClock};
@@ -41,13 +41,8 @@ async fn transmitter() -> syncstream_transmitter::Transmitter {
         .unwrap()
 }
 
-/// One receiver core streaming through a jitter proxy; returns |offset error| samples
-/// (µs) taken every 100 ms after a warm-up. Transmitter and receiver share the host
-/// clock, so the true offset is 0.
-async fn offset_errors(jitter_ms: f64) -> Vec<f64> {
-    let tx = transmitter().await;
-    let proxy =
-        common::JitterProxy::start(tx.stream_addr, 0.2, jitter_ms, jitter_ms as u64 + 1).await;
+/// A receiver core streaming from `127.0.0.1:port`: (core, its clock, the client task).
+fn probe_client(port: u16) -> (SharedCore, Arc<dyn Clock>, tokio::task::JoinHandle<()>) {
     let core = Arc::new(Mutex::new(Core::new(
         "probe",
         DeviceProfile::default_for(OutputType::Analog),
@@ -55,10 +50,21 @@ async fn offset_errors(jitter_ms: f64) -> Vec<f64> {
     )));
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let client = tokio::spawn(syncstream_receiver::stream_client::run(
-        format!("127.0.0.1:{}", proxy.port),
+        format!("127.0.0.1:{port}"),
         core.clone(),
         clock.clone(),
     ));
+    (core, clock, client)
+}
+
+/// One receiver core streaming through a jitter proxy; returns |offset error| samples
+/// (µs) taken every 100 ms after a warm-up. Transmitter and receiver share the host
+/// clock, so the true offset is 0.
+async fn offset_errors(jitter_ms: f64) -> Vec<f64> {
+    let tx = transmitter().await;
+    let proxy =
+        common::JitterProxy::start(tx.stream_addr, 0.2, jitter_ms, jitter_ms as u64 + 1).await;
+    let (core, clock, client) = probe_client(proxy.port);
     tokio::time::sleep(Duration::from_secs(60)).await;
     let mut errors = Vec::new();
     for _ in 0..150 {
@@ -95,17 +101,7 @@ async fn offset_error_p95_within_50_us_under_jitter() {
 async fn a_cut_connection_reconnects_and_resyncs() {
     let tx = transmitter().await;
     let proxy = common::JitterProxy::start(tx.stream_addr, 0.2, 0.0, 9).await;
-    let core = Arc::new(Mutex::new(Core::new(
-        "probe",
-        DeviceProfile::default_for(OutputType::Analog),
-        48_000,
-    )));
-    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
-    let client = tokio::spawn(syncstream_receiver::stream_client::run(
-        format!("127.0.0.1:{}", proxy.port),
-        core.clone(),
-        clock.clone(),
-    ));
+    let (core, clock, client) = probe_client(proxy.port);
     let wait_for = |what: &'static str, cond: Box<dyn Fn(&Core) -> bool + Send>| {
         let core = core.clone();
         async move {

@@ -16,6 +16,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Starts the embedded rumqttd broker on a free port, waits until it accepts
+/// connections and returns the port.
+pub fn embedded_broker() -> u16 {
+    let port = free_port();
+    syncstream_transmitter::broker::start_embedded_broker(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        port,
+    )))
+    .unwrap();
+    assert!(wait_for_port(port, Duration::from_secs(10)));
+    port
+}
+
 /// Waits until something accepts TCP connections on `port` (bounded polling).
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let start = Instant::now();

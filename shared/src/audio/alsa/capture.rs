@@ -9,7 +9,8 @@ use cpal::{FromSample, SizedSample};
 
 use super::convert::{read_frames, SCRATCH_FRAMES};
 use super::{
-    instant_diff_us, label, resolve, with_sample_type, Chosen, Direction, ErrorLog, BACKEND,
+    instant_diff_us, label, log_opened, resolve, with_sample_type, Chosen, Direction, ErrorLog,
+    BACKEND,
 };
 use crate::audio::{AudioError, BackendConfig, CaptureFn, Microphone};
 use crate::time::{samples_to_us, Clock};
@@ -85,14 +86,7 @@ pub fn start_capture(
         channels,
         allow_other_rate,
     )?;
-    tracing::info!(
-        device = %lbl,
-        channels = chosen.channels,
-        rate_hz = chosen.sample_rate,
-        format = %chosen.sample_format,
-        period_frames = ?chosen.period_frames,
-        "ALSA capture opened"
-    );
+    log_opened(&lbl, Direction::Input, &chosen);
     let stream = with_sample_type!(chosen.sample_format, T =>
     build::<T>(&dev, &lbl, chosen, channels, clock, capture)?,
     else return Err(AudioError::new(

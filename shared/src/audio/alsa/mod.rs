@@ -333,6 +333,22 @@ pub(crate) fn resolve(
     Ok((device, chosen))
 }
 
+/// Logs a stream opened on device `lbl` for `dir` with configuration `chosen`.
+pub(crate) fn log_opened(lbl: &str, dir: Direction, chosen: &Chosen) {
+    tracing::info!(
+        device = %lbl,
+        channels = chosen.channels,
+        rate_hz = chosen.sample_rate,
+        format = %chosen.sample_format,
+        period_frames = ?chosen.period_frames,
+        "ALSA {} opened",
+        match dir {
+            Direction::Output => "output",
+            Direction::Input => "capture",
+        }
+    );
+}
+
 /// Runs `$body` with `$T` bound to the Rust sample type of a cpal sample format.
 macro_rules! with_sample_type {
     ($fmt:expr, $T:ident => $body:expr, else $other:expr) => {

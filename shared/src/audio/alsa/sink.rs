@@ -8,7 +8,8 @@ use cpal::{FromSample, SizedSample};
 
 use super::convert::{write_frames, SCRATCH_FRAMES};
 use super::{
-    instant_diff_us, label, resolve, with_sample_type, Chosen, Direction, ErrorLog, BACKEND,
+    instant_diff_us, label, log_opened, resolve, with_sample_type, Chosen, Direction, ErrorLog,
+    BACKEND,
 };
 use crate::audio::{AudioError, BackendConfig, RenderFn, Sink, StreamFormat};
 use crate::time::{samples_to_us, Clock};
@@ -48,14 +49,7 @@ impl AlsaSink {
             cfg.format.channels,
             false,
         )?;
-        tracing::info!(
-            device = %lbl,
-            channels = chosen.channels,
-            rate_hz = chosen.sample_rate,
-            format = %chosen.sample_format,
-            period_frames = ?chosen.period_frames,
-            "ALSA output opened"
-        );
+        log_opened(&lbl, Direction::Output, &chosen);
         Ok(Self {
             cfg: cfg.clone(),
             label: lbl,

@@ -160,6 +160,24 @@ fn mean_and_level(x: &[f32]) -> Option<(f32, f64)> {
     Some((mean, 10.0 * e.max(1e-20).log10()))
 }
 
+/// Narrows the lags `lo..=hi` (samples) to those where at least half of the shorter
+/// window overlaps the other, when some of them are: at lags where the windows
+/// barely overlap, a correlation rests on a fraction of the data, with fewer blocks
+/// to estimate coherence from, and its noise peaks outgrow the real ones (the
+/// harness saw unrelated audio give a confident delay there on 0.5 s windows
+/// searched over ±1 s). A range that lies wholly outside is searched as given.
+fn within_half_overlap(lo: i64, hi: i64, ref_len: usize, rec_len: usize) -> (i64, i64) {
+    // Overlap at lag τ: min(rec_len, τ + ref_len) − max(0, τ) samples.
+    let half = (ref_len.min(rec_len) / 2) as i64;
+    let (h_lo, h_hi) = (half - ref_len as i64, rec_len as i64 - half);
+    let (n_lo, n_hi) = (lo.max(h_lo), hi.min(h_hi));
+    if n_lo <= n_hi {
+        (n_lo, n_hi)
+    } else {
+        (lo, hi)
+    }
+}
+
 /// With [`DelayEstimator::with_two_stage`], recordings at least this long (samples,
 /// at ≥ 16 kHz) are searched coarse to fine:
 /// decimated by 4 over the whole search range first ([`Decimator`]), then at the full
@@ -291,6 +309,7 @@ impl DelayEstimator {
         let overlap_hi = recording.len() as i64 - 1;
         let lo = (to_samples(search.min_lag_ms).floor().max(-1e15) as i64).max(overlap_lo);
         let hi = (to_samples(search.max_lag_ms).ceil().min(1e15) as i64).min(overlap_hi);
+        let (lo, hi) = within_half_overlap(lo, hi, reference.len(), recording.len());
         if lo > hi {
             return Err(EstimateError::BadSearch(format!(
                 "{} to {} ms is outside the lags where a {}-sample reference and a \
@@ -427,7 +446,10 @@ impl DelayEstimator {
                 0.0
             };
             let lag = lo + peak.index as i64;
-            let off = refine_peak(corr.spectrum, corr.fft_len, (lag - hi) as f64, start);
+            let near =
+                self.gcc
+                    .spectrum_near(reference, recording, ref_mean, rec_mean, lag, (lo, hi), fs);
+            let off = refine_peak(near.spectrum, near.fft_len, (lag - near.hi) as f64, start);
             return Ok(DelayEstimate {
                 delay_ms: Some((lag as f64 + off) * 1000.0 / fs),
                 confidence: conf.value,
@@ -462,7 +484,21 @@ impl DelayEstimator {
             0.0
         };
         let lag = f_lo + i_best as i64;
-        let off = refine_peak(fine.spectrum, fine.fft_len, (lag - f_hi) as f64, start);
+        let near = self.gcc_fine.spectrum_near(
+            reference,
+            &recording[r0..r1],
+            ref_mean,
+            rec_mean,
+            lag - r0 as i64,
+            (f_lo - r0 as i64, f_hi - r0 as i64),
+            fs,
+        );
+        let off = refine_peak(
+            near.spectrum,
+            near.fft_len,
+            (lag - r0 as i64 - near.hi) as f64,
+            start,
+        );
         let delay_ms = (lag as f64 + off) * 1000.0 / fs;
         Ok(DelayEstimate {
             delay_ms: Some(delay_ms),
@@ -535,6 +571,49 @@ mod tests {
             let got = est.delay_ms.unwrap() * 48.0;
             assert!((got - d).abs() < 0.05, "{d}: {est:?}");
         }
+    }
+
+    #[test]
+    fn wide_searches_find_far_delays_to_a_microsecond() {
+        // ±1 s on 2 s windows is cut into lag sub-ranges; the peak's sub-sample
+        // position comes from the spectrum of a range around it.
+        let mut e = DelayEstimator::new(48_000);
+        let r = delayed_noise(96_000, 0.0, 5);
+        for &d in &[28_800.37, -20_000.6, 3.25] {
+            let rec = delayed_noise(96_000, d, 5);
+            let est = e.estimate(&r, &rec, &LagSearch::symmetric(1000.0)).unwrap();
+            let got = est.delay_ms.unwrap() * 48.0;
+            assert!((got - d).abs() < 0.05, "{d}: {est:?}");
+            assert!(
+                e.diagnostics().unwrap().blocks >= 2,
+                "{:?}",
+                e.diagnostics()
+            );
+        }
+    }
+
+    #[test]
+    fn lags_where_the_windows_barely_overlap_are_not_searched() {
+        // 0.5 s windows, ±1 s asked: only lags where ≥ 0.25 s overlap are searched.
+        assert_eq!(
+            within_half_overlap(-48_000, 48_000, 24_000, 24_000),
+            (-12_000, 12_000)
+        );
+        // The drift detector's longer reference: the range is kept as it is.
+        assert_eq!(
+            within_half_overlap(-2_880, 2_880, 101_760, 96_000),
+            (-2_880, 2_880)
+        );
+        // A range wholly outside is searched as given.
+        assert_eq!(
+            within_half_overlap(20_000, 23_000, 24_000, 24_000),
+            (20_000, 23_000)
+        );
+        let mut e = DelayEstimator::new(48_000);
+        let r = delayed_noise(24_000, 0.0, 9);
+        let rec = delayed_noise(24_000, 100.0, 9);
+        e.estimate(&r, &rec, &LagSearch::symmetric(1000.0)).unwrap();
+        assert_eq!(e.diagnostics().unwrap().lags, 24_001);
     }
 
     #[test]

@@ -41,11 +41,26 @@
 //! enough, so the coherence estimate means something. A narrow search (the receiver's
 //! tracking window, ±50 ms) therefore costs far less than one FFT over the whole
 //! signals.
+//!
+//! # Wide searches: lag sub-ranges
+//!
+//! A block must be shorter than `N − W + 1`, so a lag range nearly as wide as the
+//! recording (the command's default ±1 s on a 2 s window) leaves room for one or two
+//! blocks, and with one block SCOT degenerates into PHAT, which the evaluation
+//! harness found wrong more often in hard rooms and with a second speaker. Such a
+//! range is cut into `S` equal sub-ranges ([`plan_subranges`]), each correlated on its
+//! own with at least [`MIN_BLOCKS`] blocks, and their values are put side by side,
+//! each divided by its own robust noise scale (1.4826 × median |value|): where the
+//! windows overlap less, fewer blocks carry signal and the noise is higher, and
+//! without this that sub-range's noise peaks would outgrow the others. This costs about `S·(2K + 1)` FFTs instead of three, and only applies
+//! where one pass cannot have enough blocks.
 
 use std::sync::Arc;
 
 use realfft::num_complex::Complex32;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
+
+use super::confidence::robust_sigma;
 
 /// Frequencies below this are ignored (DC offset, slow drift, rumble), Hz.
 pub const MIN_FREQ_HZ: f64 = 20.0;
@@ -114,12 +129,12 @@ pub fn plan_blocks(len: usize, width: usize) -> BlockPlan {
         let blocks = len.div_ceil(max_block);
         let block_len = len.div_ceil(blocks);
         let cost = (2 * blocks + 1) as f64 * n as f64 * (n as f64).log2();
-        let enough = blocks >= MIN_BLOCKS && block_len >= MIN_BLOCK_LEN;
         let plan = BlockPlan {
             fft_len: n,
             block_len,
             blocks,
         };
+        let enough = has_enough_blocks(&plan);
         let better = match &best {
             None => true,
             Some((c, e, _)) => (enough && !e) || (enough == *e && cost < *c),
@@ -133,6 +148,26 @@ pub fn plan_blocks(len: usize, width: usize) -> BlockPlan {
         n *= 2;
     }
     best.expect("at least one candidate").2
+}
+
+/// Whether a plan has enough blocks for a coherence estimate.
+fn has_enough_blocks(plan: &BlockPlan) -> bool {
+    plan.blocks >= MIN_BLOCKS && plan.block_len >= MIN_BLOCK_LEN
+}
+
+/// The number `S ≥ 1` of equal lag sub-ranges to cut a search over `width` lags of a
+/// recording span of `len` samples into, so that each is correlated with at least
+/// [`MIN_BLOCKS`] blocks (see the module docs): 1 when one pass already has them,
+/// and 1 when no split could give them (a recording shorter than
+/// `MIN_BLOCKS × 1024` samples).
+pub fn plan_subranges(len: usize, width: usize) -> usize {
+    let width = width.max(1);
+    if has_enough_blocks(&plan_blocks(len, width)) {
+        return 1;
+    }
+    (2..=width.min(64))
+        .find(|&s| has_enough_blocks(&plan_blocks(len, width.div_ceil(s))))
+        .unwrap_or(1)
 }
 
 /// Multiplies the first and last `taper` samples of `x` by a raised cosine (Tukey
@@ -179,16 +214,40 @@ pub fn energy(x: &[f32]) -> f32 {
 pub struct Correlation<'a> {
     /// `values[i]` is the correlation at lag `lo + i` samples.
     pub values: &'a [f32],
-    /// The weighted cross-spectrum `Ψ` (`N/2 + 1` bins); the correlation at a
-    /// (fractional) lag `τ` is `Σ_f Re(Ψ(f)·e^{j2πf(τ − hi)/N})` over the full spectrum.
+    /// Number of blocks that had signal in both inputs (the fewest of any
+    /// sub-range).
+    pub blocks_used: usize,
+    /// Effective share of the bins that carry weight, 0..=1
+    /// (`(Σ|Ψ|)² / (bins·Σ|Ψ|²)`; the mean over the sub-ranges).
+    pub effective_band: f64,
+    /// FFT length `N` of the last sub-range correlated.
+    pub fft_len: usize,
+    /// Number of lag sub-ranges ([`plan_subranges`]).
+    pub subranges: usize,
+}
+
+/// The weighted cross-spectrum of one lag range, for evaluating the correlation at
+/// fractional lags ([`GccWorkspace::spectrum_near`]).
+pub struct RangeSpectrum<'a> {
+    /// `Ψ`, `N/2 + 1` bins: the correlation at a (fractional) lag `τ` in the range is
+    /// `Σ_f Re(Ψ(f)·e^{j2πf(τ − hi)/N})` over the full spectrum.
     pub spectrum: &'a [Complex32],
     /// FFT length `N`.
     pub fft_len: usize,
-    /// Effective share of the `N/2 + 1` bins that carry weight, 0..=1
-    /// (`(Σ|Ψ|)² / (bins·Σ|Ψ|²)`).
-    pub effective_band: f64,
-    /// Number of blocks that had signal in both inputs.
-    pub blocks_used: usize,
+    /// The range's highest lag `hi`, samples.
+    pub hi: i64,
+}
+
+/// What one pass over a lag range left in the workspace.
+#[derive(Debug, Clone, Copy)]
+struct RangePass {
+    lo: i64,
+    hi: i64,
+    fft_len: usize,
+    sum_w: f64,
+    sum_w2: f64,
+    bins: usize,
+    blocks_used: usize,
 }
 
 /// Reusable workspace: FFT plans and every buffer of the correlation. Reallocates
@@ -212,6 +271,8 @@ pub struct GccWorkspace {
     lags: Vec<f32>,
     taper_y: [Vec<f32>; 2],
     taper_x: [Vec<f32>; 2],
+    lags_scratch: Vec<f32>,
+    last_pass: Option<RangePass>,
 }
 
 impl Default for GccWorkspace {
@@ -241,10 +302,12 @@ impl GccWorkspace {
             lags: Vec::new(),
             taper_y: [Vec::new(), Vec::new()],
             taper_x: [Vec::new(), Vec::new()],
+            lags_scratch: Vec::new(),
+            last_pass: None,
         }
     }
 
-    fn ensure(&mut self, n: usize, width: usize) {
+    fn ensure_fft(&mut self, n: usize) {
         if self.fft_len != n {
             let fwd = self.planner.plan_fft_forward(n);
             let inv = self.planner.plan_fft_inverse(n);
@@ -263,15 +326,14 @@ impl GccWorkspace {
             self.inv = Some(inv);
             self.fft_len = n;
         }
-        if self.lags.len() != width {
-            self.lags.resize(width, 0.0);
-        }
     }
 
     /// Computes the weighted correlation of `recording` against `reference` for lags
-    /// `lo..=hi` (samples). `ref_mean` and `rec_mean` are subtracted from the inputs
-    /// (DC removal without copying them). Requires `lo ≤ hi`, non-empty inputs and a
-    /// lag range where they overlap; the caller checks this.
+    /// `lo..=hi` (samples), in [`plan_subranges`] sub-ranges when the range is too
+    /// wide for enough blocks in one pass. `ref_mean` and `rec_mean` are subtracted
+    /// from the inputs (DC removal without copying them). Requires `lo ≤ hi`,
+    /// non-empty inputs and a lag range where they overlap; the caller checks this.
+    /// For fractional lags, [`Self::spectrum_near`] gives the spectrum to use.
     #[allow(clippy::too_many_arguments)]
     pub fn correlate(
         &mut self,
@@ -284,14 +346,132 @@ impl GccWorkspace {
         sample_rate: f64,
     ) -> Correlation<'_> {
         let width = (hi - lo + 1) as usize;
-        // Recording samples that can overlap the reference at some lag in range:
-        // n − τ ∈ [0, len_ref) for some τ ∈ [lo, hi].
+        if self.lags.len() != width {
+            self.lags.resize(width, 0.0);
+        }
+        let subranges = plan_subranges(span(reference, recording, lo, hi), width);
+        let sub_width = width.div_ceil(subranges) as i64;
+        // One FFT length for every sub-range (the largest any of them plans), so
+        // that nothing is re-planned or reallocated between them.
+        let sub = |i: usize| {
+            let s_lo = lo + i as i64 * sub_width;
+            (s_lo, (s_lo + sub_width - 1).min(hi))
+        };
+        let mut n = 0;
+        for i in 0..subranges {
+            let (s_lo, s_hi) = sub(i);
+            let w = (s_hi - s_lo + 1) as usize;
+            n = n.max(plan_blocks(span(reference, recording, s_lo, s_hi), w).fft_len);
+        }
+        let (mut blocks_used, mut band) = (usize::MAX, 0.0);
+        for i in 0..subranges {
+            let (s_lo, s_hi) = sub(i);
+            let w = (s_hi - s_lo + 1) as usize;
+            let mut plan = plan_blocks(span(reference, recording, s_lo, s_hi), w);
+            plan.fft_len = n;
+            let pass = self.pass(
+                reference,
+                recording,
+                ref_mean,
+                rec_mean,
+                (s_lo, s_hi),
+                sample_rate,
+                plan,
+                (s_lo - lo) as usize,
+            );
+            blocks_used = blocks_used.min(pass.blocks_used);
+            band += pass.effective_band() / subranges as f64;
+            if subranges > 1 {
+                // In units of the sub-range's own noise scale: sub-ranges where the
+                // windows overlap less have fewer blocks and a higher noise level,
+                // which would otherwise raise false peaks above the others.
+                let off = (s_lo - lo) as usize;
+                let values = &mut self.lags[off..off + w];
+                let sigma = robust_sigma(values, &mut self.lags_scratch) as f32;
+                if sigma > 0.0 {
+                    values.iter_mut().for_each(|v| *v /= sigma);
+                }
+            }
+        }
+        Correlation {
+            values: &self.lags,
+            blocks_used,
+            effective_band: band,
+            fft_len: n,
+            subranges,
+        }
+    }
+
+    /// The weighted cross-spectrum of a lag range of `sub_width` lags within
+    /// `lo..=hi` that holds `lag` at least one sample inside its ends, for the
+    /// band-limited refinement of a peak at `lag`: the last pass of
+    /// [`Self::correlate`] when it holds it (always, for a search done in one pass),
+    /// otherwise a range centred on `lag`, correlated again. Arguments as for
+    /// [`Self::correlate`], which must have run on the same inputs and range.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spectrum_near(
+        &mut self,
+        reference: &[f32],
+        recording: &[f32],
+        ref_mean: f32,
+        rec_mean: f32,
+        lag: i64,
+        (lo, hi): (i64, i64),
+        sample_rate: f64,
+    ) -> RangeSpectrum<'_> {
+        let last = self.last_pass.expect("correlate ran first");
+        let inside = |p: &RangePass| (p.lo < lag || p.lo == lo) && (lag < p.hi || p.hi == hi);
+        if !inside(&last) {
+            let w = last.hi - last.lo;
+            let s_lo = (lag - w / 2).clamp(lo, (hi - w).max(lo));
+            let s_hi = (s_lo + w).min(hi);
+            let mut plan = plan_blocks(
+                span(reference, recording, s_lo, s_hi),
+                (s_hi - s_lo + 1) as usize,
+            );
+            plan.fft_len = last.fft_len;
+            // Values go to a scratch buffer so that the correlation stays as it was.
+            self.lags_scratch.resize((s_hi - s_lo + 1) as usize, 0.0);
+            std::mem::swap(&mut self.lags, &mut self.lags_scratch);
+            self.pass(
+                reference,
+                recording,
+                ref_mean,
+                rec_mean,
+                (s_lo, s_hi),
+                sample_rate,
+                plan,
+                0,
+            );
+            std::mem::swap(&mut self.lags, &mut self.lags_scratch);
+        }
+        let p = self.last_pass.expect("a pass ran");
+        RangeSpectrum {
+            spectrum: &self.psi,
+            fft_len: p.fft_len,
+            hi: p.hi,
+        }
+    }
+
+    /// One pass of the block correlation over lags `lo..=hi` with `plan`: leaves `Ψ`
+    /// in `self.psi` and writes the values to `self.lags[out..out + hi − lo + 1]`.
+    #[allow(clippy::too_many_arguments)]
+    fn pass(
+        &mut self,
+        reference: &[f32],
+        recording: &[f32],
+        ref_mean: f32,
+        rec_mean: f32,
+        (lo, hi): (i64, i64),
+        sample_rate: f64,
+        plan: BlockPlan,
+        out: usize,
+    ) -> RangePass {
+        let width = (hi - lo + 1) as usize;
         let rec_start = lo.max(0) as usize;
         let rec_end = ((hi + reference.len() as i64).min(recording.len() as i64)).max(0) as usize;
-        let span = rec_end.saturating_sub(rec_start).max(1);
-        let plan = plan_blocks(span, width);
         let n = plan.fft_len;
-        self.ensure(n, width);
+        self.ensure_fft(n);
         let fwd = self.fwd.clone().expect("planned");
         let inv = self.inv.clone().expect("planned");
         self.gxy.fill(Complex32::default());
@@ -410,11 +590,6 @@ impl GccWorkspace {
         // Real signal: the Nyquist bin's imaginary part must be zero.
         self.psi[bins - 1].im = 0.0;
         self.psi[0].im = 0.0;
-        let effective_band = if sum_w2 > 0.0 {
-            (sum_w * sum_w / (bins as f64 * sum_w2)).min(1.0)
-        } else {
-            0.0
-        };
         self.spec_tmp.copy_from_slice(&self.psi);
         let _ = inv.process_with_scratch(&mut self.spec_tmp, &mut self.time, &mut self.scratch);
         // Lag τ = lo + i sits at index (τ − hi) mod N.
@@ -423,20 +598,44 @@ impl GccWorkspace {
         // (the lag range is narrower than N).
         let m0 = (lo - hi).rem_euclid(n as i64) as usize;
         let first = (n - m0).min(width);
-        for (v, &t) in self.lags[..first].iter_mut().zip(&self.time[m0..]) {
+        let lags = &mut self.lags[out..out + width];
+        for (v, &t) in lags[..first].iter_mut().zip(&self.time[m0..]) {
             *v = t * scale;
         }
-        for (v, &t) in self.lags[first..].iter_mut().zip(&self.time) {
+        for (v, &t) in lags[first..].iter_mut().zip(&self.time) {
             *v = t * scale;
         }
-        Correlation {
-            values: &self.lags,
-            spectrum: &self.psi,
+        let pass = RangePass {
+            lo,
+            hi,
             fft_len: n,
-            effective_band,
+            sum_w,
+            sum_w2,
+            bins,
             blocks_used,
+        };
+        self.last_pass = Some(pass);
+        pass
+    }
+}
+
+impl RangePass {
+    /// Effective share of the bins that carried weight, 0..=1.
+    fn effective_band(&self) -> f64 {
+        if self.sum_w2 > 0.0 {
+            (self.sum_w * self.sum_w / (self.bins as f64 * self.sum_w2)).min(1.0)
+        } else {
+            0.0
         }
     }
+}
+
+/// Recording samples that can overlap a reference of `reference.len()` samples at
+/// some lag in `lo..=hi` (`n − τ ∈ [0, len_ref)`), at least 1.
+fn span(reference: &[f32], recording: &[f32], lo: i64, hi: i64) -> usize {
+    let rec_start = lo.max(0);
+    let rec_end = (hi + reference.len() as i64).min(recording.len() as i64);
+    (rec_end - rec_start).max(1) as usize
 }
 
 #[cfg(test)]
@@ -461,6 +660,20 @@ mod tests {
         // The tracking window (±50 ms at 48 kHz, 2 s) uses several small FFTs.
         let p = plan_blocks(96_000, 4_801);
         assert!(p.blocks >= MIN_BLOCKS && p.fft_len <= 32_768, "{p:?}");
+    }
+
+    #[test]
+    fn wide_searches_are_cut_into_sub_ranges_with_enough_blocks() {
+        assert_eq!(plan_subranges(96_000, 4_801), 1);
+        assert_eq!(plan_subranges(96_000, 48_001), 1);
+        for &(len, width) in &[(96_000usize, 96_001usize), (24_000, 24_001)] {
+            let s = plan_subranges(len, width);
+            assert!(s > 1, "{len} {width}");
+            assert!(has_enough_blocks(&plan_blocks(len, width.div_ceil(s))));
+            assert!(!has_enough_blocks(&plan_blocks(len, width.div_ceil(s - 1))));
+        }
+        // Too short for MIN_BLOCKS blocks of 1024 samples whatever the split.
+        assert_eq!(plan_subranges(3_000, 2_001), 1);
     }
 
     #[test]

@@ -357,18 +357,18 @@ impl GccWorkspace {
             let s_lo = lo + i as i64 * sub_width;
             (s_lo, (s_lo + sub_width - 1).min(hi))
         };
-        let mut n = 0;
-        for i in 0..subranges {
-            let (s_lo, s_hi) = sub(i);
-            let w = (s_hi - s_lo + 1) as usize;
-            n = n.max(plan_blocks(span(reference, recording, s_lo, s_hi), w).fft_len);
-        }
+        let n = (0..subranges)
+            .map(|i| range_plan(reference, recording, sub(i)).fft_len)
+            .max()
+            .unwrap_or(64);
         let (mut blocks_used, mut band) = (usize::MAX, 0.0);
         for i in 0..subranges {
             let (s_lo, s_hi) = sub(i);
             let w = (s_hi - s_lo + 1) as usize;
-            let mut plan = plan_blocks(span(reference, recording, s_lo, s_hi), w);
-            plan.fft_len = n;
+            let plan = BlockPlan {
+                fft_len: n,
+                ..range_plan(reference, recording, (s_lo, s_hi))
+            };
             let pass = self.pass(
                 reference,
                 recording,
@@ -425,11 +425,10 @@ impl GccWorkspace {
             let w = last.hi - last.lo;
             let s_lo = (lag - w / 2).clamp(lo, (hi - w).max(lo));
             let s_hi = (s_lo + w).min(hi);
-            let mut plan = plan_blocks(
-                span(reference, recording, s_lo, s_hi),
-                (s_hi - s_lo + 1) as usize,
-            );
-            plan.fft_len = last.fft_len;
+            let plan = BlockPlan {
+                fft_len: last.fft_len,
+                ..range_plan(reference, recording, (s_lo, s_hi))
+            };
             // Values go to a scratch buffer so that the correlation stays as it was.
             self.lags_scratch.resize((s_hi - s_lo + 1) as usize, 0.0);
             std::mem::swap(&mut self.lags, &mut self.lags_scratch);
@@ -628,6 +627,11 @@ impl RangePass {
             0.0
         }
     }
+}
+
+/// The block plan for correlating over lags `lo..=hi` alone.
+fn range_plan(reference: &[f32], recording: &[f32], (lo, hi): (i64, i64)) -> BlockPlan {
+    plan_blocks(span(reference, recording, lo, hi), (hi - lo + 1) as usize)
 }
 
 /// Recording samples that can overlap a reference of `reference.len()` samples at

@@ -41,6 +41,13 @@
 # elvish-theme-44k1.flac beside the repository), ARM_COST_QEMU_CPU (cortex-r5f),
 # ARM_COST_ARMEL (0; 1 adds the armel cross-check, one more build of ~5 min).
 # Writes the table to stdout and to $ARM_COST_WORK/summary.md.
+#
+# It changes the machine: apt gets the armhf (and, with ARM_COST_ARMEL, armel)
+# architecture and a deb-src entry, so `apt-get update` also fetches those indices
+# (a mirror mid-sync then fails the update). To undo: purge the :armhf/:armel
+# packages (`dpkg --purge --force-all $(dpkg -l | awk '$4 ~ /armhf|armel/ {print $2}')`),
+# `dpkg --remove-architecture armhf` (and armel), and delete
+# /etc/apt/sources.list.d/arm-cost-deb-src.sources.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

@@ -9,7 +9,7 @@
 
 use super::confidence::{confidence, noise_threshold_z, robust_sigma, MIN_CONFIDENCE};
 use super::decimate::{Decimator, FACTOR};
-use super::gcc::{GccWorkspace, Weighting};
+use super::gcc::{GccWorkspace, Weighting, Windows};
 use super::peak::{
     choose_peak, main_lobe, parabolic_offset, refine_peak, rival_ratio, REFLECTION_WINDOW_MS,
 };
@@ -360,9 +360,14 @@ impl DelayEstimator {
         } else {
             (ref_mean, rec_mean)
         };
-        let corr = self
-            .gcc
-            .correlate(s_ref, s_rec, s_ref_mean, s_rec_mean, s_lo, s_hi, s_fs);
+        let searched = Windows {
+            reference: s_ref,
+            recording: s_rec,
+            ref_mean: s_ref_mean,
+            rec_mean: s_rec_mean,
+            sample_rate: s_fs,
+        };
+        let corr = self.gcc.correlate(searched, s_lo, s_hi);
         if corr.blocks_used == 0 || corr.effective_band <= 0.0 {
             return Ok(no(
                 "the reference and the recording have no sound in common in time or frequency"
@@ -446,9 +451,7 @@ impl DelayEstimator {
                 0.0
             };
             let lag = lo + peak.index as i64;
-            let near =
-                self.gcc
-                    .spectrum_near(reference, recording, ref_mean, rec_mean, lag, (lo, hi), fs);
+            let near = self.gcc.spectrum_near(searched, lag, (lo, hi));
             let off = refine_peak(near.spectrum, near.fft_len, (lag - near.hi) as f64, start);
             return Ok(DelayEstimate {
                 delay_ms: Some((lag as f64 + off) * 1000.0 / fs),
@@ -463,15 +466,15 @@ impl DelayEstimator {
         let f_lo = (centre - FINE_HALF_WIDTH).clamp(lo, hi);
         let f_hi = (centre + FINE_HALF_WIDTH).clamp(lo, hi);
         let (r0, r1) = self.fine_span(recording.len(), reference.len(), centre);
-        let fine = self.gcc_fine.correlate(
+        let fine_windows = Windows {
             reference,
-            &recording[r0..r1],
+            recording: &recording[r0..r1],
             ref_mean,
             rec_mean,
-            f_lo - r0 as i64,
-            f_hi - r0 as i64,
-            fs,
-        );
+            sample_rate: fs,
+        };
+        let (fine_lo, fine_hi) = (f_lo - r0 as i64, f_hi - r0 as i64);
+        let fine = self.gcc_fine.correlate(fine_windows, fine_lo, fine_hi);
         let fv = fine.values;
         let (i_best, _) =
             fv.iter().enumerate().fold(
@@ -484,15 +487,9 @@ impl DelayEstimator {
             0.0
         };
         let lag = f_lo + i_best as i64;
-        let near = self.gcc_fine.spectrum_near(
-            reference,
-            &recording[r0..r1],
-            ref_mean,
-            rec_mean,
-            lag - r0 as i64,
-            (f_lo - r0 as i64, f_hi - r0 as i64),
-            fs,
-        );
+        let near = self
+            .gcc_fine
+            .spectrum_near(fine_windows, lag - r0 as i64, (fine_lo, fine_hi));
         let off = refine_peak(
             near.spectrum,
             near.fft_len,

@@ -220,10 +220,8 @@ pub struct Correlation<'a> {
     /// Effective share of the bins that carry weight, 0..=1
     /// (`(Σ|Ψ|)² / (bins·Σ|Ψ|²)`; the mean over the sub-ranges).
     pub effective_band: f64,
-    /// FFT length `N` of the last sub-range correlated.
+    /// FFT length `N` (the same for every sub-range).
     pub fft_len: usize,
-    /// Number of lag sub-ranges ([`plan_subranges`]).
-    pub subranges: usize,
 }
 
 /// The weighted cross-spectrum of one lag range, for evaluating the correlation at
@@ -236,6 +234,23 @@ pub struct RangeSpectrum<'a> {
     pub fft_len: usize,
     /// The range's highest lag `hi`, samples.
     pub hi: i64,
+}
+
+/// The two windows of one correlation: the reference and the recording (mono
+/// samples starting at the same instant), the means to subtract from them (DC
+/// removal without copying them), and their sample rate, Hz.
+#[derive(Debug, Clone, Copy)]
+pub struct Windows<'a> {
+    /// Reference samples.
+    pub reference: &'a [f32],
+    /// Recording samples.
+    pub recording: &'a [f32],
+    /// Subtracted from every reference sample.
+    pub ref_mean: f32,
+    /// Subtracted from every recording sample.
+    pub rec_mean: f32,
+    /// Sample rate of both, Hz.
+    pub sample_rate: f64,
 }
 
 /// What one pass over a lag range left in the workspace.
@@ -328,27 +343,19 @@ impl GccWorkspace {
         }
     }
 
-    /// Computes the weighted correlation of `recording` against `reference` for lags
-    /// `lo..=hi` (samples), in [`plan_subranges`] sub-ranges when the range is too
-    /// wide for enough blocks in one pass. `ref_mean` and `rec_mean` are subtracted
-    /// from the inputs (DC removal without copying them). Requires `lo ≤ hi`,
-    /// non-empty inputs and a lag range where they overlap; the caller checks this.
-    /// For fractional lags, [`Self::spectrum_near`] gives the spectrum to use.
-    #[allow(clippy::too_many_arguments)]
-    pub fn correlate(
-        &mut self,
-        reference: &[f32],
-        recording: &[f32],
-        ref_mean: f32,
-        rec_mean: f32,
-        lo: i64,
-        hi: i64,
-        sample_rate: f64,
-    ) -> Correlation<'_> {
+    /// Computes the weighted correlation of the recording against the reference for
+    /// lags `lo..=hi` (samples), in [`plan_subranges`] sub-ranges when the range is
+    /// too wide for enough blocks in one pass. Requires `lo ≤ hi`, non-empty windows
+    /// and a lag range where they overlap; the caller checks this. For fractional
+    /// lags, [`Self::spectrum_near`] gives the spectrum to use.
+    pub fn correlate(&mut self, inputs: Windows, lo: i64, hi: i64) -> Correlation<'_> {
         let width = (hi - lo + 1) as usize;
-        if self.lags.len() != width {
-            self.lags.resize(width, 0.0);
-        }
+        self.lags.resize(width, 0.0);
+        let Windows {
+            reference,
+            recording,
+            ..
+        } = inputs;
         let subranges = plan_subranges(span(reference, recording, lo, hi), width);
         let sub_width = width.div_ceil(subranges) as i64;
         // One FFT length for every sub-range (the largest any of them plans), so
@@ -369,16 +376,7 @@ impl GccWorkspace {
                 fft_len: n,
                 ..range_plan(reference, recording, (s_lo, s_hi))
             };
-            let pass = self.pass(
-                reference,
-                recording,
-                ref_mean,
-                rec_mean,
-                (s_lo, s_hi),
-                sample_rate,
-                plan,
-                (s_lo - lo) as usize,
-            );
+            let pass = self.pass(inputs, (s_lo, s_hi), plan, (s_lo - lo) as usize);
             blocks_used = blocks_used.min(pass.blocks_used);
             band += pass.effective_band() / subranges as f64;
             if subranges > 1 {
@@ -398,26 +396,20 @@ impl GccWorkspace {
             blocks_used,
             effective_band: band,
             fft_len: n,
-            subranges,
         }
     }
 
-    /// The weighted cross-spectrum of a lag range of `sub_width` lags within
-    /// `lo..=hi` that holds `lag` at least one sample inside its ends, for the
-    /// band-limited refinement of a peak at `lag`: the last pass of
-    /// [`Self::correlate`] when it holds it (always, for a search done in one pass),
-    /// otherwise a range centred on `lag`, correlated again. Arguments as for
-    /// [`Self::correlate`], which must have run on the same inputs and range.
-    #[allow(clippy::too_many_arguments)]
+    /// The weighted cross-spectrum of a lag range within `lo..=hi` that holds `lag`
+    /// at least one sample inside its ends, for the band-limited refinement of a
+    /// peak at `lag`: the last pass of [`Self::correlate`] when it holds it (always,
+    /// for a search done in one pass), otherwise a range of the same width centred
+    /// on `lag`, correlated again. [`Self::correlate`] must have run on the same
+    /// windows and range.
     pub fn spectrum_near(
         &mut self,
-        reference: &[f32],
-        recording: &[f32],
-        ref_mean: f32,
-        rec_mean: f32,
+        inputs: Windows,
         lag: i64,
         (lo, hi): (i64, i64),
-        sample_rate: f64,
     ) -> RangeSpectrum<'_> {
         let last = self.last_pass.expect("correlate ran first");
         let inside = |p: &RangePass| (p.lo < lag || p.lo == lo) && (lag < p.hi || p.hi == hi);
@@ -427,21 +419,12 @@ impl GccWorkspace {
             let s_hi = (s_lo + w).min(hi);
             let plan = BlockPlan {
                 fft_len: last.fft_len,
-                ..range_plan(reference, recording, (s_lo, s_hi))
+                ..range_plan(inputs.reference, inputs.recording, (s_lo, s_hi))
             };
             // Values go to a scratch buffer so that the correlation stays as it was.
             self.lags_scratch.resize((s_hi - s_lo + 1) as usize, 0.0);
             std::mem::swap(&mut self.lags, &mut self.lags_scratch);
-            self.pass(
-                reference,
-                recording,
-                ref_mean,
-                rec_mean,
-                (s_lo, s_hi),
-                sample_rate,
-                plan,
-                0,
-            );
+            self.pass(inputs, (s_lo, s_hi), plan, 0);
             std::mem::swap(&mut self.lags, &mut self.lags_scratch);
         }
         let p = self.last_pass.expect("a pass ran");
@@ -454,18 +437,20 @@ impl GccWorkspace {
 
     /// One pass of the block correlation over lags `lo..=hi` with `plan`: leaves `Ψ`
     /// in `self.psi` and writes the values to `self.lags[out..out + hi − lo + 1]`.
-    #[allow(clippy::too_many_arguments)]
     fn pass(
         &mut self,
-        reference: &[f32],
-        recording: &[f32],
-        ref_mean: f32,
-        rec_mean: f32,
+        inputs: Windows,
         (lo, hi): (i64, i64),
-        sample_rate: f64,
         plan: BlockPlan,
         out: usize,
     ) -> RangePass {
+        let Windows {
+            reference,
+            recording,
+            ref_mean,
+            rec_mean,
+            sample_rate,
+        } = inputs;
         let width = (hi - lo + 1) as usize;
         let rec_start = lo.max(0) as usize;
         let rec_end = ((hi + reference.len() as i64).min(recording.len() as i64)).max(0) as usize;
@@ -691,7 +676,14 @@ mod tests {
             y[130 + 90 * k] = 0.5;
         }
         let mut ws = GccWorkspace::new();
-        let c = ws.correlate(&r, &y, 0.0, 0.0, -40, 40, 48_000.0);
+        let windows = Windows {
+            reference: &r,
+            recording: &y,
+            ref_mean: 0.0,
+            rec_mean: 0.0,
+            sample_rate: 48_000.0,
+        };
+        let c = ws.correlate(windows, -40, 40);
         let (imax, _) = c
             .values
             .iter()

@@ -1,5 +1,6 @@
 //! Subcommands of the `syncstream` tool.
 
+#[cfg(feature = "transmitter")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,11 +8,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use syncstream_shared::audio::{find_microphone, find_sink, BackendConfig, StreamFormat};
-use syncstream_shared::mqtt::BrokerUrl;
+use syncstream_audio::{find_microphone, find_sink, BackendConfig, StreamFormat};
+use syncstream_protocol::mqtt::BrokerUrl;
+#[cfg(feature = "transmitter")]
+use syncstream_protocol::wire::Codec;
 use syncstream_shared::profile::DeviceProfile;
 use syncstream_shared::time::{Clock, MonotonicClock, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
-use syncstream_shared::wire::Codec;
 
 /// Multi-room audio sync that listens.
 #[derive(Parser, Debug)]
@@ -24,12 +26,15 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Stream a source to the receivers, run the sync controller and (by default) the MQTT broker.
+    #[cfg(feature = "transmitter")]
     Transmitter(TransmitterArgs),
     /// Play the stream on this device's output and keep it in sync by listening.
     Receiver(ReceiverArgs),
     /// Transmitter, three receivers and a virtual room in one process.
+    #[cfg(feature = "simulator")]
     Demo(DemoArgs),
     /// Run a scenario on virtual time, faster than real time, and report sync accuracy.
+    #[cfg(feature = "simulator")]
     Sim(SimArgs),
     /// Delay of a recording against a reference (both start at the same instant),
     /// printed as JSON: {"delay_ms": 37.291, "confidence": 0.93, ...} or
@@ -37,9 +42,11 @@ enum Command {
     Delay(DelayArgs),
     /// Measure each device's output latency with a test signal (in a scenario's virtual
     /// room, or against a live system over MQTT) and print one JSON object.
+    #[cfg(feature = "transmitter")]
     Calibrate(CalibrateArgs),
 }
 
+#[cfg(feature = "transmitter")]
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["scenario", "mqtt"])))]
 struct CalibrateArgs {
@@ -72,6 +79,7 @@ struct CalibrateArgs {
     quiet: bool,
 }
 
+#[cfg(feature = "simulator")]
 #[derive(Args, Debug)]
 struct SimArgs {
     /// Scenario file (JSON; see scenarios/).
@@ -98,6 +106,7 @@ struct DelayArgs {
     max_lag_ms: f64,
 }
 
+#[cfg(feature = "transmitter")]
 #[derive(Args, Debug)]
 struct TransmitterArgs {
     /// Audio source: an audio file (any format symphonia reads), `-` for raw s16le PCM
@@ -174,6 +183,7 @@ struct ReceiverArgs {
     mic_device: Option<String>,
 }
 
+#[cfg(feature = "simulator")]
 #[derive(Args, Debug)]
 struct DemoArgs {
     /// Audio file to play (default: the clip shipped in assets/audio).
@@ -205,7 +215,9 @@ pub fn main() -> ExitCode {
     // Daemons log what they do; the interactive commands only warnings (the demo's live
     // table and the JSON outputs stay readable). RUST_LOG overrides both.
     let default_filter = match cli.command {
-        Command::Transmitter(_) | Command::Receiver(_) => "warn,syncstream=info,rumqttd=error",
+        #[cfg(feature = "transmitter")]
+        Command::Transmitter(_) => "warn,syncstream=info,rumqttd=error",
+        Command::Receiver(_) => "warn,syncstream=info",
         _ => "warn,rumqttd=error",
     };
     init_logging(default_filter);
@@ -222,11 +234,15 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
+            #[cfg(feature = "transmitter")]
             Command::Transmitter(a) => transmitter(a).await,
             Command::Receiver(a) => receiver(a).await,
+            #[cfg(feature = "simulator")]
             Command::Demo(a) => demo(a).await,
+            #[cfg(feature = "simulator")]
             Command::Sim(a) => tokio::task::spawn_blocking(move || sim(a)).await?,
             Command::Delay(a) => delay(a),
+            #[cfg(feature = "transmitter")]
             Command::Calibrate(a) => calibrate(a).await,
         }
     });
@@ -239,26 +255,34 @@ pub fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "transmitter")]
 /// `syncstream calibrate`: one JSON object on standard output, failures on standard
 /// error; fails only when no device was calibrated.
 async fn calibrate(a: CalibrateArgs) -> anyhow::Result<()> {
+    use syncstream_calibration::live::{calibrate_live, LiveOptions};
     use syncstream_calibration::SignalKind;
-    use syncstream_sim::calibrate::{
-        calibrate_live, calibrate_scenario, LiveOptions, ScenarioOptions,
-    };
     let signal: SignalKind = match &a.signal {
         Some(s) => s.parse()?,
         None if a.simultaneous => SignalKind::Mls,
         None => SignalKind::Sweep,
     };
     let run = if let Some(path) = &a.scenario {
-        let scenario = syncstream_sim::Scenario::load(path)?;
-        let opts = ScenarioOptions {
-            signal,
-            simultaneous: a.simultaneous,
-            report_dir: a.report_dir.clone(),
-        };
-        tokio::task::spawn_blocking(move || calibrate_scenario(&scenario, &opts)).await??
+        #[cfg(feature = "simulator")]
+        {
+            use syncstream_sim::calibrate::{calibrate_scenario, ScenarioOptions};
+            let scenario = syncstream_sim::Scenario::load(path)?;
+            let opts = ScenarioOptions {
+                signal,
+                simultaneous: a.simultaneous,
+                report_dir: a.report_dir.clone(),
+            };
+            tokio::task::spawn_blocking(move || calibrate_scenario(&scenario, &opts)).await??
+        }
+        #[cfg(not(feature = "simulator"))]
+        anyhow::bail!(
+            "calibrating scenario {} needs the virtual room: this build has no feature simulator",
+            path.display()
+        )
     } else if let Some(broker) = a.mqtt.clone() {
         if !(a.timeout_s.is_finite() && a.timeout_s > 0.0 && a.timeout_s <= 3600.0) {
             anyhow::bail!(
@@ -295,7 +319,7 @@ async fn calibrate(a: CalibrateArgs) -> anyhow::Result<()> {
 
 /// `syncstream delay`: one JSON object on standard output.
 fn delay(a: DelayArgs) -> anyhow::Result<()> {
-    let v = syncstream_shared::dsp::cli::run_delay(&a.reference, &a.recording, a.max_lag_ms)?;
+    let v = crate::delay_command::run_delay(&a.reference, &a.recording, a.max_lag_ms)?;
     println!("{v}");
     Ok(())
 }
@@ -309,6 +333,7 @@ fn init_logging(default_filter: &str) {
         .try_init();
 }
 
+#[cfg(feature = "transmitter")]
 async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let opts = syncstream_transmitter::source::SourceOptions {
@@ -349,14 +374,14 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         format!(
             "unknown output backend '{}' (expected one of {:?})",
             a.output,
-            syncstream_shared::audio::backend_names()
+            syncstream_audio::backend_names()
         )
     })?;
     let mic_builder = find_microphone(&a.mic).with_context(|| {
         format!(
             "unknown microphone backend '{}' (expected one of {:?})",
             a.mic,
-            syncstream_shared::audio::backend_names()
+            syncstream_audio::backend_names()
         )
     })?;
     let sink = sink_builder(&BackendConfig {
@@ -395,6 +420,7 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "simulator")]
 async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let audio = match a.audio {
         Some(p) => p,
@@ -414,6 +440,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "simulator")]
 fn sim(a: SimArgs) -> anyhow::Result<()> {
     let scenario = syncstream_sim::Scenario::load(&a.scenario)?;
     let bar = if a.quiet {
@@ -442,6 +469,7 @@ fn sim(a: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "simulator")]
 fn write_report(
     report: &syncstream_sim::Report,
     path: Option<&std::path::Path>,
@@ -457,6 +485,7 @@ fn write_report(
     Ok(())
 }
 
+#[cfg(feature = "simulator")]
 fn summarize(r: &syncstream_sim::Report) {
     match (r.time_to_converge_s, &r.pairwise_ms) {
         (Some(t), Some(p)) => eprintln!(
@@ -467,6 +496,7 @@ fn summarize(r: &syncstream_sim::Report) {
     }
 }
 
+#[cfg(feature = "simulator")]
 /// The clip shipped in `assets/audio`, found next to the executable's workspace or the
 /// current directory.
 fn default_demo_audio() -> anyhow::Result<PathBuf> {

@@ -2,6 +2,7 @@
 //! crates that hold the logic.
 
 mod cli;
+mod delay_command;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use syncstream_shared::audio::{self, BackendConfig, StreamFormat};
+use syncstream_audio::{self as audio, BackendConfig, StreamFormat};
 use syncstream_shared::time::{Clock, MonotonicClock};
 
 const RATE: u32 = 48_000;

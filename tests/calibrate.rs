@@ -16,14 +16,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Event, MqttOptions, Packet, QoS};
+use syncstream_calibration::live::{calibrate_live, LiveOptions};
+use syncstream_calibration::run::CalibrationRun;
 use syncstream_calibration::SignalKind;
-use syncstream_shared::messages::CalibrationResult;
-use syncstream_shared::mqtt::BrokerUrl;
+use syncstream_protocol::messages::CalibrationResult;
+use syncstream_protocol::mqtt::BrokerUrl;
+use syncstream_protocol::wire::Codec;
 use syncstream_shared::profile::DeviceProfile;
-use syncstream_shared::wire::Codec;
-use syncstream_sim::calibrate::{
-    calibrate_live, calibrate_scenario, CalibrationRun, LiveOptions, ScenarioOptions,
-};
+use syncstream_sim::calibrate::{calibrate_scenario, ScenarioOptions};
 use syncstream_sim::demo::{demo_devices, start_system, DemoSystem};
 use syncstream_sim::{DemoConfig, Scenario};
 
@@ -447,7 +447,7 @@ async fn first_message(broker: &BrokerUrl, topic: &str, timeout: Duration) -> Op
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deaf_microphone_gets_a_clear_error_and_keeps_the_profile() {
     use std::sync::Arc;
-    use syncstream_shared::audio::{find_microphone, find_sink, BackendConfig, StreamFormat};
+    use syncstream_audio::{find_microphone, find_sink, BackendConfig, StreamFormat};
     use syncstream_shared::time::{Clock, MonotonicClock};
     let port = common::embedded_broker();
     let broker = BrokerUrl {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{Event, MqttOptions, Packet, QoS};
-use syncstream_shared::mqtt::BrokerUrl;
-use syncstream_shared::wire::Codec;
+use syncstream_protocol::mqtt::BrokerUrl;
+use syncstream_protocol::wire::Codec;
 use syncstream_sim::{run_demo, DemoConfig, Report};
 
 const DURATION_S: f64 = 24.0;

@@ -11,20 +11,28 @@
 //! - [`onset`]: direct-path onset of an impulse response, with sub-sample accuracy.
 //! - [`latency`]: the measurement, [`latency::measure`]: onset − acoustic path − alignment.
 //! - [`profile_update`]: writes a measurement into a profile (atomically).
-//! - [`report`]: plots and a JSON summary per calibration run.
-//! - [`simulate`]: plays signals in the virtual room ([`syncstream_shared::room`]) and
-//!   records them, for tests and for `syncstream calibrate --scenario`.
+//! - [`run`]: the outcome of a calibration run, per device.
+//! - `report` (feature `plots`): plots and a JSON summary per calibration run.
+//! - `live` (feature `live`): `syncstream calibrate --mqtt`, which calibrates the
+//!   receivers of a running system over MQTT.
+//!
+//! Receivers use the signals and the measurement only, so they build this crate
+//! without either feature (no plotting library, no MQTT client of its own). Playing
+//! the signals in the virtual room is the simulator's (`syncstream-sim`).
 //!
 //! Units: time in ms (`*_ms`) or samples at 48 kHz (`*_samples`), levels in dBFS,
 //! distances in m. See `docs/calibration.md` for the method and measured accuracy.
 
 pub mod latency;
+#[cfg(feature = "live")]
+pub mod live;
 pub mod onset;
 pub mod orthogonal;
 pub mod profile_update;
+#[cfg(feature = "plots")]
 pub mod report;
+pub mod run;
 pub mod signals;
-pub mod simulate;
 
 mod fft;
 

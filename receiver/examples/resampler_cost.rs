@@ -21,7 +21,7 @@ fn main() {
         .unwrap_or(1);
     let frames = 48_000 * SECONDS * n + 48_000;
     let mut jb = JitterBuffer::new(2, frames);
-    let noise = syncstream_shared::testing::white_noise(2 * frames, 1, 0.3);
+    let noise = syncstream_testkit::white_noise(2 * frames, 1, 0.3);
     jb.push(0, &noise);
     let mut rs = DriftResampler::new(2);
     rs.reset(0.0);

@@ -3,7 +3,7 @@
 //! drift reports. Malformed payloads are logged and ignored.
 
 use rumqttc::{AsyncClient, Publish, QoS};
-use syncstream_shared::messages::{
+use syncstream_protocol::messages::{
     parse, topics, BufferOffset, Command, ConfigPush, DriftReport, Status,
 };
 use tracing::{info, warn};

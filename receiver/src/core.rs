@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use syncstream_shared::audio::{CaptureFn, RenderFn};
-use syncstream_shared::messages::DriftReport;
+use syncstream_audio::{CaptureFn, RenderFn};
+use syncstream_protocol::messages::DriftReport;
 use syncstream_shared::profile::DeviceProfile;
 
 use crate::clock_sync::ClockSync;

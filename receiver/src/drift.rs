@@ -14,8 +14,8 @@
 
 use std::collections::VecDeque;
 
-use syncstream_shared::dsp::{DelayEstimator, LagSearch};
-use syncstream_shared::messages::DriftReport;
+use syncstream_dsp::{DelayEstimator, LagSearch};
+use syncstream_protocol::messages::DriftReport;
 use syncstream_shared::time::{samples_to_us, us_to_samples};
 
 use crate::clock_sync::ClockSync;
@@ -301,7 +301,7 @@ mod tests {
             codec_delay_samples: 0,
             playout_delay_us: 1_000_000,
         };
-        let source = syncstream_shared::testing::white_noise(20 * fs as usize, 3, 0.5);
+        let source = syncstream_testkit::white_noise(20 * fs as usize, 3, 0.5);
         let mut cs = ClockSync::default();
         cs.add_exchange(0, 0, 0, 0);
         let mut playout = Playout::new(10.0);

@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use syncstream_shared::audio::{Microphone, Sink};
-use syncstream_shared::dsp::DelayEstimator;
-use syncstream_shared::messages::Command;
-use syncstream_shared::mqtt::{self, BrokerUrl};
+use syncstream_audio::{Microphone, Sink};
+use syncstream_dsp::DelayEstimator;
+use syncstream_protocol::messages::Command;
+use syncstream_protocol::mqtt::{self, BrokerUrl};
 use syncstream_shared::profile::DeviceProfile;
 use syncstream_shared::time::Clock;
 use tracing::{debug, info};

@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 
-use syncstream_shared::audio::RenderInfo;
+use syncstream_audio::RenderInfo;
 
 use crate::clock_sync::ClockSync;
 use crate::jitter_buffer::JitterBuffer;

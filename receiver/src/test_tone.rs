@@ -27,7 +27,7 @@ use syncstream_calibration::onset::OnsetParams;
 use syncstream_calibration::{
     analyse, MlsParams, SignalKind, SignalParams, SweepParams, TestSignal, SAMPLE_RATE,
 };
-use syncstream_shared::messages::{topics, CalibrationResult, TestToneRequest};
+use syncstream_protocol::messages::{topics, CalibrationResult, TestToneRequest};
 use syncstream_shared::time::Clock;
 use tracing::{info, warn};
 

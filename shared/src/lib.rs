@@ -1,21 +1,15 @@
-//! SyncStream's shared library.
+//! SyncStream's base crate: what every other crate needs and nothing more.
 //!
-//! Everything both ends of the system need: the stream rate and clocks ([`time`]),
-//! the TCP stream protocol ([`wire`]) and its audio codecs ([`codec`]), the MQTT
-//! topics and JSON messages ([`messages`]), device profiles ([`profile`]),
-//! file decoding ([`decode`]), delay estimation ([`dsp`]), audio I/O backends
-//! ([`audio`]), the virtual room ([`room`]) and small statistics helpers ([`stats`]).
+//! - [`time`]: the stream rate, the [`time::Clock`] trait and µs/sample conversions;
+//! - [`profile`]: per-device JSON profiles;
+//! - [`stats`]: small statistics helpers (percentiles, median);
+//! - [`fsutil`]: atomic file writes.
+//!
+//! The protocols are in `syncstream-protocol`, delay estimation in `syncstream-dsp`,
+//! audio I/O in `syncstream-audio` and the virtual room in `syncstream-room`
+//! (`docs/architecture.md` has the map).
 
-pub mod audio;
-pub mod codec;
-pub mod decode;
-pub mod dsp;
 pub mod fsutil;
-pub mod messages;
-pub mod mqtt;
 pub mod profile;
-pub mod room;
 pub mod stats;
-pub mod testing;
 pub mod time;
-pub mod wire;

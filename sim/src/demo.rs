@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use syncstream_protocol::mqtt::BrokerUrl;
+use syncstream_protocol::wire::Codec;
 use syncstream_receiver::drift::DriftConfig;
 use syncstream_receiver::{Receiver, ReceiverConfig};
-use syncstream_shared::mqtt::BrokerUrl;
+use syncstream_room::{Hearing, RealtimeRoom, Room, VirtualDevice};
 use syncstream_shared::profile::{DeviceProfile, OutputType};
-use syncstream_shared::room::{Hearing, RealtimeRoom, Room, VirtualDevice};
 use syncstream_shared::time::{Clock, MonotonicClock, STREAM_SAMPLE_RATE};
-use syncstream_shared::wire::Codec;
 use syncstream_transmitter::{MqttMode, TransmitterConfig};
 
 use crate::report::{build_report, DeviceFacts, Report, TruthLog};

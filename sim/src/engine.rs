@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use syncstream_dsp::DelayEstimator;
+use syncstream_protocol::codec::CHUNK_FRAMES;
 use syncstream_receiver::core::{capture_fn, render_fn, Core, SharedCore};
 use syncstream_receiver::drift::{self, DriftConfig};
 use syncstream_receiver::playout::StreamParams;
 use syncstream_receiver::stream_client;
-use syncstream_shared::codec::CHUNK_FRAMES;
-use syncstream_shared::dsp::DelayEstimator;
-use syncstream_shared::room::{ClockModel, Room, BLOCK_FRAMES};
+use syncstream_room::{ClockModel, Room, BLOCK_FRAMES};
 use syncstream_shared::time::{samples_to_us, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
 use syncstream_transmitter::controller::{ControllerConfig, Decision, SyncController};
 use syncstream_transmitter::rolling_buffer::RollingBuffer;
@@ -68,8 +68,8 @@ struct SimDevice {
     next_sync: i64,
     next_measure: i64,
     mic_on: bool,
-    mic: Box<dyn syncstream_shared::audio::Microphone>,
-    _sink: Box<dyn syncstream_shared::audio::Sink>,
+    mic: Box<dyn syncstream_audio::Microphone>,
+    _sink: Box<dyn syncstream_audio::Sink>,
     offsets_applied: u64,
     /// Clock-sync offset errors, µs (see [`crate::report::DeviceReport::clock_error_us`]).
     clock_errors_us: Vec<f64>,

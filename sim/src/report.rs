@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use syncstream_shared::room::TruthSample;
+use syncstream_room::TruthSample;
 use syncstream_shared::stats::ErrorSummary;
 
 /// Width of a time bucket, ms.

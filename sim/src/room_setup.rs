@@ -3,8 +3,8 @@
 //! response, the other devices it hears, clock rate), shared by the simulator engine
 //! and `syncstream calibrate --scenario`.
 
+use syncstream_room::{ClockModel, Hearing, ImpulseResponse, Room, VirtualDevice};
 use syncstream_shared::profile::DeviceProfile;
-use syncstream_shared::room::{ClockModel, Hearing, ImpulseResponse, Room, VirtualDevice};
 use syncstream_shared::time::STREAM_SAMPLE_RATE;
 
 use crate::scenario::Scenario;

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
-use syncstream_shared::messages::{BufferOffset, DriftReport};
+use syncstream_protocol::messages::{BufferOffset, DriftReport};
 use syncstream_shared::stats::median;
 
 /// Tuning of the controller. The defaults are documented in the README.

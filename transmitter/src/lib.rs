@@ -2,6 +2,7 @@
 //! rolling buffer, streams it to receivers over TCP, serves source windows over HTTP,
 //! and runs the sync controller and (by default) an embedded MQTT broker.
 
+#[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod controller;
 pub mod history;
@@ -17,10 +18,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use syncstream_shared::codec::{AudioEncoder, CHUNK_FRAMES};
-use syncstream_shared::mqtt::BrokerUrl;
+use syncstream_protocol::codec::{AudioEncoder, CHUNK_FRAMES};
+use syncstream_protocol::mqtt::BrokerUrl;
+use syncstream_protocol::wire::{Codec, Frame, PROTOCOL_VERSION};
 use syncstream_shared::time::{Clock, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
-use syncstream_shared::wire::{Codec, Frame, PROTOCOL_VERSION};
 
 pub use controller::{ControllerConfig, SyncController};
 pub use pacer::PullAudio;
@@ -117,6 +118,12 @@ pub async fn start(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Transmitter> {
     let broker = match &cfg.mqtt {
+        #[cfg(not(feature = "embedded-broker"))]
+        MqttMode::Embedded(addr) => anyhow::bail!(
+            "this build has no embedded MQTT broker (feature embedded-broker): give an external \
+             broker instead of listening on {addr}"
+        ),
+        #[cfg(feature = "embedded-broker")]
         MqttMode::Embedded(addr) => {
             broker::start_embedded_broker(*addr)?;
             let host = if addr.ip().is_unspecified() {

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use rumqttc::QoS;
-use syncstream_shared::messages::{parse, topics, Command, DriftReport};
-use syncstream_shared::mqtt::{connect, drive, BrokerUrl};
+use syncstream_protocol::messages::{parse, topics, Command, DriftReport};
+use syncstream_protocol::mqtt::{connect, drive, BrokerUrl};
 use tracing::{debug, info, warn};
 
 use crate::controller::{Decision, LockState, SyncController};
@@ -24,7 +24,7 @@ pub async fn run_controller(
     let publisher = client.clone();
     let subs = vec![
         topics::DRIFT_ALL.to_string(),
-        format!("{}/command/+", syncstream_shared::messages::TOPIC_ROOT),
+        format!("{}/command/+", syncstream_protocol::messages::TOPIC_ROOT),
     ];
     drive(
         client,

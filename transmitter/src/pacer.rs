@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use syncstream_shared::codec::{AudioEncoder, CHUNK_FRAMES};
+use syncstream_protocol::codec::{AudioEncoder, CHUNK_FRAMES};
+use syncstream_protocol::wire::Frame;
 use syncstream_shared::time::{samples_to_us, Clock, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
-use syncstream_shared::wire::Frame;
 use tracing::{info, warn};
 
 use crate::rolling_buffer::RollingBuffer;

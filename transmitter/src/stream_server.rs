@@ -1,6 +1,6 @@
 //! The audio stream server: sends timestamped audio chunks to every connected
 //! receiver over TCP and answers their clock-sync requests (see
-//! [`syncstream_shared::wire`] for the protocol).
+//! [`syncstream_protocol::wire`] for the protocol).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use syncstream_protocol::wire::{Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use syncstream_shared::time::Clock;
-use syncstream_shared::wire::{Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use syncstream_protocol::wire::{Frame, PROTOCOL_VERSION};
 use syncstream_shared::time::{Clock, MonotonicClock};
-use syncstream_shared::wire::{Frame, PROTOCOL_VERSION};
 use syncstream_transmitter::stream_server::frame_codec;
 use syncstream_transmitter::{start, MqttMode, Transmitter, TransmitterConfig};
 use tokio_util::codec::Framed;

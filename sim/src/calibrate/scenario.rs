@@ -10,17 +10,17 @@
 
 use std::path::PathBuf;
 
+use super::simulate::{run_pass, run_simultaneous, SimulatedRecording};
 use syncstream_calibration::onset::OnsetParams;
 use syncstream_calibration::orthogonal::orthogonal_set;
 use syncstream_calibration::report::{write_report, ReportEntry};
-use syncstream_calibration::simulate::{run_pass, run_simultaneous, SimulatedRecording};
 use syncstream_calibration::{analyse, MlsParams, SignalKind, TestSignal};
+use syncstream_room::Room;
 use syncstream_shared::profile::DeviceProfile;
-use syncstream_shared::room::Room;
 
-use super::{listen_window_ms, CalibrationRun, DeviceOutcome};
 use crate::room_setup::build_room;
 use crate::scenario::Scenario;
+use syncstream_calibration::run::{listen_window_ms, CalibrationRun, DeviceOutcome};
 
 /// Options of a scenario calibration.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use syncstream_shared::audio::alsa::{start_capture, AlsaCapture};
+use syncstream_audio::alsa::{start_capture, AlsaCapture};
 use syncstream_shared::time::{MonotonicClock, STREAM_SAMPLE_RATE};
 
 use super::resample::StreamResampler;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use syncstream_shared::decode::AudioFileReader;
+use syncstream_audio::decode::AudioFileReader;
 
 use super::resample::{fold_to_stereo, StreamResampler};
 use super::AudioSource;
@@ -118,8 +118,8 @@ impl AudioSource for FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use syncstream_shared::decode::decode_file;
-    use syncstream_shared::testing::write_wav_f32;
+    use syncstream_audio::decode::decode_file;
+    use syncstream_testkit::write_wav_f32;
 
     fn clips_dir() -> Option<PathBuf> {
         let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/audio");

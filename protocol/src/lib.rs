@@ -1,0 +1,12 @@
+//! SyncStream's protocols: how the transmitter, the receivers and anyone else talk.
+//!
+//! - [`wire`]: the TCP stream between transmitter and receivers (postcard frames behind
+//!   a length prefix: hellos, audio chunks, clock-sync exchanges);
+//! - [`codec`]: the stream's audio codecs (Opus, PCM);
+//! - [`messages`]: the MQTT topics and their JSON payloads;
+//! - [`mqtt`]: broker URLs and an MQTT client driver that survives reconnects.
+
+pub mod codec;
+pub mod messages;
+pub mod mqtt;
+pub mod wire;

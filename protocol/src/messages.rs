@@ -1,0 +1,332 @@
+//! MQTT topics and their JSON payloads.
+//!
+//! | topic | direction | payload |
+//! |---|---|---|
+//! | `syncstream/drift/<device>` | receiver → controller | [`DriftReport`] |
+//! | `syncstream/buffer_offset/<device>` | controller → receiver | [`BufferOffset`] |
+//! | `syncstream/command/<device>` | anyone → receiver | [`Command`] |
+//! | `syncstream/status/<device>` | receiver → anyone (retained, last will) | [`Status`] |
+//! | `syncstream/config` | anyone → receivers (retained) | [`ConfigPush`] |
+//! | `syncstream/calibration/<device>` | receiver/calibrator → anyone | free-form JSON |
+//!
+//! Every payload is parsed with [`parse`], which never panics: a malformed payload is
+//! an error that names the topic and the reason.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use syncstream_shared::profile::DeviceProfile;
+
+/// Root of every SyncStream topic.
+pub const TOPIC_ROOT: &str = "syncstream";
+
+/// Topic names.
+pub mod topics {
+    use super::TOPIC_ROOT;
+
+    /// `syncstream/drift/<device>`.
+    pub fn drift(device: &str) -> String {
+        format!("{TOPIC_ROOT}/drift/{device}")
+    }
+    /// `syncstream/buffer_offset/<device>`.
+    pub fn buffer_offset(device: &str) -> String {
+        format!("{TOPIC_ROOT}/buffer_offset/{device}")
+    }
+    /// `syncstream/command/<device>`.
+    pub fn command(device: &str) -> String {
+        format!("{TOPIC_ROOT}/command/{device}")
+    }
+    /// `syncstream/status/<device>` (retained).
+    pub fn status(device: &str) -> String {
+        format!("{TOPIC_ROOT}/status/{device}")
+    }
+    /// `syncstream/calibration/<device>`.
+    pub fn calibration(device: &str) -> String {
+        format!("{TOPIC_ROOT}/calibration/{device}")
+    }
+    /// `syncstream/config` (retained).
+    pub const CONFIG: &str = "syncstream/config";
+    /// Wildcard the controller subscribes to.
+    pub const DRIFT_ALL: &str = "syncstream/drift/+";
+    /// Wildcard for every device's status.
+    pub const STATUS_ALL: &str = "syncstream/status/+";
+
+    /// The `<device>` part of `syncstream/<kind>/<device>`, if `topic` has that form.
+    pub fn device_of<'a>(topic: &'a str, kind: &str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(TOPIC_ROOT)?.strip_prefix('/')?;
+        let rest = rest.strip_prefix(kind)?.strip_prefix('/')?;
+        (!rest.is_empty() && !rest.contains('/')).then_some(rest)
+    }
+}
+
+/// A malformed MQTT payload.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed payload on {topic}: {reason}")]
+pub struct PayloadError {
+    /// The topic the payload came on.
+    pub topic: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// Parses a JSON payload of type `T` that came on `topic`.
+///
+/// Errors: invalid UTF-8 or JSON, a missing field or a value of the wrong type; the
+/// error names the topic and the reason. Never panics.
+pub fn parse<T: for<'de> Deserialize<'de>>(topic: &str, payload: &[u8]) -> Result<T, PayloadError> {
+    let de = &mut serde_json::Deserializer::from_slice(payload);
+    serde_path_to_error::deserialize(de).map_err(|e| PayloadError {
+        topic: topic.to_string(),
+        reason: if e.path().to_string() == "." {
+            e.inner().to_string()
+        } else {
+            format!("{}: {}", e.path(), e.inner())
+        },
+    })
+}
+
+/// One drift measurement, published by a receiver on `syncstream/drift/<device>`.
+///
+/// Example: `{"device":"livingroom","drift_ms":23.4,"confidence":0.91,"signal_strength_db":-54.0,"ts_us":1234,"applied_offset_ms":300.0}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftReport {
+    /// Reporting device.
+    pub device: String,
+    /// How late the device's sound was against where it should be, in ms (positive: late).
+    /// `null` when the window had no usable signal.
+    pub drift_ms: Option<f64>,
+    /// Confidence of the estimate, 0..=1 (see the estimator's docs for its meaning).
+    pub confidence: f64,
+    /// Level of the microphone recording, in dBFS (RMS).
+    pub signal_strength_db: f64,
+    /// Transmitter time the measurement refers to (the centre of the recorded window), µs.
+    pub ts_us: i64,
+    /// Buffer offset that was in effect at the centre of the window, ms.
+    #[serde(default)]
+    pub applied_offset_ms: f64,
+    /// Why there is no estimate, when `drift_ms` is null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A corrective buffer offset, published by the sync controller on
+/// `syncstream/buffer_offset/<device>`: the receiver plays source sample T so that it
+/// leaves its output at T + playout delay − `offset_ms`.
+///
+/// Example: `{"device":"tv","offset_ms":84.25,"seq":3,"rate_ms_per_s":0.0,"ref_us":81234567}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BufferOffset {
+    /// Target device.
+    pub device: String,
+    /// Total offset, ms (not an increment), at transmitter time `ref_us`.
+    pub offset_ms: f64,
+    /// Increasing sequence number per device, so late duplicates can be ignored.
+    #[serde(default)]
+    pub seq: u64,
+    /// How fast the offset changes, ms per second of transmitter time (the device's
+    /// latency is drifting); 0 for a constant offset.
+    #[serde(default)]
+    pub rate_ms_per_s: f64,
+    /// Transmitter time at which `offset_ms` holds, µs (needed when `rate_ms_per_s` ≠ 0).
+    #[serde(default)]
+    pub ref_us: i64,
+}
+
+/// A command on `syncstream/command/<device>`.
+///
+/// Examples: `{"cmd":"mute"}`, `{"cmd":"volume","value":0.4}`,
+/// `{"cmd":"test_tone","signal":"sweep"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Stop playing (output silence, keep the connection).
+    Stop,
+    /// Start playing again.
+    Start,
+    /// Forget the current offset estimate history and re-measure now.
+    Resync,
+    /// Mute the output.
+    Mute,
+    /// Unmute the output.
+    Unmute,
+    /// Set the output volume, linear 0.0..=1.0.
+    Volume {
+        /// Linear gain, 0.0..=1.0.
+        value: f64,
+    },
+    /// Play a calibration test signal and report the measured latency.
+    TestTone(TestToneRequest),
+}
+
+/// Parameters of a `test_tone` command; every field is optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct TestToneRequest {
+    /// `sweep` (exponential sine sweep) or `mls` (maximum-length sequence); default sweep.
+    pub signal: Option<String>,
+    /// Peak level in dBFS (default −12).
+    pub level_dbfs: Option<f64>,
+    /// Length of the signal, ms.
+    pub duration_ms: Option<f64>,
+    /// Calibration run this belongs to, echoed in the result.
+    pub run_id: Option<String>,
+    /// For an MLS: which primitive polynomial to use (0..64). A simultaneous
+    /// calibration gives every device a different member of an orthogonal set.
+    pub sequence: Option<u32>,
+    /// Longest output latency to listen for, ms (default: the profile's base latency
+    /// + 500 ms, at most 2000).
+    pub max_latency_ms: Option<f64>,
+    /// Include an excerpt of the impulse response in the answer (for report plots).
+    pub include_ir: Option<bool>,
+}
+
+/// A receiver's answer to a `test_tone` command, on `syncstream/calibration/<device>`:
+/// either a measurement or an error.
+///
+/// Examples: `{"device":"kitchen","run_id":"r1","latency_ms":31.52,"uncertainty_ms":0.002,
+/// "confidence":1.0,"signal":"sweep","ts_us":123}`,
+/// `{"device":"kitchen","run_id":"r1","error":"no test signal found ..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CalibrationResult {
+    /// Device that measured.
+    pub device: String,
+    /// The request's `run_id`, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Measured output latency, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// 1 σ uncertainty of `latency_ms`, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncertainty_ms: Option<f64>,
+    /// Confidence, 0..=1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// Arrival of the direct sound after the signal's start, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onset_ms: Option<f64>,
+    /// Direct-path peak over the impulse response's noise floor, dB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_to_noise_db: Option<f64>,
+    /// `sweep` or `mls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Local time of the answer, µs.
+    #[serde(default)]
+    pub ts_us: i64,
+    /// Why there is no measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When asked for (`include_ir`): the impulse response from 10 ms before to 60 ms
+    /// after the direct sound, 48 kHz samples (path gain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ir: Option<Vec<f32>>,
+    /// Delay of `ir[0]` after the signal's sample 0, samples at 48 kHz (fractional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ir_origin_samples: Option<f64>,
+}
+
+/// Receiver state published (retained) on `syncstream/status/<device>`. The MQTT last
+/// will publishes `{"device":"<device>","state":"offline"}` there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Status {
+    /// Device name.
+    pub device: String,
+    /// `playing`, `stopped`, `connecting` or `offline`.
+    pub state: String,
+    /// Buffer offset in effect, ms.
+    #[serde(default)]
+    pub offset_ms: f64,
+    /// Last measured drift, ms.
+    #[serde(default)]
+    pub drift_ms: Option<f64>,
+    /// Confidence of the last drift, 0..=1.
+    #[serde(default)]
+    pub confidence: f64,
+    /// Playout delay, ms: the largest offset the buffer can absorb is a bit below this.
+    #[serde(default)]
+    pub playout_delay_ms: f64,
+    /// Output volume, 0..=1.
+    #[serde(default)]
+    pub volume: f64,
+    /// Muted or not.
+    #[serde(default)]
+    pub muted: bool,
+    /// Jitter-buffer underruns since start.
+    #[serde(default)]
+    pub underruns: u64,
+    /// Output type from the profile (`analog`, `hdmi`, ...).
+    #[serde(default)]
+    pub output: String,
+    /// Local time of the status, µs.
+    #[serde(default)]
+    pub ts_us: i64,
+}
+
+/// Retained configuration push on `syncstream/config`: profiles by device name.
+///
+/// Example: `{"devices":{"tv":{"type":"hdmi","target":"LG-OLED","base_latency_ms":70}}}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ConfigPush {
+    /// Profile per device name.
+    #[serde(default)]
+    pub devices: BTreeMap<String, DeviceProfile>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_report_round_trip_and_spec_example() {
+        let r: DriftReport = parse(
+            "syncstream/drift/livingroom",
+            br#"{"device":"livingroom","drift_ms":23.4,"confidence":0.91,"signal_strength_db":-54.0,"ts_us":17}"#,
+        )
+        .unwrap();
+        assert_eq!(r.drift_ms, Some(23.4));
+        assert_eq!(r.applied_offset_ms, 0.0);
+        let back: DriftReport = parse("t", serde_json::to_string(&r).unwrap().as_bytes()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn commands_parse() {
+        let c: Command = parse("t", br#"{"cmd":"volume","value":0.5}"#).unwrap();
+        assert_eq!(c, Command::Volume { value: 0.5 });
+        let c: Command = parse("t", br#"{"cmd":"test_tone","signal":"sweep"}"#).unwrap();
+        assert!(
+            matches!(c, Command::TestTone(TestToneRequest { signal: Some(ref s), .. }) if s == "sweep")
+        );
+        assert_eq!(
+            parse::<Command>("t", br#"{"cmd":"stop"}"#).unwrap(),
+            Command::Stop
+        );
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors_naming_the_topic() {
+        for bad in [
+            &b"not json"[..],
+            b"{}",
+            b"{\"cmd\":\"explode\"}",
+            b"\xff\xfe",
+            b"",
+        ] {
+            let e = parse::<Command>("syncstream/command/x", bad).unwrap_err();
+            assert!(e.to_string().contains("syncstream/command/x"), "{e}");
+        }
+        assert!(parse::<DriftReport>("t", br#"{"device":"x","drift_ms":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn device_of_topic() {
+        assert_eq!(
+            topics::device_of("syncstream/drift/tv", "drift"),
+            Some("tv")
+        );
+        assert_eq!(topics::device_of("syncstream/drift/", "drift"), None);
+        assert_eq!(topics::device_of("syncstream/drift/a/b", "drift"), None);
+        assert_eq!(topics::device_of("other/drift/tv", "drift"), None);
+    }
+}

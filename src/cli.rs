@@ -91,6 +91,9 @@ struct SimArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Stream codec instead of the scenario's: opus or pcm.
+    #[arg(long)]
+    codec: Option<Codec>,
 }
 
 #[derive(Args, Debug)]
@@ -207,6 +210,11 @@ struct DemoArgs {
     /// Do not print the live table.
     #[arg(long)]
     quiet: bool,
+    /// Run this simulator scenario (JSON; see scenarios/) in real time instead of the
+    /// three default devices: its devices, clocks, rooms, network and playout delay, its
+    /// audio and its duration unless --audio or --duration say otherwise.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
 }
 
 /// Runs the tool; prints errors with their causes and returns a non-zero exit code.
@@ -422,19 +430,34 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
 
 #[cfg(feature = "simulator")]
 async fn demo(a: DemoArgs) -> anyhow::Result<()> {
-    let audio = match a.audio {
-        Some(p) => p,
-        None => default_demo_audio()?,
+    let scenario = a
+        .scenario
+        .as_deref()
+        .map(syncstream_sim::Scenario::load)
+        .transpose()?;
+    let audio = match (a.audio, &scenario) {
+        (Some(p), _) => p,
+        (None, Some(sc)) => sc.audio.clone(),
+        (None, None) => default_demo_audio()?,
     };
+    if let Some(d) = a.duration {
+        if !(d.is_finite() && d > 0.0 && d <= 86_400.0) {
+            anyhow::bail!("--duration must be between 0 and 86400 s, got {d}");
+        }
+    }
     let cfg = syncstream_sim::DemoConfig {
         audio,
-        duration_s: a.duration,
+        duration_s: a.duration.or(scenario.as_ref().map(|s| s.duration_s)),
         broker: a.mqtt,
-        codec: a.codec,
-        seed: a.seed,
+        codec: scenario.as_ref().map_or(a.codec, |s| s.codec),
+        seed: scenario.as_ref().map_or(a.seed, |s| s.seed),
         live_table: !a.quiet,
     };
-    let report = syncstream_sim::run_demo(cfg).await?;
+    let world = match &scenario {
+        Some(sc) => syncstream_sim::demo::scenario_world(sc)?,
+        None => syncstream_sim::demo::default_world(),
+    };
+    let report = syncstream_sim::run_world(cfg, world).await?;
     write_report(&report, a.report.as_deref())?;
     summarize(&report);
     Ok(())
@@ -442,7 +465,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
 
 #[cfg(feature = "simulator")]
 fn sim(a: SimArgs) -> anyhow::Result<()> {
-    let scenario = syncstream_sim::Scenario::load(&a.scenario)?;
+    let mut scenario = syncstream_sim::Scenario::load(&a.scenario)?;
+    if let Some(c) = a.codec {
+        scenario.codec = c;
+    }
     let bar = if a.quiet {
         indicatif::ProgressBar::hidden()
     } else {

@@ -13,7 +13,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{Event, MqttOptions, Packet, QoS};
 use syncstream_calibration::live::{calibrate_live, LiveOptions};
@@ -24,7 +24,7 @@ use syncstream_protocol::mqtt::BrokerUrl;
 use syncstream_protocol::wire::Codec;
 use syncstream_shared::profile::DeviceProfile;
 use syncstream_sim::calibrate::{calibrate_scenario, ScenarioOptions};
-use syncstream_sim::demo::{demo_devices, start_system, DemoSystem};
+use syncstream_sim::demo::{default_world, start_system, DemoSystem};
 use syncstream_sim::{DemoConfig, Scenario};
 
 fn scenario() -> Scenario {
@@ -115,18 +115,6 @@ fn scenario_targets_simultaneous() {
     assert!(e.to_string().contains("--signal mls"), "{e}");
 }
 
-/// Polls `f` every 50 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 /// Publishes `payload` on `topic` and waits for the first message on `answer_topic`.
 async fn request(
     broker: &BrokerUrl,
@@ -172,19 +160,19 @@ async fn start_demo() -> DemoSystem {
         seed: 5,
         live_table: false,
     };
-    let sys = start_system(&cfg, demo_devices()).await.unwrap();
+    let sys = start_system(&cfg, default_world()).await.unwrap();
     // Every receiver streaming and playing audio (bounded polling).
-    let receivers: Vec<_> = sys.receivers.iter().map(|r| r.core.clone()).collect();
-    let ok = tokio::task::spawn_blocking(move || {
-        wait_until(Duration::from_secs(20), || {
-            receivers.iter().all(|c| {
-                let c = c.lock().unwrap();
-                c.connected && c.playout.stats().frames > 0
-            })
-        })
-    })
-    .await
-    .unwrap();
+    let mut ok = false;
+    for _ in 0..200 {
+        ok = sys.receivers.iter().all(|r| {
+            let s = r.snapshot();
+            s.connected && s.audio.frames > 0
+        });
+        if ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(ok, "receivers did not start streaming");
     // Every receiver subscribed to its commands: a receiver publishes its (retained)
     // status right after subscribing on the same connection, so once every status is

@@ -7,10 +7,12 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use syncstream_receiver::core::{Core, SharedCore};
+use syncstream_audio::{BackendConfig, StreamFormat};
+use syncstream_receiver::node::NodeSnapshot;
+use syncstream_receiver::{Receiver, ReceiverConfig};
 use syncstream_shared::profile::{DeviceProfile, OutputType};
 use syncstream_shared::stats::percentile;
 use syncstream_shared::time::{Clock, MonotonicClock};
@@ -41,20 +43,44 @@ async fn transmitter() -> syncstream_transmitter::Transmitter {
         .unwrap()
 }
 
-/// A receiver core streaming from `127.0.0.1:port`: (core, its clock, the client task).
-fn probe_client(port: u16) -> (SharedCore, Arc<dyn Clock>, tokio::task::JoinHandle<()>) {
-    let core = Arc::new(Mutex::new(Core::new(
-        "probe",
-        DeviceProfile::default_for(OutputType::Analog),
-        48_000,
-    )));
+/// A real receiver (null output and microphone) streaming from `127.0.0.1:port`, with
+/// the transmitter's broker: (receiver, its clock).
+async fn probe_receiver(
+    port: u16,
+    tx: &syncstream_transmitter::Transmitter,
+    name: &str,
+) -> (Receiver, Arc<dyn Clock>) {
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
-    let client = tokio::spawn(syncstream_receiver::stream_client::run(
-        format!("127.0.0.1:{port}"),
-        core.clone(),
-        clock.clone(),
-    ));
-    (core, clock, client)
+    let backend = |channels| BackendConfig {
+        device: None,
+        format: StreamFormat {
+            sample_rate: 48_000,
+            channels,
+        },
+        clock: clock.clone(),
+    };
+    let sink = syncstream_audio::null::open_sink(&backend(2)).unwrap();
+    let mic = syncstream_audio::null::open_microphone(&backend(1)).unwrap();
+    let cfg = ReceiverConfig {
+        device: name.into(),
+        transmitter_host: "127.0.0.1".into(),
+        stream_port: port,
+        http_port: tx.http_addr.port(),
+        broker: tx.broker.clone(),
+        profile: DeviceProfile::default_for(OutputType::Analog),
+        drift: Default::default(),
+    };
+    let rx = syncstream_receiver::start(cfg, sink, mic, clock.clone())
+        .await
+        .unwrap();
+    (rx, clock)
+}
+
+/// The receiver's clock-sync error now, µs (transmitter and receiver share the host
+/// clock, so the true offset is 0).
+fn clock_error_us(s: &NodeSnapshot, clock: &dyn Clock) -> Option<f64> {
+    let now = clock.now_us() as f64;
+    s.clock.map(|m| m.tx_from_local(now) - now)
 }
 
 /// One receiver core streaming through a jitter proxy; returns |offset error| samples
@@ -64,17 +90,15 @@ async fn offset_errors(jitter_ms: f64) -> Vec<f64> {
     let tx = transmitter().await;
     let proxy =
         common::JitterProxy::start(tx.stream_addr, 0.2, jitter_ms, jitter_ms as u64 + 1).await;
-    let (core, clock, client) = probe_client(proxy.port);
+    let (rx, clock) = probe_receiver(proxy.port, &tx, "probe").await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     let mut errors = Vec::new();
     for _ in 0..150 {
-        let now = clock.now_us();
-        if let Some(tx_us) = core.lock().unwrap().clock.tx_from_local(now as f64) {
-            errors.push((tx_us - now as f64).abs());
+        if let Some(e) = clock_error_us(&rx.snapshot(), clock.as_ref()) {
+            errors.push(e.abs());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    client.abort();
     errors
 }
 
@@ -101,40 +125,32 @@ async fn offset_error_p95_within_50_us_under_jitter() {
 async fn a_cut_connection_reconnects_and_resyncs() {
     let tx = transmitter().await;
     let proxy = common::JitterProxy::start(tx.stream_addr, 0.2, 0.0, 9).await;
-    let (core, clock, client) = probe_client(proxy.port);
-    let wait_for = |what: &'static str, cond: Box<dyn Fn(&Core) -> bool + Send>| {
-        let core = core.clone();
+    let (rx, clock) = probe_receiver(proxy.port, &tx, "probe").await;
+    let wait_for = |what: &'static str, cond: Box<dyn Fn(&NodeSnapshot) -> bool + Send>| {
+        let rx = &rx;
         async move {
             for _ in 0..300 {
-                if cond(&core.lock().unwrap()) {
+                if cond(&rx.snapshot()) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            panic!("timed out waiting for: {what}");
+            panic!("timed out waiting for: {what}: {:?}", rx.snapshot());
         }
     };
     wait_for(
-        "connected with audio",
-        Box::new(|c| c.connected && c.jitter_buffer.len_frames() > 4800),
+        "connected and playing with audio ahead",
+        Box::new(|s| s.connected && s.audio.ahead_frames > 4800 && s.audio.frames > 0),
     )
     .await;
     proxy.cut();
-    wait_for("the cut noticed", Box::new(|c| !c.connected)).await;
+    wait_for("the cut noticed", Box::new(|s| !s.connected)).await;
     // It comes back by itself, with a fresh clock estimate and audio.
     wait_for(
         "reconnected",
-        Box::new(|c| c.connected && c.clock.exchanges() > 5 && c.jitter_buffer.len_frames() > 4800),
+        Box::new(|s| s.connected && s.exchanges > 5 && s.audio.ahead_frames > 4800),
     )
     .await;
-    let now = clock.now_us();
-    let err = core
-        .lock()
-        .unwrap()
-        .clock
-        .tx_from_local(now as f64)
-        .unwrap()
-        - now as f64;
+    let err = clock_error_us(&rx.snapshot(), clock.as_ref()).unwrap();
     assert!(err.abs() < 200.0, "clock offset after reconnect: {err} µs");
-    client.abort();
 }

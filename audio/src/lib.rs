@@ -13,6 +13,7 @@
 //! provides its own sink and microphone per simulated device. [`decode`] reads audio
 //! files (any format symphonia reads) into 48 kHz samples.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use syncstream_shared::time::Clock;
@@ -78,6 +79,11 @@ pub trait Sink: Send {
     fn stop(&mut self) -> Result<(), AudioError>;
     /// Format the sink pulls.
     fn format(&self) -> StreamFormat;
+    /// The counter of xruns (buffer underruns the device reported) of this output;
+    /// backends that cannot have any return a counter that stays 0.
+    fn xrun_counter(&self) -> Arc<AtomicU64> {
+        Arc::new(AtomicU64::new(0))
+    }
 }
 
 /// An audio input (mono).
@@ -88,6 +94,11 @@ pub trait Microphone: Send {
     fn stop(&mut self) -> Result<(), AudioError>;
     /// Sample rate of the blocks, Hz.
     fn sample_rate(&self) -> u32;
+    /// The counter of xruns (buffer overruns the device reported) of this input;
+    /// backends that cannot have any return a counter that stays 0.
+    fn xrun_counter(&self) -> Arc<AtomicU64> {
+        Arc::new(AtomicU64::new(0))
+    }
 }
 
 /// What every backend builder gets.

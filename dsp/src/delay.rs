@@ -85,6 +85,15 @@ pub struct DelayEstimator {
     diagnostics: Option<Diagnostics>,
 }
 
+impl std::fmt::Debug for DelayEstimator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DelayEstimator")
+            .field("sample_rate", &self.sample_rate)
+            .field("two_stage", &self.two_stage)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How the last estimate came about (for logs and the evaluation harness).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Diagnostics {

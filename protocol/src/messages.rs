@@ -232,8 +232,12 @@ pub struct CalibrationResult {
 pub struct Status {
     /// Device name.
     pub device: String,
-    /// `playing`, `stopped`, `connecting` or `offline`.
+    /// `playing`, `starved` (connected or not, the audio ran out), `stopped`,
+    /// `connecting` (no audio yet), `error` (see `reason`) or `offline` (the last will).
     pub state: String,
+    /// Why the state is `error` or `starved`, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Buffer offset in effect, ms.
     #[serde(default)]
     pub offset_ms: f64,
@@ -252,9 +256,19 @@ pub struct Status {
     /// Muted or not.
     #[serde(default)]
     pub muted: bool,
-    /// Jitter-buffer underruns since start.
+    /// Times playout ran out of audio while playing, since start.
     #[serde(default)]
     pub underruns: u64,
+    /// Output and microphone xruns the audio device reported, since start.
+    #[serde(default)]
+    pub xruns: u64,
+    /// Audio callbacks that came late (their block started after the previous one
+    /// ended, by more than 5 ms), output and microphone, since start.
+    #[serde(default)]
+    pub late_callbacks: u64,
+    /// Playout jumps (crossfaded repositionings: start, large offset changes).
+    #[serde(default)]
+    pub jumps: u64,
     /// Output type from the profile (`analog`, `hdmi`, ...).
     #[serde(default)]
     pub output: String,

@@ -8,12 +8,17 @@
 //!
 //! Clock sync is NTP's four timestamps: the receiver sends `TimeRequest{t1}`
 //! (its clock), the transmitter stamps `t2` on arrival and `t3` on departure (its
-//! clock), the receiver stamps `t4` on arrival (RFC 5905, section 8).
+//! clock), the receiver stamps `t4` on arrival (RFC 5905, section 8). Receivers run
+//! these exchanges on a second connection of their own (opened with
+//! [`Frame::ClockHello`]), so that answers never wait behind audio; on the stream
+//! connection they work too.
 
 use serde::{Deserialize, Serialize};
 
-/// Version of this protocol; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of this protocol; a peer with another version is refused. Version 2 added
+/// the hello's `instance`, the [`Frame::Refused`] answer and clock-sync connections
+/// ([`Frame::ClockHello`]).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest encoded frame, bytes.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
@@ -44,8 +49,31 @@ pub enum Frame {
     ClientHello {
         /// [`PROTOCOL_VERSION`] of the receiver.
         protocol_version: u16,
+        /// Device name (see `syncstream_shared::names`).
+        device: String,
+        /// Random number the receiver process drew at start: a reconnect of the same
+        /// process replaces its old connection, another process with the same name is
+        /// refused.
+        instance: u64,
+    },
+    /// Receiver → transmitter, first frame of a second connection that carries only
+    /// clock-sync exchanges: answers on it are not queued behind audio chunks (TCP
+    /// delivers in order, so on the stream connection an answer waits for every delayed
+    /// chunk ahead of it, which makes the downlink look slower than the uplink).
+    ClockHello {
+        /// [`PROTOCOL_VERSION`] of the receiver.
+        protocol_version: u16,
         /// Device name.
         device: String,
+        /// The receiver process's instance (as in its `ClientHello`).
+        instance: u64,
+    },
+    /// Transmitter → receiver, instead of a `ServerHello`: the receiver is not served
+    /// (its name is in use by another receiver, or invalid), and why. The connection
+    /// closes after it.
+    Refused {
+        /// Why, for the receiver's log and status.
+        reason: String,
     },
     /// Transmitter → receiver, answer to `ClientHello`.
     ServerHello {
@@ -146,8 +174,17 @@ mod tests {
     fn frames_round_trip() {
         let frames = [
             Frame::ClientHello {
-                protocol_version: 1,
+                protocol_version: 2,
                 device: "tv".into(),
+                instance: 7,
+            },
+            Frame::Refused {
+                reason: "name in use".into(),
+            },
+            Frame::ClockHello {
+                protocol_version: 2,
+                device: "tv".into(),
+                instance: 7,
             },
             Frame::ServerHello {
                 protocol_version: 1,

@@ -19,7 +19,9 @@ use syncstream_protocol::messages::DriftReport;
 use syncstream_shared::time::{samples_to_us, us_to_samples};
 
 use crate::clock_sync::ClockSync;
-use crate::playout::Playout;
+use crate::offset::OffsetRamp;
+use crate::playout::StreamParams;
+use crate::playout_log::PlayoutLog;
 use crate::resampler::align_to_transmitter_clock;
 
 /// Drift detector settings.
@@ -35,6 +37,8 @@ pub struct DriftConfig {
     pub track_margin_ms: f64,
     /// A measured |drift| under this keeps the detector in tracking mode, ms.
     pub track_below_ms: f64,
+    /// Time from start to the first measurement, ms.
+    pub first_after_ms: u64,
 }
 
 impl Default for DriftConfig {
@@ -45,11 +49,13 @@ impl Default for DriftConfig {
             acquire_margin_ms: 400.0,
             track_margin_ms: 60.0,
             track_below_ms: 20.0,
+            first_after_ms: 2500,
         }
     }
 }
 
-/// The last few seconds of microphone audio with the local ADC time of the first sample.
+/// The last few seconds of microphone audio with the local ADC time of the first sample
+/// (control side: fed from the capture callback's ring).
 #[derive(Debug, Clone)]
 pub struct MicRecorder {
     rate: u32,
@@ -64,7 +70,7 @@ impl MicRecorder {
         Self {
             rate,
             start_us: 0,
-            data: VecDeque::new(),
+            data: VecDeque::with_capacity((rate as f64 * seconds) as usize),
             capacity: (rate as f64 * seconds) as usize,
         }
     }
@@ -83,7 +89,7 @@ impl MicRecorder {
     /// does not follow on (a gap or overlap of more than 1 ms: the capture restarted)
     /// starts the recording afresh. Timestamps are anchored to the newest block.
     pub fn push(&mut self, block: &[f32], adc_time_us: i64) {
-        if self.data.is_empty() || (adc_time_us - self.end_us()).abs() > 1000 {
+        if self.data.is_empty() || adc_time_us.saturating_sub(self.end_us()).abs() > 1000 {
             self.data.clear();
         }
         self.start_us = adc_time_us - samples_to_us(self.data.len() as i64, self.rate);
@@ -155,23 +161,37 @@ pub enum NotReady {
     NotSettled,
 }
 
+/// What playout looks like to the planner: the stream, the offset asked for, and the
+/// log of what the render callback did.
+#[derive(Debug, Clone, Copy)]
+pub struct PlayoutView<'a> {
+    /// Stream parameters, once connected.
+    pub params: Option<StreamParams>,
+    /// The offset ramp sent to the render callback.
+    pub offset: &'a OffsetRamp,
+    /// What the render callback reported.
+    pub log: &'a PlayoutLog,
+}
+
 /// Plans a measurement from the newest microphone audio.
+///
+/// Errors: see [`NotReady`].
 pub fn plan(
     cfg: &DriftConfig,
     mic: &MicRecorder,
-    playout: &Playout,
+    playout: PlayoutView<'_>,
     clock: &ClockSync,
     mic_delay_ms: f64,
     tracking: bool,
 ) -> Result<Measurement, NotReady> {
-    let params = playout.stream().ok_or(NotReady::NotStreaming)?;
+    let params = playout.params.ok_or(NotReady::NotStreaming)?;
     let (rec_start_local, recording) = mic.latest(cfg.window_ms).ok_or(NotReady::NoRecording)?;
     let rec_start_tx_us = clock
         .tx_from_local(rec_start_local as f64)
         .ok_or(NotReady::NotStreaming)?;
     let window_us = cfg.window_ms as f64 * 1000.0;
     let centre_tx_us = rec_start_tx_us + 0.5 * window_us;
-    let offset_ms = playout.offset_at_ms(centre_tx_us);
+    let offset_ms = playout.offset.at_ms(centre_tx_us);
     // The sound recorded in the window left the DAC about (latency + mic delay) earlier;
     // latency ≈ offset (plus what is not corrected yet, hence the margin). Over that span
     // playout must have followed one offset (no jump) closely enough for one delay to
@@ -181,6 +201,7 @@ pub fn plan(
     let lead_us = ((offset_ms.max(0.0) + mic_delay_ms) * 1000.0) as i64;
     let margin_us = ((100.0 + 0.2 * offset_ms.abs()) * 1000.0) as i64;
     let span = playout
+        .log
         .error_over(
             rec_start_local - lead_us - margin_us,
             rec_start_local + window_us,
@@ -195,6 +216,7 @@ pub fn plan(
         return Err(NotReady::NotSettled);
     }
     let heard = playout
+        .log
         .error_over(
             rec_start_local - lead_us,
             rec_start_local + window_us - lead_us,
@@ -221,6 +243,44 @@ pub fn plan(
         playout_delay_us: params.playout_delay_us,
         clock_rate: clock.rate(),
     })
+}
+
+/// A drift measurement ready to run off the control task: the recording, its source
+/// window and the estimator (moved in and handed back, so no lock is shared).
+pub struct DriftJob {
+    /// Device name for the report.
+    pub device: String,
+    /// The planned measurement.
+    pub measurement: Measurement,
+    /// The source window (mono, 48 kHz).
+    pub reference: Vec<f32>,
+    /// PTS of `reference[0]`, µs.
+    pub ref_first_pts_us: i64,
+    /// The estimator.
+    pub estimator: Box<DelayEstimator>,
+}
+
+impl std::fmt::Debug for DriftJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriftJob")
+            .field("device", &self.device)
+            .field("ref_first_pts_us", &self.ref_first_pts_us)
+            .finish()
+    }
+}
+
+impl DriftJob {
+    /// Runs the estimate; returns the report and the estimator.
+    pub fn run(mut self) -> (DriftReport, Box<DelayEstimator>) {
+        let report = analyze(
+            &mut self.estimator,
+            &self.device,
+            &self.measurement,
+            &self.reference,
+            self.ref_first_pts_us,
+        );
+        (report, self.estimator)
+    }
 }
 
 /// Estimates the drift of `m` against its source window `reference`, whose first
@@ -274,7 +334,6 @@ pub fn analyze(
 mod tests {
     use super::*;
     use crate::jitter_buffer::JitterBuffer;
-    use crate::playout::StreamParams;
 
     #[test]
     fn mic_recorder_keeps_the_latest_and_restarts_on_gaps() {
@@ -293,25 +352,43 @@ mod tests {
     /// A device 37.5 ms late is measured as +37.5 ms from music-like noise.
     #[test]
     fn measures_a_late_device() {
+        use crate::clock_sync::ClockMapping;
+        use crate::realtime::BlockReport;
         let fs = 48_000u32;
         let params = StreamParams {
             sample_rate: fs,
-            channels: 1,
+            channels: 2,
             epoch_us: 0,
             codec_delay_samples: 0,
             playout_delay_us: 1_000_000,
         };
         let source = syncstream_testkit::white_noise(20 * fs as usize, 3, 0.5);
         let mut cs = ClockSync::default();
-        cs.add_exchange(0, 0, 0, 0);
-        let mut playout = Playout::new(10.0);
+        cs.add_exchange(0, 0, 0, 0).unwrap();
+        let mapping = ClockMapping {
+            offset_us: 0.0,
+            ref_local_us: 0.0,
+            rate: 0.0,
+        };
+        let mut playout = crate::playout::Playout::new(10.0);
         playout.set_stream(params);
-        let mut jb = JitterBuffer::new(1, 1 << 22);
-        jb.push(0, &source);
-        let mut out = vec![0.0; 480];
+        let mut jb = JitterBuffer::new(2, 1 << 22);
+        let stereo: Vec<f32> = source.iter().flat_map(|&x| [x, x]).collect();
+        jb.push(0, &stereo);
+        let mut out = vec![0.0; 960];
+        let mut log = PlayoutLog::default();
         // Settle playout from t = 1 s.
         for k in 0..1000 {
-            playout.render(&mut out, 1_000_000 + k * 10_000, &cs, &jb);
+            let t = 1_000_000 + k * 10_000;
+            let (_, o) = playout.render(&mut out, t, Some(&mapping), &jb);
+            log.record(&BlockReport {
+                dac_time_us: t,
+                err_us: o.err_us as f32,
+                jumped: o.jumped,
+                missing: o.missing,
+                scheduled: o.scheduled,
+                frames: 480,
+            });
         }
         // Recording from t = 6 s: the device (offset 10 ms applied) sounds 37.5 ms late,
         // mic delay 1 ms → heard source at time t is t − 1 s + 10 ms − 37.5 ms − 1 ms.
@@ -324,19 +401,24 @@ mod tests {
             })
             .collect();
         mic.push(&rec, rec_start);
-        let m = plan(&DriftConfig::default(), &mic, &playout, &cs, 1.0, false).unwrap();
+        let offset = OffsetRamp::constant(10.0);
+        let view = PlayoutView {
+            params: Some(params),
+            offset: &offset,
+            log: &log,
+        };
+        let m = plan(&DriftConfig::default(), &mic, view, &cs, 1.0, false).unwrap();
         let first = us_to_samples(m.ref_start_us, fs) as usize;
         let n = us_to_samples(m.ref_duration_ms as i64 * 1000, fs) as usize;
-        let reference = &source[first..first + n];
-        let mut est = DelayEstimator::new(fs);
-        let r = analyze(
-            &mut est,
-            "tv",
-            &m,
-            reference,
-            samples_to_us(first as i64, fs),
-        );
+        let job = DriftJob {
+            device: "tv".into(),
+            measurement: m,
+            reference: source[first..first + n].to_vec(),
+            ref_first_pts_us: samples_to_us(first as i64, fs),
+            estimator: Box::new(DelayEstimator::new(fs)),
+        };
+        let (r, _) = job.run();
         assert!((r.drift_ms.unwrap() - 27.5).abs() < 0.05, "{r:?}");
-        assert_eq!(r.applied_offset_ms, 10.0);
+        assert!((r.applied_offset_ms - 10.0).abs() < 1e-3, "{r:?}");
     }
 }

@@ -55,6 +55,32 @@ impl ClockModel {
     }
 }
 
+/// A device's local clock in real time: the host clock (room time) seen through a
+/// [`ClockModel`], for the real-time demo, where each receiver must run on a crystal of
+/// its own (a rate error in ppm and an offset) exactly as the virtual room models it.
+pub struct ModelClock {
+    base: std::sync::Arc<dyn syncstream_shared::time::Clock>,
+    model: ClockModel,
+}
+
+impl ModelClock {
+    /// `model` applied to `base` (the clock the room runs on).
+    pub fn new(
+        base: std::sync::Arc<dyn syncstream_shared::time::Clock>,
+        model: ClockModel,
+    ) -> Self {
+        Self { base, model }
+    }
+}
+
+impl syncstream_shared::time::Clock for ModelClock {
+    fn now_us(&self) -> i64 {
+        self.model
+            .local_from_room(self.base.now_us() as f64)
+            .round() as i64
+    }
+}
+
 /// A device this microphone hears besides its own speaker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hearing {
@@ -148,7 +174,13 @@ struct DeviceState {
     dac_next: Option<i64>,
     /// Next local sample index the ADC takes, while started.
     adc_next: Option<i64>,
+    /// Whether the microphone is computed (the simulator switches microphones off
+    /// between measurements to save time; the capture function stays installed).
+    mic_enabled: bool,
     wander: Wander,
+    /// The latency random walk's own generator (seeded per device, so the walk is the
+    /// same however much noise the microphones draw).
+    wander_rng: StdRng,
 }
 
 /// State of the latency random walk: it moves linearly from `from_ms` to `to_ms` over
@@ -270,6 +302,10 @@ impl Room {
                 mic_buf: vec![0.0; BLOCK_FRAMES],
                 dac_next: None,
                 adc_next: None,
+                mic_enabled: true,
+                wander_rng: StdRng::seed_from_u64(
+                    seed ^ 0x5745_4E44_4552_0000 ^ (states.len() as u64).wrapping_mul(0x9E37_79B9),
+                ),
                 wander: Wander {
                     t0_us: origin_us as f64,
                     from_ms: d.latency_ms,
@@ -337,6 +373,15 @@ impl Room {
             .ok_or_else(|| RoomError(format!("no virtual device called '{name}'")))
     }
 
+    /// Switches the microphone of device `index` on or off without removing its capture
+    /// function: while off, nothing is recorded or computed for it (its next block
+    /// starts afresh).
+    pub fn set_microphone_enabled(&self, index: usize, enabled: bool) {
+        if let Some(d) = self.inner.lock().unwrap().devices.get_mut(index) {
+            d.mic_enabled = enabled;
+        }
+    }
+
     /// Takes the ground truth recorded since the last call.
     pub fn drain_truth(&self) -> Vec<TruthSample> {
         std::mem::take(&mut self.inner.lock().unwrap().truth)
@@ -381,7 +426,7 @@ impl RoomState {
                     dev.wander.t0_us += WANDER_STEP_US;
                     dev.wander.from_ms = dev.wander.to_ms;
                     let n: f64 = Normal::new(0.0, sigma)
-                        .map(|n| n.sample(&mut self.rng))
+                        .map(|n| n.sample(&mut dev.wander_rng))
                         .unwrap_or(0.0);
                     dev.wander.to_ms = (dev.wander.from_ms + n).max(0.0);
                 }
@@ -453,7 +498,7 @@ impl RoomState {
         // 2. Record: each microphone samples the room at its own clock's instants.
         for d in 0..self.devices.len() {
             let clock = self.devices[d].cfg.clock;
-            if self.devices[d].capture.is_none() {
+            if self.devices[d].capture.is_none() || !self.devices[d].mic_enabled {
                 self.devices[d].adc_next = None;
                 continue;
             }

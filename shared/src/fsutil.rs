@@ -31,6 +31,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads at most `limit` bytes of `path`.
+///
+/// Errors: the file cannot be opened or read, or it is longer than `limit` bytes
+/// (`InvalidData`, naming the limit), so `/dev/zero` or a huge file cannot exhaust
+/// memory.
+pub fn read_capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than the limit of {limit} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +68,18 @@ mod tests {
     fn missing_folder_is_an_error_naming_the_path() {
         let err = write_atomic(Path::new("/nonexistent-dir/x.json"), b"x").unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent-dir/x.json"));
+    }
+
+    #[test]
+    fn reads_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![b'x'; 100]).unwrap();
+        assert_eq!(read_capped(&p, 100).unwrap().len(), 100);
+        assert!(read_capped(&p, 99)
+            .unwrap_err()
+            .to_string()
+            .contains("99 bytes"));
+        assert!(read_capped(Path::new("/dev/zero"), 1 << 16).is_err());
     }
 }

@@ -64,7 +64,8 @@ pub struct DeviceProfile {
     #[serde(default)]
     pub target: String,
     /// Expected output latency: time from the receiver handing a sample to its
-    /// output until it leaves the speaker, ms (0..=2000).
+    /// output until it leaves the speaker, ms (0 to 9950; a playout delay of P ms holds
+    /// at most P − 50, see [`crate::limits`]).
     pub base_latency_ms: f64,
     /// Distance from the speaker to the receiver's microphone, m (0..=20). Its
     /// acoustic delay (distance / 343 m/s) is taken out of every drift measurement.
@@ -81,6 +82,9 @@ pub struct DeviceProfile {
 fn default_mic_distance_m() -> f64 {
     0.3
 }
+
+/// Largest profile file read, bytes (a profile is a few hundred).
+pub const MAX_PROFILE_BYTES: u64 = 64 * 1024;
 
 /// Speed of sound used everywhere, m/s (dry air at 20 °C).
 pub const SPEED_OF_SOUND_M_S: f64 = 343.0;
@@ -141,9 +145,10 @@ impl DeviceProfile {
 
     /// Checks ranges. Errors name the field and the reason.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.base_latency_ms.is_finite() || !(0.0..=2000.0).contains(&self.base_latency_ms) {
+        let max = crate::limits::OffsetLimits::widest().max_ms;
+        if !self.base_latency_ms.is_finite() || !(0.0..=max).contains(&self.base_latency_ms) {
             return Err(format!(
-                "base_latency_ms must be between 0 and 2000 ms, got {}",
+                "base_latency_ms must be between 0 and {max} ms, got {}",
                 self.base_latency_ms
             ));
         }
@@ -177,9 +182,11 @@ impl DeviceProfile {
 
     /// Loads a profile from a JSON file. Errors name the file and the reason.
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
-        let text = std::fs::read(path).map_err(|source| ProfileError::Read {
-            path: path.display().to_string(),
-            source,
+        let text = crate::fsutil::read_capped(path, MAX_PROFILE_BYTES).map_err(|source| {
+            ProfileError::Read {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
         Self::from_json(&path.display().to_string(), &text)
     }
@@ -221,7 +228,7 @@ mod tests {
             (br#"{"type":"hdmi"}"#, "base_latency_ms"),
             (
                 br#"{"type":"hdmi","base_latency_ms":-4}"#,
-                "between 0 and 2000",
+                "between 0 and 9950",
             ),
             (
                 br#"{"type":"hdmi","base_latency_ms":4,"colour":1}"#,

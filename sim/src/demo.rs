@@ -1,9 +1,15 @@
-//! `syncstream demo`: the embedded broker (or an external one), a transmitter and three
-//! receivers (analog speaker, HDMI TV, Chromecast-like) in one process, talking over the
-//! real TCP, HTTP and MQTT paths, with the virtual room as their audio hardware. The
-//! devices' true latencies are deliberately tens of ms away from their profiles.
+//! `syncstream demo`: the embedded broker (or an external one), a transmitter and
+//! receivers in one process, talking over the real TCP, HTTP and MQTT paths, with the
+//! virtual room as their audio hardware, in real time.
+//!
+//! By default three receivers (analog speaker, HDMI TV, Chromecast-like) whose true
+//! latencies are deliberately tens of ms away from their profiles and whose crystals
+//! run +60, −45 and +110 ppm off. With `--scenario S.json` any simulator scenario runs
+//! instead, with its clocks, wander, rooms and network: each receiver runs on its own
+//! [`ModelClock`], and its stream, HTTP and MQTT connections go through a
+//! [`NetProxy`] that delays them by the scenario's model.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,12 +20,15 @@ use syncstream_protocol::mqtt::BrokerUrl;
 use syncstream_protocol::wire::Codec;
 use syncstream_receiver::drift::DriftConfig;
 use syncstream_receiver::{Receiver, ReceiverConfig};
-use syncstream_room::{Hearing, RealtimeRoom, Room, VirtualDevice};
+use syncstream_room::{ClockModel, Hearing, ModelClock, RealtimeRoom, Room, VirtualDevice};
+use syncstream_shared::limits::DEFAULT_PLAYOUT_DELAY_MS;
 use syncstream_shared::profile::{DeviceProfile, OutputType};
-use syncstream_shared::time::{Clock, MonotonicClock, STREAM_SAMPLE_RATE};
+use syncstream_shared::time::{Clock, MonotonicClock};
 use syncstream_transmitter::{MqttMode, TransmitterConfig};
 
+use crate::net_proxy::NetProxy;
 use crate::report::{build_report, DeviceFacts, Report, TruthLog};
+use crate::scenario::{NetworkSpec, Scenario};
 use crate::source::looping_clip;
 
 /// Demo settings.
@@ -43,19 +52,31 @@ pub struct DemoConfig {
 #[derive(Debug, Clone)]
 pub struct DemoDevice {
     /// Device name.
-    pub name: &'static str,
+    pub name: String,
     /// Profile the receiver starts from.
     pub profile: DeviceProfile,
-    /// Its simulated hardware.
+    /// Its simulated hardware (latency, room, clock).
     pub room: VirtualDevice,
 }
 
-/// The three demo devices.
+/// The world the demo devices live in.
+#[derive(Debug, Clone)]
+pub struct DemoWorld {
+    /// The devices.
+    pub devices: Vec<DemoDevice>,
+    /// The network between the transmitter and the receivers.
+    pub network: NetworkSpec,
+    /// Playout delay, ms.
+    pub playout_delay_ms: u32,
+}
+
+/// The three default demo devices.
 pub fn demo_devices() -> Vec<DemoDevice> {
-    let mk = |name: &'static str,
+    let mk = |name: &str,
               kind: OutputType,
               target: &str,
               true_latency_ms: f64,
+              ppm: f64,
               hears: [(&str, f64); 2]| {
         let mut profile = DeviceProfile::default_for(kind);
         profile.target = target.to_string();
@@ -63,6 +84,10 @@ pub fn demo_devices() -> Vec<DemoDevice> {
         room.mic_distance_m = profile.mic_distance_m;
         room.snr_db = 25.0;
         room.rt60_s = 0.4;
+        room.clock = ClockModel {
+            offset_us: 0.0,
+            ppm,
+        };
         room.hears = hears
             .iter()
             .map(|&(d, dist)| Hearing {
@@ -72,7 +97,7 @@ pub fn demo_devices() -> Vec<DemoDevice> {
             })
             .collect();
         DemoDevice {
-            name,
+            name: name.to_string(),
             profile,
             room,
         }
@@ -84,6 +109,7 @@ pub fn demo_devices() -> Vec<DemoDevice> {
             OutputType::Analog,
             "kitchen-amp",
             31.5,
+            60.0,
             [("tv", 4.0), ("cast", 5.0)],
         ),
         // Profile 70 ms; this TV's "cinema" mode: 112 ms.
@@ -92,6 +118,7 @@ pub fn demo_devices() -> Vec<DemoDevice> {
             OutputType::Hdmi,
             "LivingRoom-TV",
             112.0,
+            -45.0,
             [("kitchen", 4.0), ("cast", 3.0)],
         ),
         // Profile 300 ms; this speaker: 262.5 ms.
@@ -100,9 +127,42 @@ pub fn demo_devices() -> Vec<DemoDevice> {
             OutputType::Chromecast,
             "NestAudio-LR",
             262.5,
+            110.0,
             [("kitchen", 5.0), ("tv", 3.0)],
         ),
     ]
+}
+
+/// The default demo's world: its three devices on a quiet local network.
+pub fn default_world() -> DemoWorld {
+    DemoWorld {
+        devices: demo_devices(),
+        network: NetworkSpec {
+            delay_ms: 0.0,
+            jitter_ms: 0.0,
+        },
+        playout_delay_ms: DEFAULT_PLAYOUT_DELAY_MS,
+    }
+}
+
+/// A scenario's world (its devices, clocks, rooms, network and playout delay).
+///
+/// Errors: a profile or impulse response of the scenario cannot be loaded.
+pub fn scenario_world(sc: &Scenario) -> anyhow::Result<DemoWorld> {
+    let (vdevs, profiles) = crate::room_setup::virtual_devices(sc)?;
+    Ok(DemoWorld {
+        devices: vdevs
+            .into_iter()
+            .zip(profiles)
+            .map(|(room, profile)| DemoDevice {
+                name: room.name.clone(),
+                profile,
+                room,
+            })
+            .collect(),
+        network: sc.network.clone(),
+        playout_delay_ms: sc.playout_delay_ms,
+    })
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -122,23 +182,22 @@ pub struct DemoSystem {
     pub room: Room,
     /// The devices started.
     pub devices: Vec<DemoDevice>,
-    /// The clock every component runs on.
+    /// The clock the transmitter and the room run on.
     pub clock: Arc<dyn Clock>,
     /// Local time at which the room started, µs.
     pub start_us: i64,
     /// Playout delay announced by the transmitter, ms.
     pub playout_delay_ms: f64,
+    _proxies: Vec<NetProxy>,
     _room_thread: RealtimeRoom,
 }
 
 /// Starts the broker (unless `cfg.broker` names one), the transmitter playing
-/// `cfg.audio`, the real-time virtual room of `devices` and one receiver per device.
+/// `cfg.audio`, the real-time virtual room of `world` and one receiver per device, each
+/// on its own clock and behind the world's network.
 ///
 /// Errors: the audio file cannot be read, or a server or receiver cannot start.
-pub async fn start_system(
-    cfg: &DemoConfig,
-    devices: Vec<DemoDevice>,
-) -> anyhow::Result<DemoSystem> {
+pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<DemoSystem> {
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let source = looping_clip(&cfg.audio)?;
     let mqtt = match &cfg.broker {
@@ -150,33 +209,68 @@ pub async fn start_system(
         http_addr: "127.0.0.1:0".parse()?,
         mqtt,
         codec: cfg.codec,
+        playout_delay_ms: world.playout_delay_ms,
+        buffer_seconds: (world.playout_delay_ms as f64 / 1000.0 + 29.0).max(30.0),
         ..Default::default()
     };
     let playout_delay_ms = tx_cfg.playout_delay_ms as f64;
     let tx = syncstream_transmitter::start(tx_cfg, source, clock.clone()).await?;
+    // The network: real connections through proxies that delay them as modelled.
+    let quiet = world.network.delay_ms == 0.0 && world.network.jitter_ms == 0.0;
+    let broker_addr: SocketAddr = format!("{}:{}", tx.broker.host, tx.broker.port)
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], tx.broker.port)));
+    let mut proxies = Vec::new();
+    let (stream_port, http_port, broker) = if quiet {
+        (
+            tx.stream_addr.port(),
+            tx.http_addr.port(),
+            tx.broker.clone(),
+        )
+    } else {
+        for (k, target) in [tx.stream_addr, tx.http_addr, broker_addr]
+            .into_iter()
+            .enumerate()
+        {
+            proxies.push(
+                NetProxy::start(target, &world.network, cfg.seed ^ (k as u64 + 1) << 32)
+                    .context("starting the network proxy")?,
+            );
+        }
+        (
+            proxies[0].addr().port(),
+            proxies[1].addr().port(),
+            BrokerUrl {
+                host: "127.0.0.1".into(),
+                port: proxies[2].addr().port(),
+            },
+        )
+    };
     let start_us = clock.now_us();
     let room = Room::new(
-        devices.iter().map(|d| d.room.clone()).collect(),
+        world.devices.iter().map(|d| d.room.clone()).collect(),
         start_us,
         cfg.seed,
     )?;
     let room_thread = RealtimeRoom::start(room.clone(), clock.clone());
     let mut receivers: Vec<Receiver> = Vec::new();
-    for d in &devices {
+    for d in &world.devices {
         let rcfg = ReceiverConfig {
             device: d.name.to_string(),
             transmitter_host: "127.0.0.1".into(),
-            stream_port: tx.stream_addr.port(),
-            http_port: tx.http_addr.port(),
-            broker: tx.broker.clone(),
+            stream_port,
+            http_port,
+            broker: broker.clone(),
             profile: d.profile.clone(),
             drift: DriftConfig::default(),
         };
+        // The device's own crystal, as the room models it.
+        let device_clock: Arc<dyn Clock> = Arc::new(ModelClock::new(clock.clone(), d.room.clock));
         let r = syncstream_receiver::start(
             rcfg,
-            room.sink(d.name)?,
-            room.microphone(d.name)?,
-            clock.clone(),
+            room.sink(&d.name)?,
+            room.microphone(&d.name)?,
+            device_clock,
         )
         .await
         .with_context(|| format!("starting receiver {}", d.name))?;
@@ -186,19 +280,27 @@ pub async fn start_system(
         tx,
         receivers,
         room,
-        devices,
+        devices: world.devices,
         clock,
         start_us,
         playout_delay_ms,
+        _proxies: proxies,
         _room_thread: room_thread,
     })
 }
 
-/// Runs the demo and returns its report.
+/// Runs the default demo and returns its report.
 ///
 /// Errors: the audio file cannot be read, or a server cannot start.
 pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
-    let sys = start_system(&cfg, demo_devices()).await?;
+    run_world(cfg, default_world()).await
+}
+
+/// Runs `world` in real time and returns its report.
+///
+/// Errors: the audio file cannot be read, or a server cannot start.
+pub async fn run_world(cfg: DemoConfig, world: DemoWorld) -> anyhow::Result<Report> {
+    let sys = start_system(&cfg, world).await?;
     let (clock, room, devices, receivers, start_us, playout_delay_ms) = (
         sys.clock.clone(),
         sys.room.clone(),
@@ -211,6 +313,7 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut printed = 0u32;
     let deadline_us = cfg.duration_s.map(|s| start_us + (s * 1e6) as i64);
+    let mut table = LiveTable::new(std::io::stdout().is_terminal());
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -222,7 +325,7 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
             playout_delay_ms * 1000.0,
         );
         if cfg.live_table && printed.is_multiple_of(4) {
-            print_table(
+            table.print(
                 devices,
                 receivers,
                 &room,
@@ -244,16 +347,16 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let c = receivers[i].core.lock().unwrap();
+            let s = receivers[i].snapshot();
             DeviceFacts {
                 name: d.name.to_string(),
                 output: d.profile.output_type.as_str().to_string(),
                 profile_latency_ms: d.profile.base_latency_ms,
                 true_latency_ms: room.true_latency_ms(i),
-                final_offset_ms: c.playout.offset_ms(),
-                underruns: c.playout.stats().underruns,
-                jumps: c.playout.stats().jumps,
-                offsets_applied: 0,
+                final_offset_ms: s.offset_ms,
+                underruns: s.audio.underruns,
+                jumps: s.audio.jumps,
+                offsets_applied: s.counters.offsets_applied,
                 clock_errors_us: Vec::new(),
             }
         })
@@ -269,52 +372,81 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
     ))
 }
 
-fn print_table(
-    devices: &[DemoDevice],
-    receivers: &[Receiver],
-    room: &Room,
-    log: &TruthLog,
-    t_s: f64,
-) {
-    let residuals = log.latest_residuals();
-    let mut out = String::new();
-    out.push_str(&format!(
-        "\n t = {t_s:5.1} s   (true latency is hidden from the system; residual = how far the sound is from where it should be)\n"
-    ));
-    out.push_str(&format!(
-        " {:<8} {:<11} {:>9} {:>10} {:>10} {:>9} {:>6} {:>12} {:>9}\n",
-        "device",
-        "output",
-        "profile",
-        "true lat",
-        "offset",
-        "drift",
-        "conf",
-        "residual",
-        "underruns"
-    ));
-    for (i, d) in devices.iter().enumerate() {
-        let c = receivers[i].core.lock().unwrap();
-        let (drift, conf) = c
-            .last_report
-            .as_ref()
-            .map_or((None, 0.0), |r| (r.drift_ms, r.confidence));
-        out.push_str(&format!(
-            " {:<8} {:<11} {:>6.1} ms {:>7.2} ms {:>7.2} ms {:>9} {:>6.2} {:>12} {:>9}\n",
-            d.name,
-            d.profile.output_type.as_str(),
-            d.profile.base_latency_ms,
-            room.true_latency_ms(i),
-            c.playout.offset_ms(),
-            drift.map_or("—".to_string(), |v| format!("{v:+.2} ms")),
-            conf,
-            residuals
-                .get(&i)
-                .map_or("—".to_string(), |v| format!("{v:+.3} ms")),
-            c.playout.stats().underruns,
-        ));
+/// The demo's live table: redrawn in place on a terminal, printed block by block when
+/// the output is a pipe or a file.
+struct LiveTable {
+    terminal: bool,
+    lines: usize,
+}
+
+impl LiveTable {
+    fn new(terminal: bool) -> Self {
+        Self { terminal, lines: 0 }
     }
-    let _ = std::io::stdout().write_all(out.as_bytes());
-    let _ = std::io::stdout().flush();
-    let _ = STREAM_SAMPLE_RATE;
+
+    fn print(
+        &mut self,
+        devices: &[DemoDevice],
+        receivers: &[Receiver],
+        room: &Room,
+        log: &TruthLog,
+        t_s: f64,
+    ) {
+        let residuals = log.latest_residuals();
+        let mut rows = vec![
+            format!(
+                " t = {t_s:5.1} s   (true latency is hidden from the system; residual = how far the sound is from where it should be)"
+            ),
+            format!(
+                " {:<10} {:<11} {:>9} {:>10} {:>10} {:>9} {:>6} {:>12} {:>9}",
+                "device",
+                "output",
+                "profile",
+                "true lat",
+                "offset",
+                "drift",
+                "conf",
+                "residual",
+                "underruns"
+            ),
+        ];
+        for (i, d) in devices.iter().enumerate() {
+            let s = receivers[i].snapshot();
+            let (drift, conf) = s
+                .last_report
+                .as_ref()
+                .map_or((None, 0.0), |r| (r.drift_ms, r.confidence));
+            rows.push(format!(
+                " {:<10} {:<11} {:>6.1} ms {:>7.2} ms {:>7.2} ms {:>9} {:>6.2} {:>12} {:>9}",
+                d.name,
+                d.profile.output_type.as_str(),
+                d.profile.base_latency_ms,
+                room.true_latency_ms(i),
+                s.offset_ms,
+                drift.map_or("—".to_string(), |v| format!("{v:+.2} ms")),
+                conf,
+                residuals
+                    .get(&i)
+                    .map_or("—".to_string(), |v| format!("{v:+.3} ms")),
+                s.audio.underruns,
+            ));
+        }
+        let mut out = String::new();
+        if self.terminal && self.lines > 0 {
+            // Back to the table's first line, and redraw it (each line cleared).
+            out.push_str(&format!("\x1b[{}A", self.lines));
+        } else {
+            out.push('\n');
+        }
+        for r in &rows {
+            if self.terminal {
+                out.push_str("\x1b[2K");
+            }
+            out.push_str(r);
+            out.push('\n');
+        }
+        self.lines = rows.len();
+        let _ = std::io::stdout().write_all(out.as_bytes());
+        let _ = std::io::stdout().flush();
+    }
 }

@@ -15,6 +15,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use syncstream_protocol::wire::Codec;
+use syncstream_shared::limits::{check_playout_delay_ms, OffsetLimits};
+use syncstream_shared::names::check_device_name;
 use syncstream_shared::profile::{DeviceProfile, OutputType};
 
 /// The network between transmitter and receivers.
@@ -64,7 +67,7 @@ pub struct DeviceSpec {
     /// Profile: `analog`, `hdmi`, `chromecast`, `airplay`, `bluetooth`, or a path to a
     /// JSON profile.
     pub profile: String,
-    /// True output latency, ms (0..=2000), hidden from the system.
+    /// True output latency, ms (0 to playout delay − 50), hidden from the system.
     pub latency_ms: f64,
     /// Random-walk σ of the latency per minute, ms (0..=100).
     #[serde(default)]
@@ -107,15 +110,27 @@ pub struct Scenario {
     /// Network model.
     #[serde(default)]
     pub network: NetworkSpec,
-    /// Playout delay, ms (100..=5000).
+    /// Playout delay, ms (100..=10000).
     #[serde(default = "default_playout")]
     pub playout_delay_ms: u32,
+    /// Stream codec: `opus` (default) or `pcm`.
+    #[serde(default = "default_codec", deserialize_with = "de_codec")]
+    pub codec: Codec,
     /// Devices.
     pub devices: Vec<DeviceSpec>,
 }
 
 fn default_playout() -> u32 {
     1000
+}
+
+fn default_codec() -> Codec {
+    Codec::Opus
+}
+
+fn de_codec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Codec, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
 fn range(field: String, v: f64, lo: f64, hi: f64) -> Result<(), String> {
@@ -170,30 +185,25 @@ impl Scenario {
             0.0,
             1000.0,
         )?;
-        range(
-            "playout_delay_ms".into(),
-            self.playout_delay_ms as f64,
-            100.0,
-            5000.0,
-        )?;
+        check_playout_delay_ms(self.playout_delay_ms)
+            .map_err(|e| format!("playout_delay_ms: {e}"))?;
+        let limits = OffsetLimits::for_playout_delay_ms(self.playout_delay_ms as f64);
         if self.devices.is_empty() {
             return Err("devices: at least one device is needed".into());
         }
         for (i, d) in self.devices.iter().enumerate() {
             let f = |name: &str| format!("devices[{i}].{name}");
-            if d.name.is_empty() || d.name.contains(['/', '+', '#']) {
-                return Err(format!(
-                    "{}: '{}' is not a valid device name",
-                    f("name"),
-                    d.name
-                ));
-            }
+            check_device_name(&d.name).map_err(|e| format!("{}: {e}", f("name")))?;
             if self.devices[..i].iter().any(|o| o.name == d.name) {
                 return Err(format!("{}: '{}' appears twice", f("name"), d.name));
             }
-            self.profile_of(d)
+            let profile = self
+                .profile_of(d)
                 .map_err(|e| format!("{}: {e}", f("profile")))?;
-            range(f("latency_ms"), d.latency_ms, 0.0, 2000.0)?;
+            limits
+                .check_base_latency(profile.base_latency_ms)
+                .map_err(|e| format!("{}: {e}", f("profile")))?;
+            range(f("latency_ms"), d.latency_ms, 0.0, limits.max_ms)?;
             range(f("latency_wander_ms"), d.latency_wander_ms, 0.0, 100.0)?;
             range(f("clock_ppm"), d.clock_ppm, -1000.0, 1000.0)?;
             if let Some(m) = d.mic_distance_m {

@@ -99,106 +99,38 @@ pub fn clip(name: &str) -> PathBuf {
     }
 }
 
-/// A TCP proxy on loopback that adds network jitter and can cut its connections: each
-/// chunk read from either side is forwarded `delay + extra` later, in order (like TCP
-/// behind a queue), where `extra` is U(0, jitter) for 30 % of chunks (a queue burst) and
-/// U(0, jitter / 20) otherwise. It runs on OS threads with precise sleeps, so the delays
-/// it adds are what it says (an async timer would round them to whole milliseconds).
+/// A TCP proxy on loopback that adds network jitter and can cut its connections: the
+/// simulator's delay model (`syncstream_sim::network`) on real sockets, as
+/// `syncstream demo --scenario` uses it.
 pub struct JitterProxy {
     /// Port to connect to.
     pub port: u16,
-    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    proxy: syncstream_sim::net_proxy::NetProxy,
 }
 
 impl JitterProxy {
-    /// Starts a proxy to `target`.
+    /// Starts a proxy to `target`: each chunk is forwarded `delay + extra` later, in
+    /// order, where `extra` is U(0, jitter) for 30 % of chunks and U(0, jitter / 20)
+    /// otherwise.
     pub async fn start(
         target: std::net::SocketAddr,
         delay_ms: f64,
         jitter_ms: f64,
         seed: u64,
     ) -> JitterProxy {
-        use std::sync::{Arc, Mutex};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let open2 = open.clone();
-        std::thread::spawn(move || {
-            let mut n = seed;
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                let Ok(server) = std::net::TcpStream::connect(target) else {
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                n = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                {
-                    let mut o = open2.lock().unwrap();
-                    o.push(client.try_clone().unwrap());
-                    o.push(server.try_clone().unwrap());
-                }
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pipe(client, s2, delay_ms, jitter_ms, n));
-                std::thread::spawn(move || pipe(server, c2, delay_ms, jitter_ms, n ^ 0xABCD));
-            }
-        });
-        JitterProxy { port, open }
+        let net = syncstream_sim::scenario::NetworkSpec {
+            delay_ms,
+            jitter_ms,
+        };
+        let proxy = syncstream_sim::net_proxy::NetProxy::start(target, &net, seed).unwrap();
+        JitterProxy {
+            port: proxy.addr().port(),
+            proxy,
+        }
     }
 
     /// Drops every connection open now (new ones are accepted again).
     pub fn cut(&self) {
-        for s in self.open.lock().unwrap().drain(..) {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
+        self.proxy.cut();
     }
-}
-
-fn pipe(
-    mut from: std::net::TcpStream,
-    mut to: std::net::TcpStream,
-    delay_ms: f64,
-    jitter_ms: f64,
-    seed: u64,
-) {
-    use std::io::{Read, Write};
-    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
-    let writer = std::thread::spawn(move || {
-        while let Ok((at, bytes)) = rx.recv() {
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
-            }
-            if to.write_all(&bytes).is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Write);
-    });
-    let mut x = seed | 1;
-    let mut last = Instant::now();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let u = (x >> 11) as f64 / (1u64 << 53) as f64;
-        let burst = x % 10 < 3;
-        let extra = if burst {
-            u * jitter_ms
-        } else {
-            u * jitter_ms / 20.0
-        };
-        let at = (Instant::now() + Duration::from_secs_f64((delay_ms + extra) / 1000.0)).max(last);
-        last = at;
-        if tx.send((at, buf[..n].to_vec())).is_err() {
-            break;
-        }
-    }
-    drop(tx);
-    let _ = writer.join();
 }

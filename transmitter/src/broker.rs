@@ -6,6 +6,9 @@ use anyhow::Context;
 
 /// Starts an MQTT 3.1.1 broker listening on `listen` on a background thread.
 ///
+/// Returns once the broker accepts connections (waiting up to 5 s), so clients started
+/// right after do not meet a refused connection.
+///
 /// Errors: the configuration is rejected. A port already in use is reported by the
 /// broker thread in the log (rumqttd binds asynchronously); check with a client.
 pub fn start_embedded_broker(listen: SocketAddr) -> anyhow::Result<()> {
@@ -42,5 +45,19 @@ pub fn start_embedded_broker(listen: SocketAddr) -> anyhow::Result<()> {
             }
         })
         .context("starting the embedded broker thread")?;
+    let probe = if listen.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], listen.port()))
+    } else {
+        listen
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(200))
+            .is_ok()
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     Ok(())
 }

@@ -6,27 +6,47 @@
 //! that absolute *target*, not on increments, makes the loop immune to reports that
 //! arrive late or twice.
 //!
-//! - Reports below `min_confidence` or without an estimate are ignored.
+//! - Reports are checked first: a report stamped more than [`MAX_REPORT_AGE_US`] from
+//!   the controller's clock, a drift beyond ±[`MAX_DRIFT_MS`], an applied offset
+//!   outside the limits, or a confidence outside 0..=1 is refused. Reports below
+//!   `min_confidence` or without an estimate are ignored.
 //! - Acquiring: the first offset is set when two consecutive targets agree within
 //!   `agree_ms`, or at once on a report of at least `lock_confidence` (the estimator's
 //!   confidence is calibrated: at 0.99 it has not been wrong in its evaluation), so a
 //!   doubtful estimate cannot move a speaker.
-//! - Tracking: a target further than `outlier_ms` from the median of the recent
-//!   targets is an outlier and ignored, unless `relock_count` outliers in a row agree
-//!   with each other (the device's latency really changed: a Bluetooth reconnect, a TV
-//!   mode switch), which re-locks on them. Otherwise the offset moves a fraction
-//!   `gain` of the way to the target, and changes below `deadband_ms` are not sent.
-//!   Together with `velocity_gain` this is an α-β tracker (a steady-state Kalman filter
-//!   over offset and its drift rate): a device whose latency drifts steadily (Bluetooth,
-//!   Cast buffers adapting) is followed without lag, as an offset plus a rate that the
-//!   receiver applies continuously.
-//! - Every offset is clamped to what the device's buffer can do.
+//! - Tracking: an α-β tracker (a steady-state Kalman filter over the offset and its
+//!   drift rate) predicts the target at the report's time. A target further than
+//!   `outlier_ms` from that prediction is an outlier and ignored, unless
+//!   `relock_count` outliers in a row agree with each other within `agree_ms` (the
+//!   device's latency really changed: a Bluetooth reconnect, a TV mode switch), which
+//!   re-locks on their median. Otherwise the offset moves a fraction `gain` (α) of the
+//!   way to the target and the rate a fraction `velocity_gain` (β) of the residual per
+//!   second, bounded by `max_rate_ms_per_s`; a device whose latency drifts steadily
+//!   (Bluetooth, Cast buffers adapting) is followed without lag, as an offset plus a
+//!   rate that the receiver applies continuously. Changes below `deadband_ms` are not
+//!   sent, but an offset with a rate is re-sent every `refresh_s` of report time, since
+//!   receivers stop extrapolating a rate that is not refreshed.
+//! - Every offset is clamped to what the device's buffer can do
+//!   ([`syncstream_shared::limits::OffsetLimits`] of the playout delay).
+//! - State is bounded: per device a fixed number of pending targets and of offset
+//!   history entries, and at most [`MAX_DEVICES`] devices (the one heard from longest
+//!   ago is forgotten first).
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 use syncstream_protocol::messages::{BufferOffset, DriftReport};
+use syncstream_shared::limits::OffsetLimits;
 use syncstream_shared::stats::median;
+
+/// A report stamped further than this from the controller's clock is refused, µs.
+pub const MAX_REPORT_AGE_US: i64 = 60_000_000;
+/// Largest |drift| believed, ms.
+pub const MAX_DRIFT_MS: f64 = 10_000.0;
+/// Most devices tracked at once.
+pub const MAX_DEVICES: usize = 256;
+/// Offset history entries kept per device.
+pub const OFFSET_HISTORY: usize = 4096;
 
 /// Tuning of the controller. The defaults are documented in the README.
 #[derive(Debug, Clone)]
@@ -37,24 +57,22 @@ pub struct ControllerConfig {
     pub agree_ms: f64,
     /// A single report at least this confident locks a device at once.
     pub lock_confidence: f64,
-    /// Targets further than this from the recent median are outliers, ms.
+    /// Targets further than this from the tracker's prediction are outliers, ms.
     pub outlier_ms: f64,
     /// Outliers in a row that, agreeing with each other, re-lock the device.
     pub relock_count: usize,
-    /// Fraction of the error corrected per report while tracking, 0..=1.
+    /// Fraction of the error corrected per report while tracking (α), 0..=1.
     pub gain: f64,
     /// Offset changes smaller than this are not published, ms.
     pub deadband_ms: f64,
-    /// Smallest offset a device may get, ms.
-    pub min_offset_ms: f64,
-    /// Largest offset a device may get, ms (a bit below its playout delay).
-    pub max_offset_ms: f64,
-    /// Targets kept per device for the median.
-    pub history: usize,
-    /// Velocity gain of the α-β tracker (how fast a latency drift is learnt), 0..=1.
+    /// The offsets a device can take (from the playout delay).
+    pub limits: OffsetLimits,
+    /// Velocity gain of the α-β tracker (β: how fast a latency drift is learnt), 0..=1.
     pub velocity_gain: f64,
     /// Largest latency drift followed, ms/s.
     pub max_rate_ms_per_s: f64,
+    /// An offset with a rate is re-sent at least this often, s of report time.
+    pub refresh_s: f64,
 }
 
 impl Default for ControllerConfig {
@@ -67,11 +85,12 @@ impl Default for ControllerConfig {
             relock_count: 3,
             gain: 0.7,
             deadband_ms: 0.005,
-            min_offset_ms: -50.0,
-            max_offset_ms: 1900.0,
-            history: 7,
+            limits: OffsetLimits::for_playout_delay_ms(
+                syncstream_shared::limits::DEFAULT_PLAYOUT_DELAY_MS as f64,
+            ),
             velocity_gain: 0.3,
             max_rate_ms_per_s: 0.5,
+            refresh_s: 5.0,
         }
     }
 }
@@ -114,8 +133,12 @@ pub struct DeviceSync {
     last_ts_us: Option<i64>,
     #[serde(skip)]
     published_rate_ms_per_s: f64,
+    /// Report time of the last published offset, µs.
     #[serde(skip)]
-    targets: VecDeque<f64>,
+    last_publish_ts_us: Option<i64>,
+    /// Controller time of the last report, µs (to forget the stalest device first).
+    #[serde(skip)]
+    last_seen_us: i64,
     #[serde(skip)]
     pending: Vec<f64>,
     /// Offset history: (report ts_us, applied offset ms).
@@ -138,7 +161,8 @@ impl DeviceSync {
             rate_ms_per_s: 0.0,
             last_ts_us: None,
             published_rate_ms_per_s: 0.0,
-            targets: VecDeque::new(),
+            last_publish_ts_us: None,
+            last_seen_us: 0,
             pending: Vec::new(),
             offset_history: VecDeque::new(),
         }
@@ -187,23 +211,81 @@ impl SyncController {
         self.devices.remove(device);
     }
 
-    /// Handles one report (see the module docs).
-    pub fn on_report(&mut self, r: &DriftReport) -> Decision {
+    /// Number of devices tracked.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether no device is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The limits offsets are clamped to.
+    pub fn limits(&self) -> OffsetLimits {
+        self.cfg.limits
+    }
+
+    /// Checks a report's numbers; the error says which is wrong.
+    fn check(&self, r: &DriftReport, now_us: i64) -> Result<(), String> {
+        let age = (now_us as i128 - r.ts_us as i128).abs();
+        if age > MAX_REPORT_AGE_US as i128 {
+            return Err(format!(
+                "report stamped {} µs is {:.0} s from the controller's clock",
+                r.ts_us,
+                age as f64 / 1e6
+            ));
+        }
+        if let Some(d) = r.drift_ms {
+            if !(d.is_finite() && d.abs() <= MAX_DRIFT_MS) {
+                return Err(format!("drift_ms {d} is out of range"));
+            }
+        }
+        let l = self.cfg.limits;
+        if !(r.applied_offset_ms.is_finite()
+            && r.applied_offset_ms >= l.min_ms - 1.0
+            && r.applied_offset_ms <= l.max_ms + 1.0)
+        {
+            return Err(format!(
+                "applied_offset_ms {} is outside the limits ({} to {} ms)",
+                r.applied_offset_ms, l.min_ms, l.max_ms
+            ));
+        }
+        if !(0.0..=1.0).contains(&r.confidence) {
+            return Err(format!("confidence {} is outside 0..=1", r.confidence));
+        }
+        Ok(())
+    }
+
+    /// Handles one report that reached the controller at its time `now_us` (see the
+    /// module docs).
+    pub fn on_report(&mut self, r: &DriftReport, now_us: i64) -> Decision {
+        if let Err(e) = self.check(r, now_us) {
+            return Decision::Ignored(e);
+        }
         let cfg = self.cfg.clone();
+        if !self.devices.contains_key(&r.device) && self.devices.len() >= MAX_DEVICES {
+            if let Some(stalest) = self
+                .devices
+                .iter()
+                .min_by_key(|(_, d)| d.last_seen_us)
+                .map(|(n, _)| n.clone())
+            {
+                self.devices.remove(&stalest);
+            }
+        }
         let dev = self
             .devices
             .entry(r.device.clone())
             .or_insert_with(DeviceSync::new);
+        dev.last_seen_us = now_us;
         dev.last_drift_ms = r.drift_ms;
         dev.last_confidence = r.confidence;
-        let Some(drift) = r.drift_ms.filter(|d| d.is_finite()) else {
+        let Some(drift) = r.drift_ms else {
             dev.ignored += 1;
             return Decision::Ignored(r.reason.clone().unwrap_or_else(|| "no estimate".into()));
         };
-        if r.confidence.is_nan()
-            || r.confidence < cfg.min_confidence
-            || !r.applied_offset_ms.is_finite()
-        {
+        if r.confidence < cfg.min_confidence {
             dev.ignored += 1;
             return Decision::Ignored(format!(
                 "confidence {:.2} below {:.2}",
@@ -213,20 +295,19 @@ impl SyncController {
         let target = r.applied_offset_ms + drift;
         dev.last_target_ms = Some(target);
         dev.offset_history.push_back((r.ts_us, r.applied_offset_ms));
-        while dev.offset_history.len() > 4096 {
+        while dev.offset_history.len() > OFFSET_HISTORY {
             dev.offset_history.pop_front();
         }
         // The α-β tracker's prediction of the offset at this report's time.
-        let dt_s = dev
-            .last_ts_us
-            .map_or(0.0, |t| ((r.ts_us - t) as f64 / 1e6).clamp(0.0, 60.0));
+        let dt_s = dev.last_ts_us.map_or(0.0, |t| {
+            ((r.ts_us as f64 - t as f64) / 1e6).clamp(0.0, 60.0)
+        });
         let current = dev.offset_ms.unwrap_or(r.applied_offset_ms) + dev.rate_ms_per_s * dt_s;
         let new_offset = match dev.state {
             LockState::Acquiring => {
                 dev.pending.push(target);
                 let n = dev.pending.len();
                 if r.confidence >= cfg.lock_confidence {
-                    dev.targets = std::iter::once(target).collect();
                     dev.pending.clear();
                     dev.state = LockState::Tracking;
                     dev.used += 1;
@@ -235,7 +316,6 @@ impl SyncController {
                 } else if n >= 2 && (dev.pending[n - 1] - dev.pending[n - 2]).abs() <= cfg.agree_ms
                 {
                     let locked = 0.5 * (dev.pending[n - 1] + dev.pending[n - 2]);
-                    dev.targets = dev.pending[n - 2..].iter().copied().collect();
                     dev.pending.clear();
                     dev.state = LockState::Tracking;
                     dev.used += 1;
@@ -251,36 +331,28 @@ impl SyncController {
                 }
             }
             LockState::Tracking => {
-                let med = current;
-                if (target - med).abs() > cfg.outlier_ms {
+                if (target - current).abs() > cfg.outlier_ms {
                     dev.outliers += 1;
                     dev.pending.push(target);
+                    if dev.pending.len() > cfg.relock_count.max(1) {
+                        dev.pending.remove(0);
+                    }
                     let n = dev.pending.len();
-                    if n >= cfg.relock_count {
-                        let recent = &dev.pending[n - cfg.relock_count..];
-                        let m = median(recent).unwrap_or(target);
-                        if recent.iter().all(|t| (t - m).abs() <= cfg.agree_ms) {
-                            dev.targets = recent.iter().copied().collect();
-                            dev.pending.clear();
-                            dev.used += 1;
-                            dev.rate_ms_per_s = 0.0;
-                            m
-                        } else {
-                            return Decision::Ignored(format!(
-                                "outlier: {target:.3} ms against median {med:.3} ms"
-                            ));
-                        }
+                    let recent = &dev.pending[n.saturating_sub(cfg.relock_count)..];
+                    let m = median(recent).unwrap_or(target);
+                    if n >= cfg.relock_count && recent.iter().all(|t| (t - m).abs() <= cfg.agree_ms)
+                    {
+                        dev.pending.clear();
+                        dev.used += 1;
+                        dev.rate_ms_per_s = 0.0;
+                        m
                     } else {
                         return Decision::Ignored(format!(
-                            "outlier: {target:.3} ms against median {med:.3} ms"
+                            "outlier: {target:.3} ms against the predicted {current:.3} ms"
                         ));
                     }
                 } else {
                     dev.pending.clear();
-                    dev.targets.push_back(target);
-                    while dev.targets.len() > cfg.history {
-                        dev.targets.pop_front();
-                    }
                     dev.used += 1;
                     let residual = target - current;
                     if dt_s > 0.0 {
@@ -292,7 +364,7 @@ impl SyncController {
                 }
             }
         };
-        let clamped = new_offset.clamp(cfg.min_offset_ms, cfg.max_offset_ms);
+        let clamped = cfg.limits.clamp(new_offset);
         if clamped != new_offset {
             tracing::warn!(
                 device = r.device,
@@ -302,12 +374,17 @@ impl SyncController {
         // `offset_ms` is kept as the value at the last used report's time.
         let unchanged = dev.offset_ms.is_some() && (clamped - current).abs() < cfg.deadband_ms;
         let rate_changed = (dev.rate_ms_per_s - dev.published_rate_ms_per_s).abs() > 1e-4;
+        let refresh_due = dev.rate_ms_per_s != 0.0
+            && dev
+                .last_publish_ts_us
+                .is_none_or(|t| (r.ts_us as f64 - t as f64) / 1e6 >= cfg.refresh_s);
         dev.offset_ms = Some(clamped);
         dev.last_ts_us = Some(r.ts_us);
-        if unchanged && !rate_changed {
+        if unchanged && !rate_changed && !refresh_due {
             return Decision::Hold;
         }
         dev.published_rate_ms_per_s = dev.rate_ms_per_s;
+        dev.last_publish_ts_us = Some(r.ts_us);
         dev.seq += 1;
         Decision::Publish(BufferOffset {
             device: r.device.clone(),
@@ -335,6 +412,10 @@ mod tests {
         }
     }
 
+    fn on(c: &mut SyncController, r: DriftReport) -> Decision {
+        c.on_report(&r, r.ts_us)
+    }
+
     fn offset(d: Decision) -> f64 {
         match d {
             Decision::Publish(o) => o.offset_ms,
@@ -347,17 +428,16 @@ mod tests {
         let mut c = SyncController::new(ControllerConfig::default());
         // True need: 112 ms. Profile said 70.
         assert!(matches!(
-            c.on_report(&report(Some(42.0), 0.9, 70.0)),
+            on(&mut c, report(Some(42.0), 0.9, 70.0)),
             Decision::Ignored(_)
         ));
-        let o = offset(c.on_report(&report(Some(42.2), 0.9, 70.0)));
+        let o = offset(on(&mut c, report(Some(42.2), 0.9, 70.0)));
         assert!((o - 112.1).abs() < 1e-9);
         // Now tracking: the device is 0.1 ms early → converge monotonically to 112.0.
         let mut applied = o;
         let mut last_err = f64::MAX;
         for _ in 0..20 {
-            if let Decision::Publish(b) = c.on_report(&report(Some(112.0 - applied), 0.9, applied))
-            {
+            if let Decision::Publish(b) = on(&mut c, report(Some(112.0 - applied), 0.9, applied)) {
                 applied = b.offset_ms;
             }
             let err = (applied - 112.0).abs();
@@ -371,30 +451,30 @@ mod tests {
     #[test]
     fn a_very_confident_report_locks_at_once() {
         let mut c = SyncController::new(ControllerConfig::default());
-        assert!((offset(c.on_report(&report(Some(42.0), 0.995, 70.0))) - 112.0).abs() < 1e-9);
+        assert!((offset(on(&mut c, report(Some(42.0), 0.995, 70.0))) - 112.0).abs() < 1e-9);
         assert_eq!(c.device("tv").unwrap().state, LockState::Tracking);
     }
 
     #[test]
     fn ignores_low_confidence_missing_estimates_and_outliers() {
         let mut c = SyncController::new(ControllerConfig::default());
-        c.on_report(&report(Some(10.0), 0.9, 100.0));
-        c.on_report(&report(Some(10.0), 0.9, 100.0));
+        on(&mut c, report(Some(10.0), 0.9, 100.0));
+        on(&mut c, report(Some(10.0), 0.9, 100.0));
         assert!(matches!(
-            c.on_report(&report(Some(50.0), 0.2, 110.0)),
+            on(&mut c, report(Some(50.0), 0.2, 110.0)),
             Decision::Ignored(_)
         ));
         assert!(matches!(
-            c.on_report(&report(None, 0.0, 110.0)),
+            on(&mut c, report(None, 0.0, 110.0)),
             Decision::Ignored(_)
         ));
         assert!(matches!(
-            c.on_report(&report(Some(f64::NAN), 0.9, 110.0)),
+            on(&mut c, report(Some(f64::NAN), 0.9, 110.0)),
             Decision::Ignored(_)
         ));
         // A single wild estimate is rejected.
         assert!(matches!(
-            c.on_report(&report(Some(-30.0), 0.95, 110.0)),
+            on(&mut c, report(Some(-30.0), 0.95, 110.0)),
             Decision::Ignored(_)
         ));
         assert_eq!(c.device("tv").unwrap().offset_ms, Some(110.0));
@@ -403,29 +483,139 @@ mod tests {
     #[test]
     fn relocks_when_the_latency_really_changes() {
         let mut c = SyncController::new(ControllerConfig::default());
-        c.on_report(&report(Some(0.0), 0.9, 200.0));
-        c.on_report(&report(Some(0.0), 0.9, 200.0));
+        on(&mut c, report(Some(0.0), 0.9, 200.0));
+        on(&mut c, report(Some(0.0), 0.9, 200.0));
         // Bluetooth reconnect: now needs 260 ms.
         assert!(matches!(
-            c.on_report(&report(Some(60.0), 0.9, 200.0)),
+            on(&mut c, report(Some(60.0), 0.9, 200.0)),
             Decision::Ignored(_)
         ));
         assert!(matches!(
-            c.on_report(&report(Some(60.1), 0.9, 200.0)),
+            on(&mut c, report(Some(60.1), 0.9, 200.0)),
             Decision::Ignored(_)
         ));
-        let o = offset(c.on_report(&report(Some(59.9), 0.9, 200.0)));
+        let o = offset(on(&mut c, report(Some(59.9), 0.9, 200.0)));
         assert!((o - 260.0).abs() < 0.2, "{o}");
     }
 
     #[test]
     fn offsets_stay_inside_the_buffer() {
         let cfg = ControllerConfig {
-            max_offset_ms: 500.0,
+            limits: OffsetLimits::for_playout_delay_ms(550.0),
             ..Default::default()
         };
         let mut c = SyncController::new(cfg);
-        c.on_report(&report(Some(900.0), 0.9, 0.0));
-        assert_eq!(offset(c.on_report(&report(Some(900.0), 0.9, 0.0))), 500.0);
+        on(&mut c, report(Some(900.0), 0.9, 0.0));
+        assert_eq!(offset(on(&mut c, report(Some(900.0), 0.9, 0.0))), 500.0);
+    }
+
+    /// A device whose latency drifts at 0.2 ms/s, reported every 2.5 s with advancing
+    /// timestamps and the offset the receiver really applied (the ramp): the α-β
+    /// tracker learns the rate and the residual shrinks to the estimation noise.
+    #[test]
+    fn the_rate_path_follows_a_drifting_latency() {
+        let mut c = SyncController::new(ControllerConfig::default());
+        let latency = |ts: i64| 200.0 + 0.2 * ts as f64 / 1e6;
+        let mut ramp = (200.0, 0.0, 0i64); // the receiver's (offset, rate, ref)
+        let applied = |r: (f64, f64, i64), ts: i64| r.0 + r.1 * (ts - r.2) as f64 / 1e6;
+        let mut last_rate = 0.0;
+        let mut residuals = Vec::new();
+        for k in 1..=80i64 {
+            let ts = k * 2_500_000;
+            let a = applied(ramp, ts);
+            let r = DriftReport {
+                ts_us: ts,
+                ..report(Some(latency(ts) - a), 0.95, a)
+            };
+            residuals.push((latency(ts) - a).abs());
+            if let Decision::Publish(o) = on(&mut c, r) {
+                assert_eq!(o.ref_us, ts);
+                ramp = (o.offset_ms, o.rate_ms_per_s, o.ref_us);
+                last_rate = o.rate_ms_per_s;
+            }
+        }
+        assert!((last_rate - 0.2).abs() < 0.01, "rate {last_rate}");
+        let tail = &residuals[60..];
+        assert!(
+            tail.iter().all(|&e| e < 0.01),
+            "residuals after the rate was learnt: {tail:?}"
+        );
+        // Without the rate a 0.2 ms/s drift leaves 0.5 ms behind per report.
+        assert!(residuals[1] > 0.2);
+    }
+
+    #[test]
+    fn an_offset_with_a_rate_is_refreshed() {
+        let mut c = SyncController::new(ControllerConfig::default());
+        let mut published = Vec::new();
+        let mut ramp = (100.0, 0.0, 0i64);
+        for k in 1..=40i64 {
+            let ts = k * 1_000_000;
+            let a = ramp.0 + ramp.1 * (ts - ramp.2) as f64 / 1e6;
+            let lat = 100.0 + 0.1 * ts as f64 / 1e6;
+            let r = DriftReport {
+                ts_us: ts,
+                ..report(Some(lat - a), 0.95, a)
+            };
+            if let Decision::Publish(o) = on(&mut c, r) {
+                ramp = (o.offset_ms, o.rate_ms_per_s, o.ref_us);
+                published.push(ts);
+            }
+        }
+        // Published at least every refresh_s (5 s) of report time once the rate is known.
+        for w in published.windows(2).skip(5) {
+            assert!(w[1] - w[0] <= 5_000_000, "{published:?}");
+        }
+    }
+
+    #[test]
+    fn reports_from_another_time_or_out_of_range_are_refused() {
+        let mut c = SyncController::new(ControllerConfig::default());
+        let r = DriftReport {
+            ts_us: i64::MIN,
+            ..report(Some(1.0), 0.9, 10.0)
+        };
+        assert!(
+            matches!(c.on_report(&r, 1_000_000), Decision::Ignored(e) if e.contains("from the controller's clock"))
+        );
+        let r = DriftReport {
+            ts_us: i64::MAX,
+            ..report(Some(1.0), 0.9, 10.0)
+        };
+        assert!(matches!(c.on_report(&r, i64::MIN), Decision::Ignored(_)));
+        for bad in [
+            report(Some(1e9), 0.9, 10.0),
+            report(Some(1.0), 0.9, 1e9),
+            report(Some(1.0), 7.0, 10.0),
+            report(Some(1.0), f64::NAN, 10.0),
+            report(Some(f64::INFINITY), 0.9, 10.0),
+        ] {
+            assert!(matches!(on(&mut c, bad), Decision::Ignored(_)));
+        }
+        assert!(c.is_empty(), "refused reports leave no state");
+    }
+
+    #[test]
+    fn state_is_bounded() {
+        let mut c = SyncController::new(ControllerConfig::default());
+        for k in 0..(MAX_DEVICES + 50) {
+            let r = DriftReport {
+                device: format!("d{k}"),
+                ts_us: k as i64,
+                ..report(Some(1.0), 0.9, 10.0)
+            };
+            c.on_report(&r, k as i64);
+        }
+        assert_eq!(c.len(), MAX_DEVICES);
+        assert!(c.device("d0").is_none() && c.device(&format!("d{}", MAX_DEVICES + 49)).is_some());
+        // Endless disagreeing outliers keep a bounded pending list.
+        on(&mut c, report(Some(0.0), 0.995, 100.0));
+        for k in 0..10_000 {
+            on(
+                &mut c,
+                report(Some(50.0 + (k % 7) as f64 * 10.0), 0.9, 100.0),
+            );
+        }
+        assert!(c.device("tv").unwrap().pending.len() <= 3);
     }
 }

@@ -12,6 +12,7 @@ pub mod pacer;
 pub mod rolling_buffer;
 pub mod source;
 pub mod stream_server;
+pub mod sync_service;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -20,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use syncstream_protocol::codec::{AudioEncoder, CHUNK_FRAMES};
 use syncstream_protocol::mqtt::BrokerUrl;
-use syncstream_protocol::wire::{Codec, Frame, PROTOCOL_VERSION};
+use syncstream_protocol::wire::Codec;
+use syncstream_shared::limits::{check_playout_delay_ms, OffsetLimits};
 use syncstream_shared::time::{Clock, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
 
 pub use controller::{ControllerConfig, SyncController};
@@ -56,7 +58,7 @@ pub struct TransmitterConfig {
     pub buffer_seconds: f64,
     /// Playout delay announced to receivers, ms.
     pub playout_delay_ms: u32,
-    /// Controller tuning.
+    /// Controller tuning (its offset limits are set from `playout_delay_ms`).
     pub controller: ControllerConfig,
     /// Device profiles (`<device>.json`) that the offset history may update; `None`:
     /// no auto-calibration.
@@ -96,8 +98,16 @@ pub struct Transmitter {
     pub buffer: Arc<Mutex<RollingBuffer>>,
     /// PTS of source sample 0, µs.
     pub epoch_us: i64,
+    hub: Arc<stream_server::StreamHub>,
     stop: Arc<AtomicBool>,
     pacer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Transmitter {
+    /// Names of the receivers streaming now.
+    pub fn hub_clients(&self) -> Vec<String> {
+        self.hub.clients()
+    }
 }
 
 impl Drop for Transmitter {
@@ -109,14 +119,57 @@ impl Drop for Transmitter {
     }
 }
 
+/// Shortest rolling buffer, s.
+pub const MIN_BUFFER_SECONDS: f64 = 1.0;
+/// Longest rolling buffer, s.
+pub const MAX_BUFFER_SECONDS: f64 = 600.0;
+
+impl TransmitterConfig {
+    /// Checks the settings; the error names the setting, its value and the range.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        check_playout_delay_ms(self.playout_delay_ms)
+            .map_err(|e| anyhow::anyhow!("--playout-delay-ms: {e}"))?;
+        if !(self.buffer_seconds.is_finite()
+            && (MIN_BUFFER_SECONDS..=MAX_BUFFER_SECONDS).contains(&self.buffer_seconds))
+        {
+            anyhow::bail!(
+                "--buffer-seconds: {} is outside {MIN_BUFFER_SECONDS} to {MAX_BUFFER_SECONDS} s",
+                self.buffer_seconds
+            );
+        }
+        let needed = self.playout_delay_ms as f64 / 1000.0 + 3.0;
+        if self.buffer_seconds < needed {
+            tracing::warn!(
+                "--buffer-seconds {} is less than the {needed} s drift measurements need (the \
+                 playout delay plus a 2 s window and its search margin): receivers will not \
+                 find their source windows",
+                self.buffer_seconds
+            );
+        }
+        if let Some(dir) = &self.profiles_dir {
+            let meta = std::fs::metadata(dir)
+                .map_err(|e| anyhow::anyhow!("--profiles-dir {}: {e}", dir.display()))?;
+            if !meta.is_dir() {
+                anyhow::bail!("--profiles-dir {}: not a folder", dir.display());
+            }
+            tempfile::tempfile_in(dir).map_err(|e| {
+                anyhow::anyhow!("--profiles-dir {}: not writable: {e}", dir.display())
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// Starts a transmitter on the current tokio runtime, pulling audio from `source`.
 ///
-/// Errors: a port that cannot be bound, a codec that cannot be created.
+/// Errors: an invalid setting ([`TransmitterConfig::validate`]), a port that cannot be
+/// bound, a codec that cannot be created.
 pub async fn start(
     cfg: TransmitterConfig,
     source: PullAudio,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Transmitter> {
+    cfg.validate()?;
     let broker = match &cfg.mqtt {
         #[cfg(not(feature = "embedded-broker"))]
         MqttMode::Embedded(addr) => anyhow::bail!(
@@ -142,15 +195,12 @@ pub async fn start(
     let codec_delay_samples = encoder.delay_samples()?;
     // Start the timeline a little in the past so the first chunk is due at once.
     let epoch_us = clock.now_us();
-    let hello = Frame::ServerHello {
-        protocol_version: PROTOCOL_VERSION,
-        sample_rate: STREAM_SAMPLE_RATE,
-        channels: STREAM_CHANNELS,
-        codec: cfg.codec,
+    let hello = stream_server::server_hello(
+        cfg.codec,
         codec_delay_samples,
         epoch_us,
-        playout_delay_ms: cfg.playout_delay_ms,
-    };
+        cfg.playout_delay_ms,
+    );
     let history_chunks =
         (cfg.playout_delay_ms as usize * STREAM_SAMPLE_RATE as usize / 1000) / CHUNK_FRAMES + 2;
     let hub = stream_server::StreamHub::new(hello, history_chunks);
@@ -159,7 +209,10 @@ pub async fn start(
         cfg.buffer_seconds,
         epoch_us,
     )));
-    let controller = Arc::new(Mutex::new(SyncController::new(cfg.controller.clone())));
+    let controller = Arc::new(Mutex::new(SyncController::new(ControllerConfig {
+        limits: OffsetLimits::for_playout_delay_ms(cfg.playout_delay_ms as f64),
+        ..cfg.controller.clone()
+    })));
 
     let stream_listener = tokio::net::TcpListener::bind(cfg.stream_addr)
         .await
@@ -192,8 +245,8 @@ pub async fn start(
         .map(|dir| history::ProfileKeeper::new(dir, cfg.history.clone()));
     tokio::spawn(mqtt::run_controller(
         broker.clone(),
-        controller.clone(),
-        keeper,
+        sync_service::SyncService::new(controller.clone(), keeper),
+        clock.clone(),
     ));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -201,7 +254,16 @@ pub async fn start(
         let (clock, buffer, hub, stop) = (clock.clone(), buffer.clone(), hub.clone(), stop.clone());
         std::thread::Builder::new()
             .name("pacer".into())
-            .spawn(move || pacer::run(source, encoder, epoch_us, clock, buffer, hub, stop))?
+            .spawn(move || {
+                pacer::run(
+                    pacer::ChunkProducer::new(source, encoder),
+                    epoch_us,
+                    clock,
+                    buffer,
+                    hub,
+                    stop,
+                )
+            })?
     };
     tracing::info!(%stream_addr, %http_addr, %broker, "transmitter running");
     Ok(Transmitter {
@@ -211,6 +273,7 @@ pub async fn start(
         controller,
         buffer,
         epoch_us,
+        hub,
         stop,
         pacer: Some(pacer),
     })

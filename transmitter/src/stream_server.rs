@@ -1,26 +1,89 @@
 //! The audio stream server: sends timestamped audio chunks to every connected
 //! receiver over TCP and answers their clock-sync requests (see
 //! [`syncstream_protocol::wire`] for the protocol).
+//!
+//! A connection must say hello within [`HELLO_TIMEOUT`], in a frame of at most
+//! [`MAX_INBOUND_FRAME_BYTES`] (receivers send only hellos and clock-sync requests),
+//! with a valid device name. A name that another receiver process (another `instance`)
+//! is streaming under is refused with a [`Frame::Refused`] that says so; the same
+//! process reconnecting replaces its old connection. A connection that sends nothing
+//! for [`IDLE_TIMEOUT`] (receivers ask the time 20 times a second) is dropped, so a
+//! receiver that vanished does not hold its name.
+//!
+//! A connection that opens with a [`Frame::ClockHello`] carries clock-sync exchanges
+//! only ([`serve_clock`]): answered at once, never queued behind audio.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use syncstream_protocol::wire::{Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION};
-use syncstream_shared::time::Clock;
+use syncstream_protocol::wire::{Codec, Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use syncstream_shared::names::check_device_name;
+use syncstream_shared::time::{Clock, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio::sync::{broadcast, mpsc, Notify};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tracing::{debug, info, warn};
+
+/// How long a new connection may take to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A receiver that sends nothing for this long is dropped.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest frame a receiver may send, bytes.
+pub const MAX_INBOUND_FRAME_BYTES: usize = 4096;
 
 /// A length-delimited codec limited to [`MAX_FRAME_BYTES`].
 pub fn frame_codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME_BYTES)
         .new_codec()
+}
+
+/// The transmitter's hello for a stream in `codec` whose decoder lags by
+/// `codec_delay_samples`, with sample 0 at PTS `epoch_us` and a playout delay of
+/// `playout_delay_ms`.
+pub fn server_hello(
+    codec: Codec,
+    codec_delay_samples: u32,
+    epoch_us: i64,
+    playout_delay_ms: u32,
+) -> Frame {
+    Frame::ServerHello {
+        protocol_version: PROTOCOL_VERSION,
+        sample_rate: STREAM_SAMPLE_RATE,
+        channels: STREAM_CHANNELS,
+        codec,
+        codec_delay_samples,
+        epoch_us,
+        playout_delay_ms,
+    }
+}
+
+/// A receiver's hello, checked: its device name and process instance.
+///
+/// Errors: not a hello, another protocol version, or an invalid name; the message is
+/// what the receiver is told.
+pub fn check_hello(frame: &Frame) -> Result<(String, u64), String> {
+    match frame {
+        Frame::ClientHello {
+            protocol_version,
+            device,
+            instance,
+        } => {
+            if *protocol_version != PROTOCOL_VERSION {
+                return Err(format!(
+                    "protocol version {protocol_version}; this transmitter speaks {PROTOCOL_VERSION}"
+                ));
+            }
+            check_device_name(device).map_err(|e| e.to_string())?;
+            Ok((device.clone(), *instance))
+        }
+        _ => Err("the first frame must be a ClientHello".into()),
+    }
 }
 
 /// An encoded audio chunk ready to send.
@@ -32,6 +95,19 @@ pub struct EncodedChunk {
     pub frame: Bytes,
 }
 
+/// A connected receiver.
+#[derive(Debug, Clone)]
+pub struct ClientEntry {
+    /// Its process instance.
+    pub instance: u64,
+    /// Its address.
+    pub peer: SocketAddr,
+    /// Told to close when the same instance reconnects.
+    kick: Arc<Notify>,
+    /// Identifies the connection.
+    connection: u64,
+}
+
 /// State shared between the pacer (producer) and the client connections.
 pub struct StreamHub {
     hello: Frame,
@@ -39,7 +115,8 @@ pub struct StreamHub {
     /// Recent chunks, so a receiver that connects can start within its playout delay.
     history: Mutex<VecDeque<EncodedChunk>>,
     history_len: usize,
-    clients: Mutex<Vec<String>>,
+    clients: Mutex<BTreeMap<String, ClientEntry>>,
+    next_connection: std::sync::atomic::AtomicU64,
 }
 
 impl StreamHub {
@@ -52,14 +129,20 @@ impl StreamHub {
             tx,
             history: Mutex::new(VecDeque::new()),
             history_len: history_chunks,
-            clients: Mutex::new(Vec::new()),
+            clients: Mutex::new(BTreeMap::new()),
+            next_connection: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    /// The hello receivers get.
+    pub fn hello(&self) -> &Frame {
+        &self.hello
     }
 
     /// Publishes one chunk to every connected receiver.
     pub fn publish(&self, chunk: EncodedChunk) {
         {
-            let mut h = self.history.lock().unwrap();
+            let mut h = lock(&self.history);
             h.push_back(chunk.clone());
             while h.len() > self.history_len {
                 h.pop_front();
@@ -70,8 +153,59 @@ impl StreamHub {
 
     /// Names of the connected receivers.
     pub fn clients(&self) -> Vec<String> {
-        self.clients.lock().unwrap().clone()
+        lock(&self.clients).keys().cloned().collect()
     }
+
+    /// Registers a receiver that said hello as `device`/`instance` from `peer`.
+    ///
+    /// Errors: another instance streams under that name (the message says from where).
+    fn register(
+        &self,
+        device: &str,
+        instance: u64,
+        peer: SocketAddr,
+    ) -> Result<(u64, Arc<Notify>), String> {
+        let mut clients = lock(&self.clients);
+        if let Some(old) = clients.get(device) {
+            if old.instance != instance {
+                return Err(format!(
+                    "a receiver named '{device}' is already streaming from {}; give this one \
+                     another --name",
+                    old.peer
+                ));
+            }
+            // The same receiver reconnecting: its old connection is stale.
+            old.kick.notify_one();
+        }
+        let connection = self
+            .next_connection
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let kick = Arc::new(Notify::new());
+        clients.insert(
+            device.to_string(),
+            ClientEntry {
+                instance,
+                peer,
+                kick: kick.clone(),
+                connection,
+            },
+        );
+        Ok((connection, kick))
+    }
+
+    fn unregister(&self, device: &str, connection: u64) {
+        let mut clients = lock(&self.clients);
+        if clients
+            .get(device)
+            .is_some_and(|c| c.connection == connection)
+        {
+            clients.remove(device);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Accepts receivers on `listener` forever.
@@ -90,7 +224,7 @@ pub async fn serve(listener: TcpListener, hub: Arc<StreamHub>, clock: Arc<dyn Cl
             }
             Err(e) => {
                 warn!("accepting a stream client failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -102,48 +236,104 @@ async fn handle_client(
     hub: Arc<StreamHub>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
-    let (mut sink, mut stream) = Framed::new(sock, frame_codec()).split();
-    let first = stream.next().await.context("closed before its hello")??;
-    let device = match Frame::decode(&first)? {
-        Frame::ClientHello {
-            protocol_version,
-            device,
-        } => {
-            if protocol_version != PROTOCOL_VERSION {
-                anyhow::bail!("protocol version {protocol_version} (we speak {PROTOCOL_VERSION})");
-            }
-            device
+    let (read_half, write_half) = sock.into_split();
+    let inbound = LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_INBOUND_FRAME_BYTES)
+        .new_codec();
+    let mut stream = FramedRead::new(read_half, inbound);
+    let mut sink = FramedWrite::new(write_half, frame_codec());
+    let first = tokio::time::timeout(HELLO_TIMEOUT, stream.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("no hello within {HELLO_TIMEOUT:?}"))?
+        .context("closed before its hello")??;
+    let first = Frame::decode(&first).map_err(|e| e.to_string());
+    if let Ok(Frame::ClockHello {
+        protocol_version,
+        device,
+        ..
+    }) = &first
+    {
+        let ok = if *protocol_version != PROTOCOL_VERSION {
+            Err(format!(
+                "protocol version {protocol_version}; this transmitter speaks {PROTOCOL_VERSION}"
+            ))
+        } else {
+            check_device_name(device).map_err(|e| e.to_string())
+        };
+        if let Err(reason) = ok {
+            let _ = sink
+                .send(Bytes::from(
+                    Frame::Refused {
+                        reason: reason.clone(),
+                    }
+                    .encode()?,
+                ))
+                .await;
+            anyhow::bail!("clock connection refused: {reason}");
         }
-        other => anyhow::bail!("expected a ClientHello, got {other:?}"),
+        debug!(%peer, device, "clock-sync connection");
+        return serve_clock(stream, sink, clock).await;
+    }
+    let checked = first.and_then(|f| check_hello(&f));
+    let (device, instance) = match checked {
+        Ok(v) => v,
+        Err(reason) => {
+            let _ = sink
+                .send(Bytes::from(
+                    Frame::Refused {
+                        reason: reason.clone(),
+                    }
+                    .encode()?,
+                ))
+                .await;
+            anyhow::bail!("refused: {reason}");
+        }
+    };
+    let (connection, kick) = match hub.register(&device, instance, peer) {
+        Ok(v) => v,
+        Err(reason) => {
+            warn!(%peer, device, "{reason}");
+            let _ = sink
+                .send(Bytes::from(
+                    Frame::Refused {
+                        reason: reason.clone(),
+                    }
+                    .encode()?,
+                ))
+                .await;
+            anyhow::bail!("refused: {reason}");
+        }
     };
     info!(%peer, device, "receiver connected");
-    hub.clients.lock().unwrap().push(device.clone());
     let result = async {
         sink.send(Bytes::from(hub.hello.encode()?)).await?;
         let mut live = hub.tx.subscribe();
-        let backlog: Vec<EncodedChunk> = hub.history.lock().unwrap().iter().cloned().collect();
+        let backlog: Vec<EncodedChunk> = lock(&hub.history).iter().cloned().collect();
         let mut last_sent = None;
         for c in backlog {
             sink.feed(c.frame.clone()).await?;
             last_sent = Some(c.sample_index);
         }
-        sink.flush().await?;
+        SinkExt::<Bytes>::flush(&mut sink).await?;
         let (time_tx, mut time_rx) = mpsc::channel::<(i64, i64)>(64);
-        // Reader: time requests (t2 stamped on arrival).
+        // Reader: time requests (t2 stamped on arrival); silence means the receiver left.
         let reader_clock = clock.clone();
         let reader = async move {
-            while let Some(frame) = stream.next().await {
-                let bytes = frame?;
+            loop {
+                let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+                    Ok(Some(f)) => f?,
+                    Ok(None) => return anyhow::Ok(()),
+                    Err(_) => anyhow::bail!("nothing from the receiver for {IDLE_TIMEOUT:?}"),
+                };
                 let t2 = reader_clock.now_us();
-                match Frame::decode(&bytes) {
+                match Frame::decode(&frame) {
                     Ok(Frame::TimeRequest { t1_us }) => {
                         let _ = time_tx.try_send((t1_us, t2));
                     }
-                    Ok(other) => debug!("ignoring unexpected frame from receiver: {other:?}"),
-                    Err(e) => warn!("malformed frame from receiver: {e}"),
+                    Ok(_) => debug!("ignoring an unexpected frame from a receiver"),
+                    Err(e) => debug!("malformed frame from a receiver: {e}"),
                 }
             }
-            anyhow::Ok(())
         };
         // Writer: time responses first (t3 stamped just before sending), then audio.
         let writer = async move {
@@ -169,9 +359,44 @@ async fn handle_client(
         tokio::select! {
             r = reader => r,
             r = writer => r,
+            _ = kick.notified() => Ok(()),
         }
     }
     .await;
-    hub.clients.lock().unwrap().retain(|d| d != &device);
+    hub.unregister(&device, connection);
     result
+}
+
+/// A clock-sync connection: answers every `TimeRequest` at once (t2 stamped on
+/// arrival, t3 just before sending), until the receiver leaves or is silent for
+/// [`IDLE_TIMEOUT`].
+async fn serve_clock(
+    mut stream: FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
+    mut sink: FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<()> {
+    loop {
+        let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+            Ok(Some(f)) => f?,
+            Ok(None) => return Ok(()),
+            Err(_) => anyhow::bail!("nothing from the receiver for {IDLE_TIMEOUT:?}"),
+        };
+        let t2_us = clock.now_us();
+        match Frame::decode(&frame) {
+            Ok(Frame::TimeRequest { t1_us }) => {
+                let t3_us = clock.now_us();
+                sink.send(Bytes::from(
+                    Frame::TimeResponse {
+                        t1_us,
+                        t2_us,
+                        t3_us,
+                    }
+                    .encode()?,
+                ))
+                .await?;
+            }
+            Ok(_) => debug!("ignoring an unexpected frame on a clock connection"),
+            Err(e) => debug!("malformed frame on a clock connection: {e}"),
+        }
+    }
 }

@@ -143,17 +143,22 @@ async fn stream_handshake_audio_and_clock_sync() {
         .await
         .unwrap();
     let mut framed = Framed::new(sock, frame_codec());
-    // Garbage first is refused with a closed connection, not a crash.
+    // Garbage first is refused (with a reason) and the connection closed, not a crash.
     let bad = tokio::net::TcpStream::connect(tx.stream_addr)
         .await
         .unwrap();
     let mut bad = Framed::new(bad, frame_codec());
     bad.send(Bytes::from_static(b"\xff\xff\xff")).await.unwrap();
-    assert!(bad.next().await.is_none_or(|r| r.is_err()));
+    if let Some(Ok(b)) = bad.next().await {
+        let f = Frame::decode(&b).unwrap();
+        assert!(matches!(f, Frame::Refused { .. }), "{f:?}");
+        assert!(bad.next().await.is_none_or(|r| r.is_err()));
+    }
 
     let hello = Frame::ClientHello {
         protocol_version: PROTOCOL_VERSION,
         device: "probe".into(),
+        instance: 1,
     };
     framed
         .send(Bytes::from(hello.encode().unwrap()))
@@ -208,4 +213,103 @@ async fn stream_handshake_audio_and_clock_sync() {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+/// Connects and says hello as `device`/`instance`; returns the connection and the
+/// transmitter's first answer.
+async fn hello_as(
+    tx: &Transmitter,
+    device: &str,
+    instance: u64,
+) -> (
+    Framed<tokio::net::TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    Frame,
+) {
+    let sock = tokio::net::TcpStream::connect(tx.stream_addr)
+        .await
+        .unwrap();
+    let mut framed = Framed::new(sock, frame_codec());
+    let hello = Frame::ClientHello {
+        protocol_version: PROTOCOL_VERSION,
+        device: device.into(),
+        instance,
+    };
+    framed
+        .send(Bytes::from(hello.encode().unwrap()))
+        .await
+        .unwrap();
+    let first = Frame::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+    (framed, first)
+}
+
+#[tokio::test]
+async fn a_second_receiver_with_a_name_in_use_is_refused() {
+    let tx = transmitter().await;
+    let (mut first, hello) = hello_as(&tx, "kitchen", 1).await;
+    assert!(matches!(hello, Frame::ServerHello { .. }));
+    // Another process with the same name: refused, saying where the first one is.
+    let (_, answer) = hello_as(&tx, "kitchen", 2).await;
+    match answer {
+        Frame::Refused { reason } => {
+            assert!(
+                reason.contains("'kitchen' is already streaming from 127.0.0.1"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The first one still streams.
+    let next = Frame::decode(&first.next().await.unwrap().unwrap()).unwrap();
+    assert!(matches!(next, Frame::Audio { .. }), "{next:?}");
+    // The same process reconnecting replaces its old connection.
+    let (_, again) = hello_as(&tx, "kitchen", 1).await;
+    assert!(matches!(again, Frame::ServerHello { .. }));
+    let mut closed = false;
+    for _ in 0..500 {
+        match first.next().await {
+            None | Some(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+    assert!(closed, "the stale connection was closed");
+    assert_eq!(tx.hub_clients(), vec!["kitchen".to_string()]);
+}
+
+#[tokio::test]
+async fn invalid_names_and_silent_connections_are_refused() {
+    let tx = transmitter().await;
+    for bad in ["a/b", "", "x y"] {
+        let (_, answer) = hello_as(&tx, bad, 1).await;
+        assert!(
+            matches!(answer, Frame::Refused { ref reason } if reason.contains("device name")),
+            "{bad}: {answer:?}"
+        );
+    }
+    let huge = "k".repeat(100_000);
+    let sock = tokio::net::TcpStream::connect(tx.stream_addr)
+        .await
+        .unwrap();
+    let mut framed = Framed::new(sock, frame_codec());
+    let hello = Frame::ClientHello {
+        protocol_version: PROTOCOL_VERSION,
+        device: huge,
+        instance: 1,
+    };
+    let _ = framed.send(Bytes::from(hello.encode().unwrap())).await;
+    assert!(
+        framed.next().await.is_none_or(|r| r.is_err()),
+        "an oversized hello is dropped"
+    );
+    // A connection that never says hello is closed after the hello timeout.
+    let sock = tokio::net::TcpStream::connect(tx.stream_addr)
+        .await
+        .unwrap();
+    let mut silent = Framed::new(sock, frame_codec());
+    let started = std::time::Instant::now();
+    assert!(silent.next().await.is_none_or(|r| r.is_err()));
+    assert!(started.elapsed() >= syncstream_transmitter::stream_server::HELLO_TIMEOUT);
+    assert!(tx.hub_clients().is_empty());
 }

@@ -71,6 +71,27 @@ pub fn start_capture(
     clock: Arc<dyn Clock>,
     capture: InterleavedCaptureFn,
 ) -> Result<AlsaCapture, AudioError> {
+    start_capture_counting(
+        device,
+        rate_hz,
+        channels,
+        allow_other_rate,
+        clock,
+        capture,
+        Arc::default(),
+    )
+}
+
+/// [`start_capture`], counting the device's xruns in `xruns`.
+pub fn start_capture_counting(
+    device: Option<&str>,
+    rate_hz: u32,
+    channels: u16,
+    allow_other_rate: bool,
+    clock: Arc<dyn Clock>,
+    capture: InterleavedCaptureFn,
+    xruns: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<AlsaCapture, AudioError> {
     let lbl = label(device);
     if channels == 0 || rate_hz == 0 {
         return Err(AudioError::new(
@@ -88,7 +109,7 @@ pub fn start_capture(
     )?;
     log_opened(&lbl, Direction::Input, &chosen);
     let stream = with_sample_type!(chosen.sample_format, T =>
-    build::<T>(&dev, &lbl, chosen, channels, clock, capture)?,
+    build::<T>(&dev, &lbl, chosen, channels, clock, capture, xruns)?,
     else return Err(AudioError::new(
         BACKEND,
         lbl,
@@ -112,6 +133,7 @@ fn build<T>(
     out_ch: u16,
     clock: Arc<dyn Clock>,
     mut capture: InterleavedCaptureFn,
+    xruns: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<cpal::Stream, AudioError>
 where
     T: SizedSample + Send + 'static,
@@ -141,7 +163,7 @@ where
             done += n;
         }
     };
-    let mut errors = ErrorLog::new(lbl, "capture");
+    let mut errors = ErrorLog::new(lbl, "capture", xruns);
     let err_cb = move |e: cpal::Error| errors.log(&e);
     dev.build_input_stream::<T, _, _>(chosen.stream_config(), data_cb, err_cb, Some(BUILD_TIMEOUT))
         .map_err(|e| AudioError::new(BACKEND, lbl, format!("cannot start capture: {e}")))
@@ -152,6 +174,7 @@ pub struct AlsaMicrophone {
     cfg: BackendConfig,
     label: String,
     running: Option<AlsaCapture>,
+    xruns: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AlsaMicrophone {
@@ -174,6 +197,7 @@ impl AlsaMicrophone {
             cfg: cfg.clone(),
             label: lbl,
             running: None,
+            xruns: Arc::default(),
         })
     }
 }
@@ -181,13 +205,14 @@ impl AlsaMicrophone {
 impl Microphone for AlsaMicrophone {
     fn start(&mut self, capture: CaptureFn) -> Result<(), AudioError> {
         self.stop()?;
-        let c = start_capture(
+        let c = start_capture_counting(
             self.cfg.device.as_deref(),
             self.cfg.format.sample_rate,
             1,
             false,
             self.cfg.clock.clone(),
             capture,
+            self.xruns.clone(),
         )?;
         tracing::debug!(device = %self.label, "microphone started");
         self.running = Some(c);
@@ -201,5 +226,9 @@ impl Microphone for AlsaMicrophone {
 
     fn sample_rate(&self) -> u32 {
         self.cfg.format.sample_rate
+    }
+
+    fn xrun_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.xruns.clone()
     }
 }

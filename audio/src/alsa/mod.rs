@@ -16,7 +16,9 @@ mod convert;
 mod sink;
 pub use sink::AlsaSink;
 mod capture;
-pub use capture::{start_capture, AlsaCapture, AlsaMicrophone, InterleavedCaptureFn};
+pub use capture::{
+    start_capture, start_capture_counting, AlsaCapture, AlsaMicrophone, InterleavedCaptureFn,
+};
 
 use cpal::traits::{DeviceTrait, HostTrait};
 use cpal::{SampleFormat, SupportedStreamConfigRange};
@@ -393,24 +395,35 @@ pub(crate) use with_sample_type;
 
 /// Logs stream errors from cpal's error callback without flooding the log: the
 /// first error is logged, repeats within a second are counted and summarised.
+/// Xruns are counted in `xruns`.
 pub(crate) struct ErrorLog {
     device: String,
     what: &'static str,
     last: Option<std::time::Instant>,
     suppressed: u64,
+    xruns: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ErrorLog {
-    pub(crate) fn new(device: &str, what: &'static str) -> Self {
+    pub(crate) fn new(
+        device: &str,
+        what: &'static str,
+        xruns: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
         Self {
             device: device.to_string(),
             what,
             last: None,
             suppressed: 0,
+            xruns,
         }
     }
 
     pub(crate) fn log(&mut self, e: &cpal::Error) {
+        if e.kind() == cpal::ErrorKind::Xrun {
+            self.xruns
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let now = std::time::Instant::now();
         if self
             .last

@@ -25,6 +25,7 @@ pub struct AlsaSink {
     device: cpal::Device,
     chosen: Chosen,
     stream: Option<cpal::Stream>,
+    xruns: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AlsaSink {
@@ -56,6 +57,7 @@ impl AlsaSink {
             device,
             chosen,
             stream: None,
+            xruns: Arc::default(),
         })
     }
 
@@ -89,7 +91,7 @@ impl AlsaSink {
                 done += n;
             }
         };
-        let mut errors = ErrorLog::new(&self.label, "output");
+        let mut errors = ErrorLog::new(&self.label, "output", self.xruns.clone());
         let err_cb = move |e: cpal::Error| errors.log(&e);
         self.device
             .build_output_stream::<T, _, _>(
@@ -130,6 +132,10 @@ impl Sink for AlsaSink {
 
     fn format(&self) -> StreamFormat {
         self.cfg.format
+    }
+
+    fn xrun_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.xruns.clone()
     }
 }
 

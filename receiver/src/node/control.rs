@@ -1,0 +1,188 @@
+//! The node's MQTT side: buffer offsets from the controller, commands, the config push;
+//! the last will. Every payload is parsed and range-checked; a bad one is logged and
+//! dropped, never applied in part.
+
+use syncstream_protocol::messages::{parse, topics, BufferOffset, Command, ConfigPush};
+use tracing::{info, warn};
+
+use super::{ReceiverIo, ReceiverNode, MAX_MQTT_PAYLOAD};
+use crate::offset::OffsetRamp;
+use crate::realtime::ToRender;
+
+impl ReceiverNode {
+    /// Topics to subscribe to (after every connect).
+    pub fn mqtt_subscriptions(&self) -> Vec<String> {
+        vec![
+            topics::buffer_offset(&self.device),
+            topics::command(&self.device),
+            topics::CONFIG.to_string(),
+        ]
+    }
+
+    /// The last will: `{"device":"<device>","state":"offline"}`, retained on the status
+    /// topic.
+    pub fn mqtt_last_will(&self) -> (String, Vec<u8>) {
+        let payload = serde_json::json!({ "device": self.device, "state": "offline" });
+        (
+            topics::status(&self.device),
+            payload.to_string().into_bytes(),
+        )
+    }
+
+    /// The MQTT connection (re)connected: publishes the status.
+    pub fn on_mqtt_connected(&mut self, now_us: i64, io: &mut impl ReceiverIo) {
+        self.publish_status(now_us, io);
+    }
+
+    /// Handles one MQTT message that arrived at local time `now_us`.
+    pub fn on_mqtt_message(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now_us: i64,
+        io: &mut impl ReceiverIo,
+    ) {
+        if payload.len() > MAX_MQTT_PAYLOAD {
+            self.counters.mqtt_rejected += 1;
+            warn!(
+                device = self.device,
+                "{} byte payload on {topic} is over the limit of {MAX_MQTT_PAYLOAD}; ignored",
+                payload.len()
+            );
+            return;
+        }
+        if topic == topics::CONFIG {
+            self.on_config(topic, payload, now_us);
+        } else if topic == topics::buffer_offset(&self.device) {
+            self.on_offset(topic, payload, now_us, io);
+        } else if topic == topics::command(&self.device) {
+            self.on_command(topic, payload, now_us, io);
+        }
+    }
+
+    fn on_config(&mut self, topic: &str, payload: &[u8], _now_us: i64) {
+        if payload.is_empty() {
+            return; // a cleared retained config
+        }
+        let cfg = match parse::<ConfigPush>(topic, payload) {
+            Ok(c) => c,
+            Err(e) => {
+                self.counters.mqtt_rejected += 1;
+                warn!("{e}");
+                return;
+            }
+        };
+        let Some(profile) = cfg.devices.get(&self.device) else {
+            return;
+        };
+        if let Err(e) = profile
+            .validate()
+            .and_then(|()| self.limits.check_base_latency(profile.base_latency_ms))
+        {
+            self.counters.mqtt_rejected += 1;
+            warn!(
+                device = self.device,
+                "config for {} ignored: {e}", self.device
+            );
+            return;
+        }
+        if !self.offset_from_controller {
+            self.set_offset(OffsetRamp::constant(profile.base_latency_ms));
+        }
+        self.profile = profile.clone();
+        info!(
+            device = self.device,
+            "profile from syncstream/config: {:?}", profile.output_type
+        );
+    }
+
+    fn on_offset(&mut self, topic: &str, payload: &[u8], now_us: i64, io: &mut impl ReceiverIo) {
+        if payload.is_empty() {
+            return; // a cleared retained offset
+        }
+        let o = match parse::<BufferOffset>(topic, payload) {
+            Ok(o) => o,
+            Err(e) => {
+                self.counters.mqtt_rejected += 1;
+                warn!("{e}");
+                return;
+            }
+        };
+        if o.device != self.device {
+            self.counters.mqtt_rejected += 1;
+            warn!("offset on {topic} names device '{}'; ignored", o.device);
+            return;
+        }
+        let now_tx = self.clock.tx_from_local(now_us as f64);
+        match OffsetRamp::from_message(&o, &self.limits, now_tx) {
+            Ok((ramp, note)) => {
+                if let Some(note) = note {
+                    warn!(device = self.device, "offset on {topic}: {note}");
+                }
+                self.set_offset(ramp);
+                self.offset_from_controller = true;
+                self.counters.offsets_applied += 1;
+                info!(
+                    device = self.device,
+                    offset_ms = ramp.offset_ms,
+                    rate_ms_per_s = ramp.rate_ms_per_s,
+                    "buffer offset applied"
+                );
+            }
+            Err(e) => {
+                self.counters.mqtt_rejected += 1;
+                warn!(device = self.device, "offset on {topic} ignored: {e}");
+            }
+        }
+        let _ = io;
+    }
+
+    fn on_command(&mut self, topic: &str, payload: &[u8], now_us: i64, io: &mut impl ReceiverIo) {
+        let cmd = match parse::<Command>(topic, payload) {
+            Ok(c) => c,
+            Err(e) => {
+                self.counters.mqtt_rejected += 1;
+                warn!("{e}");
+                return;
+            }
+        };
+        info!(device = self.device, ?cmd, "command");
+        match cmd {
+            Command::Stop => {
+                self.stopped = true;
+                self.audio.send(ToRender::Stopped(true));
+            }
+            Command::Start => {
+                self.stopped = false;
+                self.audio.send(ToRender::Stopped(false));
+            }
+            Command::Mute => {
+                self.muted = true;
+                self.audio.send(ToRender::Muted(true));
+            }
+            Command::Unmute => {
+                self.muted = false;
+                self.audio.send(ToRender::Muted(false));
+            }
+            Command::Volume { value } => {
+                if !(value.is_finite() && (0.0..=1.0).contains(&value)) {
+                    self.counters.mqtt_rejected += 1;
+                    warn!(
+                        device = self.device,
+                        "volume {value} on {topic} is not between 0 and 1; ignored"
+                    );
+                    return;
+                }
+                self.volume = value;
+                self.audio.send(ToRender::Volume(value));
+            }
+            Command::Resync => {
+                self.tracking = false;
+                self.last_report = None;
+                self.next_measure_us = now_us;
+            }
+            Command::TestTone(req) => self.start_test_tone(req, now_us, io),
+        }
+        self.publish_status(now_us, io);
+    }
+}

@@ -1,0 +1,217 @@
+//! The drift measurement loop and calibration test tones.
+//!
+//! Every [`crate::drift::DriftConfig::interval_ms`] the node plans a measurement from
+//! the newest microphone audio ([`crate::drift::plan`]), fetches its source window,
+//! runs the estimate off the control task and publishes the report on
+//! `syncstream/drift/<device>`. One measurement is in flight at a time. A test tone
+//! pauses the loop while it plays and for a quiet period after.
+
+use syncstream_protocol::messages::{topics, CalibrationResult, DriftReport, TestToneRequest};
+use tracing::{debug, info, warn};
+
+use super::{Job, JobDone, ReceiverIo, ReceiverNode, Window, WindowRequest, WINDOW_TIMEOUT_US};
+use crate::drift::{plan, DriftJob, PlayoutView};
+use crate::realtime::ToRender;
+use crate::test_tone::{blocks_drift, ToneSession, DRIFT_QUIET_US};
+
+impl ReceiverNode {
+    /// Starts due measurements and finishes test tones whose recording is over.
+    pub(super) fn poll_measurements(&mut self, now_us: i64, io: &mut impl ReceiverIo) {
+        self.poll_tone(now_us, io);
+        if let Some((id, _, deadline)) = &self.pending {
+            if now_us > *deadline {
+                debug!(device = self.device, id, "source window timed out");
+                self.pending = None;
+            }
+        }
+        if now_us < self.next_measure_us {
+            return;
+        }
+        self.next_measure_us = now_us + self.drift_cfg.interval_ms as i64 * 1000;
+        let tone_active = self.tone.is_some() || self.tone_running.is_some();
+        if blocks_drift(tone_active, self.quiet_until_us, now_us) {
+            return;
+        }
+        if self.pending.is_some() || self.estimator.is_none() {
+            return; // the previous measurement is still in flight
+        }
+        let view = PlayoutView {
+            params: self.params,
+            offset: &self.offset,
+            log: &self.log,
+        };
+        let m = match plan(
+            &self.drift_cfg,
+            &self.mic,
+            view,
+            &self.clock,
+            self.profile.mic_delay_ms(),
+            self.tracking,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(device = self.device, "no drift measurement: {e:?}");
+                return;
+            }
+        };
+        self.window_seq += 1;
+        let req = WindowRequest {
+            id: self.window_seq,
+            start_us: m.ref_start_us,
+            duration_ms: m.ref_duration_ms,
+        };
+        self.pending = Some((req.id, m, now_us + WINDOW_TIMEOUT_US));
+        io.fetch_window(req);
+    }
+
+    /// The answer to a [`WindowRequest`]: starts the estimate.
+    pub fn on_window(
+        &mut self,
+        id: u64,
+        result: Result<Window, String>,
+        _now_us: i64,
+        io: &mut impl ReceiverIo,
+    ) {
+        let Some((pending_id, _, _)) = &self.pending else {
+            return;
+        };
+        if *pending_id != id {
+            return;
+        }
+        let Some((_, measurement, _)) = self.pending.take() else {
+            return;
+        };
+        let window = match result {
+            Ok(w) => w,
+            Err(e) => {
+                debug!(device = self.device, "no source window: {e}");
+                return;
+            }
+        };
+        let Some(estimator) = self.estimator.take() else {
+            return;
+        };
+        io.run_job(Job::Drift(DriftJob {
+            device: self.device.clone(),
+            measurement,
+            reference: window.samples,
+            ref_first_pts_us: window.first_pts_us,
+            estimator,
+        }));
+    }
+
+    /// A job finished: publishes its result.
+    pub fn on_job_done(&mut self, done: JobDone, now_us: i64, io: &mut impl ReceiverIo) {
+        match done {
+            JobDone::Drift { report, estimator } => {
+                self.estimator = Some(estimator);
+                self.note_report(&report);
+                self.counters.reports += 1;
+                debug!(?report, "drift");
+                match serde_json::to_vec(&report) {
+                    Ok(payload) => io.publish(topics::drift(&self.device), payload, false),
+                    Err(e) => warn!("cannot encode a drift report: {e}"),
+                }
+            }
+            JobDone::Tone(result) => {
+                let run_id = self.tone_running.take().flatten();
+                self.publish_calibration(result, run_id, now_us, io);
+            }
+        }
+    }
+
+    /// Records a drift report this node made: a confident small drift keeps the
+    /// detector in tracking mode (narrow search), anything else acquiring.
+    fn note_report(&mut self, report: &DriftReport) {
+        if let Some(d) = report.drift_ms.filter(|_| report.confidence >= 0.6) {
+            self.tracking = d.abs() < self.drift_cfg.track_below_ms;
+        }
+        self.last_report = Some(report.clone());
+    }
+
+    /// Starts a calibration test tone (`{"cmd":"test_tone",...}`).
+    pub(super) fn start_test_tone(
+        &mut self,
+        req: TestToneRequest,
+        now_us: i64,
+        io: &mut impl ReceiverIo,
+    ) {
+        if self.tone.is_some() || self.tone_running.is_some() {
+            let e = "a test tone is already playing on this device".to_string();
+            self.publish_calibration(Err(e), req.run_id.clone(), now_us, io);
+            return;
+        }
+        match ToneSession::new(
+            &req,
+            now_us,
+            self.profile.base_latency_ms,
+            self.profile.mic_distance_m,
+        ) {
+            Ok(session) => {
+                self.audio.send(ToRender::ToneArm {
+                    samples: session.samples(),
+                    start_dac_us: session.start_dac_us,
+                });
+                info!(device = self.device, run_id = ?req.run_id, "test tone armed");
+                self.tone = Some(session);
+            }
+            Err(e) => self.publish_calibration(Err(e), req.run_id.clone(), now_us, io),
+        }
+    }
+
+    fn poll_tone(&mut self, now_us: i64, io: &mut impl ReceiverIo) {
+        let Some(t) = &self.tone else { return };
+        if !(t.recorder.complete() || now_us > t.deadline_us) {
+            return;
+        }
+        let Some(session) = self.tone.take() else {
+            return;
+        };
+        self.audio.send(ToRender::ToneDisarm);
+        self.quiet_until_us = now_us + DRIFT_QUIET_US;
+        let run_id = session.request.run_id.clone();
+        match session.into_job() {
+            Ok(job) => {
+                self.tone_running = Some(run_id);
+                io.run_job(Job::Tone(job));
+            }
+            Err(e) => self.publish_calibration(Err(e), run_id, now_us, io),
+        }
+    }
+
+    fn publish_calibration(
+        &mut self,
+        result: Result<CalibrationResult, String>,
+        run_id: Option<String>,
+        now_us: i64,
+        io: &mut impl ReceiverIo,
+    ) {
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(device = self.device, "test tone failed: {e}");
+                CalibrationResult {
+                    error: Some(e),
+                    ..Default::default()
+                }
+            }
+        };
+        let result = CalibrationResult {
+            device: self.device.clone(),
+            run_id,
+            ts_us: now_us,
+            ..result
+        };
+        info!(
+            device = self.device,
+            latency_ms = ?result.latency_ms,
+            uncertainty_ms = ?result.uncertainty_ms,
+            error = ?result.error,
+            "calibration result"
+        );
+        match serde_json::to_vec(&result) {
+            Ok(payload) => io.publish(topics::calibration(&self.device), payload, false),
+            Err(e) => warn!("cannot encode a calibration result: {e}"),
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The receiver's control core, written once for the real receiver and the simulator.
+//!
+//! A [`ReceiverNode`] is a state machine without I/O ("sans-IO"): the stream
+//! protocol's handling (hellos, audio, clock-sync exchanges), the MQTT side (offsets,
+//! commands, the config push, the status), the drift measurement loop and calibration
+//! test tones. Events come in as method calls with the local time they happen at
+//! (`now_us`, the receiver's own clock); what the node wants done goes out through a
+//! [`ReceiverIo`]. It owns the control side of the audio engine
+//! ([`crate::realtime::AudioControl`]) and never shares a lock with the audio
+//! callbacks.
+//!
+//! The real receiver ([`crate::runtime`]) drives a node from one tokio task with TCP,
+//! rumqttc and reqwest behind its `ReceiverIo`; the simulator drives the same node on
+//! virtual time with a simulated network. Both call [`ReceiverNode::poll`] at least
+//! every [`POLL_INTERVAL_US`].
+//!
+//! Modules: [`io`] (the trait and its messages), `stream` (the stream connection),
+//! `control` (MQTT), `measure` (drift and test tones).
+
+mod control;
+pub mod io;
+mod measure;
+mod stream;
+
+pub use io::{Job, JobDone, ReceiverIo, Window, WindowRequest};
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use syncstream_dsp::DelayEstimator;
+use syncstream_protocol::codec::AudioDecoder;
+use syncstream_protocol::messages::{DriftReport, Status};
+use syncstream_shared::limits::OffsetLimits;
+use syncstream_shared::names::check_device_name;
+use syncstream_shared::profile::DeviceProfile;
+use syncstream_shared::time::STREAM_SAMPLE_RATE;
+
+use crate::clock_sync::ClockSync;
+use crate::drift::{DriftConfig, Measurement, MicRecorder};
+use crate::offset::OffsetRamp;
+use crate::playout::StreamParams;
+use crate::playout_log::PlayoutLog;
+use crate::realtime::{AudioControl, AudioStatsSnapshot, ToRender};
+use crate::test_tone::ToneSession;
+
+/// Longest interval between two [`ReceiverNode::poll`] calls, µs: the audio rings are
+/// drained, and time requests sent, at this cadence.
+pub const POLL_INTERVAL_US: i64 = 20_000;
+/// Interval between clock-sync requests, µs (20 a second, ~1.2 kB/s both ways: the more
+/// exchanges, the more of them cross a jittery network without queueing, and those are
+/// the ones clock sync relies on).
+pub const SYNC_INTERVAL_US: i64 = 50_000;
+/// Interval between status publications, µs.
+pub const STATUS_INTERVAL_US: i64 = 5_000_000;
+/// Seconds of microphone audio kept.
+pub const MIC_HISTORY_S: f64 = 4.0;
+/// How long a source-window request may take, µs.
+pub const WINDOW_TIMEOUT_US: i64 = 5_000_000;
+/// Outstanding clock-sync requests remembered (answers to others are refused).
+pub const MAX_OUTSTANDING_REQUESTS: usize = 64;
+/// Largest MQTT payload handled, bytes (bigger ones are dropped with a warning).
+pub const MAX_MQTT_PAYLOAD: usize = 64 * 1024;
+
+/// What a receiver node is configured with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Device name (checked: letters, digits, `-`, `_`, 1 to 64 characters).
+    pub device: String,
+    /// Random number identifying this receiver process (see the stream hello).
+    pub instance: u64,
+    /// Device profile (the offset starts at its base latency).
+    pub profile: DeviceProfile,
+    /// Drift detector settings.
+    pub drift: DriftConfig,
+    /// Microphone sample rate, Hz.
+    pub mic_rate_hz: u32,
+}
+
+/// The stream connection's state.
+#[derive(Debug)]
+enum Link {
+    /// No connection.
+    Down,
+    /// Connected, hello sent, waiting for the transmitter's.
+    AwaitingHello,
+    /// Streaming.
+    Up,
+}
+
+/// Counters of what the node refused or did, for diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    /// Stream frames that could not be decoded or were out of range.
+    pub frames_rejected: u64,
+    /// Clock-sync answers refused (impossible, unsolicited or inconsistent).
+    pub exchanges_rejected: u64,
+    /// MQTT payloads refused (malformed, oversized, out of range).
+    pub mqtt_rejected: u64,
+    /// Drift reports made.
+    pub reports: u64,
+    /// Buffer offsets applied.
+    pub offsets_applied: u64,
+}
+
+/// A copy of what a node shows (for the demo's table and tests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSnapshot {
+    /// Device name.
+    pub device: String,
+    /// Offset asked for, ms (at its reference time).
+    pub offset_ms: f64,
+    /// Last drift report.
+    pub last_report: Option<DriftReport>,
+    /// Streaming (hello received, connection up).
+    pub connected: bool,
+    /// The audio callbacks' counters.
+    pub audio: AudioStatsSnapshot,
+    /// The node's counters.
+    pub counters: NodeCounters,
+    /// Clock-sync rate estimate (transmitter µs per local µs, minus 1).
+    pub clock_rate: f64,
+    /// The clock-sync mapping, once there is one.
+    pub clock: Option<crate::clock_sync::ClockMapping>,
+    /// Clock-sync exchanges in the fit's window.
+    pub exchanges: usize,
+}
+
+/// The receiver's control core (see the module docs).
+pub struct ReceiverNode {
+    device: String,
+    instance: u64,
+    profile: DeviceProfile,
+    drift_cfg: DriftConfig,
+    audio: AudioControl,
+    xruns: Vec<Arc<AtomicU64>>,
+    // The stream.
+    link: Link,
+    clock: ClockSync,
+    decoder: Option<AudioDecoder>,
+    params: Option<StreamParams>,
+    limits: OffsetLimits,
+    outstanding: VecDeque<i64>,
+    next_sync_us: i64,
+    requests_sent: u64,
+    pcm: Vec<f32>,
+    /// Why the receiver cannot play (a refusal, a profile that does not fit).
+    error: Option<String>,
+    // Playout as asked for (the render callback has the same).
+    offset: OffsetRamp,
+    offset_from_controller: bool,
+    volume: f64,
+    muted: bool,
+    stopped: bool,
+    log: PlayoutLog,
+    /// Audio has played since the last hello.
+    played: bool,
+    // Drift measurements.
+    mic: MicRecorder,
+    mic_rate_hz: u32,
+    tracking: bool,
+    last_report: Option<DriftReport>,
+    next_measure_us: i64,
+    estimator: Option<Box<DelayEstimator>>,
+    window_seq: u64,
+    pending: Option<(u64, Measurement, i64)>,
+    // Test tones.
+    tone: Option<ToneSession>,
+    tone_running: Option<Option<String>>,
+    quiet_until_us: i64,
+    // Status.
+    next_status_us: i64,
+    counters: NodeCounters,
+}
+
+impl ReceiverNode {
+    /// A node for `cfg` at local time `now_us`, owning the control side of its audio
+    /// engine; the offset starts at the profile's base latency.
+    ///
+    /// Errors: an invalid device name or profile (the message says why).
+    pub fn new(cfg: NodeConfig, audio: AudioControl, now_us: i64) -> Result<Self, String> {
+        check_device_name(&cfg.device).map_err(|e| e.to_string())?;
+        cfg.profile
+            .validate()
+            .map_err(|e| format!("profile of {}: {e}", cfg.device))?;
+        let mut me = Self {
+            device: cfg.device,
+            instance: cfg.instance,
+            offset: OffsetRamp::constant(cfg.profile.base_latency_ms),
+            profile: cfg.profile,
+            next_measure_us: now_us + cfg.drift.first_after_ms as i64 * 1000,
+            drift_cfg: cfg.drift,
+            audio,
+            xruns: Vec::new(),
+            link: Link::Down,
+            clock: ClockSync::default(),
+            decoder: None,
+            params: None,
+            limits: OffsetLimits::widest(),
+            outstanding: VecDeque::with_capacity(MAX_OUTSTANDING_REQUESTS),
+            next_sync_us: now_us,
+            requests_sent: 0,
+            pcm: Vec::new(),
+            error: None,
+            offset_from_controller: false,
+            volume: 1.0,
+            muted: false,
+            stopped: false,
+            log: PlayoutLog::default(),
+            played: false,
+            mic: MicRecorder::new(cfg.mic_rate_hz.max(1), MIC_HISTORY_S),
+            mic_rate_hz: cfg.mic_rate_hz.max(1),
+            tracking: false,
+            last_report: None,
+            estimator: Some(Box::new(DelayEstimator::new(STREAM_SAMPLE_RATE))),
+            window_seq: 0,
+            pending: None,
+            tone: None,
+            tone_running: None,
+            quiet_until_us: i64::MIN,
+            next_status_us: now_us,
+            counters: NodeCounters::default(),
+        };
+        me.audio.send(ToRender::Offset(me.offset));
+        Ok(me)
+    }
+
+    /// Adds an xrun counter of an audio device to the status (the sink's and the
+    /// microphone's).
+    pub fn add_xrun_counter(&mut self, counter: Arc<AtomicU64>) {
+        self.xruns.push(counter);
+    }
+
+    /// This receiver process's instance (see the stream hello).
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// Device name.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// The profile in use.
+    pub fn profile(&self) -> &DeviceProfile {
+        &self.profile
+    }
+
+    /// The offset asked for (what the render callback plays with).
+    pub fn offset(&self) -> OffsetRamp {
+        self.offset
+    }
+
+    /// Clock sync.
+    pub fn clock(&self) -> &ClockSync {
+        &self.clock
+    }
+
+    /// Whether the stream is up (the transmitter's hello was accepted).
+    pub fn connected(&self) -> bool {
+        matches!(self.link, Link::Up)
+    }
+
+    /// The last drift report this node made.
+    pub fn last_report(&self) -> Option<&DriftReport> {
+        self.last_report.as_ref()
+    }
+
+    /// The node's counters.
+    pub fn counters(&self) -> NodeCounters {
+        self.counters
+    }
+
+    /// Local time of the next drift measurement, µs.
+    pub fn next_measurement_us(&self) -> i64 {
+        self.next_measure_us
+    }
+
+    /// Whether a test tone is being recorded (the microphone must run).
+    pub fn recording_tone(&self) -> bool {
+        self.tone.is_some()
+    }
+
+    /// When the node next needs a [`ReceiverNode::poll`] (local time, µs).
+    pub fn next_wakeup_us(&self, now_us: i64) -> i64 {
+        (now_us + POLL_INTERVAL_US)
+            .min(self.next_measure_us)
+            .min(self.next_status_us)
+            .min(if matches!(self.link, Link::Up) {
+                self.next_sync_us
+            } else {
+                i64::MAX
+            })
+    }
+
+    /// A copy of what the node shows.
+    pub fn snapshot(&self) -> NodeSnapshot {
+        NodeSnapshot {
+            device: self.device.clone(),
+            offset_ms: self.offset.offset_ms,
+            last_report: self.last_report.clone(),
+            connected: self.connected(),
+            audio: self.audio.stats().snapshot(),
+            counters: self.counters,
+            clock_rate: self.clock.rate(),
+            clock: self.clock.mapping(),
+            exchanges: self.clock.exchanges(),
+        }
+    }
+
+    /// The status published on `syncstream/status/<device>` at local time `now_us`.
+    pub fn status(&self, now_us: i64) -> Status {
+        let a = self.audio.stats().snapshot();
+        let (state, reason) = if let Some(e) = &self.error {
+            ("error", Some(e.clone()))
+        } else if self.stopped {
+            ("stopped", None)
+        } else if a.starved && a.frames > 0 && a.underruns > 0 {
+            (
+                "starved",
+                Some(if self.connected() {
+                    "the audio stream ran dry".to_string()
+                } else {
+                    "the transmitter is unreachable; the buffered audio ran out".to_string()
+                }),
+            )
+        } else if !self.played {
+            ("connecting", None)
+        } else {
+            ("playing", None)
+        };
+        Status {
+            device: self.device.clone(),
+            state: state.into(),
+            reason,
+            offset_ms: self.offset.offset_ms,
+            drift_ms: self.last_report.as_ref().and_then(|r| r.drift_ms),
+            confidence: self.last_report.as_ref().map_or(0.0, |r| r.confidence),
+            playout_delay_ms: self
+                .params
+                .map_or(0.0, |p| p.playout_delay_us as f64 / 1000.0),
+            volume: self.volume,
+            muted: self.muted,
+            underruns: a.underruns,
+            xruns: self.xruns.iter().map(|c| c.load(Ordering::Relaxed)).sum(),
+            late_callbacks: a.late_renders + a.late_captures,
+            jumps: a.jumps,
+            output: self.profile.output_type.as_str().into(),
+            ts_us: now_us,
+        }
+    }
+
+    /// Advances the node to local time `now_us`: drains the audio rings, sends due
+    /// clock-sync requests, starts due measurements, finishes test tones, publishes the
+    /// status when due.
+    pub fn poll(&mut self, now_us: i64, io: &mut impl ReceiverIo) {
+        // Clock-sync requests first: their t1 is `now_us`, so nothing may come between.
+        self.poll_stream(now_us, io);
+        self.pump_audio();
+        self.poll_measurements(now_us, io);
+        if now_us >= self.next_status_us {
+            self.publish_status(now_us, io);
+        }
+    }
+
+    fn pump_audio(&mut self) {
+        let (log, mic, tone, rate, played) = (
+            &mut self.log,
+            &mut self.mic,
+            &mut self.tone,
+            self.mic_rate_hz,
+            &mut self.played,
+        );
+        self.audio.pump(
+            |b| {
+                log.record(b);
+                *played |= b.scheduled && !b.missing;
+            },
+            |m| {
+                mic.push(m.samples(), m.adc_time_us);
+                if let Some(t) = tone.as_mut() {
+                    t.recorder.capture(m.samples(), m.adc_time_us, rate);
+                }
+            },
+        );
+        if let Some(j) = self.audio.stats().last_jump_us() {
+            self.log.note_jump(j);
+        }
+    }
+
+    fn publish_status(&mut self, now_us: i64, io: &mut impl ReceiverIo) {
+        self.next_status_us = now_us + STATUS_INTERVAL_US;
+        let s = self.status(now_us);
+        match serde_json::to_vec(&s) {
+            Ok(payload) => io.publish(
+                syncstream_protocol::messages::topics::status(&self.device),
+                payload,
+                true,
+            ),
+            Err(e) => tracing::warn!("cannot encode the status: {e}"),
+        }
+    }
+
+    /// Sets the offset (clamped to the stream's limits) and tells the render callback.
+    fn set_offset(&mut self, ramp: OffsetRamp) {
+        let ramp = OffsetRamp {
+            offset_ms: self.limits.clamp(ramp.offset_ms),
+            ..ramp
+        };
+        self.offset = ramp;
+        self.audio.send(ToRender::Offset(ramp));
+    }
+}
+
+#[cfg(test)]
+mod tests;

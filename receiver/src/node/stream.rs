@@ -1,0 +1,352 @@
+//! The stream connection: the hellos, audio chunks and clock-sync exchanges, every
+//! number checked before it is used.
+
+use syncstream_protocol::codec::{AudioDecoder, CHUNK_FRAMES};
+use syncstream_protocol::wire::{Frame, PROTOCOL_VERSION};
+use syncstream_shared::limits::{check_playout_delay_ms, OffsetLimits};
+use syncstream_shared::time::{STREAM_CHANNELS, STREAM_SAMPLE_RATE};
+use tracing::{debug, info, warn};
+
+use super::{Link, ReceiverIo, ReceiverNode, MAX_OUTSTANDING_REQUESTS, SYNC_INTERVAL_US};
+use crate::clock_sync::MAX_ABS_TIMESTAMP_US;
+use crate::playout::StreamParams;
+use crate::realtime::ToRender;
+
+/// Largest source sample index accepted (2⁵² samples: 3000 years at 48 kHz, and exact
+/// in f64).
+pub const MAX_SAMPLE_INDEX: u64 = 1 << 52;
+/// Largest codec delay a hello may announce, samples (Opus's is 312).
+pub const MAX_CODEC_DELAY_SAMPLES: u32 = 48_000;
+/// One clock-sync request in this many goes on the stream connection (once a second).
+pub const KEEPALIVE_EVERY: u64 = 20;
+/// How long a refused receiver waits before trying again, µs.
+pub const REFUSED_RETRY_US: i64 = 5_000_000;
+/// How long a receiver whose profile does not fit the stream waits, µs.
+pub const MISFIT_RETRY_US: i64 = 30_000_000;
+
+impl ReceiverNode {
+    /// The stream connection opened: sends the hello.
+    pub fn on_stream_connected(&mut self, _now_us: i64, io: &mut impl ReceiverIo) {
+        self.link = Link::AwaitingHello;
+        self.outstanding.clear();
+        io.stream_send(Frame::ClientHello {
+            protocol_version: PROTOCOL_VERSION,
+            device: self.device.clone(),
+            instance: self.instance,
+        });
+    }
+
+    /// The stream connection closed (or was lost): playout runs on from the jitter
+    /// buffer, fades out when it runs dry, and picks up in sync on the next connection.
+    pub fn on_stream_closed(&mut self, now_us: i64, why: &str, io: &mut impl ReceiverIo) {
+        let was_up = matches!(self.link, super::Link::Up);
+        self.link = Link::Down;
+        self.outstanding.clear();
+        if was_up {
+            info!(device = self.device, "stream closed: {why}");
+            self.publish_status(now_us, io);
+        } else {
+            debug!(device = self.device, "stream closed: {why}");
+        }
+    }
+
+    /// Handles one frame from the transmitter (a frame body, without its length prefix)
+    /// received at local time `now_us`. Malformed frames and out-of-range numbers are
+    /// logged and dropped; a protocol violation before the hello, a refusal or a
+    /// stream this receiver cannot play resets the connection.
+    pub fn on_stream_frame(&mut self, bytes: &[u8], now_us: i64, io: &mut impl ReceiverIo) {
+        let frame = match Frame::decode(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.counters.frames_rejected += 1;
+                warn!(device = self.device, "{e}");
+                if matches!(self.link, Link::AwaitingHello) {
+                    io.stream_reset("malformed hello", REFUSED_RETRY_US);
+                    self.link = Link::Down;
+                }
+                return;
+            }
+        };
+        let up = matches!(self.link, Link::Up);
+        let awaiting = matches!(self.link, Link::AwaitingHello);
+        match frame {
+            Frame::ServerHello {
+                protocol_version,
+                sample_rate,
+                channels,
+                codec,
+                codec_delay_samples,
+                epoch_us,
+                playout_delay_ms,
+            } if up || awaiting => {
+                // (A second hello restarts the stream as a first one does.)
+                let hello = Hello {
+                    protocol_version,
+                    sample_rate,
+                    channels,
+                    codec,
+                    codec_delay_samples,
+                    epoch_us,
+                    playout_delay_ms,
+                };
+                self.on_hello(hello, now_us, io);
+            }
+            Frame::Refused { reason } if up || awaiting => {
+                let reason: String = reason.chars().take(500).collect();
+                warn!(
+                    device = self.device,
+                    "the transmitter refused this receiver: {reason}"
+                );
+                self.error = Some(format!("refused by the transmitter: {reason}"));
+                self.link = Link::Down;
+                io.stream_reset("refused", REFUSED_RETRY_US);
+                self.publish_status(now_us, io);
+            }
+            other if awaiting => {
+                self.counters.frames_rejected += 1;
+                warn!(
+                    device = self.device,
+                    "expected the transmitter's hello, got {}",
+                    kind(&other)
+                );
+                self.link = Link::Down;
+                io.stream_reset("no hello", REFUSED_RETRY_US);
+            }
+            Frame::Audio {
+                sample_index,
+                frames,
+                payload,
+            } if up => {
+                if sample_index > MAX_SAMPLE_INDEX
+                    || frames == 0
+                    || frames as usize > 6 * CHUNK_FRAMES
+                {
+                    self.counters.frames_rejected += 1;
+                    debug!(
+                        device = self.device,
+                        sample_index, frames, "audio chunk out of range; dropped"
+                    );
+                    return;
+                }
+                let Some(decoder) = self.decoder.as_mut() else {
+                    return;
+                };
+                match decoder.decode(&payload, frames as usize, &mut self.pcm) {
+                    // Decoder output i of this chunk holds source sample
+                    // sample_index + i − codec delay; the playout accounts for that.
+                    Ok(()) => self.audio.push_audio(sample_index as i64, &self.pcm),
+                    Err(e) => {
+                        self.counters.frames_rejected += 1;
+                        debug!(device = self.device, "chunk {sample_index}: {e}");
+                    }
+                }
+            }
+            Frame::TimeResponse {
+                t1_us,
+                t2_us,
+                t3_us,
+            } if up => self.on_time_response(t1_us, t2_us, t3_us, now_us),
+            other if up => {
+                self.counters.frames_rejected += 1;
+                debug!(
+                    device = self.device,
+                    "unexpected {} from the transmitter",
+                    kind(&other)
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Handles one frame from the clock-sync connection, received at local time
+    /// `now_us`: clock-sync answers (checked as on the stream connection); anything else
+    /// is logged and dropped.
+    pub fn on_clock_frame(&mut self, bytes: &[u8], now_us: i64) {
+        match Frame::decode(bytes) {
+            Ok(Frame::TimeResponse {
+                t1_us,
+                t2_us,
+                t3_us,
+            }) if matches!(self.link, Link::Up) => {
+                self.on_time_response(t1_us, t2_us, t3_us, now_us)
+            }
+            Ok(Frame::Refused { reason }) => {
+                let reason: String = reason.chars().take(200).collect();
+                warn!(
+                    device = self.device,
+                    "the clock connection was refused: {reason}"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.counters.frames_rejected += 1;
+                debug!(device = self.device, "clock connection: {e}");
+            }
+        }
+    }
+
+    fn on_time_response(&mut self, t1_us: i64, t2_us: i64, t3_us: i64, now_us: i64) {
+        // Only answers to requests this receiver sent are believed.
+        let Some(k) = self.outstanding.iter().position(|&t| t == t1_us) else {
+            self.counters.exchanges_rejected += 1;
+            debug!(
+                device = self.device,
+                t1_us, "clock-sync answer to no request of ours"
+            );
+            return;
+        };
+        self.outstanding.remove(k);
+        match self.clock.add_exchange(t1_us, t2_us, t3_us, now_us) {
+            Ok(()) => {
+                if let Some(m) = self.clock.mapping() {
+                    self.audio.send(ToRender::Clock(m));
+                }
+            }
+            Err(e) => {
+                self.counters.exchanges_rejected += 1;
+                debug!(device = self.device, "{e}");
+            }
+        }
+    }
+
+    fn on_hello(&mut self, h: Hello, now_us: i64, io: &mut impl ReceiverIo) {
+        let params = match h.check() {
+            Ok(p) => p,
+            Err(e) => {
+                self.counters.frames_rejected += 1;
+                warn!(device = self.device, "cannot play this stream: {e}");
+                self.refuse_stream(e, now_us, io);
+                return;
+            }
+        };
+        let limits = OffsetLimits::for_playout_delay_ms(h.playout_delay_ms as f64);
+        if let Err(e) = limits.check_base_latency(self.profile.base_latency_ms) {
+            let e = format!("profile of {}: {e}", self.device);
+            warn!("{e}");
+            self.refuse_stream(e, now_us, io);
+            return;
+        }
+        let decoder = match AudioDecoder::new(h.codec, h.sample_rate, h.channels) {
+            Ok(d) => d,
+            Err(e) => {
+                self.refuse_stream(format!("cannot decode the stream: {e}"), now_us, io);
+                return;
+            }
+        };
+        self.error = None;
+        self.decoder = Some(decoder);
+        self.limits = limits;
+        self.params = Some(params);
+        self.clock.reset();
+        self.log.clear();
+        self.played = false;
+        self.audio.send(ToRender::ClockLost);
+        self.audio.new_stream(params);
+        let offset = self.offset;
+        self.set_offset(offset);
+        self.link = Link::Up;
+        self.next_sync_us = now_us;
+        info!(
+            device = self.device,
+            codec = ?h.codec,
+            playout_delay_ms = h.playout_delay_ms,
+            "streaming"
+        );
+        self.publish_status(now_us, io);
+    }
+
+    /// This receiver cannot play the stream: error state, and try again much later.
+    fn refuse_stream(&mut self, reason: String, now_us: i64, io: &mut impl ReceiverIo) {
+        self.error = Some(reason);
+        self.link = Link::Down;
+        io.stream_reset("unplayable stream", MISFIT_RETRY_US);
+        self.publish_status(now_us, io);
+    }
+
+    /// Sends due clock-sync requests.
+    pub(super) fn poll_stream(&mut self, now_us: i64, io: &mut impl ReceiverIo) {
+        if !matches!(self.link, Link::Up) {
+            return;
+        }
+        if now_us >= self.next_sync_us {
+            if self.outstanding.len() == MAX_OUTSTANDING_REQUESTS {
+                self.outstanding.pop_front();
+            }
+            self.outstanding.push_back(now_us);
+            // Every KEEPALIVE_EVERY-th request goes on the stream connection itself: it
+            // tells the transmitter this receiver is alive there (it drops a stream
+            // connection that is silent), and keeps clock sync going if the clock
+            // connection is lost.
+            self.requests_sent = self.requests_sent.wrapping_add(1);
+            if self.requests_sent.is_multiple_of(KEEPALIVE_EVERY) {
+                io.stream_send(Frame::TimeRequest { t1_us: now_us });
+            } else {
+                io.clock_send(Frame::TimeRequest { t1_us: now_us });
+            }
+            self.next_sync_us += SYNC_INTERVAL_US;
+            if self.next_sync_us <= now_us {
+                // Fell behind (a stall): keep the cadence from now.
+                self.next_sync_us = now_us + SYNC_INTERVAL_US;
+            }
+        }
+    }
+}
+
+fn kind(f: &Frame) -> &'static str {
+    match f {
+        Frame::ClientHello { .. } => "ClientHello",
+        Frame::ClockHello { .. } => "ClockHello",
+        Frame::ServerHello { .. } => "ServerHello",
+        Frame::Refused { .. } => "Refused",
+        Frame::Audio { .. } => "Audio",
+        Frame::TimeRequest { .. } => "TimeRequest",
+        Frame::TimeResponse { .. } => "TimeResponse",
+    }
+}
+
+/// The transmitter's hello, to be checked.
+struct Hello {
+    protocol_version: u16,
+    sample_rate: u32,
+    channels: u16,
+    codec: syncstream_protocol::wire::Codec,
+    codec_delay_samples: u32,
+    epoch_us: i64,
+    playout_delay_ms: u32,
+}
+
+impl Hello {
+    /// The stream parameters, or why this receiver cannot play the stream.
+    fn check(&self) -> Result<StreamParams, String> {
+        if self.protocol_version != PROTOCOL_VERSION {
+            return Err(format!(
+                "the transmitter speaks protocol {}, this receiver {PROTOCOL_VERSION}",
+                self.protocol_version
+            ));
+        }
+        if self.sample_rate != STREAM_SAMPLE_RATE || self.channels != STREAM_CHANNELS {
+            return Err(format!(
+                "the stream is {} channels at {} Hz; receivers play {STREAM_CHANNELS} channels \
+                 at {STREAM_SAMPLE_RATE} Hz",
+                self.channels, self.sample_rate
+            ));
+        }
+        check_playout_delay_ms(self.playout_delay_ms)?;
+        if self.codec_delay_samples > MAX_CODEC_DELAY_SAMPLES {
+            return Err(format!(
+                "codec delay {} samples is out of range",
+                self.codec_delay_samples
+            ));
+        }
+        if !(-MAX_ABS_TIMESTAMP_US..=MAX_ABS_TIMESTAMP_US).contains(&self.epoch_us) {
+            return Err(format!("stream epoch {} µs is out of range", self.epoch_us));
+        }
+        Ok(StreamParams {
+            sample_rate: self.sample_rate,
+            channels: self.channels as usize,
+            epoch_us: self.epoch_us,
+            codec_delay_samples: self.codec_delay_samples,
+            playout_delay_us: self.playout_delay_ms as i64 * 1000,
+        })
+    }
+}

@@ -1,0 +1,405 @@
+//! Tests of the receiver node: every number from the network or MQTT is checked before
+//! it is used; malformed or extreme input gets a clear error or is dropped, never a
+//! panic or a wrong offset (these run in debug builds, with overflow checks, and in
+//! release builds).
+
+use syncstream_protocol::messages::{topics, BufferOffset, Status};
+use syncstream_protocol::wire::{Codec, Frame, PROTOCOL_VERSION};
+use syncstream_shared::profile::{DeviceProfile, OutputType};
+
+use super::*;
+use crate::realtime::{self, Capturer, Renderer};
+
+/// Collects what the node asks for.
+#[derive(Default)]
+struct Recorder {
+    sent: Vec<Frame>,
+    resets: Vec<(String, i64)>,
+    published: Vec<(String, Vec<u8>, bool)>,
+    fetches: Vec<WindowRequest>,
+    jobs: Vec<Job>,
+}
+
+impl ReceiverIo for Recorder {
+    fn stream_send(&mut self, frame: Frame) {
+        self.sent.push(frame);
+    }
+    fn clock_send(&mut self, frame: Frame) {
+        self.sent.push(frame);
+    }
+    fn stream_reset(&mut self, reason: &str, retry_after_us: i64) {
+        self.resets.push((reason.into(), retry_after_us));
+    }
+    fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
+        self.published.push((topic, payload, retain));
+    }
+    fn fetch_window(&mut self, request: WindowRequest) {
+        self.fetches.push(request);
+    }
+    fn run_job(&mut self, job: Job) {
+        self.jobs.push(job);
+    }
+}
+
+impl Recorder {
+    fn last_status(&self) -> Status {
+        let (_, p, _) = self
+            .published
+            .iter()
+            .rev()
+            .find(|(t, _, _)| t.starts_with("syncstream/status/"))
+            .expect("a status was published");
+        serde_json::from_slice(p).unwrap()
+    }
+}
+
+fn node_with(profile: DeviceProfile) -> (ReceiverNode, Renderer, Capturer) {
+    let (r, c, control) = realtime::engine(profile.base_latency_ms, 48_000);
+    let node = ReceiverNode::new(
+        NodeConfig {
+            device: "tv".into(),
+            instance: 42,
+            profile,
+            drift: DriftConfig::default(),
+            mic_rate_hz: 48_000,
+        },
+        control,
+        0,
+    )
+    .unwrap();
+    (node, r, c)
+}
+
+fn node() -> (ReceiverNode, Renderer, Capturer) {
+    node_with(DeviceProfile::default_for(OutputType::Hdmi))
+}
+
+fn hello(playout_delay_ms: u32) -> Vec<u8> {
+    Frame::ServerHello {
+        protocol_version: PROTOCOL_VERSION,
+        sample_rate: 48_000,
+        channels: 2,
+        codec: Codec::Pcm16,
+        codec_delay_samples: 0,
+        epoch_us: 0,
+        playout_delay_ms,
+    }
+    .encode()
+    .unwrap()
+}
+
+/// A node that is streaming (hello accepted).
+fn streaming() -> (ReceiverNode, Recorder, Renderer, Capturer) {
+    let (mut n, r, c) = node();
+    let mut io = Recorder::default();
+    n.on_stream_connected(0, &mut io);
+    assert!(matches!(
+        io.sent[0],
+        Frame::ClientHello { ref device, instance: 42, .. } if device == "tv"
+    ));
+    n.on_stream_frame(&hello(1000), 10, &mut io);
+    assert!(n.connected(), "{:?}", n.status(10));
+    (n, io, r, c)
+}
+
+#[test]
+fn invalid_names_are_refused() {
+    for bad in ["a/b", "", "kitchen+", &"x".repeat(65)] {
+        let (_, _, control) = realtime::engine(0.0, 48_000);
+        let e = ReceiverNode::new(
+            NodeConfig {
+                device: bad.into(),
+                instance: 1,
+                profile: DeviceProfile::default_for(OutputType::Analog),
+                drift: DriftConfig::default(),
+                mic_rate_hz: 48_000,
+            },
+            control,
+            0,
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("device name"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn a_hello_with_absurd_values_is_refused_with_a_reason() {
+    for (field, frame) in [
+        (
+            "protocol",
+            Frame::ServerHello {
+                protocol_version: 99,
+                sample_rate: 48_000,
+                channels: 2,
+                codec: Codec::Opus,
+                codec_delay_samples: 312,
+                epoch_us: 0,
+                playout_delay_ms: 1000,
+            },
+        ),
+        (
+            "channels",
+            Frame::ServerHello {
+                protocol_version: PROTOCOL_VERSION,
+                sample_rate: 48_000,
+                channels: 7,
+                codec: Codec::Opus,
+                codec_delay_samples: 312,
+                epoch_us: 0,
+                playout_delay_ms: 1000,
+            },
+        ),
+        (
+            "playout delay",
+            Frame::ServerHello {
+                protocol_version: PROTOCOL_VERSION,
+                sample_rate: 48_000,
+                channels: 2,
+                codec: Codec::Opus,
+                codec_delay_samples: 312,
+                epoch_us: 0,
+                playout_delay_ms: u32::MAX,
+            },
+        ),
+        (
+            "epoch",
+            Frame::ServerHello {
+                protocol_version: PROTOCOL_VERSION,
+                sample_rate: 48_000,
+                channels: 2,
+                codec: Codec::Opus,
+                codec_delay_samples: 312,
+                epoch_us: i64::MIN,
+                playout_delay_ms: 1000,
+            },
+        ),
+        (
+            "codec delay",
+            Frame::ServerHello {
+                protocol_version: PROTOCOL_VERSION,
+                sample_rate: 48_000,
+                channels: 2,
+                codec: Codec::Opus,
+                codec_delay_samples: u32::MAX,
+                epoch_us: 0,
+                playout_delay_ms: 1000,
+            },
+        ),
+    ] {
+        let (mut n, _r, _c) = node();
+        let mut io = Recorder::default();
+        n.on_stream_connected(0, &mut io);
+        n.on_stream_frame(&frame.encode().unwrap(), 5, &mut io);
+        assert!(!n.connected(), "{field}");
+        assert_eq!(io.resets.len(), 1, "{field}");
+        let s = io.last_status();
+        assert_eq!(s.state, "error", "{field}");
+        assert!(
+            s.reason.as_deref().unwrap().contains(field),
+            "{field}: {:?}",
+            s.reason
+        );
+    }
+}
+
+#[test]
+fn a_profile_beyond_the_buffer_is_refused_with_its_numbers() {
+    let mut profile = DeviceProfile::default_for(OutputType::Chromecast);
+    profile.base_latency_ms = 1200.0;
+    let (mut n, _r, _c) = node_with(profile);
+    let mut io = Recorder::default();
+    n.on_stream_connected(0, &mut io);
+    n.on_stream_frame(&hello(1000), 5, &mut io);
+    assert!(!n.connected());
+    let reason = io.last_status().reason.unwrap();
+    for needle in ["1200", "1000 ms", "950 ms", "--playout-delay-ms 1250"] {
+        assert!(reason.contains(needle), "{needle}: {reason}");
+    }
+    // With a playout delay that holds it, the same profile plays.
+    n.on_stream_connected(10, &mut io);
+    n.on_stream_frame(&hello(2000), 20, &mut io);
+    assert!(n.connected());
+    assert_eq!(io.last_status().state, "connecting");
+}
+
+#[test]
+fn a_refusal_is_shown_and_retried_later() {
+    let (mut n, _r, _c) = node();
+    let mut io = Recorder::default();
+    n.on_stream_connected(0, &mut io);
+    let refused = Frame::Refused {
+        reason: "a receiver named 'tv' is already streaming from 10.0.0.5:4000".into(),
+    };
+    n.on_stream_frame(&refused.encode().unwrap(), 5, &mut io);
+    assert!(!n.connected());
+    assert!(io.resets[0].1 >= 1_000_000);
+    let s = io.last_status();
+    assert_eq!(s.state, "error");
+    assert!(s
+        .reason
+        .unwrap()
+        .contains("already streaming from 10.0.0.5"));
+}
+
+#[test]
+fn extreme_audio_chunks_are_dropped() {
+    let (mut n, mut io, _r, _c) = streaming();
+    for (index, frames, payload) in [
+        (u64::MAX, 960u32, vec![0u8; 3840]),
+        (1 << 60, 960, vec![0u8; 3840]),
+        (0, u32::MAX, vec![0u8; 3840]),
+        (0, 0, vec![]),
+        (0, 960, vec![1, 2, 3]),
+    ] {
+        let f = Frame::Audio {
+            sample_index: index,
+            frames,
+            payload,
+        };
+        n.on_stream_frame(&f.encode().unwrap(), 100, &mut io);
+    }
+    assert_eq!(n.counters().frames_rejected, 5);
+    // A good chunk is taken.
+    let f = Frame::Audio {
+        sample_index: 960,
+        frames: 960,
+        payload: vec![0u8; 3840],
+    };
+    n.on_stream_frame(&f.encode().unwrap(), 100, &mut io);
+    assert_eq!(n.counters().frames_rejected, 5);
+}
+
+#[test]
+fn clock_sync_answers_are_checked() {
+    let (mut n, mut io, _r, _c) = streaming();
+    n.poll(1_000, &mut io);
+    let t1 = io
+        .sent
+        .iter()
+        .find_map(|f| match f {
+            Frame::TimeRequest { t1_us } => Some(*t1_us),
+            _ => None,
+        })
+        .expect("a clock-sync request");
+    let answer = |t1_us, t2_us, t3_us| {
+        Frame::TimeResponse {
+            t1_us,
+            t2_us,
+            t3_us,
+        }
+        .encode()
+        .unwrap()
+    };
+    // Unsolicited, impossible and absurd answers change nothing.
+    n.on_stream_frame(&answer(t1 + 1, 5000, 5010), 1_400, &mut io);
+    n.on_stream_frame(&answer(t1, 5010, 5000), 1_400, &mut io);
+    assert_eq!(n.counters().exchanges_rejected, 2);
+    assert_eq!(n.clock().exchanges(), 0);
+    n.poll(60_000, &mut io);
+    let t1b = match io.sent.last() {
+        Some(Frame::TimeRequest { t1_us }) => *t1_us,
+        other => panic!("{other:?}"),
+    };
+    n.on_stream_frame(&answer(t1b, i64::MAX, i64::MAX), 60_500, &mut io);
+    assert_eq!(n.clock().exchanges(), 0);
+    // A good one is used.
+    n.poll(120_000, &mut io);
+    let t1c = match io.sent.last() {
+        Some(Frame::TimeRequest { t1_us }) => *t1_us,
+        other => panic!("{other:?}"),
+    };
+    n.on_stream_frame(&answer(t1c, t1c + 5_100, t1c + 5_120), t1c + 220, &mut io);
+    assert_eq!(n.clock().exchanges(), 1);
+    assert!((n.clock().offset_us().unwrap() - 5000.0).abs() < 1.0);
+}
+
+#[test]
+fn offsets_from_mqtt_are_checked() {
+    let (mut n, mut io, _r, _c) = streaming();
+    let topic = topics::buffer_offset("tv");
+    let send = |n: &mut ReceiverNode, io: &mut Recorder, payload: &[u8]| {
+        n.on_mqtt_message(&topic, payload, 1_000, io)
+    };
+    // The case that used to silence a receiver: a rate with an absurd reference time.
+    let o = BufferOffset {
+        device: "tv".into(),
+        offset_ms: 5.0,
+        seq: 1,
+        rate_ms_per_s: 1.0,
+        ref_us: i64::MIN,
+    };
+    send(&mut n, &mut io, &serde_json::to_vec(&o).unwrap());
+    assert_eq!(n.offset(), OffsetRamp::constant(5.0));
+    for t in [i64::MIN as f64, -1e18, 0.0, 1e18, i64::MAX as f64] {
+        assert_eq!(n.offset().at_ms(t), 5.0);
+    }
+    // Beyond the buffer: clamped to what the playout delay allows.
+    let o = BufferOffset {
+        offset_ms: 5000.0,
+        ..o.clone()
+    };
+    send(&mut n, &mut io, &serde_json::to_vec(&o).unwrap());
+    assert_eq!(n.offset().offset_ms, 950.0);
+    // Malformed, another device's, out of range, oversized: ignored.
+    let before = n.offset();
+    for bad in [
+        &b"{\"device\":\"tv\",\"offset_ms\":1e999}"[..],
+        b"{\"device\":\"kitchen\",\"offset_ms\":3}",
+        b"{\"device\":\"tv\",\"offset_ms\":\"soon\"}",
+        b"\xff\xfe",
+        &vec![b' '; MAX_MQTT_PAYLOAD + 1],
+    ] {
+        send(&mut n, &mut io, bad);
+    }
+    assert_eq!(n.offset(), before);
+    assert_eq!(n.counters().mqtt_rejected, 5);
+    // Commands with out-of-range values are refused too.
+    n.on_mqtt_message(
+        &topics::command("tv"),
+        b"{\"cmd\":\"volume\",\"value\":1e300}",
+        1_000,
+        &mut io,
+    );
+    assert_eq!(n.status(0).volume, 1.0);
+    n.on_mqtt_message(
+        &topics::command("tv"),
+        b"{\"cmd\":\"volume\",\"value\":0.25}",
+        1_000,
+        &mut io,
+    );
+    assert_eq!(n.status(0).volume, 0.25);
+}
+
+#[test]
+fn arbitrary_frames_never_panic() {
+    let (mut n, mut io, _r, _c) = streaming();
+    let mut x: u64 = 0x1234_5678;
+    for len in 0..2000usize {
+        let bytes: Vec<u8> = (0..len % 97)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        n.on_stream_frame(&bytes, len as i64 * 1000, &mut io);
+        n.on_mqtt_message(&topics::buffer_offset("tv"), &bytes, 0, &mut io);
+        n.on_mqtt_message(&topics::command("tv"), &bytes, 0, &mut io);
+        n.on_mqtt_message(topics::CONFIG, &bytes, 0, &mut io);
+        n.poll(len as i64 * 1000, &mut io);
+    }
+}
+
+#[test]
+fn the_status_counts_xruns_and_late_callbacks() {
+    let (mut n, _io, mut r, _c) = streaming();
+    let xruns = Arc::new(AtomicU64::new(3));
+    n.add_xrun_counter(xruns.clone());
+    let mut out = vec![0.0f32; 960];
+    r.render(&mut out, 0);
+    r.render(&mut out, 100_000);
+    let s = n.status(0);
+    assert_eq!((s.xruns, s.late_callbacks), (3, 1));
+}

@@ -1,0 +1,529 @@
+//! The real receiver: a [`ReceiverNode`] driven by tokio, with the stream over TCP,
+//! MQTT through rumqttc and source windows over HTTP (reqwest).
+//!
+//! One task owns the node and handles every event in turn (no lock is shared with
+//! anything, least of all the audio callbacks). Beside it: the stream transport
+//! (connects, reconnects with backoff 0.2 s doubling to 5 s, drops a connection that
+//! is silent for [`STREAM_READ_TIMEOUT`]), the MQTT event loop, one task per source
+//! window fetch and a blocking task per estimate.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use rumqttc::QoS;
+use syncstream_audio::{Microphone, Sink};
+use syncstream_protocol::mqtt::{self, BrokerUrl};
+use syncstream_protocol::wire::{Frame, MAX_FRAME_BYTES};
+use syncstream_shared::profile::DeviceProfile;
+use syncstream_shared::time::{Clock, STREAM_SAMPLE_RATE};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tracing::{debug, info, warn};
+
+use crate::drift::DriftConfig;
+use crate::node::{
+    Job, JobDone, NodeConfig, NodeSnapshot, ReceiverIo, ReceiverNode, Window, WindowRequest,
+};
+use crate::realtime;
+
+/// A stream connection on which nothing arrives for this long is dropped (audio comes
+/// every 20 ms).
+pub const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a TCP connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a source-window request may take.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Receiver settings.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Device name (MQTT topics, status).
+    pub device: String,
+    /// Transmitter host.
+    pub transmitter_host: String,
+    /// Transmitter stream port.
+    pub stream_port: u16,
+    /// Transmitter HTTP port.
+    pub http_port: u16,
+    /// MQTT broker.
+    pub broker: BrokerUrl,
+    /// Device profile (initial offset = its base latency).
+    pub profile: DeviceProfile,
+    /// Drift detector settings.
+    pub drift: DriftConfig,
+}
+
+/// A running receiver; dropping it stops the audio devices and the tasks.
+pub struct Receiver {
+    snapshot: watch::Receiver<NodeSnapshot>,
+    sink: Box<dyn Sink>,
+    mic: Box<dyn Microphone>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// What the receiver shows now (updated every 100 ms).
+    pub fn snapshot(&self) -> NodeSnapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Stops audio and background tasks.
+    pub fn stop(&mut self) {
+        let _ = self.sink.stop();
+        let _ = self.mic.stop();
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Events for the node's task.
+enum Event {
+    StreamUp(mpsc::Sender<Bytes>),
+    /// A frame and the local time it arrived, µs (stamped by the transport, next to
+    /// the socket: that is the t4 of a clock-sync answer).
+    StreamFrame(Bytes, i64),
+    StreamDown(String),
+    /// The clock connection is up: its write half, written to directly by the node's
+    /// task (a request's t1 is stamped right before its bytes go out).
+    ClockUp(tokio::net::tcp::OwnedWriteHalf),
+    ClockFrame(Bytes, i64),
+    ClockDown,
+    MqttConnected,
+    MqttMessage(String, Bytes),
+    Window(u64, Result<Window, String>),
+    JobDone(JobDone),
+}
+
+/// Instructions for the stream transport.
+enum StreamCtl {
+    Reset { retry_after: Duration },
+}
+
+/// The node's [`ReceiverIo`] on tokio.
+struct TokioIo {
+    stream_out: Option<mpsc::Sender<Bytes>>,
+    clock_out: Option<tokio::net::tcp::OwnedWriteHalf>,
+    stream_ctl: mpsc::UnboundedSender<StreamCtl>,
+    mqtt: rumqttc::AsyncClient,
+    http: reqwest::Client,
+    http_base: String,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl ReceiverIo for TokioIo {
+    fn stream_send(&mut self, frame: Frame) {
+        let Some(out) = &self.stream_out else { return };
+        match frame.encode() {
+            Ok(bytes) => {
+                if out.try_send(Bytes::from(bytes)).is_err() {
+                    debug!("stream writer busy; frame dropped");
+                }
+            }
+            Err(e) => warn!("cannot encode a frame: {e}"),
+        }
+    }
+
+    fn clock_send(&mut self, frame: Frame) {
+        let Ok(body) = frame.encode() else { return };
+        if let Some(w) = &self.clock_out {
+            // Length-prefixed, written at once without waiting: a request is 20 bytes,
+            // so a socket that cannot take it whole is broken (and is dropped).
+            let mut bytes = Vec::with_capacity(4 + body.len());
+            bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(&body);
+            match w.try_write(&bytes) {
+                Ok(n) if n == bytes.len() => return,
+                Ok(_) | Err(_) => {
+                    debug!("the clock connection cannot take a request; dropped");
+                    self.clock_out = None;
+                }
+            }
+        }
+        if let Some(out) = &self.stream_out {
+            let _ = out.try_send(Bytes::from(body));
+        }
+    }
+
+    fn stream_reset(&mut self, reason: &str, retry_after_us: i64) {
+        debug!("resetting the stream: {reason}");
+        self.stream_out = None;
+        let _ = self.stream_ctl.send(StreamCtl::Reset {
+            retry_after: Duration::from_micros(retry_after_us.max(0) as u64),
+        });
+    }
+
+    fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
+        if let Err(e) = self
+            .mqtt
+            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
+        {
+            debug!("cannot publish on {topic}: {e}");
+        }
+    }
+
+    fn fetch_window(&mut self, r: WindowRequest) {
+        let url = format!(
+            "{}/api/v1/window?start_us={}&duration_ms={}",
+            self.http_base, r.start_us, r.duration_ms
+        );
+        let http = self.http.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let result = fetch_window(&http, &url, r.duration_ms).await;
+            let _ = events.send(Event::Window(r.id, result));
+        });
+    }
+
+    fn run_job(&mut self, job: Job) {
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || job.run()).await {
+                Ok(done) => {
+                    let _ = events.send(Event::JobDone(done));
+                }
+                Err(e) => warn!("a measurement task failed: {e}"),
+            }
+        });
+    }
+}
+
+/// `GET url` for a window of `duration_ms`: the body is little-endian f32 samples, the
+/// `x-syncstream-start-us` header the PTS of the first. Bounded: a body larger than
+/// the duration asks for is refused.
+async fn fetch_window(
+    http: &reqwest::Client,
+    url: &str,
+    duration_ms: u64,
+) -> Result<Window, String> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        return Err(format!(
+            "GET {url}: {status} {}",
+            text.chars().take(200).collect::<String>()
+        ));
+    }
+    let first_pts_us: i64 = resp
+        .headers()
+        .get("x-syncstream-start-us")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("GET {url}: no valid x-syncstream-start-us header"))?;
+    let max_bytes = (duration_ms + 10) * STREAM_SAMPLE_RATE as u64 / 1000 * 4;
+    if resp.content_length().is_some_and(|n| n > max_bytes) {
+        return Err(format!("GET {url}: body larger than {max_bytes} bytes"));
+    }
+    let body = resp.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+    if body.len() as u64 > max_bytes || body.len() % 4 != 0 {
+        return Err(format!(
+            "GET {url}: a body of {} bytes is not the window asked for",
+            body.len()
+        ));
+    }
+    Ok(Window {
+        first_pts_us,
+        samples: body
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    })
+}
+
+/// A random number for this receiver process (see the stream hello's `instance`).
+pub fn process_instance() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Starts a receiver on the current tokio runtime with `sink` as output and `mic` as
+/// microphone; all times are on `clock`.
+///
+/// Errors: an invalid name or profile, or the sink or the microphone cannot be started.
+pub async fn start(
+    cfg: ReceiverConfig,
+    mut sink: Box<dyn Sink>,
+    mut mic: Box<dyn Microphone>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Receiver> {
+    let (renderer, capturer, control) =
+        realtime::engine(cfg.profile.base_latency_ms, mic.sample_rate());
+    let mut node = ReceiverNode::new(
+        NodeConfig {
+            device: cfg.device.clone(),
+            instance: process_instance(),
+            profile: cfg.profile.clone(),
+            drift: cfg.drift.clone(),
+            mic_rate_hz: mic.sample_rate(),
+        },
+        control,
+        clock.now_us(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    node.add_xrun_counter(sink.xrun_counter());
+    node.add_xrun_counter(mic.xrun_counter());
+    sink.start(renderer.into_render_fn())
+        .context("starting the output")?;
+    mic.start(capturer.into_capture_fn())
+        .context("starting the microphone")?;
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel::<Event>();
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<StreamCtl>();
+    let mut tasks = Vec::new();
+    let addr = format!("{}:{}", cfg.transmitter_host, cfg.stream_port);
+    tasks.push(tokio::spawn(stream_transport(
+        addr.clone(),
+        events_tx.clone(),
+        ctl_rx,
+        clock.clone(),
+    )));
+    let clock_hello = Frame::ClockHello {
+        protocol_version: syncstream_protocol::wire::PROTOCOL_VERSION,
+        device: cfg.device.clone(),
+        instance: node.instance(),
+    };
+    tasks.push(tokio::spawn(clock_transport(
+        addr,
+        clock_hello,
+        events_tx.clone(),
+        clock.clone(),
+    )));
+
+    let (client, eventloop) = mqtt::connect(
+        &cfg.broker,
+        &format!("syncstream-rx-{}", cfg.device),
+        Some(node.mqtt_last_will()),
+    );
+    {
+        let events = events_tx.clone();
+        let events2 = events_tx.clone();
+        let subs = node.mqtt_subscriptions();
+        let client2 = client.clone();
+        tasks.push(tokio::spawn(async move {
+            mqtt::drive(
+                client2,
+                eventloop,
+                subs,
+                |_| {
+                    let _ = events.send(Event::MqttConnected);
+                },
+                |p| {
+                    let _ = events2.send(Event::MqttMessage(p.topic.clone(), p.payload.clone()));
+                },
+            )
+            .await
+        }));
+    }
+    let io = TokioIo {
+        stream_out: None,
+        clock_out: None,
+        stream_ctl: ctl_tx,
+        mqtt: client,
+        http: reqwest::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .build()
+            .unwrap_or_default(),
+        http_base: format!("http://{}:{}", cfg.transmitter_host, cfg.http_port),
+        events: events_tx,
+    };
+    let (snap_tx, snap_rx) = watch::channel(node.snapshot());
+    tasks.push(tokio::spawn(run_node(node, io, events_rx, snap_tx, clock)));
+    info!(device = cfg.device, "receiver running");
+    Ok(Receiver {
+        snapshot: snap_rx,
+        sink,
+        mic,
+        tasks,
+    })
+}
+
+/// The node's task: every event in turn, and a poll at least every 20 ms.
+async fn run_node(
+    mut node: ReceiverNode,
+    mut io: TokioIo,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    snapshot: watch::Sender<NodeSnapshot>,
+    clock: Arc<dyn Clock>,
+) {
+    let mut last_snapshot_us: Option<i64> = None;
+    loop {
+        let now = clock.now_us();
+        let wait_us = (node.next_wakeup_us(now) - now).clamp(0, 20_000) as u64;
+        let event = tokio::select! {
+            e = events.recv() => match e {
+                Some(e) => Some(e),
+                None => return,
+            },
+            _ = tokio::time::sleep(Duration::from_micros(wait_us)) => None,
+        };
+        let now = clock.now_us();
+        match event {
+            Some(Event::StreamUp(out)) => {
+                io.stream_out = Some(out);
+                node.on_stream_connected(now, &mut io);
+            }
+            Some(Event::StreamFrame(bytes, at)) => node.on_stream_frame(&bytes, at, &mut io),
+            Some(Event::StreamDown(why)) => {
+                io.stream_out = None;
+                node.on_stream_closed(now, &why, &mut io);
+            }
+            Some(Event::ClockUp(out)) => io.clock_out = Some(out),
+            Some(Event::ClockFrame(bytes, at)) => node.on_clock_frame(&bytes, at),
+            Some(Event::ClockDown) => io.clock_out = None,
+            Some(Event::MqttConnected) => node.on_mqtt_connected(now, &mut io),
+            Some(Event::MqttMessage(topic, payload)) => {
+                node.on_mqtt_message(&topic, &payload, now, &mut io)
+            }
+            Some(Event::Window(id, result)) => node.on_window(id, result, now, &mut io),
+            Some(Event::JobDone(done)) => node.on_job_done(done, now, &mut io),
+            None => {}
+        }
+        node.poll(clock.now_us(), &mut io);
+        if last_snapshot_us.is_none_or(|t| now.saturating_sub(t) >= 100_000) {
+            last_snapshot_us = Some(now);
+            let _ = snapshot.send(node.snapshot());
+        }
+    }
+}
+
+/// The stream connection: connects, forwards frames both ways, reconnects with backoff.
+async fn stream_transport(
+    addr: String,
+    events: mpsc::UnboundedSender<Event>,
+    mut ctl: mpsc::UnboundedReceiver<StreamCtl>,
+    clock: Arc<dyn Clock>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = std::time::Instant::now();
+        let (reason, retry_after) = session(&addr, &events, &mut ctl, clock.as_ref()).await;
+        if events.send(Event::StreamDown(reason.clone())).is_err() {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(200);
+        }
+        let wait = retry_after.unwrap_or(backoff).max(backoff);
+        debug!("stream from {addr}: {reason}; next try in {wait:?}");
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The clock-sync connection: says its hello, hands its write half to the node's task,
+/// stamps every answer with its arrival time; reconnects every 2 s while it cannot
+/// connect (clock sync then runs on the stream connection).
+async fn clock_transport(
+    addr: String,
+    hello: Frame,
+    events: mpsc::UnboundedSender<Event>,
+    clock: Arc<dyn Clock>,
+) {
+    loop {
+        if let Ok(Ok(sock)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await
+        {
+            let _ = sock.set_nodelay(true);
+            let (read_half, mut write_half) = sock.into_split();
+            let hello_sent = match hello.encode() {
+                Ok(b) => {
+                    use tokio::io::AsyncWriteExt;
+                    let mut bytes = (b.len() as u32).to_be_bytes().to_vec();
+                    bytes.extend_from_slice(&b);
+                    write_half.write_all(&bytes).await.is_ok()
+                }
+                Err(_) => false,
+            };
+            if hello_sent {
+                let codec = LengthDelimitedCodec::builder()
+                    .max_frame_length(MAX_FRAME_BYTES)
+                    .new_codec();
+                let mut stream = tokio_util::codec::FramedRead::new(read_half, codec);
+                if events.send(Event::ClockUp(write_half)).is_err() {
+                    return;
+                }
+                while let Ok(Some(Ok(bytes))) =
+                    tokio::time::timeout(STREAM_READ_TIMEOUT, stream.next()).await
+                {
+                    let at = clock.now_us();
+                    if events.send(Event::ClockFrame(bytes.freeze(), at)).is_err() {
+                        return;
+                    }
+                }
+                if events.send(Event::ClockDown).is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// One connection; returns why it ended and how long the node asked to wait.
+async fn session(
+    addr: &str,
+    events: &mpsc::UnboundedSender<Event>,
+    ctl: &mut mpsc::UnboundedReceiver<StreamCtl>,
+    clock: &dyn Clock,
+) -> (String, Option<Duration>) {
+    let sock = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return (format!("cannot connect to {addr}: {e}"), None),
+        Err(_) => return (format!("connecting to {addr} timed out"), None),
+    };
+    let _ = sock.set_nodelay(true);
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec();
+    let (mut sink, mut stream) = Framed::new(sock, codec).split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(256);
+    while ctl.try_recv().is_ok() {} // a reset meant for the previous connection
+    if events.send(Event::StreamUp(out_tx)).is_err() {
+        return ("receiver stopped".into(), None);
+    }
+    loop {
+        tokio::select! {
+            frame = tokio::time::timeout(STREAM_READ_TIMEOUT, stream.next()) => match frame {
+                Ok(Some(Ok(bytes))) => {
+                    let at = clock.now_us();
+                    if events.send(Event::StreamFrame(bytes.freeze(), at)).is_err() {
+                        return ("receiver stopped".into(), None);
+                    }
+                }
+                Ok(Some(Err(e))) => return (format!("stream from {addr}: {e}"), None),
+                Ok(None) => return ("the transmitter closed the stream".into(), None),
+                Err(_) => return (format!("nothing from {addr} for {STREAM_READ_TIMEOUT:?}"), None),
+            },
+            out = out_rx.recv() => match out {
+                Some(bytes) => {
+                    if let Err(e) = sink.send(bytes).await {
+                        return (format!("stream to {addr}: {e}"), None);
+                    }
+                }
+                None => return ("receiver stopped".into(), None),
+            },
+            c = ctl.recv() => match c {
+                Some(StreamCtl::Reset { retry_after }) => {
+                    return ("reset by the receiver".into(), Some(retry_after))
+                }
+                None => return ("receiver stopped".into(), None),
+            },
+        }
+    }
+}

@@ -12,6 +12,7 @@ pub mod pacer;
 pub mod rolling_buffer;
 pub mod source;
 pub mod stream_server;
+pub mod updates;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -63,6 +64,8 @@ pub struct TransmitterConfig {
     pub profiles_dir: Option<std::path::PathBuf>,
     /// When the offset history updates a profile.
     pub history: history::HistoryConfig,
+    /// Folder of signed update bundles to serve and announce (`updates`); `None`: none.
+    pub updates_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for TransmitterConfig {
@@ -77,6 +80,7 @@ impl Default for TransmitterConfig {
             controller: ControllerConfig::default(),
             profiles_dir: None,
             history: history::HistoryConfig::default(),
+            updates_dir: None,
         }
     }
 }
@@ -175,11 +179,15 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_addr))?;
     let http_addr = http_listener.local_addr()?;
-    let app = http::router(http::HttpState {
+    let mut app = http::router(http::HttpState {
         buffer: buffer.clone(),
         hub: hub.clone(),
         controller: controller.clone(),
     });
+    if let Some(dir) = &cfg.updates_dir {
+        app = app.merge(updates::router(dir.clone())); // signed updates (issue 13)
+        tokio::spawn(updates::announce(broker.clone(), dir.clone()));
+    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app).await {
             tracing::error!("HTTP server stopped: {e}");

@@ -191,9 +191,17 @@ pub async fn run(cfg: AgentConfig, health: Health) -> AgentExit {
         .as_ref()
         .map(|p| p.installed_at_unix_s + cfg.health_timeout.as_secs());
     let mut confirming = confirming;
+    // A version rolled back on this device is not installed again (a newer one is).
+    let mut rolled_back = state
+        .last
+        .as_ref()
+        .filter(|o| o.state == "rolled_back")
+        .map(|o| o.version.clone());
+    // The last announcement that arrived while confirming, handled once confirmed.
+    let mut deferred: Option<Vec<u8>> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
-        tokio::select! {
+        let payload = tokio::select! {
             _ = tick.tick(), if confirming => {
                 if online.load(Ordering::SeqCst) && health() {
                     match layout.confirm(unix_now_s()) {
@@ -201,8 +209,16 @@ pub async fn run(cfg: AgentConfig, health: Health) -> AgentExit {
                             info!("update {running} is healthy (online, playing): confirmed");
                             shared.set(|s| { s.state = "installed".into(); s.code = None; s.reason = None; });
                             confirming = false;
+                            rolled_back = None;
+                            match deferred.take() {
+                                Some(p) => p,
+                                None => continue,
+                            }
                         }
-                        Err(e) => error!("cannot confirm update {running}: {e:#}"),
+                        Err(e) => {
+                            error!("cannot confirm update {running}: {e:#}");
+                            continue;
+                        }
                     }
                 } else if deadline.is_some_and(|d| unix_now_s() > d) {
                     error!(
@@ -210,14 +226,20 @@ pub async fn run(cfg: AgentConfig, health: Health) -> AgentExit {
                         cfg.health_timeout.as_secs()
                     );
                     return AgentExit::Unhealthy { version: running };
+                } else {
+                    continue;
                 }
             }
             Some(payload) = rx.recv() => {
                 if confirming {
-                    info!("announcement ignored while update {running} waits for its health check");
+                    info!("announcement kept until update {running} has passed its health check");
+                    deferred = Some(payload);
                     continue;
                 }
-                match updater.on_announcement(&payload) {
+                payload
+            }
+        };
+        match updater.on_announcement(&payload) {
                     Err(r) => shared.refuse(&r, None),
                     Ok(None) => shared.set(|s| {
                         if s.state != "installed" && s.state != "rolled_back" {
@@ -225,6 +247,16 @@ pub async fn run(cfg: AgentConfig, health: Health) -> AgentExit {
                         }
                         s.available = None;
                     }),
+                    Ok(Some(plan)) if rolled_back.as_deref() == Some(plan.bundle.version.as_str()) => {
+                        warn!(
+                            "update {} was rolled back on this device: not installing it again (announce a newer one)",
+                            plan.bundle.version
+                        );
+                        shared.set(|s| {
+                            s.state = "rolled_back".into();
+                            s.available = Some(plan.bundle.version.clone());
+                        });
+                    }
                     Ok(Some(plan)) => {
                         if let Some(version) = fetch_and_install(&updater, &plan, &shared).await {
                             // Give the status a moment to leave before the process exits
@@ -233,8 +265,6 @@ pub async fn run(cfg: AgentConfig, health: Health) -> AgentExit {
                             return AgentExit::Restart { version };
                         }
                     }
-                }
-            }
         }
     }
 }

@@ -54,7 +54,11 @@ impl Supervisor {
         let (s, n, c) = (stop.clone(), starts.clone(), child.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+                let out = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap();
                 let err = out.try_clone().unwrap();
                 let ch = Command::new(BIN)
                     .args(&args)
@@ -122,7 +126,10 @@ fn watch_status(port: u16) -> Arc<Mutex<Vec<UpdateStatus>>> {
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut conn) = rumqttc::Client::new(opts, 64);
     client
-        .subscribe(syncstream_update::status_topic(DEVICE), rumqttc::QoS::AtLeastOnce)
+        .subscribe(
+            syncstream_update::status_topic(DEVICE),
+            rumqttc::QoS::AtLeastOnce,
+        )
         .unwrap();
     let s = seen.clone();
     std::thread::spawn(move || {
@@ -186,9 +193,23 @@ fn signed_updates_apply_and_bad_bundles_are_refused() {
     let key = SigningKey::from_bytes(&[42; 32]);
     let other_key = SigningKey::from_bytes(&[43; 32]);
     let target = syncstream_update::BUILD_TARGET;
-    let binary = std::fs::read(BIN).unwrap();
+    // The update is this binary, stripped (a test build's debug info is over the
+    // bundle size limit).
+    let stripped = dir.path().join("syncstream-stripped");
+    let st = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(BIN)
+        .status()
+        .expect("strip (binutils)");
+    assert!(st.success(), "strip failed");
+    let binary = std::fs::read(&stripped).unwrap();
 
-    let (stream, http, mqtt) = (common::free_port(), common::free_port(), common::free_port());
+    let (stream, http, mqtt) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
     let _tx = Proc(
         Command::new(BIN)
             .args(["transmitter", "--source", "tone", "--codec", "pcm"])
@@ -203,8 +224,14 @@ fn signed_updates_apply_and_bad_bundles_are_refused() {
             .spawn()
             .unwrap(),
     );
-    assert!(common::wait_for_port(mqtt, Duration::from_secs(20)), "broker up");
-    assert!(common::wait_for_port(http, Duration::from_secs(20)), "HTTP up");
+    assert!(
+        common::wait_for_port(mqtt, Duration::from_secs(20)),
+        "broker up"
+    );
+    assert!(
+        common::wait_for_port(http, Duration::from_secs(20)),
+        "HTTP up"
+    );
     let seen = watch_status(mqtt);
 
     let config = dir.path().join("receiver.toml");
@@ -222,7 +249,12 @@ fn signed_updates_apply_and_bad_bundles_are_refused() {
     .unwrap();
     let log = dir.path().join("receiver.log");
     let rx = Supervisor::start(
-        vec!["service".into(), "receiver".into(), "--config".into(), config.display().to_string()],
+        vec![
+            "service".into(),
+            "receiver".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
         log.clone(),
     );
     let (first, mut at) = wait_status(&seen, 0, "idle", &log, |s| s.state == "idle");
@@ -234,38 +266,77 @@ fn signed_updates_apply_and_bad_bundles_are_refused() {
     let mut unsigned = good.clone();
     unsigned.signature.clear();
     let mis_signed = bundle::sign(&binary, "0.1.1", target, &other_key).unwrap();
-    let wrong_target = bundle::sign(b"\x7fELF other", "0.1.1", "riscv64gc-unknown-linux-gnu", &key).unwrap();
+    let wrong_target = bundle::sign(
+        b"\x7fELF other",
+        "0.1.1",
+        "riscv64gc-unknown-linux-gnu",
+        &key,
+    )
+    .unwrap();
     let older = bundle::sign(&binary, "0.0.9", target, &key).unwrap();
     let cases: [(&str, &bundle::Manifest, &[u8], &str); 5] = [
         ("unsigned.bundle", &unsigned, &binary, "unsigned"),
         ("mis-signed.bundle", &mis_signed, &binary, "bad_signature"),
-        ("wrong-target.bundle", &wrong_target, b"\x7fELF other", "wrong_target"),
+        (
+            "wrong-target.bundle",
+            &wrong_target,
+            b"\x7fELF other",
+            "wrong_target",
+        ),
         ("older.bundle", &older, &binary, "older"),
-        ("truncated.bundle", &good, &binary[..binary.len() - 4096], "truncated"),
+        (
+            "truncated.bundle",
+            &good,
+            &binary[..binary.len() - 4096],
+            "truncated",
+        ),
     ];
     for (name, manifest, bin, code) in cases {
         let path = write_bundle(&updates, name, manifest, bin);
-        let (st, next) = wait_status(&seen, at, code, &log, |s| s.state == "refused" && s.code.as_deref() == Some(code));
+        let (st, next) = wait_status(&seen, at, code, &log, |s| {
+            s.state == "refused" && s.code.as_deref() == Some(code)
+        });
         at = next;
-        assert!(st.reason.as_deref().is_some_and(|r| !r.is_empty()), "{st:?}");
+        assert!(
+            st.reason.as_deref().is_some_and(|r| !r.is_empty()),
+            "{st:?}"
+        );
         assert_eq!(st.version, syncstream_update::PACKAGE_VERSION, "{name}");
-        assert!(!state.join("bin/syncstream").exists(), "{name}: nothing installed");
+        assert!(
+            !state.join("bin/syncstream").exists(),
+            "{name}: nothing installed"
+        );
         assert!(rx.running(), "{name}: the receiver still runs");
         assert_eq!(rx.starts.load(Ordering::SeqCst), 1, "{name}: not restarted");
         std::fs::remove_file(path).unwrap();
     }
     let log_text = std::fs::read_to_string(&log).unwrap();
-    for needle in ["is unsigned", "does not verify", "no bundle for this device's target", "is older", "is truncated"] {
-        assert!(log_text.contains(needle), "log line '{needle}' missing:\n{log_text}");
+    for needle in [
+        "is unsigned",
+        "does not verify",
+        "no bundle for this device's target",
+        "is older",
+        "is truncated",
+    ] {
+        assert!(
+            log_text.contains(needle),
+            "log line '{needle}' missing:\n{log_text}"
+        );
     }
 
     // The good bundle: installed, restarted into, reported and confirmed.
     write_bundle(&updates, "good.bundle", &good, &binary);
-    let (_, next) = wait_status(&seen, at, "installed 0.1.1", &log, |s| s.state == "installed" && s.version == "0.1.1");
+    let (_, next) = wait_status(&seen, at, "installed 0.1.1", &log, |s| {
+        s.state == "installed" && s.version == "0.1.1"
+    });
     at = next;
-    assert!(rx.starts.load(Ordering::SeqCst) >= 2, "restarted into the update");
+    assert!(
+        rx.starts.load(Ordering::SeqCst) >= 2,
+        "restarted into the update"
+    );
     assert_eq!(std::fs::read(state.join("bin/syncstream")).unwrap(), binary);
-    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(state.join("update-state.json")).unwrap()).unwrap();
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("update-state.json")).unwrap()).unwrap();
     assert_eq!(st["current"]["version"], "0.1.1");
     assert!(st["pending"].is_null(), "{st}");
     assert_eq!(st["last"]["state"], "installed");
@@ -274,9 +345,18 @@ fn signed_updates_apply_and_bad_bundles_are_refused() {
     let broken = b"#!/bin/sh\necho broken update >&2\nexit 3\n".to_vec();
     let m = bundle::sign(&broken, "0.1.2", target, &key).unwrap();
     write_bundle(&updates, "broken.bundle", &m, &broken);
-    let (st, _) = wait_status(&seen, at, "rolled_back", &log, |s| s.state == "rolled_back" && s.version == "0.1.1");
-    assert!(st.reason.as_deref().is_some_and(|r| r.contains("0.1.2")), "{st:?}");
-    assert_eq!(std::fs::read(state.join("bin/syncstream")).unwrap(), binary, "0.1.1 back in place");
+    let (st, _) = wait_status(&seen, at, "rolled_back", &log, |s| {
+        s.state == "rolled_back" && s.version == "0.1.1"
+    });
+    assert!(
+        st.reason.as_deref().is_some_and(|r| r.contains("0.1.2")),
+        "{st:?}"
+    );
+    assert_eq!(
+        std::fs::read(state.join("bin/syncstream")).unwrap(),
+        binary,
+        "0.1.1 back in place"
+    );
     let starts = rx.starts.load(Ordering::SeqCst);
     assert!(starts >= 6, "3 failed starts of 0.1.2 between: {starts}");
     assert!(rx.running());

@@ -83,6 +83,31 @@ pub struct UpdateStatus {
     pub reason: Option<String>,
     /// When, Unix seconds.
     pub ts_unix_s: u64,
+    /// Home Assistant's MQTT `update` platform reads these two from the state topic:
+    /// the running version.
+    pub installed_version: String,
+    /// The newest version on offer (`available`, else the running one).
+    pub latest_version: String,
+}
+
+/// Home Assistant MQTT discovery of the device's `update` entity (retained on
+/// `homeassistant/update/syncstream_<device>/config`): it shows the running version
+/// and "update available" from the update status.
+pub fn home_assistant_discovery(device: &str) -> (String, Vec<u8>) {
+    let id = format!(
+        "syncstream_{}",
+        device.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    let config = serde_json::json!({
+        "name": "SyncStream firmware",
+        "unique_id": format!("{id}_update"),
+        "state_topic": crate::status_topic(device),
+        "device": {"identifiers": [id], "name": format!("SyncStream {device}"), "manufacturer": "SyncStream"},
+    });
+    (
+        format!("homeassistant/update/{id}/config"),
+        config.to_string().into_bytes(),
+    )
 }
 
 struct Shared {
@@ -97,6 +122,7 @@ impl Shared {
             let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut s);
             s.ts_unix_s = unix_now_s();
+            s.latest_version = s.available.clone().unwrap_or_else(|| s.version.clone());
             serde_json::to_vec(&*s).unwrap_or_default()
         };
         self.publish(payload);
@@ -165,18 +191,24 @@ pub async fn run(cfg: AgentConfig, health: Health) -> AgentExit {
             code: None,
             reason,
             ts_unix_s: unix_now_s(),
+            installed_version: running.clone(),
+            latest_version: running.clone(),
         }),
     });
     let online = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     {
-        let (shared, online) = (shared.clone(), online.clone());
+        let (shared, online, device) = (shared.clone(), online.clone(), cfg.device.clone());
         tokio::spawn(mqtt::drive(
             client,
             eventloop,
             vec![crate::UPDATE_TOPIC.to_string()],
-            move |_| {
+            move |c| {
                 online.store(true, Ordering::SeqCst);
+                let (topic, config) = home_assistant_discovery(&device);
+                if let Err(e) = c.try_publish(topic, QoS::AtLeastOnce, true, config) {
+                    warn!("cannot publish the Home Assistant discovery: {e}");
+                }
                 shared.republish();
             },
             move |p| {
@@ -240,31 +272,31 @@ pub async fn run(cfg: AgentConfig, health: Health) -> AgentExit {
             }
         };
         match updater.on_announcement(&payload) {
-                    Err(r) => shared.refuse(&r, None),
-                    Ok(None) => shared.set(|s| {
-                        if s.state != "installed" && s.state != "rolled_back" {
-                            s.state = "idle".into();
-                        }
-                        s.available = None;
-                    }),
-                    Ok(Some(plan)) if rolled_back.as_deref() == Some(plan.bundle.version.as_str()) => {
-                        warn!(
+            Err(r) => shared.refuse(&r, None),
+            Ok(None) => shared.set(|s| {
+                if s.state != "installed" && s.state != "rolled_back" {
+                    s.state = "idle".into();
+                }
+                s.available = None;
+            }),
+            Ok(Some(plan)) if rolled_back.as_deref() == Some(plan.bundle.version.as_str()) => {
+                warn!(
                             "update {} was rolled back on this device: not installing it again (announce a newer one)",
                             plan.bundle.version
                         );
-                        shared.set(|s| {
-                            s.state = "rolled_back".into();
-                            s.available = Some(plan.bundle.version.clone());
-                        });
-                    }
-                    Ok(Some(plan)) => {
-                        if let Some(version) = fetch_and_install(&updater, &plan, &shared).await {
-                            // Give the status a moment to leave before the process exits
-                            // (the new process publishes its own status anyway).
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                            return AgentExit::Restart { version };
-                        }
-                    }
+                shared.set(|s| {
+                    s.state = "rolled_back".into();
+                    s.available = Some(plan.bundle.version.clone());
+                });
+            }
+            Ok(Some(plan)) => {
+                if let Some(version) = fetch_and_install(&updater, &plan, &shared).await {
+                    // Give the status a moment to leave before the process exits
+                    // (the new process publishes its own status anyway).
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    return AgentExit::Restart { version };
+                }
+            }
         }
     }
 }

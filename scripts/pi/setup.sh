@@ -20,7 +20,7 @@
 # fetches the arm64 indices) and apt a deb-src list. To undo:
 #   dpkg --purge $(dpkg -l | awk '$4 == "arm64" {print $2}')
 #   dpkg --remove-architecture arm64
-#   rm /etc/apt/sources.list.d/syncstream-deb-src.sources
+#   rm -f /etc/apt/sources.list.d/syncstream-deb-src.{sources,list}
 #   rm -rf /opt/syncstream-zig; apt-get update
 set -euo pipefail
 
@@ -37,7 +37,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 updated=0
 apt_update() {
     if [[ $updated == 0 ]]; then
-        $sudo apt-get update -qq
+        $sudo apt-get update -qq || log "apt-get update reported errors (see above); going on"
         updated=1
     fi
 }
@@ -46,21 +46,25 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     log "adding the arm64 architecture (for libasound2-dev:arm64)"
     $sudo dpkg --add-architecture arm64
     updated=0
+    apt_update
 fi
 
-if ! ls /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
-        xargs grep -hs '^Types:.*deb-src\|^deb-src' | grep -q .; then
-    log "adding deb-src entries for Debian's own archives (alsa-lib's source)"
+DEB_SRC=/etc/apt/sources.list.d/syncstream-deb-src.sources
+if ! grep -qs -e '^Types:.*deb-src' -e '^deb-src' /etc/apt/sources.list.d/*.sources \
+        /etc/apt/sources.list.d/*.list /etc/apt/sources.list; then
+    log "adding deb-src entries for Debian's own archives (alsa-lib's source) in $DEB_SRC"
     for f in /etc/apt/sources.list.d/*.sources; do
-        [[ -f $f ]] && grep -q 'debian.org' "$f" || continue
+        [[ -f $f && $f != "$DEB_SRC" ]] && grep -q 'debian.org' "$f" || continue
         sed 's/^Types: deb$/Types: deb-src/' "$f"
         echo
-    done | $sudo tee /etc/apt/sources.list.d/syncstream-deb-src.sources > /dev/null
+    done > /tmp/syncstream-deb-src.$$
+    $sudo cp /tmp/syncstream-deb-src.$$ "$DEB_SRC" && rm -f /tmp/syncstream-deb-src.$$
     if [[ -f /etc/apt/sources.list ]]; then
         sed -n 's/^deb \(.*debian\.org.*\)/deb-src \1/p' /etc/apt/sources.list |
-            $sudo tee -a /etc/apt/sources.list.d/syncstream-deb-src.list > /dev/null
+            $sudo tee "${DEB_SRC%.sources}.list" > /dev/null
     fi
     updated=0
+    apt_update
 fi
 
 PKGS=(rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu

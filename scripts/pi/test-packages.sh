@@ -70,7 +70,7 @@ echo "installed: --version, user syncstream (audio), /var/lib/syncstream, units 
 log "starting the installed binary with the shipped configuration"
 home=$(mktemp -d)
 chmod 755 "$home"
-printf 'pcm.!default { type null }\nctl.!default { type hw card 0 }\n' > "$home/.asoundrc"
+printf 'pcm.!default { type null }\n' > "$home/.asoundrc"
 run() { HOME=$home python3 "$ROOT/scripts/pi/notify-wait.py" 30 "$home/$1.log" \
     runuser -u syncstream -- /usr/bin/syncstream service "$1" --config "/etc/syncstream/$1.toml"; }
 # The transmitter (shipped source: ALSA's default capture), then the receiver (shipped

@@ -91,9 +91,11 @@ fn read_bundle(path: &Path) -> Result<Option<Vec<u8>>, String> {
         .map_err(|e| format!("cannot read it: {e}"))
 }
 
-/// The announcement of the bundles in `dir` (sorted by file name). Unreadable or
-/// malformed bundles are logged and left out; a missing folder is an empty list.
-pub fn scan(dir: &Path) -> Announcement {
+/// The announcement of the bundles in `dir` (sorted by file name), and the problems
+/// found: unreadable or malformed bundles are left out, a missing folder is an empty
+/// list.
+pub fn scan(dir: &Path) -> (Announcement, Vec<String>) {
+    let mut problems = Vec::new();
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok())
@@ -101,7 +103,7 @@ pub fn scan(dir: &Path) -> Announcement {
             .filter(|n| plain_bundle_name(n))
             .collect(),
         Err(e) => {
-            warn!("update bundles folder {}: {e}", dir.display());
+            problems.push(format!("update bundles folder {}: {e}", dir.display()));
             Vec::new()
         }
     };
@@ -114,10 +116,10 @@ pub fn scan(dir: &Path) -> Announcement {
                 &m,
                 format!("{}{name}", syncstream_update::HTTP_PREFIX),
             )),
-            Err(e) => warn!("update bundle {} left out: {e:#}", path.display()),
+            Err(e) => problems.push(format!("update bundle {} left out: {e:#}", path.display())),
         }
     }
-    Announcement { bundles }
+    (Announcement { bundles }, problems)
 }
 
 fn read_manifest(path: &Path) -> anyhow::Result<bundle::Manifest> {
@@ -133,7 +135,11 @@ fn read_manifest(path: &Path) -> anyhow::Result<bundle::Manifest> {
 /// change; runs forever.
 pub async fn announce(broker: BrokerUrl, dir: PathBuf) {
     let (client, eventloop) = mqtt::connect(&broker, "syncstream-tx-updates", None);
-    let current = Arc::new(Mutex::new(scan(&dir)));
+    let (first, mut problems) = scan(&dir);
+    for p in &problems {
+        warn!("{p}");
+    }
+    let current = Arc::new(Mutex::new(first));
     let publish = {
         let client = client.clone();
         move |a: &Announcement| {
@@ -161,7 +167,12 @@ pub async fn announce(broker: BrokerUrl, dir: PathBuf) {
     let mut tick = tokio::time::interval(RESCAN);
     loop {
         tick.tick().await;
-        let fresh = scan(&dir);
+        let (fresh, now) = scan(&dir);
+        // Each problem is logged when it appears, not at every scan.
+        for p in now.iter().filter(|p| !problems.contains(p)) {
+            warn!("{p}");
+        }
+        problems = now;
         let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
         if *cur != fresh {
             tracing::info!("update bundles now: {}", describe(&fresh));
@@ -210,8 +221,10 @@ mod tests {
         std::fs::write(dir.path().join("good.bundle"), bundle::encode(&m, b"bin")).unwrap();
         std::fs::write(dir.path().join("bad.bundle"), b"not a bundle").unwrap();
         std::fs::write(dir.path().join("other.txt"), b"x").unwrap();
-        let a = scan(dir.path());
+        let (a, problems) = scan(dir.path());
         assert_eq!(a.bundles.len(), 1);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("bad.bundle"), "{problems:?}");
         assert_eq!(a.bundles[0].url, "/api/v1/updates/good.bundle");
         assert_eq!(a.bundles[0].manifest(), m);
     }

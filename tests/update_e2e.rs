@@ -119,26 +119,38 @@ impl Drop for Supervisor {
     }
 }
 
-/// Collects every update status the receiver publishes.
-fn watch_status(port: u16) -> Arc<Mutex<Vec<UpdateStatus>>> {
+/// Every status the receiver published: its update statuses, and the `version` field
+/// of its receiver statuses (`syncstream/status/<device>`).
+type Seen = (
+    Arc<Mutex<Vec<UpdateStatus>>>,
+    Arc<Mutex<Vec<Option<String>>>>,
+);
+
+/// Collects every update status and receiver-status version the receiver publishes.
+fn watch_status(port: u16) -> Seen {
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let versions = Arc::new(Mutex::new(Vec::new()));
     let mut opts = rumqttc::MqttOptions::new("upd-test-watch", "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut conn) = rumqttc::Client::new(opts, 64);
-    client
-        .subscribe(
-            syncstream_update::status_topic(DEVICE),
-            rumqttc::QoS::AtLeastOnce,
-        )
-        .unwrap();
-    let s = seen.clone();
+    let update_topic = syncstream_update::status_topic(DEVICE);
+    for topic in [update_topic.clone(), format!("syncstream/status/{DEVICE}")] {
+        client.subscribe(topic, rumqttc::QoS::AtLeastOnce).unwrap();
+    }
+    let (s, v) = (seen.clone(), versions.clone());
     std::thread::spawn(move || {
         let _client = client;
         for ev in conn.iter() {
             match ev {
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    if let Ok(st) = serde_json::from_slice::<UpdateStatus>(&p.payload) {
-                        s.lock().unwrap().push(st);
+                    if p.topic == update_topic {
+                        if let Ok(st) = serde_json::from_slice::<UpdateStatus>(&p.payload) {
+                            s.lock().unwrap().push(st);
+                        }
+                    } else if let Ok(st) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                        v.lock()
+                            .unwrap()
+                            .push(st["version"].as_str().map(str::to_string));
                     }
                 }
                 Ok(_) => {}
@@ -146,7 +158,7 @@ fn watch_status(port: u16) -> Arc<Mutex<Vec<UpdateStatus>>> {
             }
         }
     });
-    seen
+    (seen, versions)
 }
 
 /// Polls (bounded) until a status after index `from` satisfies `pred`; returns it and
@@ -232,7 +244,7 @@ fn signed_updates_apply_and_bad_bundles_are_refused() {
         common::wait_for_port(http, Duration::from_secs(20)),
         "HTTP up"
     );
-    let seen = watch_status(mqtt);
+    let (seen, versions) = watch_status(mqtt);
 
     let config = dir.path().join("receiver.toml");
     std::fs::write(
@@ -340,6 +352,23 @@ fn signed_updates_apply_and_bad_bundles_are_refused() {
     assert_eq!(st["current"]["version"], "0.1.1");
     assert!(st["pending"].is_null(), "{st}");
     assert_eq!(st["last"]["state"], "installed");
+    // The receiver's own status reports the new version too (bounded poll).
+    let start = Instant::now();
+    while !versions
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|v| v.as_deref() == Some("0.1.1"))
+    {
+        let v = versions.lock().unwrap().clone();
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no receiver status with version 0.1.1: {v:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first = versions.lock().unwrap().first().cloned().flatten();
+    assert_eq!(first.as_deref(), Some(syncstream_update::PACKAGE_VERSION));
 
     // A version that cannot start: installed, started three times, rolled back to 0.1.1.
     let broken = b"#!/bin/sh\necho broken update >&2\nexit 3\n".to_vec();

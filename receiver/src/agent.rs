@@ -50,6 +50,7 @@ pub fn status(core: &SharedCore, now_us: i64) -> Status {
         underruns: c.playout.stats().underruns,
         output: c.profile.output_type.as_str().into(),
         ts_us: now_us,
+        version: Some(syncstream_shared::version::running()), // issue 13: running version (signed updates)
     }
 }
 

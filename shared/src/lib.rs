@@ -3,7 +3,8 @@
 //! - [`time`]: the stream rate, the [`time::Clock`] trait and µs/sample conversions;
 //! - [`profile`]: per-device JSON profiles;
 //! - [`stats`]: small statistics helpers (percentiles, median);
-//! - [`fsutil`]: atomic file writes.
+//! - [`fsutil`]: atomic file writes;
+//! - [`version`]: the version a process runs as (signed updates).
 //!
 //! The protocols are in `syncstream-protocol`, delay estimation in `syncstream-dsp`,
 //! audio I/O in `syncstream-audio` and the virtual room in `syncstream-room`
@@ -13,3 +14,4 @@ pub mod fsutil;
 pub mod profile;
 pub mod stats;
 pub mod time;
+pub mod version;

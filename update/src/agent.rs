@@ -10,7 +10,10 @@
 //! systemd starts the new binary), `confirming` (a new binary waiting to be healthy),
 //! `installed` (confirmed), `refused` (`code` and `reason` say why) or `rolled_back`.
 //! `available` is the newest version announced for this target, when newer than
-//! the running one (a dashboard's "update available").
+//! the running one (a dashboard's "update available"); `installed_version` and
+//! `latest_version` repeat the running and the newest version for Home Assistant,
+//! whose MQTT `update` entity the agent announces by discovery
+//! ([`home_assistant_discovery`]).
 //!
 //! [`run`] returns only when the process must exit: [`AgentExit::Restart`] after an
 //! install, [`AgentExit::Unhealthy`] when a new binary did not become healthy in time

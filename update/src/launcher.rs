@@ -16,7 +16,7 @@ pub const MAX_ATTEMPTS: u32 = 3;
 
 /// Environment variable set for an exec'd update: the signed version it was
 /// installed as (what the device reports as its version).
-pub const CHILD_ENV: &str = "SYNCSTREAM_UPDATE_VERSION";
+pub const CHILD_ENV: &str = syncstream_shared::version::UPDATE_VERSION_ENV;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub enum Choice {
 /// The version this process runs as: the signed version of an exec'd update, else
 /// the packaged one ([`crate::PACKAGE_VERSION`]).
 pub fn running_version() -> String {
-    std::env::var(CHILD_ENV).unwrap_or_else(|_| crate::PACKAGE_VERSION.to_string())
+    syncstream_shared::version::running()
 }
 
 /// True in a process the launcher exec'd.

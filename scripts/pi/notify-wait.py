@@ -4,7 +4,11 @@ messages, without systemd: a NOTIFY_SOCKET is made, WATCHDOG_USEC/WATCHDOG_PID a
 command must send READY=1 and then WATCHDOG=1 within TIMEOUT seconds. It is then
 stopped with SIGTERM and must exit 0.
 
-usage: notify-wait.py TIMEOUT LOG [runuser -u USER --] COMMAND...
+usage: notify-wait.py TIMEOUT LOG [setpriv ... --] COMMAND...
+
+A prefix up to `--` (e.g. `setpriv --reuid=USER --regid=USER --init-groups --`) must
+exec the command in the same process (setpriv does; runuser forks and would take the
+SIGTERM itself).
 Exit 0 when all of that happened; 1 otherwise (the log's tail is printed).
 """
 import os
@@ -25,9 +29,9 @@ sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.bind(path)
 os.chmod(path, 0o777)
 env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="2000000")
-# Split an optional `runuser -u USER --` prefix off: the PID must be the service's.
+# Split an optional `setpriv ... --` prefix off: the PID must be the service's.
 prefix = []
-if cmd[:1] == ["runuser"]:
+if "--" in cmd:
     i = cmd.index("--")
     prefix, cmd = cmd[: i + 1], cmd[i + 1 :]
 inner = "WATCHDOG_PID=$$ exec " + " ".join(shlex.quote(c) for c in cmd)

@@ -9,11 +9,12 @@
 #    audio, /var/lib/syncstream is its own, the units pass `systemd-analyze verify`,
 #    `syncstream --version` prints the package's version;
 # 3. the installed binary starts with the shipped configuration, as the service runs
-#    it (user syncstream, `syncstream service transmitter|receiver`), and sends
+#    it (user syncstream and its groups, `syncstream service transmitter|receiver`), and sends
 #    READY=1 and WATCHDOG=1 (scripts/pi/notify-wait.py stands in for systemd), then
 #    stops on SIGTERM with status 0. The container has no sound card: ALSA's `default`
 #    is pointed at ALSA's null device through a private ~/.asoundrc (HOME of the test
-#    only; /etc/syncstream is used as shipped);
+#    only; /etc/syncstream is used as shipped). setpriv, not runuser: it execs, so the
+#    PID that notifies and gets SIGTERM is the service's;
 # 4. `dpkg -r` removes the binary and the units and keeps /etc/syncstream;
 #    `dpkg --purge` then leaves nothing of the package behind.
 #
@@ -71,11 +72,11 @@ log "starting the installed binary with the shipped configuration"
 home=$(mktemp -d)
 chmod 755 "$home"
 printf 'pcm.!default { type null }\n' > "$home/.asoundrc"
-run() { HOME=$home python3 "$ROOT/scripts/pi/notify-wait.py" 30 "$home/$1.log" \
-    runuser -u syncstream -- /usr/bin/syncstream service "$1" --config "/etc/syncstream/$1.toml"; }
+run() { python3 "$ROOT/scripts/pi/notify-wait.py" 30 "$home/$1.log" \
+    setpriv --reuid=syncstream --regid=syncstream --init-groups -- env HOME="$home" /usr/bin/syncstream service "$1" --config "/etc/syncstream/$1.toml"; }
 # The transmitter (shipped source: ALSA's default capture), then the receiver (shipped
 # transmitter address 127.0.0.1: it connects to that transmitter).
-HOME=$home runuser -u syncstream -- /usr/bin/syncstream service transmitter \
+setpriv --reuid=syncstream --regid=syncstream --init-groups -- env HOME="$home" /usr/bin/syncstream service transmitter \
     --config /etc/syncstream/transmitter.toml > "$home/tx-bg.log" 2>&1 &
 txpid=$!
 trap 'kill $txpid 2>/dev/null || true' EXIT

@@ -44,6 +44,11 @@ enum Command {
     /// room, or against a live system over MQTT) and print one JSON object.
     #[cfg(feature = "transmitter")]
     Calibrate(CalibrateArgs),
+    /// Run the receiver or the transmitter as a system service, configured by a TOML
+    /// file (/etc/syncstream/*.toml), with systemd readiness, watchdog and signed updates.
+    Service(crate::service::ServiceArgs),
+    /// Release keys and signed update bundles.
+    Release(crate::release::ReleaseArgs),
 }
 
 #[cfg(feature = "transmitter")]
@@ -150,6 +155,10 @@ struct TransmitterArgs {
     /// more than 2 ms from its profile for 10 minutes gets its base_latency_ms updated.
     #[arg(long)]
     profiles_dir: Option<PathBuf>,
+    /// Folder of signed update bundles (`syncstream release sign`) to serve on
+    /// /api/v1/updates/ and announce on syncstream/update.
+    #[arg(long)]
+    updates_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -219,7 +228,18 @@ struct DemoArgs {
 
 /// Runs the tool; prints errors with their causes and returns a non-zero exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::Service(a) = &cli.command {
+        // The service's file becomes the command's flags (see service.rs).
+        init_logging("warn,syncstream=info");
+        match crate::service::command_line(a) {
+            Ok(argv) => cli = Cli::parse_from(argv),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     // Daemons log what they do; the interactive commands only warnings (the demo's live
     // table and the JSON outputs stay readable). RUST_LOG overrides both.
     let default_filter = match cli.command {
@@ -252,6 +272,8 @@ pub fn main() -> ExitCode {
             Command::Delay(a) => delay(a),
             #[cfg(feature = "transmitter")]
             Command::Calibrate(a) => calibrate(a).await,
+            Command::Service(_) => anyhow::bail!("service: nested service command"),
+            Command::Release(a) => crate::release::run(a),
         }
     });
     match result {
@@ -363,13 +385,11 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
         buffer_seconds: a.buffer_seconds,
         playout_delay_ms: a.playout_delay_ms,
         profiles_dir: a.profiles_dir,
+        updates_dir: a.updates_dir,
         ..Default::default()
     };
     let _tx = syncstream_transmitter::start(cfg, source, clock).await?;
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    Ok(())
+    crate::service::transmitter_running().await // systemd readiness (issue 13); waits for Ctrl-C/SIGTERM
 }
 
 async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
@@ -421,11 +441,8 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         profile,
         drift: Default::default(),
     };
-    let _rx = syncstream_receiver::start(cfg, sink, mic, clock).await?;
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    Ok(())
+    let rx = syncstream_receiver::start(cfg, sink, mic, clock).await?;
+    crate::service::receiver_running(&rx).await // readiness, watchdog, updates (issue 13); waits for Ctrl-C/SIGTERM
 }
 
 #[cfg(feature = "simulator")]

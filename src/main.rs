@@ -2,7 +2,10 @@
 //! crates that hold the logic.
 
 mod cli;
+mod config_file;
 mod delay_command;
+mod release;
+mod service;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -275,6 +275,10 @@ pub struct Status {
     /// Local time of the status, µs.
     #[serde(default)]
     pub ts_us: i64,
+    /// The version the receiver runs (`syncstream_shared::version::running`: the
+    /// signed version after an update); absent from older receivers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// Retained configuration push on `syncstream/config`: profiles by device name.

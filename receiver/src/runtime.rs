@@ -72,6 +72,16 @@ impl Receiver {
         self.snapshot.borrow().clone()
     }
 
+    /// Whether the receiver is online and playing (streaming, and its status says
+    /// `playing`), for health checks; the closure can be called from any thread.
+    pub fn health_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let snapshot = self.snapshot.clone();
+        move || {
+            let s = snapshot.borrow();
+            s.connected && s.state == "playing"
+        }
+    }
+
     /// Stops audio and background tasks.
     pub fn stop(&mut self) {
         let _ = self.sink.stop();

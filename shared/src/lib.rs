@@ -5,7 +5,8 @@
 //! - [`limits`]: playout delays and the buffer offsets they allow;
 //! - [`profile`]: per-device JSON profiles;
 //! - [`stats`]: small statistics helpers (percentiles, median);
-//! - [`fsutil`]: atomic file writes.
+//! - [`fsutil`]: atomic file writes;
+//! - [`version`]: the version a process runs as (signed updates).
 //!
 //! The protocols are in `syncstream-protocol`, delay estimation in `syncstream-dsp`,
 //! audio I/O in `syncstream-audio` and the virtual room in `syncstream-room`
@@ -17,3 +18,4 @@ pub mod names;
 pub mod profile;
 pub mod stats;
 pub mod time;
+pub mod version;

@@ -13,6 +13,7 @@ pub mod rolling_buffer;
 pub mod source;
 pub mod stream_server;
 pub mod sync_service;
+pub mod updates;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -65,6 +66,8 @@ pub struct TransmitterConfig {
     pub profiles_dir: Option<std::path::PathBuf>,
     /// When the offset history updates a profile.
     pub history: history::HistoryConfig,
+    /// Folder of signed update bundles to serve and announce (`updates`); `None`: none.
+    pub updates_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for TransmitterConfig {
@@ -79,6 +82,7 @@ impl Default for TransmitterConfig {
             controller: ControllerConfig::default(),
             profiles_dir: None,
             history: history::HistoryConfig::default(),
+            updates_dir: None,
         }
     }
 }
@@ -228,11 +232,15 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_addr))?;
     let http_addr = http_listener.local_addr()?;
-    let app = http::router(http::HttpState {
+    let mut app = http::router(http::HttpState {
         buffer: buffer.clone(),
         hub: hub.clone(),
         controller: controller.clone(),
     });
+    if let Some(dir) = &cfg.updates_dir {
+        app = app.merge(updates::router(dir.clone())); // signed updates (issue 13)
+        tokio::spawn(updates::announce(broker.clone(), dir.clone()));
+    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app).await {
             tracing::error!("HTTP server stopped: {e}");

@@ -108,6 +108,8 @@ pub struct NodeCounters {
 pub struct NodeSnapshot {
     /// Device name.
     pub device: String,
+    /// The status's state (`playing`, `starved`, `connecting`, `stopped`, `error`).
+    pub state: String,
     /// Offset asked for, ms (at its reference time).
     pub offset_ms: f64,
     /// Last drift report.
@@ -297,6 +299,7 @@ impl ReceiverNode {
     pub fn snapshot(&self) -> NodeSnapshot {
         NodeSnapshot {
             device: self.device.clone(),
+            state: self.status(0).state,
             offset_ms: self.offset.offset_ms,
             last_report: self.last_report.clone(),
             connected: self.connected(),
@@ -347,6 +350,7 @@ impl ReceiverNode {
             jumps: a.jumps,
             output: self.profile.output_type.as_str().into(),
             ts_us: now_us,
+            version: Some(syncstream_shared::version::running()),
         }
     }
 

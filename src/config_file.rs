@@ -1,0 +1,266 @@
+//! The service configuration files, `/etc/syncstream/receiver.toml` and
+//! `/etc/syncstream/transmitter.toml` (commented examples in `packaging/`). Each
+//! becomes the command line of `syncstream receiver` / `syncstream transmitter`
+//! ([`ReceiverFile::to_args`], [`TransmitterFile::to_args`]), so both are checked by
+//! the same parser as the flags. Unknown keys are refused, naming the key and line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Largest configuration file, bytes.
+const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+
+/// `[update]`: signed updates over MQTT (off without `public_key`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSection {
+    /// The release public key (64 hex digits) that bundles must be signed with;
+    /// empty: updates off.
+    #[serde(default)]
+    pub public_key: String,
+    /// State folder: installed updates and their state (`/var/lib/syncstream`).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Seconds a new version may take to become healthy (online, playing) before it
+    /// is rolled back; 10 to 3600.
+    #[serde(default = "default_health_timeout_s")]
+    pub health_timeout_s: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/syncstream")
+}
+
+fn default_health_timeout_s() -> u64 {
+    60
+}
+
+/// `receiver.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverFile {
+    /// Device name (MQTT topics); default: the host name.
+    pub name: Option<String>,
+    /// Transmitter host name or address.
+    pub transmitter: String,
+    /// Transmitter stream port (4953).
+    pub stream_port: Option<u16>,
+    /// Transmitter HTTP port (4954).
+    pub http_port: Option<u16>,
+    /// MQTT broker `mqtt://host:port` (default: the transmitter's, port 1883).
+    pub mqtt: Option<String>,
+    /// Device profile (JSON).
+    pub profile: Option<PathBuf>,
+    /// Output backend: alsa, wav or null.
+    pub output: Option<String>,
+    /// Output device (ALSA name, e.g. `hw:0` or `default`).
+    pub output_device: Option<String>,
+    /// Microphone backend: alsa, wav or null.
+    pub mic: Option<String>,
+    /// Microphone device (ALSA name, e.g. `hw:1`).
+    pub mic_device: Option<String>,
+    /// Signed updates.
+    pub update: Option<UpdateSection>,
+}
+
+/// `transmitter.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransmitterFile {
+    /// Audio source: a file, `alsa`, `alsa:DEVICE`, `tone`, `tone:HZ`.
+    pub source: String,
+    /// Loop a file source.
+    #[serde(default, rename = "loop")]
+    pub loop_file: bool,
+    /// Audio stream listen address (`0.0.0.0:4953`).
+    pub stream_listen: Option<String>,
+    /// HTTP listen address (`0.0.0.0:4954`).
+    pub http_listen: Option<String>,
+    /// External MQTT broker `mqtt://host:port`; default: the embedded one.
+    pub mqtt: Option<String>,
+    /// Listen address of the embedded broker (`0.0.0.0:1883`).
+    pub broker_listen: Option<String>,
+    /// Stream codec: opus or pcm.
+    pub codec: Option<String>,
+    /// Playout delay, ms.
+    pub playout_delay_ms: Option<u32>,
+    /// Seconds of source audio kept for source windows.
+    pub buffer_seconds: Option<f64>,
+    /// Device profiles kept up to date by the sync loop.
+    pub profiles_dir: Option<PathBuf>,
+    /// Signed update bundles to serve and announce.
+    pub updates_dir: Option<PathBuf>,
+}
+
+/// Reads and parses a TOML file of type `T`.
+///
+/// Errors: missing or unreadable file, larger than 64 KiB, or invalid TOML / unknown
+/// or ill-typed key (the message names the file, the key and the line).
+pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        anyhow::bail!(
+            "{}: {} bytes, at most {MAX_CONFIG_BYTES}",
+            path.display(),
+            meta.len()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn push(args: &mut Vec<String>, flag: &str, value: Option<impl ToString>) {
+    if let Some(v) = value {
+        args.push(flag.to_string());
+        args.push(v.to_string());
+    }
+}
+
+/// The host name (for a receiver without `name`).
+pub fn host_name() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("cannot read the host name (/proc/sys/kernel/hostname)")?;
+    Ok(name.trim().to_string())
+}
+
+impl ReceiverFile {
+    /// The device name: `name`, or the host name.
+    ///
+    /// Errors: no name and the host name cannot be read.
+    pub fn device_name(&self) -> anyhow::Result<String> {
+        match &self.name {
+            Some(n) if !n.trim().is_empty() => Ok(n.trim().to_string()),
+            _ => host_name(),
+        }
+    }
+
+    /// The arguments of `syncstream receiver` (after the subcommand name).
+    ///
+    /// Errors: see [`ReceiverFile::device_name`].
+    pub fn to_args(&self) -> anyhow::Result<Vec<String>> {
+        let mut a = Vec::new();
+        push(&mut a, "--name", Some(self.device_name()?));
+        push(&mut a, "--transmitter", Some(&self.transmitter));
+        push(&mut a, "--stream-port", self.stream_port);
+        push(&mut a, "--http-port", self.http_port);
+        push(&mut a, "--mqtt", self.mqtt.as_ref());
+        push(
+            &mut a,
+            "--profile",
+            self.profile.as_ref().map(|p| p.display()),
+        );
+        push(&mut a, "--output", self.output.as_ref());
+        push(&mut a, "--output-device", self.output_device.as_ref());
+        push(&mut a, "--mic", self.mic.as_ref());
+        push(&mut a, "--mic-device", self.mic_device.as_ref());
+        Ok(a)
+    }
+
+    /// The `[update]` section when updates are on (a public key is set).
+    ///
+    /// Errors: a health timeout outside 10 to 3600 s.
+    pub fn updates(&self) -> anyhow::Result<Option<&UpdateSection>> {
+        match &self.update {
+            Some(u) if !u.public_key.trim().is_empty() => {
+                if !(10..=3600).contains(&u.health_timeout_s) {
+                    anyhow::bail!(
+                        "update.health_timeout_s must be between 10 and 3600 s, got {}",
+                        u.health_timeout_s
+                    );
+                }
+                Ok(Some(u))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl TransmitterFile {
+    /// The arguments of `syncstream transmitter` (after the subcommand name).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        push(&mut a, "--source", Some(&self.source));
+        if self.loop_file {
+            a.push("--loop".into());
+        }
+        push(&mut a, "--stream-listen", self.stream_listen.as_ref());
+        push(&mut a, "--http-listen", self.http_listen.as_ref());
+        push(&mut a, "--mqtt", self.mqtt.as_ref());
+        push(&mut a, "--broker-listen", self.broker_listen.as_ref());
+        push(&mut a, "--codec", self.codec.as_ref());
+        push(&mut a, "--playout-delay-ms", self.playout_delay_ms);
+        push(&mut a, "--buffer-seconds", self.buffer_seconds);
+        push(
+            &mut a,
+            "--profiles-dir",
+            self.profiles_dir.as_ref().map(|p| p.display()),
+        );
+        push(
+            &mut a,
+            "--updates-dir",
+            self.updates_dir.as_ref().map(|p| p.display()),
+        );
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn the_shipped_files_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/etc");
+        let r: ReceiverFile = load(&root.join("receiver.toml")).unwrap();
+        assert!(r.to_args().unwrap().contains(&"--transmitter".to_string()));
+        let t: TransmitterFile = load(&root.join("transmitter.toml")).unwrap();
+        assert_eq!(t.to_args()[0], "--source");
+    }
+
+    #[test]
+    fn receiver_file_becomes_flags_and_update_section_is_checked() {
+        let (_d, p) = write(
+            "name = \"kitchen\"\ntransmitter = \"10.0.0.2\"\noutput = \"wav\"\noutput_device = \"/tmp/o.wav\"\n\
+             [update]\npublic_key = \"ab\"\nhealth_timeout_s = 5\n",
+        );
+        let r: ReceiverFile = load(&p).unwrap();
+        assert_eq!(
+            r.to_args().unwrap(),
+            [
+                "--name",
+                "kitchen",
+                "--transmitter",
+                "10.0.0.2",
+                "--output",
+                "wav",
+                "--output-device",
+                "/tmp/o.wav"
+            ]
+        );
+        assert!(r
+            .updates()
+            .unwrap_err()
+            .to_string()
+            .contains("health_timeout_s"));
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_named() {
+        let (_d, p) = write("transmitter = \"x\"\nspeaker = 3\n");
+        let err = load::<ReceiverFile>(&p).unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("speaker"), "{err}");
+        let err = load::<ReceiverFile>(Path::new("/nonexistent/receiver.toml")).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/receiver.toml"));
+    }
+}

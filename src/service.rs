@@ -1,0 +1,198 @@
+//! `syncstream service receiver|transmitter --config FILE`: the systemd services.
+//!
+//! The configuration file ([`crate::config_file`]) becomes the command line of
+//! `syncstream receiver` / `syncstream transmitter`, which then run as usual; around
+//! them this module
+//!
+//! - runs the installed signed update instead of this binary when there is a newer
+//!   one, or rolls a failed one back ([`syncstream_update::launcher`]), before anything
+//!   else starts;
+//! - tells systemd when the service is ready and keeps its watchdog fed
+//!   (`sd_notify`: `READY=1`, `WATCHDOG=1` every half `WatchdogSec`; nothing happens
+//!   outside systemd);
+//! - runs the receiver's update agent ([`syncstream_update::agent`]) with the
+//!   receiver's health (connected to the transmitter and playing); after an install
+//!   the process exits with [`RESTART_EXIT_CODE`] so systemd (`Restart=on-failure`)
+//!   starts the new binary.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use syncstream_protocol::mqtt::BrokerUrl;
+use syncstream_update::agent::{AgentConfig, AgentExit};
+use syncstream_update::install::Layout;
+use syncstream_update::updater::UpdaterConfig;
+use syncstream_update::{keys, launcher};
+
+use crate::config_file::{self, ReceiverFile, TransmitterFile};
+
+/// Exit code after an update was installed (EX_TEMPFAIL): systemd restarts the unit.
+pub const RESTART_EXIT_CODE: i32 = 75;
+
+/// Arguments of `syncstream service`.
+#[derive(Args, Debug)]
+pub struct ServiceArgs {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand, Debug)]
+enum Role {
+    /// The receiver, configured by a TOML file.
+    Receiver {
+        /// The configuration file.
+        #[arg(long, default_value = "/etc/syncstream/receiver.toml")]
+        config: PathBuf,
+    },
+    /// The transmitter, configured by a TOML file.
+    Transmitter {
+        /// The configuration file.
+        #[arg(long, default_value = "/etc/syncstream/transmitter.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Set in service mode: what the running command needs besides its flags.
+struct ServiceContext {
+    update: Option<AgentConfig>,
+}
+
+static CONTEXT: OnceLock<ServiceContext> = OnceLock::new();
+
+/// Turns `syncstream service ...` into the command line of the command it runs
+/// (`["syncstream", "receiver", "--name", ...]`), after running the launcher (which
+/// may replace this process with an installed update and then does not return).
+///
+/// Errors: the configuration file is missing or invalid (named, with the key), the
+/// release public key is malformed.
+pub fn command_line(a: &ServiceArgs) -> anyhow::Result<Vec<OsString>> {
+    let argv0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| "syncstream".into());
+    let (sub, args, update) = match &a.role {
+        Role::Transmitter { config } => {
+            let f: TransmitterFile = config_file::load(config)?;
+            ("transmitter", f.to_args(), None)
+        }
+        Role::Receiver { config } => {
+            let f: ReceiverFile = config_file::load(config)?;
+            let update =
+                receiver_updates(&f).with_context(|| format!("{}: [update]", config.display()))?;
+            ("receiver", f.to_args()?, update)
+        }
+    };
+    let _ = CONTEXT.set(ServiceContext { update });
+    let mut argv = vec![argv0, sub.into()];
+    argv.extend(args.into_iter().map(OsString::from));
+    Ok(argv)
+}
+
+/// The update agent's settings for a receiver file with updates on; runs the
+/// launcher first (exec of an installed update, or rollback).
+fn receiver_updates(f: &ReceiverFile) -> anyhow::Result<Option<AgentConfig>> {
+    let Some(u) = f.updates()? else {
+        return Ok(None);
+    };
+    let key = keys::parse_public(&u.public_key)?;
+    let layout = Layout::new(&u.state_dir);
+    let timeout = Duration::from_secs(u.health_timeout_s);
+    let own = semver::Version::parse(syncstream_update::PACKAGE_VERSION)?;
+    if !launcher::is_update_child() {
+        match launcher::choose(&layout, &own, timeout) {
+            Ok(launcher::Choice::Exec { path, version }) => {
+                let err = launcher::exec(&path, &version);
+                tracing::error!(
+                    "cannot run the installed update {}: {err}; rolling back",
+                    path.display()
+                );
+                let _ = layout.rollback(
+                    &format!("cannot run it: {err}"),
+                    syncstream_update::install::unix_now_s(),
+                );
+            }
+            Ok(launcher::Choice::RunSelf) => {}
+            Err(e) => tracing::error!("update state: {e:#}; running the packaged binary"),
+        }
+    }
+    let running = semver::Version::parse(&launcher::running_version()).unwrap_or(own);
+    let broker = match &f.mqtt {
+        Some(url) => url.parse::<BrokerUrl>().map_err(anyhow::Error::msg)?,
+        None => BrokerUrl {
+            host: f.transmitter.clone(),
+            port: 1883,
+        },
+    };
+    Ok(Some(AgentConfig {
+        device: f.device_name()?,
+        broker,
+        updater: UpdaterConfig {
+            key,
+            target: syncstream_update::BUILD_TARGET.to_string(),
+            running,
+            layout,
+            http_base: format!("http://{}:{}", f.transmitter, f.http_port.unwrap_or(4954)),
+        },
+        health_timeout: timeout,
+    }))
+}
+
+/// Tells systemd the service is up and feeds its watchdog from the runtime (a hung
+/// runtime stops feeding it and systemd restarts the service).
+fn notify_ready() {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let period = Duration::from_micros(usec / 2);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stopped() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+/// Runs while the receiver runs: readiness and watchdog, the update agent in service
+/// mode with updates on; returns on Ctrl-C or SIGTERM, exits the process after an
+/// update ([`RESTART_EXIT_CODE`]) or when a new version was not healthy in time (1).
+pub async fn receiver_running(rx: &syncstream_receiver::Receiver) -> anyhow::Result<()> {
+    notify_ready();
+    let Some(cfg) = CONTEXT.get().and_then(|c| c.update.clone()) else {
+        return stopped().await;
+    };
+    let health: syncstream_update::agent::Health = Arc::new(rx.health_probe());
+    tokio::select! {
+        r = stopped() => r,
+        exit = syncstream_update::agent::run(cfg, health) => match exit {
+            AgentExit::Restart { version } => {
+                tracing::info!("exiting with {RESTART_EXIT_CODE} so systemd starts version {version}");
+                std::process::exit(RESTART_EXIT_CODE)
+            }
+            AgentExit::Unhealthy { version } => {
+                anyhow::bail!("version {version} did not become healthy in time; it is rolled back at the next start")
+            }
+        },
+    }
+}
+
+/// Runs while the transmitter runs: readiness and watchdog; returns on Ctrl-C or SIGTERM.
+#[cfg(feature = "transmitter")]
+pub async fn transmitter_running() -> anyhow::Result<()> {
+    notify_ready();
+    stopped().await
+}

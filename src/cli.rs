@@ -163,9 +163,13 @@ struct TransmitterArgs {
 
 #[derive(Args, Debug)]
 struct ReceiverArgs {
-    /// Device name (MQTT topics use it).
+    /// Device name (MQTT topics use it): letters, digits, '-' and '_', 1 to 64.
     #[arg(long)]
     name: String,
+    /// Folder where the receiver keeps its state across restarts (its last offset), so
+    /// it starts where it was instead of from its profile.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Transmitter host name or address.
     #[arg(long, default_value = "127.0.0.1")]
     transmitter: String,
@@ -440,6 +444,7 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         broker,
         profile,
         drift: Default::default(),
+        state_dir: a.state_dir.clone(),
     };
     let rx = syncstream_receiver::start(cfg, sink, mic, clock).await?;
     crate::service::receiver_running(&rx).await // readiness, watchdog, updates (issue 13); waits for Ctrl-C/SIGTERM

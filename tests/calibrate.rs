@@ -464,6 +464,7 @@ async fn a_deaf_microphone_gets_a_clear_error_and_keeps_the_profile() {
             broker: broker.clone(),
             profile: profile.clone(),
             drift: Default::default(),
+            state_dir: None,
         },
         sink,
         mic,

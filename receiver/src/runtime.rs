@@ -3,7 +3,7 @@
 //!
 //! One task owns the node and handles every event in turn (no lock is shared with
 //! anything, least of all the audio callbacks). Beside it: the stream transport
-//! (connects, reconnects with backoff 0.2 s doubling to 5 s, drops a connection that
+//! (connects, reconnects with backoff 0.2 s doubling to 2 s, drops a connection that
 //! is silent for [`STREAM_READ_TIMEOUT`]), the MQTT event loop, one task per source
 //! window fetch and a blocking task per estimate.
 
@@ -27,7 +27,8 @@ use tracing::{debug, info, warn};
 
 use crate::drift::DriftConfig;
 use crate::node::{
-    Job, JobDone, NodeConfig, NodeSnapshot, ReceiverIo, ReceiverNode, Window, WindowRequest,
+    Job, JobDone, NodeConfig, NodeSnapshot, PersistedState, ReceiverIo, ReceiverNode, Window,
+    WindowRequest,
 };
 use crate::realtime;
 
@@ -36,6 +37,11 @@ use crate::realtime;
 pub const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// First wait before reconnecting the stream; it doubles after every failed attempt.
+pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between reconnection attempts (a transmitter that comes back is found
+/// within this long).
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long a source-window request may take.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -56,6 +62,9 @@ pub struct ReceiverConfig {
     pub profile: DeviceProfile,
     /// Drift detector settings.
     pub drift: DriftConfig,
+    /// Folder where the receiver keeps its state across restarts (its last offset, in
+    /// `<device>.state.json`); `None`: nothing is kept.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// A running receiver; dropping it stops the audio devices and the tasks.
@@ -123,6 +132,8 @@ enum StreamCtl {
 
 /// The node's [`ReceiverIo`] on tokio.
 struct TokioIo {
+    /// Where [`ReceiverIo::persist`] writes.
+    state_file: Option<std::path::PathBuf>,
     stream_out: Option<mpsc::Sender<Bytes>>,
     clock_out: Option<tokio::net::tcp::OwnedWriteHalf>,
     stream_ctl: mpsc::UnboundedSender<StreamCtl>,
@@ -196,6 +207,21 @@ impl ReceiverIo for TokioIo {
         });
     }
 
+    fn persist(&mut self, state: &PersistedState) {
+        let Some(path) = self.state_file.clone() else {
+            return;
+        };
+        let Ok(bytes) = serde_json::to_vec(state) else {
+            return;
+        };
+        // Off the node's task: a slow disk must not stall it.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = syncstream_shared::fsutil::write_atomic(&path, &bytes) {
+                warn!("cannot keep the receiver's state: {e:#}");
+            }
+        });
+    }
+
     fn run_job(&mut self, job: Job) {
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -256,6 +282,29 @@ async fn fetch_window(
     })
 }
 
+/// Loads a receiver's kept state; a missing, unreadable or malformed file is `None`
+/// (logged when it exists but cannot be used).
+fn load_state(path: &std::path::Path) -> Option<PersistedState> {
+    let bytes = match syncstream_shared::fsutil::read_capped(path, 64 * 1024) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn!("cannot read {}: {e}; starting from the profile", path.display());
+            return None;
+        }
+    };
+    match serde_json::from_slice::<PersistedState>(&bytes) {
+        Ok(s) => {
+            info!(offset_ms = s.offset_ms, "starting from the offset kept in {}", path.display());
+            Some(s)
+        }
+        Err(e) => {
+            warn!("{} is not a receiver state ({e}); starting from the profile", path.display());
+            None
+        }
+    }
+}
+
 /// A random number for this receiver process (see the stream hello's `instance`).
 pub fn process_instance() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -273,6 +322,11 @@ pub async fn start(
     mut mic: Box<dyn Microphone>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Receiver> {
+    let state_file = cfg
+        .state_dir
+        .as_ref()
+        .map(|d| d.join(format!("{}.state.json", cfg.device)));
+    let persisted = state_file.as_deref().and_then(load_state);
     let (renderer, capturer, control) =
         realtime::engine(cfg.profile.base_latency_ms, mic.sample_rate());
     let mut node = ReceiverNode::new(
@@ -282,6 +336,7 @@ pub async fn start(
             profile: cfg.profile.clone(),
             drift: cfg.drift.clone(),
             mic_rate_hz: mic.sample_rate(),
+            persisted,
         },
         control,
         clock.now_us(),
@@ -342,6 +397,7 @@ pub async fn start(
         }));
     }
     let io = TokioIo {
+        state_file,
         stream_out: None,
         clock_out: None,
         stream_ctl: ctl_tx,
@@ -420,7 +476,7 @@ async fn stream_transport(
     mut ctl: mpsc::UnboundedReceiver<StreamCtl>,
     clock: Arc<dyn Clock>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = RECONNECT_BACKOFF_MIN;
     loop {
         let started = std::time::Instant::now();
         let (reason, retry_after) = session(&addr, &events, &mut ctl, clock.as_ref()).await;
@@ -428,12 +484,12 @@ async fn stream_transport(
             return;
         }
         if started.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(200);
+            backoff = RECONNECT_BACKOFF_MIN;
         }
         let wait = retry_after.unwrap_or(backoff).max(backoff);
         debug!("stream from {addr}: {reason}; next try in {wait:?}");
         tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
     }
 }
 

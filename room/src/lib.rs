@@ -28,7 +28,10 @@ use rand_distr::{Distribution, Normal};
 use syncstream_audio::{AudioError, CaptureFn, Microphone, RenderFn, Sink, StreamFormat};
 use syncstream_shared::time::{samples_to_us, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
 
+pub mod noise;
 pub mod rir;
+
+pub use noise::{NoiseKind, NoiseSource};
 
 pub use rir::ImpulseResponse;
 
@@ -174,6 +177,10 @@ struct DeviceState {
     dac_next: Option<i64>,
     /// Next local sample index the ADC takes, while started.
     adc_next: Option<i64>,
+    /// Acoustic output level relative to the device's nominal one (linear).
+    output_gain: f32,
+    /// Extra noise at the microphone over spans of room samples.
+    bursts: Vec<Burst>,
     /// Whether the microphone is computed (the simulator switches microphones off
     /// between measurements to save time; the capture function stays installed).
     mic_enabled: bool,
@@ -190,6 +197,14 @@ struct Wander {
     t0_us: f64,
     from_ms: f64,
     to_ms: f64,
+}
+
+/// Extra noise at a microphone from room sample `from_k` to `until_k`.
+struct Burst {
+    from_k: i64,
+    until_k: i64,
+    rms: f32,
+    source: NoiseSource,
 }
 
 /// Interval between the random walk's steps, µs (one minute).
@@ -303,6 +318,8 @@ impl Room {
                 dac_next: None,
                 adc_next: None,
                 mic_enabled: true,
+                output_gain: 1.0,
+                bursts: Vec::new(),
                 wander_rng: StdRng::seed_from_u64(
                     seed ^ 0x5745_4E44_4552_0000 ^ (states.len() as u64).wrapping_mul(0x9E37_79B9),
                 ),
@@ -382,6 +399,81 @@ impl Room {
         }
     }
 
+    /// Steps device `index`'s true output latency to `latency_ms` now (a picture-mode
+    /// change, a Bluetooth reconnect); any wander goes on from there.
+    pub fn set_latency_ms(&self, index: usize, latency_ms: f64) {
+        let mut s = self.inner.lock().unwrap();
+        let now = s.room_us(s.k);
+        if let Some(d) = s.devices.get_mut(index) {
+            let ms = latency_ms.max(0.0);
+            d.wander = Wander {
+                t0_us: now,
+                from_ms: ms,
+                to_ms: ms,
+            };
+            d.latency_samples = ms * STREAM_SAMPLE_RATE as f64 / 1000.0;
+        }
+    }
+
+    /// Sets device `index`'s acoustic output level to `gain_db` relative to its nominal
+    /// level (what its own and other microphones hear; the room noise stays).
+    pub fn set_output_gain_db(&self, index: usize, gain_db: f64) {
+        if let Some(d) = self.inner.lock().unwrap().devices.get_mut(index) {
+            d.output_gain = 10f64.powf(gain_db / 20.0) as f32;
+        }
+    }
+
+    /// Adds noise of `kind` at device `index`'s microphone from room time `from_us` to
+    /// `until_us`, at `snr_db` below the device's nominal level there (−20 dBFS).
+    pub fn add_noise_burst(
+        &self,
+        index: usize,
+        kind: NoiseKind,
+        snr_db: f64,
+        from_us: i64,
+        until_us: i64,
+        seed: u64,
+    ) {
+        let mut s = self.inner.lock().unwrap();
+        let to_k = |us: i64| us_to_samples_i64(us - s.origin_us);
+        let (from_k, until_k) = (to_k(from_us), to_k(until_us));
+        if let Some(d) = s.devices.get_mut(index) {
+            d.bursts.push(Burst {
+                from_k,
+                until_k,
+                rms: NOMINAL_RMS * 10f64.powf(-snr_db / 20.0) as f32,
+                source: NoiseSource::new(kind, seed),
+            });
+        }
+    }
+
+    /// Device `index`'s clock.
+    pub fn clock(&self, index: usize) -> ClockModel {
+        self.inner
+            .lock()
+            .unwrap()
+            .devices
+            .get(index)
+            .map_or_else(ClockModel::default, |d| d.cfg.clock)
+    }
+
+    /// Changes device `index`'s crystal to run `ppm` off from now on, keeping its local
+    /// time continuous (a temperature change); returns the new clock.
+    pub fn set_clock_ppm(&self, index: usize, ppm: f64) -> ClockModel {
+        let mut s = self.inner.lock().unwrap();
+        let now = s.room_us(s.k);
+        let Some(d) = s.devices.get_mut(index) else {
+            return ClockModel::default();
+        };
+        let local_now = d.cfg.clock.local_from_room(now);
+        let new = ClockModel {
+            ppm,
+            offset_us: local_now - now * (1.0 + ppm * 1e-6),
+        };
+        d.cfg.clock = new;
+        new
+    }
+
     /// Takes the ground truth recorded since the last call.
     pub fn drain_truth(&self) -> Vec<TruthSample> {
         std::mem::take(&mut self.inner.lock().unwrap().truth)
@@ -398,6 +490,11 @@ impl Room {
         let mut s = self.inner.lock().unwrap();
         s.step();
     }
+}
+
+/// Room samples in `us` µs (rounded).
+fn us_to_samples_i64(us: i64) -> i64 {
+    syncstream_shared::time::us_to_samples(us, STREAM_SAMPLE_RATE)
 }
 
 impl RoomState {
@@ -469,8 +566,9 @@ impl RoomState {
             let pos0 = (clock.room_from_local(dac_us) - self.origin_us as f64) * fs / 1e6 + lat;
             let step = 1.0 / (1.0 + clock.ppm * 1e-6);
             for i in 0..n {
-                let mono: f32 =
-                    dev.render_buf[i * ch..(i + 1) * ch].iter().sum::<f32>() / ch as f32;
+                let mono: f32 = dev.render_buf[i * ch..(i + 1) * ch].iter().sum::<f32>()
+                    / ch as f32
+                    * dev.output_gain;
                 // Linear spreading onto the two nearest room samples (fractional delay).
                 let pos = pos0 + i as f64 * step;
                 let p0 = pos.floor();
@@ -543,6 +641,22 @@ impl RoomState {
                 *m = a + (c - a) * frac;
             }
             self.scratch = y;
+            // Noise bursts, over the room samples this block covers.
+            let k_first = pos0.floor() as i64;
+            for burst in &mut self.devices[d].bursts {
+                if burst.until_k <= k_first || burst.from_k > k_first + n as i64 {
+                    continue;
+                }
+                for (i, m) in mic.iter_mut().enumerate() {
+                    let k = k_first + i as i64;
+                    if (burst.from_k..burst.until_k).contains(&k) {
+                        *m += burst.rms * burst.source.next_sample();
+                    }
+                }
+            }
+            self.devices[d]
+                .bursts
+                .retain(|b| b.until_k > k_first + n as i64);
             let noise_rms = self.devices[d].noise_rms;
             if noise_rms > 0.0 {
                 let normal = Normal::new(0.0f32, noise_rms).expect("finite noise level");

@@ -263,6 +263,7 @@ pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<
             broker: broker.clone(),
             profile: d.profile.clone(),
             drift: DriftConfig::default(),
+            state_dir: None,
         };
         // The device's own crystal, as the room models it.
         let device_clock: Arc<dyn Clock> = Arc::new(ModelClock::new(clock.clone(), d.room.clock));

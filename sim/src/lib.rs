@@ -5,6 +5,8 @@ pub mod broker;
 pub mod calibrate;
 pub mod demo;
 pub mod engine;
+pub mod evening;
+pub mod events;
 pub mod net_proxy;
 pub mod network;
 pub mod report;

@@ -126,6 +126,17 @@ pub struct Report {
     pub pairs: Vec<PairReport>,
     /// Largest pairwise error in each second of the run, ms (`null` before every device plays).
     pub pairwise_max_per_s: Vec<Option<f64>>,
+    /// Seconds after the first convergence in which some pair of playing devices was
+    /// more than 1 ms apart (simulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_above_1ms: Option<f64>,
+    /// What each scenario event did (simulator; see `crate::evening`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<crate::evening::EventReport>,
+    /// Drift reports per device: made by the receiver, used, ignored and rejected as
+    /// outliers by the controller (simulator).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift_reports: Vec<crate::evening::ReportCounts>,
 }
 
 /// What the report needs to know about each device besides the truth log.
@@ -233,6 +244,9 @@ pub fn build_report(
     }
     Report {
         pairwise_max_per_s,
+        seconds_above_1ms: None,
+        events: Vec::new(),
+        drift_reports: Vec::new(),
         audio: audio.to_string(),
         duration_s,
         playout_delay_ms,

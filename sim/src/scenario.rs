@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use crate::events::{EventAction, EventSpec};
 use syncstream_protocol::wire::Codec;
 use syncstream_shared::limits::{check_playout_delay_ms, OffsetLimits};
 use syncstream_shared::names::check_device_name;
@@ -118,6 +119,9 @@ pub struct Scenario {
     pub codec: Codec,
     /// Devices.
     pub devices: Vec<DeviceSpec>,
+    /// What happens during the run (see [`crate::events`]).
+    #[serde(default)]
+    pub events: Vec<EventSpec>,
 }
 
 fn default_playout() -> u32 {
@@ -229,7 +233,30 @@ impl Scenario {
                 range(g("distance_m"), h.distance_m, 0.0, 50.0)?;
             }
         }
+        self.event_actions()?;
         Ok(())
+    }
+
+    /// The events' actions, in the order written.
+    ///
+    /// Errors: an event that is not valid; the message names it (`events[3]`).
+    pub fn event_actions(&self) -> Result<Vec<(f64, Option<usize>, EventAction)>, String> {
+        let names: Vec<String> = self.devices.iter().map(|d| d.name.clone()).collect();
+        let max_latency = OffsetLimits::for_playout_delay_ms(self.playout_delay_ms as f64).max_ms;
+        self.events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let a = e
+                    .action(&names, self.duration_s, max_latency)
+                    .map_err(|r| format!("events[{i}]: {r}"))?;
+                let device = e
+                    .device
+                    .as_ref()
+                    .and_then(|d| names.iter().position(|n| n == d));
+                Ok((e.at_s, device, a))
+            })
+            .collect()
     }
 
     /// The profile a device starts from.

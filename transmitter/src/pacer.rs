@@ -45,6 +45,12 @@ impl ChunkProducer {
         }
     }
 
+    /// Starts a new stream: the next chunk is index 0 again (a restarted transmitter;
+    /// the source goes on where it was).
+    pub fn restart_stream(&mut self) {
+        self.index = 0;
+    }
+
     /// Source sample index of the next chunk.
     pub fn next_index(&self) -> u64 {
         self.index

@@ -6,6 +6,10 @@ use syncstream_protocol::messages::{parse, topics, BufferOffset, Command, Config
 use tracing::{info, warn};
 
 use super::{ReceiverIo, ReceiverNode, MAX_MQTT_PAYLOAD};
+
+/// After an unmute or a start, measurements wait this long (their window must hold the
+/// device's own sound again), µs.
+pub const QUIET_AFTER_SOUND_US: i64 = 2_500_000;
 use crate::offset::OffsetRamp;
 use crate::realtime::ToRender;
 
@@ -122,6 +126,7 @@ impl ReceiverNode {
                 self.set_offset(ramp);
                 self.offset_from_controller = true;
                 self.counters.offsets_applied += 1;
+                self.persist_if_moved(io);
                 info!(
                     device = self.device,
                     offset_ms = ramp.offset_ms,
@@ -134,7 +139,6 @@ impl ReceiverNode {
                 warn!(device = self.device, "offset on {topic} ignored: {e}");
             }
         }
-        let _ = io;
     }
 
     fn on_command(&mut self, topic: &str, payload: &[u8], now_us: i64, io: &mut impl ReceiverIo) {
@@ -155,6 +159,7 @@ impl ReceiverNode {
             Command::Start => {
                 self.stopped = false;
                 self.audio.send(ToRender::Stopped(false));
+                self.quiet_until_us = self.quiet_until_us.max(now_us + QUIET_AFTER_SOUND_US);
             }
             Command::Mute => {
                 self.muted = true;
@@ -163,6 +168,7 @@ impl ReceiverNode {
             Command::Unmute => {
                 self.muted = false;
                 self.audio.send(ToRender::Muted(false));
+                self.quiet_until_us = self.quiet_until_us.max(now_us + QUIET_AFTER_SOUND_US);
             }
             Command::Volume { value } => {
                 if !(value.is_finite() && (0.0..=1.0).contains(&value)) {

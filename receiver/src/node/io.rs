@@ -32,6 +32,17 @@ pub trait ReceiverIo {
     /// Runs a job off the control task (a delay estimate, a calibration measurement);
     /// its result goes to [`super::ReceiverNode::on_job_done`].
     fn run_job(&mut self, job: Job);
+    /// Keeps `state` where the next start of this receiver finds it (atomically; the
+    /// real receiver writes it to its state folder).
+    fn persist(&mut self, state: &PersistedState);
+}
+
+/// What a receiver keeps across restarts, so it starts where it was rather than from
+/// its profile.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PersistedState {
+    /// The last buffer offset applied, ms.
+    pub offset_ms: f64,
 }
 
 /// A request for source audio: `GET /api/v1/window?start_us=..&duration_ms=..`.

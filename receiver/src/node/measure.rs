@@ -32,6 +32,11 @@ impl ReceiverNode {
         if blocks_drift(tone_active, self.quiet_until_us, now_us) {
             return;
         }
+        // A muted or stopped device makes no sound of its own: its microphone hears only
+        // the others, which must never be taken for it.
+        if self.muted || self.stopped || self.volume <= 0.0 {
+            return;
+        }
         if self.pending.is_some() || self.estimator.is_none() {
             return; // the previous measurement is still in flight
         }

@@ -22,7 +22,7 @@ pub mod io;
 mod measure;
 mod stream;
 
-pub use io::{Job, JobDone, ReceiverIo, Window, WindowRequest};
+pub use io::{Job, JobDone, PersistedState, ReceiverIo, Window, WindowRequest};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +59,8 @@ pub const MIC_HISTORY_S: f64 = 4.0;
 pub const WINDOW_TIMEOUT_US: i64 = 5_000_000;
 /// Outstanding clock-sync requests remembered (answers to others are refused).
 pub const MAX_OUTSTANDING_REQUESTS: usize = 64;
+/// An offset change that is persisted, ms.
+pub const PERSIST_STEP_MS: f64 = 0.05;
 /// Largest MQTT payload handled, bytes (bigger ones are dropped with a warning).
 pub const MAX_MQTT_PAYLOAD: usize = 64 * 1024;
 
@@ -75,6 +77,8 @@ pub struct NodeConfig {
     pub drift: DriftConfig,
     /// Microphone sample rate, Hz.
     pub mic_rate_hz: u32,
+    /// What the last run of this receiver kept (its offset); `None` on a first start.
+    pub persisted: Option<PersistedState>,
 }
 
 /// The stream connection's state.
@@ -151,6 +155,11 @@ pub struct ReceiverNode {
     // Playout as asked for (the render callback has the same).
     offset: OffsetRamp,
     offset_from_controller: bool,
+    /// The offset last handed to [`ReceiverIo::persist`], ms.
+    persisted_offset_ms: Option<f64>,
+    /// Epoch of the stream last played (a reconnect to the same transmitter keeps clock
+    /// sync; another epoch is another transmitter time base).
+    last_epoch_us: Option<i64>,
     volume: f64,
     muted: bool,
     stopped: bool,
@@ -185,10 +194,16 @@ impl ReceiverNode {
         cfg.profile
             .validate()
             .map_err(|e| format!("profile of {}: {e}", cfg.device))?;
+        let start_offset_ms = cfg
+            .persisted
+            .map(|p| p.offset_ms)
+            .filter(|o| OffsetLimits::widest().contains(*o))
+            .unwrap_or(cfg.profile.base_latency_ms);
         let mut me = Self {
             device: cfg.device,
             instance: cfg.instance,
-            offset: OffsetRamp::constant(cfg.profile.base_latency_ms),
+            offset: OffsetRamp::constant(start_offset_ms),
+            persisted_offset_ms: cfg.persisted.map(|p| p.offset_ms),
             profile: cfg.profile,
             next_measure_us: now_us + cfg.drift.first_after_ms as i64 * 1000,
             drift_cfg: cfg.drift,
@@ -205,6 +220,7 @@ impl ReceiverNode {
             pcm: Vec::new(),
             error: None,
             offset_from_controller: false,
+            last_epoch_us: None,
             volume: 1.0,
             muted: false,
             stopped: false,
@@ -413,6 +429,18 @@ impl ReceiverNode {
         };
         self.offset = ramp;
         self.audio.send(ToRender::Offset(ramp));
+    }
+
+    /// Hands the offset to [`ReceiverIo::persist`] when it moved by 0.05 ms or more.
+    fn persist_if_moved(&mut self, io: &mut impl ReceiverIo) {
+        let o = self.offset.offset_ms;
+        if self
+            .persisted_offset_ms
+            .is_none_or(|p| (p - o).abs() >= PERSIST_STEP_MS)
+        {
+            self.persisted_offset_ms = Some(o);
+            io.persist(&PersistedState { offset_ms: o });
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::{Link, ReceiverIo, ReceiverNode, MAX_OUTSTANDING_REQUESTS, SYNC_INTERVAL_US};
 use crate::clock_sync::MAX_ABS_TIMESTAMP_US;
+use crate::offset::OffsetRamp;
 use crate::playout::StreamParams;
 use crate::realtime::ToRender;
 
@@ -237,11 +238,25 @@ impl ReceiverNode {
         self.decoder = Some(decoder);
         self.limits = limits;
         self.params = Some(params);
-        self.clock.reset();
         self.log.clear();
         self.played = false;
-        self.audio.send(ToRender::ClockLost);
         self.audio.new_stream(params);
+        let same_transmitter = self.last_epoch_us == Some(params.epoch_us);
+        self.last_epoch_us = Some(params.epoch_us);
+        if same_transmitter {
+            // The same transmitter process (its epoch is unchanged): its clock is the one
+            // clock sync knows, so playout resumes at once, in sync.
+            if let Some(m) = self.clock.mapping() {
+                self.audio.send(ToRender::Clock(m));
+            }
+        } else {
+            // Another transmitter time base: clock sync starts afresh, and an offset's
+            // rate (referred to the old time base) is dropped; the offset stays.
+            let now_old_tx = self.clock.tx_from_local(now_us as f64).unwrap_or(f64::NAN);
+            self.offset = OffsetRamp::constant(self.offset.at_ms(now_old_tx));
+            self.clock.reset();
+            self.audio.send(ToRender::ClockLost);
+        }
         let offset = self.offset;
         self.set_offset(offset);
         self.link = Link::Up;

@@ -18,6 +18,7 @@ struct Recorder {
     published: Vec<(String, Vec<u8>, bool)>,
     fetches: Vec<WindowRequest>,
     jobs: Vec<Job>,
+    persisted: Vec<PersistedState>,
 }
 
 impl ReceiverIo for Recorder {
@@ -38,6 +39,9 @@ impl ReceiverIo for Recorder {
     }
     fn run_job(&mut self, job: Job) {
         self.jobs.push(job);
+    }
+    fn persist(&mut self, state: &PersistedState) {
+        self.persisted.push(*state);
     }
 }
 
@@ -62,6 +66,7 @@ fn node_with(profile: DeviceProfile) -> (ReceiverNode, Renderer, Capturer) {
             profile,
             drift: DriftConfig::default(),
             mic_rate_hz: 48_000,
+            persisted: None,
         },
         control,
         0,
@@ -113,6 +118,7 @@ fn invalid_names_are_refused() {
                 profile: DeviceProfile::default_for(OutputType::Analog),
                 drift: DriftConfig::default(),
                 mic_rate_hz: 48_000,
+                persisted: None,
             },
             control,
             0,

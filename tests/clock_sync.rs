@@ -69,7 +69,7 @@ async fn probe_receiver(
         broker: tx.broker.clone(),
         profile: DeviceProfile::default_for(OutputType::Analog),
         drift: Default::default(),
-            state_dir: None,
+        state_dir: None,
     };
     let rx = syncstream_receiver::start(cfg, sink, mic, clock.clone())
         .await

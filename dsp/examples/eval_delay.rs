@@ -71,6 +71,7 @@ fn main() -> anyhow::Result<()> {
                     min_lag_ms: lo,
                     max_lag_ms: hi,
                     expected_lag_ms: (!exp.is_nan()).then_some(exp),
+                    gate_ms: None,
                 };
                 let t = Instant::now();
                 let e = est.estimate(&r, &y, &search);
@@ -93,6 +94,7 @@ fn main() -> anyhow::Result<()> {
                 min_lag_ms: args[4].parse()?,
                 max_lag_ms: args[5].parse()?,
                 expected_lag_ms: None,
+                gate_ms: None,
             };
             let reps: usize = args[6].parse()?;
             let mut est =

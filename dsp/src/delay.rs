@@ -11,7 +11,8 @@ use super::confidence::{confidence, noise_threshold_z, robust_sigma, MIN_CONFIDE
 use super::decimate::{Decimator, FACTOR};
 use super::gcc::{GccWorkspace, Weighting, Windows};
 use super::peak::{
-    choose_peak, main_lobe, parabolic_offset, refine_peak, rival_ratio, REFLECTION_WINDOW_MS,
+    choose_peak, choose_peak_within, main_lobe, parabolic_offset, refine_peak, rival_ratio,
+    REFLECTION_WINDOW_MS,
 };
 
 /// Where to look for the delay.
@@ -23,6 +24,10 @@ pub struct LagSearch {
     pub max_lag_ms: f64,
     /// Delay the caller expects, ms; used to choose between peaks of similar height.
     pub expected_lag_ms: Option<f64>,
+    /// With `expected_lag_ms`: the highest peak within this of the expected lag that
+    /// clears the noise threshold wins, however much higher a peak elsewhere is, ms
+    /// (a receiver in sync looking for its own sound, quieter than a neighbour's).
+    pub gate_ms: Option<f64>,
 }
 
 impl LagSearch {
@@ -32,6 +37,7 @@ impl LagSearch {
             min_lag_ms: -max_abs_ms,
             max_lag_ms: max_abs_ms,
             expected_lag_ms: None,
+            gate_ms: None,
         }
     }
 }
@@ -115,6 +121,68 @@ pub struct Diagnostics {
     pub peak_lag: i64,
     /// Width of the chosen main lobe at half height, ms.
     pub lobe_ms: f64,
+    /// The strongest other peaks of the correlation (local maxima above the noise
+    /// threshold outside the chosen main lobe), highest first; the first
+    /// `others_len` entries are valid.
+    pub others: [OtherPeak; MAX_OTHER_PEAKS],
+    /// Number of valid entries in `others`.
+    pub others_len: usize,
+}
+
+/// Other peaks kept per estimate in [`Diagnostics::others`].
+pub const MAX_OTHER_PEAKS: usize = 4;
+
+/// A peak of the correlation other than the chosen one: another loudspeaker playing
+/// the same programme, a strong reflection (see [`Diagnostics::others`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct OtherPeak {
+    /// Its lag, ms (same convention as [`DelayEstimate::delay_ms`], unrefined).
+    pub lag_ms: f64,
+    /// Its height over the correlation's noise scale (as [`Diagnostics::z`]).
+    pub z: f64,
+}
+
+impl Diagnostics {
+    /// The valid entries of [`Diagnostics::others`].
+    pub fn other_peaks(&self) -> &[OtherPeak] {
+        &self.others[..self.others_len.min(MAX_OTHER_PEAKS)]
+    }
+}
+
+/// The up to [`MAX_OTHER_PEAKS`] highest local maxima of `values` at or above `floor`
+/// outside `[lobe_start, lobe_end)`, highest first, as (index, value).
+fn highest_other_peaks(
+    values: &[f32],
+    (lobe_start, lobe_end): (usize, usize),
+    floor: f32,
+) -> ([(usize, f32); MAX_OTHER_PEAKS], usize) {
+    let mut best = [(0usize, f32::MIN); MAX_OTHER_PEAKS];
+    let mut n = 0usize;
+    for i in (0..lobe_start).chain(lobe_end..values.len()) {
+        let v = values[i];
+        if v < floor
+            || !v.is_finite()
+            || (i > 0 && values[i - 1] > v)
+            || (i + 1 < values.len() && values[i + 1] >= v)
+        {
+            continue;
+        }
+        if n < MAX_OTHER_PEAKS {
+            best[n] = (i, v);
+            n += 1;
+        } else if v > best[n - 1].1 {
+            best[n - 1] = (i, v);
+        } else {
+            continue;
+        }
+        // Keep them sorted, highest first (insertion of the newest).
+        let mut k = n - 1;
+        while k > 0 && best[k].1 > best[k - 1].1 {
+            best.swap(k, k - 1);
+            k -= 1;
+        }
+    }
+    (best, n)
 }
 
 /// `Σ (x − offset)` (`square` false) or `Σ (x − offset)²` (true): f32 lanes per
@@ -389,7 +457,15 @@ impl DelayEstimator {
         let sigma = robust_sigma(values, &mut self.scratch);
         let floor = (noise_threshold_z(values.len(), corr.effective_band) * sigma) as f32;
         let window = (REFLECTION_WINDOW_MS * s_fs / 1000.0).round() as usize;
-        let Some(peak) = choose_peak(values, expected, window, floor) else {
+        let gate = search
+            .gate_ms
+            .filter(|g| g.is_finite() && *g >= 0.0)
+            .map(|g| to_samples(g) / if two_stage { f as f64 } else { 1.0 });
+        let gated = match (expected, gate) {
+            (Some(e), Some(g)) => choose_peak_within(values, e, g, floor),
+            _ => None,
+        };
+        let Some(peak) = gated.or_else(|| choose_peak(values, expected, window, floor)) else {
             return Ok(no("no correlation peak".into(), 0.0));
         };
         // With an expected lag the caller has resolved the choice between real
@@ -401,6 +477,14 @@ impl DelayEstimator {
         };
         let (lobe_start, lobe_end) = main_lobe(values, peak.index);
         let lobe_ms = (lobe_end - lobe_start) as f64 * 1000.0 / s_fs;
+        let (found, others_len) = highest_other_peaks(values, (lobe_start, lobe_end), floor);
+        let mut others = [OtherPeak::default(); MAX_OTHER_PEAKS];
+        for (o, &(i, v)) in others.iter_mut().zip(&found[..others_len]) {
+            *o = OtherPeak {
+                lag_ms: (s_lo + i as i64) as f64 * 1000.0 / s_fs,
+                z: v as f64 / sigma.max(f64::MIN_POSITIVE),
+            };
+        }
         let conf = confidence(
             peak.value as f64,
             sigma,
@@ -419,6 +503,8 @@ impl DelayEstimator {
             lags: values.len(),
             peak_lag: (s_lo + peak.index as i64) * if two_stage { f } else { 1 },
             lobe_ms,
+            others,
+            others_len,
         });
         if conf.value < MIN_CONFIDENCE {
             let why = if conf.p_signal < MIN_CONFIDENCE {
@@ -637,6 +723,7 @@ mod tests {
             min_lag_ms: 0.0,
             max_lag_ms: 1000.0,
             expected_lag_ms: None,
+            gate_ms: None,
         };
         let est = e.estimate(&r, &rec, &s).unwrap();
         assert!(
@@ -728,6 +815,7 @@ mod tests {
             min_lag_ms: 1000.0,
             max_lag_ms: 2000.0,
             expected_lag_ms: None,
+            gate_ms: None,
         };
         assert!(matches!(
             e.estimate(&[1.0; 480], &[1.0; 480], &far),

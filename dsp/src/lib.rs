@@ -12,4 +12,7 @@ pub mod delay;
 pub mod gcc;
 pub mod peak;
 
-pub use delay::{DelayEstimate, DelayEstimator, EstimateError, LagSearch};
+pub use delay::{
+    DelayEstimate, DelayEstimator, Diagnostics, EstimateError, LagSearch, OtherPeak,
+    MAX_OTHER_PEAKS,
+};

@@ -116,6 +116,39 @@ pub fn choose_peak(
     })
 }
 
+/// The peak within `gate` indices of `expected` (an index, may be fractional) for a
+/// caller that knows where the peak it wants must be, and that it may be weaker than
+/// others elsewhere: among the local maxima there that reach `floor`, the one nearest
+/// `expected` of those at least [`EXPECTED_PEAK_RATIO`] of the highest there (so a
+/// reflection just after the direct path does not win by a little height). `None`
+/// when no local maximum there reaches `floor`.
+pub fn choose_peak_within(values: &[f32], expected: f64, gate: f64, floor: f32) -> Option<Peak> {
+    if !(expected.is_finite() && gate.is_finite()) || values.is_empty() {
+        return None;
+    }
+    let lo = (expected - gate).ceil().max(0.0) as usize;
+    let hi = ((expected + gate).floor().min(values.len() as f64 - 1.0)).max(-1.0);
+    if hi < lo as f64 {
+        return None;
+    }
+    let candidates = || {
+        (lo..=hi as usize)
+            .filter(|&i| values[i] >= floor && values[i] > 0.0 && is_local_max(values, i))
+    };
+    let top = candidates().map(|i| values[i]).fold(f32::MIN, f32::max);
+    let index = candidates()
+        .filter(|&i| values[i] >= EXPECTED_PEAK_RATIO * top)
+        .min_by(|&a, &b| {
+            (a as f64 - expected)
+                .abs()
+                .total_cmp(&(b as f64 - expected).abs())
+        })?;
+    Some(Peak {
+        index,
+        value: values[index],
+    })
+}
+
 /// How close another peak came to being chosen instead of `chosen`, 0.. (1 is the
 /// decision boundary: a coin toss). Peaks later than `chosen` by at most `window`
 /// are the reflections and farther loudspeakers the choice rule deliberately passes
@@ -271,6 +304,15 @@ mod tests {
     #[test]
     fn no_peak_in_a_flat_or_negative_correlation() {
         assert_eq!(choose_peak(&[], None, 0, 0.0), None);
+        // Within a gate: the weaker peak near the expected index wins.
+        let v = [0.0, 0.3, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+        assert_eq!(choose_peak_within(&v, 1.4, 1.0, 0.1).unwrap().index, 1);
+        // Within the gate, a slightly higher reflection after it does not win.
+        let r = [0.0, 0.0, 0.8, 0.0, 1.0, 0.0, 0.0];
+        assert_eq!(choose_peak_within(&r, 2.0, 3.0, 0.1).unwrap().index, 2);
+        assert_eq!(choose_peak_within(&v, 1.4, 1.0, 0.5), None);
+        assert_eq!(choose_peak_within(&v, f64::NAN, 1.0, 0.1), None);
+        assert_eq!(choose_peak_within(&v, 100.0, 1.0, 0.1), None);
         assert_eq!(choose_peak(&[-1.0, -0.5], None, 0, 0.0), None);
     }
 

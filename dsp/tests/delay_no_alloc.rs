@@ -39,6 +39,7 @@ fn steady_state_estimates_do_not_allocate() {
         min_lag_ms: -100.0,
         max_lag_ms: 0.0,
         expected_lag_ms: Some(-58.0),
+        gate_ms: None,
     };
     for two_stage in [false, true] {
         let mut est = DelayEstimator::new(48_000).with_two_stage(two_stage);

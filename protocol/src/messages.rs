@@ -88,7 +88,7 @@ pub fn parse<T: for<'de> Deserialize<'de>>(topic: &str, payload: &[u8]) -> Resul
 /// One drift measurement, published by a receiver on `syncstream/drift/<device>`.
 ///
 /// Example: `{"device":"livingroom","drift_ms":23.4,"confidence":0.91,"signal_strength_db":-54.0,"ts_us":1234,"applied_offset_ms":300.0}`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct DriftReport {
     /// Reporting device.
     pub device: String,
@@ -107,6 +107,12 @@ pub struct DriftReport {
     /// Why there is no estimate, when `drift_ms` is null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The device's own sound has left the time where it was expected and was found,
+    /// as strong as usual, `drift_ms` away: its output latency stepped (a TV's picture
+    /// mode, a Bluetooth reconnect), and the controller may follow at once instead of
+    /// waiting for several reports to agree. Omitted when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub step: bool,
 }
 
 /// A corrective buffer offset, published by the sync controller on

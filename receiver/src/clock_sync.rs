@@ -126,6 +126,8 @@ impl ClockMapping {
 pub struct ClockSync {
     /// Inconsistent exchanges in a row.
     inconsistent_run: u32,
+    /// Updates in a row whose short fit disagreed with the window's rate.
+    rate_change_run: u32,
     window: VecDeque<Exchange>,
     capacity: usize,
     /// Offset at `ref_local_us`, µs.
@@ -156,6 +158,15 @@ const MIN_SPLIT_POINTS: usize = 100;
 const SPLIT_WINDOW: usize = 400;
 /// Largest rate error believed, dimensionless (a fit beyond it is noise).
 const MAX_RATE: f64 = 500e-6;
+/// The newest span refitted on its own to notice a change of the crystal's rate, µs.
+pub const SHORT_FIT_US: f64 = 10e6;
+/// A short fit's rate this far from the window's means the rate changed
+/// (dimensionless; a crystal drifts with temperature by well under a ppm a minute,
+/// and the short fit's noise is a few ppm even with 20 ms of network jitter).
+pub const RATE_CHANGE: f64 = 20e-6;
+/// Updates in a row the change must persist before the window is cut to the short
+/// span (half a second at 20 exchanges a second).
+pub const RATE_CHANGE_CONFIRM: u32 = 10;
 
 impl ClockSync {
     /// A filter over the last `window` exchanges.
@@ -167,6 +178,7 @@ impl ClockSync {
             ref_local_us: 0.0,
             rate: 0.0,
             inconsistent_run: 0,
+            rate_change_run: 0,
         }
     }
 
@@ -176,6 +188,7 @@ impl ClockSync {
         self.offset_us = None;
         self.rate = 0.0;
         self.inconsistent_run = 0;
+        self.rate_change_run = 0;
     }
 
     /// Adds one exchange: `t1`/`t4` on the local clock, `t2`/`t3` on the transmitter's,
@@ -280,6 +293,27 @@ impl ClockSync {
             if sxx / sw >= (0.2 * MIN_FIT_SPAN_US).powi(2) {
                 self.rate = (sxy / sxx).clamp(-MAX_RATE, MAX_RATE);
             }
+            // A change of the crystal's rate (a temperature step): the newest span,
+            // fitted on its own, disagrees with the whole window for a while. The
+            // window is then cut to that span, so the fit follows at once instead of
+            // averaging the old rate in for a minute.
+            if span >= 2.0 * SHORT_FIT_US {
+                match self.short_rate(now_local_us, &weight) {
+                    Some(r) if (r - self.rate).abs() > RATE_CHANGE => {
+                        self.rate_change_run += 1;
+                        if self.rate_change_run >= RATE_CHANGE_CONFIRM {
+                            self.rate_change_run = 0;
+                            let from = now_local_us - SHORT_FIT_US;
+                            while self.window.front().is_some_and(|e| e.local_us < from) {
+                                self.window.pop_front();
+                            }
+                            self.update(now_local_us);
+                            return;
+                        }
+                    }
+                    _ => self.rate_change_run = 0,
+                }
+            }
         }
         self.offset_us = Some(my - self.rate * mx);
         if self.window.len() >= MIN_SPLIT_POINTS {
@@ -300,6 +334,32 @@ impl ClockSync {
                 self.offset_us = Some(0.5 * (min_a - min_b));
             }
         }
+    }
+
+    /// The weighted least-squares rate over the exchanges of the newest
+    /// [`SHORT_FIT_US`], if they span enough time.
+    fn short_rate(&self, now_local_us: f64, weight: &impl Fn(&Exchange) -> f64) -> Option<f64> {
+        let from = now_local_us - SHORT_FIT_US;
+        let recent = || self.window.iter().rev().take_while(|e| e.local_us >= from);
+        let (mut sw, mut swx, mut swy) = (0.0, 0.0, 0.0);
+        for e in recent() {
+            let w = weight(e);
+            sw += w;
+            swx += w * (e.local_us - now_local_us);
+            swy += w * e.offset_us;
+        }
+        if sw <= 0.0 || !sw.is_finite() {
+            return None;
+        }
+        let (mx, my) = (swx / sw, swy / sw);
+        let (mut sxx, mut sxy) = (0.0, 0.0);
+        for e in recent() {
+            let w = weight(e);
+            let dx = e.local_us - now_local_us - mx;
+            sxx += w * dx * dx;
+            sxy += w * dx * (e.offset_us - my);
+        }
+        (sxx / sw >= (0.2 * SHORT_FIT_US).powi(2)).then(|| sxy / sxx)
     }
 
     /// Number of exchanges in the window.

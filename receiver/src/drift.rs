@@ -20,6 +20,7 @@ use syncstream_shared::time::{samples_to_us, us_to_samples};
 
 use crate::clock_sync::ClockSync;
 use crate::offset::OffsetRamp;
+use crate::own_sound::{OwnSound, Verdict};
 use crate::playout::StreamParams;
 use crate::playout_log::PlayoutLog;
 use crate::resampler::align_to_transmitter_clock;
@@ -132,8 +133,10 @@ pub struct Measurement {
     pub ref_start_us: i64,
     /// Source window to fetch: length, ms.
     pub ref_duration_ms: u64,
-    /// Search margin, ms.
+    /// Search margin of the wide search (the source window's margin on each side), ms.
     pub margin_ms: f64,
+    /// Search margin of a tracking measurement's first, narrow search, ms.
+    pub track_margin_ms: f64,
     /// Tracking (the device was in sync at the last measurement): the drift is expected
     /// near 0 and the estimator may prefer the peak there; while acquiring it may not.
     pub tracking: bool,
@@ -224,12 +227,10 @@ pub fn plan(
         .ok_or(NotReady::NotSettled)?;
     let applied_offset_ms = offset_ms - heard.mean_us / 1000.0;
     let p_ms = params.playout_delay_us as f64 / 1000.0;
-    let margin_ms = if tracking {
-        cfg.track_margin_ms
-    } else {
-        cfg.acquire_margin_ms
-    }
-    .min(0.8 * p_ms);
+    // The source window always covers the wide search: a tracking measurement that
+    // misses its own sound near the expected lag searches wide on the same recording.
+    let margin_ms = cfg.acquire_margin_ms.min(0.8 * p_ms);
+    let track_margin_ms = cfg.track_margin_ms.min(margin_ms);
     let expected_pts = rec_start_tx_us - params.playout_delay_us as f64 - mic_delay_ms * 1000.0;
     Ok(Measurement {
         recording,
@@ -237,6 +238,7 @@ pub fn plan(
         ref_start_us: (expected_pts - margin_ms * 1000.0).round() as i64,
         ref_duration_ms: cfg.window_ms + (2.0 * margin_ms).ceil() as u64,
         margin_ms,
+        track_margin_ms,
         tracking,
         applied_offset_ms,
         mic_delay_ms,
@@ -258,6 +260,8 @@ pub struct DriftJob {
     pub ref_first_pts_us: i64,
     /// The estimator.
     pub estimator: Box<DelayEstimator>,
+    /// What the device's own sound looked like so far (a copy).
+    pub own: OwnSound,
 }
 
 impl std::fmt::Debug for DriftJob {
@@ -270,28 +274,72 @@ impl std::fmt::Debug for DriftJob {
 }
 
 impl DriftJob {
-    /// Runs the estimate; returns the report and the estimator.
-    pub fn run(mut self) -> (DriftReport, Box<DelayEstimator>) {
-        let report = analyze(
+    /// Runs the estimate; returns the outcome and the estimator.
+    pub fn run(mut self) -> (DriftOutcome, Box<DelayEstimator>) {
+        let outcome = analyze(
             &mut self.estimator,
             &self.device,
             &self.measurement,
             &self.reference,
             self.ref_first_pts_us,
+            &self.own,
         );
-        (report, self.estimator)
+        (outcome, self.estimator)
+    }
+}
+
+/// A tracking measurement whose drift is within this of 0 found the device's own
+/// sound where it belongs, ms (the controller's outlier threshold).
+pub const GATE_MS: f64 = 3.0;
+
+/// What one measurement gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftOutcome {
+    /// The report to publish.
+    pub report: DriftReport,
+    /// Set when the device's own sound was found where it belongs while tracking,
+    /// for [`OwnSound::observe`].
+    pub observation: Option<Observation>,
+}
+
+/// What a window measured in sync shows of the device's own sound.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Height of the own peak over the correlation's noise (`z`).
+    pub own_z: f64,
+    /// Acoustic gain: the recording's level over the source's, dB.
+    pub gain_db: f64,
+    /// The other peaks: lag relative to the own peak (ms) and height.
+    pub others: Vec<(f64, f64)>,
+}
+
+/// RMS level of `x`, dBFS (−200 for silence).
+fn level_db(x: &[f32]) -> f64 {
+    let e = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / x.len().max(1) as f64;
+    if e > 0.0 && e.is_finite() {
+        10.0 * e.log10()
+    } else {
+        -200.0
     }
 }
 
 /// Estimates the drift of `m` against its source window `reference`, whose first
-/// sample has PTS `ref_first_pts_us`. `device` names the report.
+/// sample has PTS `ref_first_pts_us`. `device` names the report; `own` is what the
+/// device's own sound looked like so far.
+///
+/// While tracking, the first search is narrow (±`track_margin_ms`) and prefers the
+/// peak at the expected lag. If that finds nothing within [`GATE_MS`] of it, the same
+/// recording is searched wide (±`margin_ms`) and the best peak there is judged by
+/// [`OwnSound::judge`]: the own sound moved (a report with `step`), another
+/// loudspeaker (no estimate: the own sound is not heard), or too weak to tell.
 pub fn analyze(
     estimator: &mut DelayEstimator,
     device: &str,
     m: &Measurement,
     reference: &[f32],
     ref_first_pts_us: i64,
-) -> DriftReport {
+    own: &OwnSound,
+) -> DriftOutcome {
     // The reference "starts" (in the estimator's same-instant convention) when its first
     // sample should reach the microphone; the recording starts `delta` later. The
     // recording runs on the local clock, so it is first put on the transmitter's time
@@ -299,13 +347,16 @@ pub fn analyze(
     let ref_heard_at_us =
         ref_first_pts_us as f64 + m.playout_delay_us as f64 + m.mic_delay_ms * 1000.0;
     let recording = align_to_transmitter_clock(&m.recording, m.clock_rate);
-    let window_ms = recording.len() as f64 * 1000.0 / estimator.sample_rate() as f64;
+    let fs = estimator.sample_rate();
+    let window_ms = recording.len() as f64 * 1000.0 / fs as f64;
     let delta_ms = (m.rec_start_tx_us - ref_heard_at_us) / 1000.0;
-    let search = LagSearch {
-        min_lag_ms: -delta_ms - m.margin_ms,
-        max_lag_ms: -delta_ms + m.margin_ms,
-        expected_lag_ms: m.tracking.then_some(-delta_ms),
-    };
+    // The source the recording should hold (the window's centre part), for the gain.
+    let margin = us_to_samples((m.margin_ms * 1000.0).round() as i64, fs).max(0) as usize;
+    let heard_ref = reference
+        .get(margin..(margin + recording.len()).min(reference.len()))
+        .filter(|r| !r.is_empty())
+        .unwrap_or(reference);
+    let gain_db = level_db(&recording) - level_db(heard_ref);
     let mut report = DriftReport {
         device: device.to_string(),
         drift_ms: None,
@@ -314,20 +365,145 @@ pub fn analyze(
         ts_us: (m.rec_start_tx_us + 0.5 * window_ms * 1000.0).round() as i64,
         applied_offset_ms: m.applied_offset_ms,
         reason: None,
+        step: false,
     };
-    match estimator.estimate(reference, &recording, &search) {
-        Ok(est) => {
-            report.confidence = est.confidence;
-            report.signal_strength_db = est.signal_strength_db;
-            report.drift_ms = est.delay_ms.map(|d| d + delta_ms);
-            report.reason = est.reason;
+    let mut observation = None;
+    let fill = |report: &mut DriftReport, est: &syncstream_dsp::DelayEstimate| {
+        report.confidence = est.confidence;
+        report.signal_strength_db = est.signal_strength_db;
+        report.drift_ms = est.delay_ms.map(|d| d + delta_ms);
+        report.reason = est.reason.clone();
+    };
+    let mut search_wide = !m.tracking;
+    if m.tracking {
+        // The narrow search on the part of the source window it needs (as a narrow
+        // window would have been fetched).
+        let trim_ms = (m.margin_ms - m.track_margin_ms).max(0.0);
+        let trim = us_to_samples((trim_ms * 1000.0).round() as i64, fs).max(0) as usize;
+        let narrow_ref = reference
+            .get(trim..reference.len().saturating_sub(trim))
+            .filter(|r| !r.is_empty())
+            .unwrap_or(reference);
+        let shift_ms = trim as f64 * 1000.0 / fs as f64;
+        let centre = -(delta_ms - shift_ms);
+        let search = LagSearch {
+            min_lag_ms: centre - m.track_margin_ms,
+            max_lag_ms: centre + m.track_margin_ms,
+            expected_lag_ms: Some(centre),
+            gate_ms: None,
+        };
+        match estimator.estimate(narrow_ref, &recording, &search) {
+            Ok(est) => {
+                let drift = est.delay_ms.map(|d| d + delta_ms - shift_ms);
+                match drift {
+                    Some(d) if d.abs() <= GATE_MS => {
+                        fill(&mut report, &est);
+                        report.drift_ms = Some(d);
+                        if let Some(diag) = estimator.diagnostics() {
+                            let own_lag_ms = diag.peak_lag as f64 * 1000.0 / fs as f64;
+                            observation = Some(Observation {
+                                own_z: diag.z,
+                                gain_db,
+                                others: diag
+                                    .other_peaks()
+                                    .iter()
+                                    .map(|o| (o.lag_ms - own_lag_ms, o.z))
+                                    .collect(),
+                            });
+                        }
+                    }
+                    _ => {
+                        // Silence or a silent source gives nothing anywhere: no need
+                        // to look further.
+                        let silent = est.signal_strength_db < syncstream_dsp::delay::SILENCE_DBFS
+                            || est.reason.as_deref().is_some_and(|r| r.contains("silent"));
+                        fill(&mut report, &est);
+                        report.drift_ms = drift;
+                        search_wide = !silent;
+                    }
+                }
+            }
+            Err(e) => report.reason = Some(e.to_string()),
         }
-        Err(e) => report.reason = Some(e.to_string()),
+    }
+    if search_wide {
+        let search = LagSearch {
+            min_lag_ms: -delta_ms - m.margin_ms,
+            max_lag_ms: -delta_ms + m.margin_ms,
+            expected_lag_ms: None,
+            gate_ms: None,
+        };
+        match estimator.estimate(reference, &recording, &search) {
+            Ok(est) => {
+                fill(&mut report, &est);
+                if m.tracking {
+                    judge_wide(&mut report, estimator, own, gain_db);
+                }
+            }
+            Err(e) => report.reason = Some(e.to_string()),
+        }
     }
     if !report.signal_strength_db.is_finite() {
         report.signal_strength_db = -200.0;
     }
-    report
+    DriftOutcome {
+        report,
+        observation,
+    }
+}
+
+/// A tracking measurement searched wide because its own sound was not where it
+/// belongs: decides what the wide search's peak is (see [`analyze`]).
+fn judge_wide(report: &mut DriftReport, estimator: &DelayEstimator, own: &OwnSound, gain_db: f64) {
+    let Some(drift) = report.drift_ms else {
+        report.reason = Some(format!(
+            "the device's own sound is not heard near its expected time nor elsewhere: {}",
+            report.reason.as_deref().unwrap_or("no estimate")
+        ));
+        return;
+    };
+    if drift.abs() <= GATE_MS {
+        return; // the own sound after all (the narrow search was misled)
+    }
+    let z = estimator.diagnostics().map_or(0.0, |d| d.z);
+    if std::env::var_os("SYNCSTREAM_DIAG").is_some() {
+        eprintln!(
+            "JUDGE {} drift {drift:.2} z {z:.1} typ {:?} nb {:?} -> {:?}",
+            report.device,
+            own.typical_z(),
+            own.neighbours().collect::<Vec<_>>(),
+            own.judge(drift, z, gain_db)
+        );
+    }
+    match own.judge(drift, z, gain_db) {
+        Verdict::Step => report.step = true,
+        Verdict::Neighbour(rel_ms) => {
+            report.drift_ms = None;
+            report.reason = Some(format!(
+                "the device's own sound is not heard (quiet or masked); the strongest sound \
+                 is another loudspeaker's, {rel_ms:+.1} ms away"
+            ));
+        }
+        Verdict::Level(change_db) => {
+            report.drift_ms = None;
+            report.reason = Some(format!(
+                "the device's own sound is not heard near its expected time, and the \
+                 microphone hears the programme {:.0} dB {} than usual: the peak at \
+                 {drift:+.1} ms is not taken for it",
+                change_db.abs(),
+                if change_db < 0.0 { "quieter" } else { "louder" }
+            ));
+        }
+        Verdict::TooWeak(Some(typical)) => {
+            report.drift_ms = None;
+            report.reason = Some(format!(
+                "the device's own sound is not heard near its expected time; a peak at \
+                 {drift:+.1} ms is too weak to be it ({z:.0} σ, its own is usually {typical:.0} σ)"
+            ));
+        }
+        // Nothing learnt yet: the controller decides (several reports must agree).
+        Verdict::TooWeak(None) => {}
+    }
 }
 
 #[cfg(test)]
@@ -416,8 +592,10 @@ mod tests {
             reference: source[first..first + n].to_vec(),
             ref_first_pts_us: samples_to_us(first as i64, fs),
             estimator: Box::new(DelayEstimator::new(fs)),
+            own: OwnSound::default(),
         };
         let (r, _) = job.run();
+        let r = r.report;
         assert!((r.drift_ms.unwrap() - 27.5).abs() < 0.05, "{r:?}");
         assert!((r.applied_offset_ms - 10.0).abs() < 1e-3, "{r:?}");
     }

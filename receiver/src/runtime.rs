@@ -289,17 +289,27 @@ fn load_state(path: &std::path::Path) -> Option<PersistedState> {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
-            warn!("cannot read {}: {e}; starting from the profile", path.display());
+            warn!(
+                "cannot read {}: {e}; starting from the profile",
+                path.display()
+            );
             return None;
         }
     };
     match serde_json::from_slice::<PersistedState>(&bytes) {
         Ok(s) => {
-            info!(offset_ms = s.offset_ms, "starting from the offset kept in {}", path.display());
+            info!(
+                offset_ms = s.offset_ms,
+                "starting from the offset kept in {}",
+                path.display()
+            );
             Some(s)
         }
         Err(e) => {
-            warn!("{} is not a receiver state ({e}); starting from the profile", path.display());
+            warn!(
+                "{} is not a receiver state ({e}); starting from the profile",
+                path.display()
+            );
             None
         }
     }

@@ -31,9 +31,7 @@ impl std::str::FromStr for NoiseKind {
             "white" => Ok(Self::White),
             "babble" => Ok(Self::Babble),
             "tv" => Ok(Self::Tv),
-            other => Err(format!(
-                "noise '{other}' is not one of white, babble, tv"
-            )),
+            other => Err(format!("noise '{other}' is not one of white, babble, tv")),
         }
     }
 }
@@ -153,7 +151,8 @@ impl NoiseSource {
             v.hp_state = hp;
             v.lp_state = a_lp * v.lp_state + (1.0 - a_lp) * hp;
             if v.talking {
-                let env = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * (v.rate_hz * t + v.phase)).cos();
+                let env =
+                    0.5 - 0.5 * (2.0 * std::f64::consts::PI * (v.rate_hz * t + v.phase)).cos();
                 y += v.lp_state * (env * env) as f32;
             }
         }

@@ -36,7 +36,9 @@ use syncstream_receiver::node::{
     Job, NodeConfig, PersistedState, ReceiverIo, ReceiverNode, Window, WindowRequest,
 };
 use syncstream_receiver::realtime;
-use syncstream_receiver::runtime::{RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN, STREAM_READ_TIMEOUT};
+use syncstream_receiver::runtime::{
+    RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN, STREAM_READ_TIMEOUT,
+};
 use syncstream_room::{ClockModel, Room, BLOCK_FRAMES};
 use syncstream_shared::limits::OffsetLimits;
 use syncstream_shared::profile::DeviceProfile;
@@ -91,7 +93,7 @@ enum Effect {
     StreamReset(i64),
     Publish(String, Vec<u8>, bool),
     Fetch(WindowRequest),
-    Job(Job),
+    Job(Box<Job>),
 }
 
 /// A node's [`ReceiverIo`] in the simulator: collects what it asks for.
@@ -119,7 +121,7 @@ impl ReceiverIo for SimIo {
         self.effects.push(Effect::Fetch(request));
     }
     fn run_job(&mut self, job: Job) {
-        self.effects.push(Effect::Job(job));
+        self.effects.push(Effect::Job(Box::new(job)));
     }
     fn persist(&mut self, state: &PersistedState) {
         self.persisted = Some(*state);
@@ -254,6 +256,10 @@ struct World {
     tx_down_until: Option<i64>,
     /// Network cuts: (from, until, device or all).
     outages: Vec<(i64, i64, Option<usize>)>,
+    /// Controller counters (used, ignored, outliers, steps) of runs before a restart.
+    past_counts: std::collections::BTreeMap<String, (u64, u64, u64, u64)>,
+    /// What the controller last kept (its state file).
+    persisted: syncstream_transmitter::controller::PersistedState,
 }
 
 impl World {
@@ -329,6 +335,8 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         history_len: (sc.playout_delay_ms as usize * fs as usize / 1000) / CHUNK_FRAMES + 2,
         tx_down_until: None,
         outages: Vec::new(),
+        persisted: Default::default(),
+        past_counts: Default::default(),
     };
     world
         .broker
@@ -394,13 +402,42 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         while next_event < events.len() && origin_us + (events[next_event].0 * 1e6) as i64 <= t {
             let (_, device, action) = events[next_event];
             next_event += 1;
-            evening.mark(next_event - 1, t, devices.iter().map(SimDevice::totals).collect());
-            apply_event(&mut world, &mut devices, &room, &silence, t, device, action, next_event)?;
+            evening.mark(
+                next_event - 1,
+                t,
+                devices.iter().map(SimDevice::totals).collect(),
+            );
+            apply_event(
+                &mut world,
+                &mut devices,
+                &room,
+                &silence,
+                t,
+                device,
+                action,
+                next_event,
+            )?;
         }
         // The transmitter back after a restart.
         if world.tx_down_until.is_some_and(|u| t >= u) {
             world.tx_down_until = None;
             transmitter_back(&mut world, &mut producer, sc, t)?;
+        }
+        // The controller's state, kept every 5 s as the real transmitter keeps it.
+        if world.tx_up(t) && (t - origin_us) % 5_000_000 == 0 {
+            world.persisted = world
+                .service
+                .controller()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .persisted();
+        }
+        // The controller's keep-alive offsets, once a second.
+        if world.tx_up(t) && (t - origin_us) % 1_000_000 == 0 {
+            let run = world.broker_run;
+            for out in world.service.on_tick(t) {
+                world.push(t, Event::Broker(out.topic, out.payload, out.retain, run));
+            }
         }
         // The pacer: chunks whose end is due.
         while world.tx_up(t) && producer.next_due_us(world.epoch_us) <= t {
@@ -411,11 +448,13 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
             while world.history.len() > world.history_len {
                 world.history.pop_front();
             }
-            for i in 0..devices.len() {
-                if devices[i].served {
-                    let at = world.arrival(i, t, &mut devices[i].down);
-                    let c = devices[i].connection;
-                    world.push(at, Event::DeviceFrame(i, c, chunk.frame.clone()));
+            for (i, dev) in devices.iter_mut().enumerate() {
+                if dev.served {
+                    let at = world.arrival(i, t, &mut dev.down);
+                    world.push(
+                        at,
+                        Event::DeviceFrame(i, dev.connection, chunk.frame.clone()),
+                    );
                 }
             }
         }
@@ -481,10 +520,9 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
                 .iter()
                 .enumerate()
                 .map(|(i, d)| Sample {
-                    offset_error_ms: d
-                        .node
-                        .as_ref()
-                        .map(|n| n.offset().offset_ms - room.true_latency_ms(i)),
+                    ramp: d.node.as_ref().map(|n| n.offset()),
+                    tx_us: t as f64,
+                    true_latency_ms: room.true_latency_ms(i),
                 })
                 .collect();
             evening.add_offsets(t, samples);
@@ -542,8 +580,21 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         sc.duration_s,
         sc.playout_delay_ms as f64,
     );
-    let controller = world.service.controller().lock().unwrap_or_else(|e| e.into_inner()).snapshot();
-    evening.attach(&mut report, &totals, &controller);
+    let controller = world
+        .service
+        .controller()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .snapshot();
+    let mut counts = world.past_counts.clone();
+    for (name, d) in &controller {
+        let c = counts.entry(name.clone()).or_default();
+        c.0 += d.used;
+        c.1 += d.ignored;
+        c.2 += d.outliers;
+        c.3 += d.steps;
+    }
+    evening.attach(&mut report, &totals, &counts);
     Ok(report)
 }
 
@@ -672,7 +723,10 @@ fn apply_event(
                 let cmd = if m { "mute" } else { "unmute" };
                 let payload = format!("{{\"cmd\":\"{cmd}\"}}").into_bytes();
                 let run = world.broker_run;
-                world.push(t, Event::Broker(topics::command(&devices[i].name), payload, false, run));
+                world.push(
+                    t,
+                    Event::Broker(topics::command(&devices[i].name), payload, false, run),
+                );
             }
         }
         EventAction::Noise {
@@ -751,8 +805,8 @@ fn receiver_gone(world: &mut World, devices: &mut [SimDevice], i: usize, t: i64)
 }
 
 /// The transmitter starts again at `t`: a new stream (epoch `t`, index 0, an empty
-/// rolling buffer), a new sync service (the controller relearns from the receivers,
-/// which kept their offsets).
+/// rolling buffer), a new sync service restored from what the controller last kept,
+/// which publishes its offsets again (the embedded broker lost them).
 fn transmitter_back(
     world: &mut World,
     producer: &mut ChunkProducer,
@@ -765,10 +819,39 @@ fn transmitter_back(
     world.hello = Bytes::from(
         server_hello(world.codec, world.codec_delay, t, world.playout_delay_ms).encode()?,
     );
+    // The counters of the run that ended, for the report.
+    let old = world
+        .service
+        .controller()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .snapshot();
+    for (name, d) in old {
+        let c = world.past_counts.entry(name).or_default();
+        c.0 += d.used;
+        c.1 += d.ignored;
+        c.2 += d.outliers;
+        c.3 += d.steps;
+    }
     world.service = new_service(sc);
     world
         .broker
         .subscribe(CONTROLLER, &SyncService::subscriptions());
+    // The controller starts from its state file and publishes the offsets again.
+    let offsets = {
+        let mut c = world
+            .service
+            .controller()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        c.restore(&world.persisted);
+        drop(c);
+        syncstream_transmitter::sync_service::republish(world.service.controller(), t)
+    };
+    let run = world.broker_run;
+    for out in offsets {
+        world.push(t, Event::Broker(out.topic, out.payload, out.retain, run));
+    }
     Ok(())
 }
 
@@ -873,7 +956,10 @@ fn deliver(
             for client in world.broker.publish(&topic, &payload, retain) {
                 if client == CONTROLLER {
                     for out in world.service.on_message(&topic, &payload, at_us) {
-                        world.push(at_us, Event::Broker(out.topic, out.payload, out.retain, run));
+                        world.push(
+                            at_us,
+                            Event::Broker(out.topic, out.payload, out.retain, run),
+                        );
                     }
                 } else if let Some(dev) = devices.get_mut(client) {
                     if dev.mqtt_session == 0 {
@@ -881,7 +967,10 @@ fn deliver(
                     }
                     let session = dev.mqtt_session;
                     let at = world.arrival(client, at_us, &mut dev.mqtt_down);
-                    world.push(at, Event::DeviceMqtt(client, session, topic.clone(), payload.clone()));
+                    world.push(
+                        at,
+                        Event::DeviceMqtt(client, session, topic.clone(), payload.clone()),
+                    );
                 }
             }
         }
@@ -947,7 +1036,11 @@ fn deliver(
             dev.mqtt_session = session;
             dev.mqtt_up = InOrder::default();
             dev.mqtt_down = InOrder::default();
-            let subs = dev.node.as_ref().map(|n| n.mqtt_subscriptions()).unwrap_or_default();
+            let subs = dev
+                .node
+                .as_ref()
+                .map(|n| n.mqtt_subscriptions())
+                .unwrap_or_default();
             for (topic, payload) in world.broker.subscribe(i, &subs) {
                 let at = world.arrival(i, at_us, &mut devices[i].mqtt_down);
                 world.push(at, Event::DeviceMqtt(i, session, topic, payload));
@@ -1006,7 +1099,14 @@ fn settle(world: &mut World, devices: &mut [SimDevice], i: usize, at_us: i64) {
                     }
                 }
                 Effect::StreamReset(retry_after_us) => {
-                    close_stream(world, devices, i, at_us, "reset", retry_after_us.max(200_000));
+                    close_stream(
+                        world,
+                        devices,
+                        i,
+                        at_us,
+                        "reset",
+                        retry_after_us.max(200_000),
+                    );
                 }
                 Effect::Publish(topic, payload, retain) => {
                     let dev = &mut devices[i];
@@ -1028,7 +1128,10 @@ fn settle(world: &mut World, devices: &mut [SimDevice], i: usize, at_us: i64) {
                         || world.cut_until(i, at_us + d1 + d2).is_some()
                         || !world.tx_up(at_us + d1);
                     let (when, result) = if cut {
-                        (at_us + HTTP_TIMEOUT_US, Err("the request timed out".to_string()))
+                        (
+                            at_us + HTTP_TIMEOUT_US,
+                            Err("the request timed out".to_string()),
+                        )
                     } else {
                         let result = world
                             .buffer

@@ -7,11 +7,14 @@
 //!   and stays so for 2 s, all devices playing; 0 when the event never took a pair
 //!   past 1 ms; `null` when that did not happen before the next event (or the end).
 //! - `worst_pairwise_ms`: the largest pairwise error from the event until then.
-//! - For a mute, a silence, a noise burst and a volume change, `max_offset_move_ms`:
-//!   how far an affected device's offset moved against its true latency over the
-//!   event's span (the mute until the unmute, the silence or noise for its length, the
-//!   volume change until the next event), and `false_corrections` when that is more
-//!   than 0.2 ms.
+//! - For a mute, a silence, a noise burst and a volume change, over the event's span
+//!   (the mute until the unmute, the silence or noise for its length, the volume
+//!   change until the next event), for the affected devices (every device for a
+//!   silence): `max_offset_move_ms`, how far their offsets were corrected (the offset
+//!   in effect against what the offset in effect at the start would have given, going
+//!   on at its rate), and `false_correction_ms`, how much further from the device's true
+//!   latency those corrections took an offset than no correction would have;
+//!   `false_corrections` when that is more than 0.2 ms.
 //! - `jumps` and `underruns` over all devices from the event to the next one.
 //!
 //! Overall: `seconds_above_1ms`, the seconds after the first convergence in which some
@@ -23,8 +26,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use syncstream_receiver::offset::OffsetRamp;
 use syncstream_room::TruthSample;
-use syncstream_transmitter::controller::DeviceSync;
 
 use crate::engine::{RECEIVER_RESTART_US, TRANSMITTER_RESTART_US};
 use crate::events::EventAction;
@@ -59,6 +62,9 @@ pub struct EventReport {
     /// See the module docs, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_offset_move_ms: Option<f64>,
+    /// See the module docs, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_correction_ms: Option<f64>,
     /// Playout jumps from the event to the next, all devices.
     pub jumps: u64,
     /// Underruns from the event to the next, all devices.
@@ -70,7 +76,8 @@ pub struct EventReport {
 pub struct ReportCounts {
     /// Device.
     pub device: String,
-    /// Made by the receiver (over all its restarts).
+    /// Made by the receiver (over all its restarts; the controller's counts are over
+    /// all of its restarts too).
     pub made: u64,
     /// Used by the controller (since its last start).
     pub used: u64,
@@ -78,14 +85,20 @@ pub struct ReportCounts {
     pub ignored: u64,
     /// Rejected as outliers.
     pub outliers: u64,
+    /// Used as latency steps, followed at once.
+    pub steps: u64,
 }
 
-/// One device's offset error at a sample time: offset − true latency, ms (`None`
-/// while it is not running).
+/// One device's offset at a sample time: the ramp its receiver follows (`None` while
+/// it is not running), and the transmitter time of the sample, µs.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
-    /// Offset − true latency, ms.
-    pub offset_error_ms: Option<f64>,
+    /// The offset (and its rate) in effect.
+    pub ramp: Option<OffsetRamp>,
+    /// Transmitter (room) time, µs.
+    pub tx_us: f64,
+    /// The device's true output latency then, ms.
+    pub true_latency_ms: f64,
 }
 
 /// Counters of one device: (reports made, underruns, jumps, offsets applied).
@@ -176,9 +189,36 @@ impl EveningLog {
             .collect()
     }
 
+    /// Every pair's error of the devices playing, per bucket from `from_us` (from
+    /// origin) on, ms.
+    fn pair_errors(&self, from_us: i64) -> Vec<f64> {
+        let mut out = Vec::new();
+        for v in self
+            .buckets
+            .range(from_us.div_euclid(BUCKET_US)..)
+            .map(|(_, v)| v)
+        {
+            let r: Vec<f64> = v
+                .iter()
+                .filter(|(_, c)| *c > 0)
+                .map(|(s, c)| s / *c as f64)
+                .collect();
+            for i in 0..r.len() {
+                for j in i + 1..r.len() {
+                    out.push(r[i] - r[j]);
+                }
+            }
+        }
+        out
+    }
+
     /// The first time at or after `from_us` (from origin) from which every pair stays
     /// within 1 ms, all playing, for [`STAY_US`], before `until_us`.
-    fn back_in_sync(series: &[(i64, Option<f64>, bool)], from_us: i64, until_us: i64) -> Option<i64> {
+    fn back_in_sync(
+        series: &[(i64, Option<f64>, bool)],
+        from_us: i64,
+        until_us: i64,
+    ) -> Option<i64> {
         let mut start: Option<i64> = None;
         for &(t, m, all) in series.iter().filter(|(t, _, _)| *t >= from_us) {
             let ok = all && m.is_some_and(|m| m < OUT_OF_SYNC_MS);
@@ -202,7 +242,7 @@ impl EveningLog {
         &self,
         report: &mut Report,
         totals: &[Totals],
-        controller: &BTreeMap<String, DeviceSync>,
+        controller: &BTreeMap<String, (u64, u64, u64, u64)>,
     ) {
         let series = self.pairwise();
         let end_us = self.end.as_ref().map_or(0, |(t, _)| t - self.origin_us);
@@ -215,6 +255,8 @@ impl EveningLog {
                 }
             }
             report.seconds_above_1ms = Some(bad.len() as f64);
+            report.pairwise_evening_ms =
+                syncstream_shared::stats::ErrorSummary::of_abs(&self.pair_errors(first));
         }
         for (k, &(at_s, device, action)) in self.events.iter().enumerate() {
             let start = (at_s * 1e6) as i64;
@@ -237,7 +279,8 @@ impl EveningLog {
             let disturbed = window
                 .iter()
                 .any(|(_, m, all)| !all || m.is_some_and(|m| m >= OUT_OF_SYNC_MS));
-            let back = Self::back_in_sync(&series, reference.max(start), next.max(reference + STAY_US));
+            let back =
+                Self::back_in_sync(&series, reference.max(start), next.max(reference + STAY_US));
             let reconverge_s = if !disturbed {
                 Some(0.0)
             } else {
@@ -259,7 +302,9 @@ impl EveningLog {
                         .map_or(next, |(s, _, _)| (s * 1e6) as i64),
                 )),
                 EventAction::Silence(s) => Some((start, start + (s * 1e6) as i64)),
-                EventAction::Noise { duration_s, .. } => Some((start, start + (duration_s * 1e6) as i64)),
+                EventAction::Noise { duration_s, .. } => {
+                    Some((start, start + (duration_s * 1e6) as i64))
+                }
                 EventAction::Volume(_) => Some((start, next)),
                 _ => None,
             };
@@ -285,8 +330,9 @@ impl EveningLog {
                 device: device.and_then(|d| report.devices.get(d).map(|r| r.name.clone())),
                 reconverge_s,
                 worst_pairwise_ms: worst,
-                false_corrections: moved.map(|m| m > FALSE_CORRECTION_MS),
-                max_offset_move_ms: moved,
+                false_corrections: moved.map(|(_, harm)| harm > FALSE_CORRECTION_MS),
+                max_offset_move_ms: moved.map(|(m, _)| m),
+                false_correction_ms: moved.map(|(_, harm)| harm),
                 jumps: diff(|t| t.2),
                 underruns: diff(|t| t.1),
             });
@@ -296,39 +342,49 @@ impl EveningLog {
             report.drift_reports.push(ReportCounts {
                 device: d.name.clone(),
                 made: totals.get(i).map_or(0, |t| t.0),
-                used: c.map_or(0, |c| c.used),
-                ignored: c.map_or(0, |c| c.ignored),
-                outliers: c.map_or(0, |c| c.outliers),
+                used: c.map_or(0, |c| c.0),
+                ignored: c.map_or(0, |c| c.1),
+                outliers: c.map_or(0, |c| c.2),
+                steps: c.map_or(0, |c| c.3),
             });
         }
     }
 
-    /// How far the offset error of `device` (all devices when `None`) moved from its
-    /// value at `from_us` over `from_us..until_us` (µs from origin), ms.
-    fn max_move(&self, device: Option<usize>, from_us: i64, until_us: i64) -> f64 {
+    /// How far the offset of `device` (every device when `None`) was corrected over
+    /// `from_us..until_us` (µs from origin), and how much further from the true latency
+    /// the corrections took it than no correction would have (see the module docs),
+    /// ms.
+    fn max_move(&self, device: Option<usize>, from_us: i64, until_us: i64) -> (f64, f64) {
         let in_span: Vec<&(i64, Vec<Sample>)> = self
             .offsets
             .iter()
             .filter(|(t, _)| (from_us..=until_us).contains(&(t - self.origin_us)))
             .collect();
         let Some(first) = in_span.first() else {
-            return 0.0;
+            return (0.0, 0.0);
         };
         let devices: Vec<usize> = match device {
             Some(d) => vec![d],
             None => (0..self.n).collect(),
         };
-        let mut worst = 0.0f64;
+        let (mut moved, mut harm) = (0.0f64, 0.0f64);
         for d in devices {
-            let Some(base) = first.1.get(d).and_then(|s| s.offset_error_ms) else {
+            let Some(base) = first.1.get(d).and_then(|s| s.ramp) else {
                 continue;
             };
             for (_, v) in &in_span {
-                if let Some(e) = v.get(d).and_then(|s| s.offset_error_ms) {
-                    worst = worst.max((e - base).abs());
-                }
+                let Some(s) = v.get(d) else { continue };
+                let Some(r) = s.ramp else { continue };
+                // Without corrections the offset would have gone on at its rate (the
+                // controller keeps it alive while the device cannot measure).
+                let uncorrected =
+                    base.offset_ms + base.rate_ms_per_s * (s.tx_us - base.ref_us) / 1e6;
+                let now = r.at_ms(s.tx_us);
+                moved = moved.max((now - uncorrected).abs());
+                harm = harm
+                    .max((now - s.true_latency_ms).abs() - (uncorrected - s.true_latency_ms).abs());
             }
         }
-        worst
+        (moved, harm)
     }
 }

@@ -149,7 +149,12 @@ impl EventSpec {
         range("at_s", self.at_s, 0.0, duration_s)?;
         let mut actions = Vec::new();
         if let Some(v) = self.latency_ms {
-            actions.push(EventAction::Latency(range("latency_ms", v, 0.0, max_latency_ms)?));
+            actions.push(EventAction::Latency(range(
+                "latency_ms",
+                v,
+                0.0,
+                max_latency_ms,
+            )?));
         }
         if let Some(v) = self.volume_db {
             actions.push(EventAction::Volume(range("volume_db", v, -60.0, 20.0)?));
@@ -180,7 +185,12 @@ impl EventSpec {
             return Err("snr_db and duration_s belong to a noise event".into());
         }
         if let Some(v) = self.network_outage_s {
-            actions.push(EventAction::Outage(range("network_outage_s", v, 0.01, 600.0)?));
+            actions.push(EventAction::Outage(range(
+                "network_outage_s",
+                v,
+                0.01,
+                600.0,
+            )?));
         }
         if self.restart == Some(true) {
             actions.push(EventAction::Restart);
@@ -192,7 +202,12 @@ impl EventSpec {
             actions.push(EventAction::TransmitterRestart);
         }
         if let Some(v) = self.clock_ppm {
-            actions.push(EventAction::ClockPpm(range("clock_ppm", v, -1000.0, 1000.0)?));
+            actions.push(EventAction::ClockPpm(range(
+                "clock_ppm",
+                v,
+                -1000.0,
+                1000.0,
+            )?));
         }
         let action = match actions.as_slice() {
             [a] => *a,
@@ -228,33 +243,75 @@ mod tests {
 
     #[test]
     fn the_issue_examples_parse() {
-        assert_eq!(ev(r#"{"at_s":120,"device":"tv","latency_ms":52.0}"#), Ok(EventAction::Latency(52.0)));
+        assert_eq!(
+            ev(r#"{"at_s":120,"device":"tv","latency_ms":52.0}"#),
+            Ok(EventAction::Latency(52.0))
+        );
         assert!(matches!(
             ev(r#"{"at_s":400,"device":"tv","noise":"babble","snr_db":-5,"duration_s":30}"#),
-            Ok(EventAction::Noise { kind: NoiseKind::Babble, .. })
+            Ok(EventAction::Noise {
+                kind: NoiseKind::Babble,
+                ..
+            })
         ));
-        assert_eq!(ev(r#"{"at_s":500,"network_outage_s":10}"#), Ok(EventAction::Outage(10.0)));
-        assert_eq!(ev(r#"{"at_s":520,"device":"tv","network_outage_s":4}"#), Ok(EventAction::Outage(4.0)));
-        assert_eq!(ev(r#"{"at_s":600,"device":"tv","restart":true}"#), Ok(EventAction::Restart));
-        assert_eq!(ev(r#"{"at_s":700,"silence_s":15}"#), Ok(EventAction::Silence(15.0)));
-        assert_eq!(ev(r#"{"at_s":800,"transmitter_restart":true}"#), Ok(EventAction::TransmitterRestart));
-        assert_eq!(ev(r#"{"at_s":900,"device":"bt","clock_ppm":-180.0}"#), Ok(EventAction::ClockPpm(-180.0)));
-        assert_eq!(ev(r#"{"at_s":300,"device":"tv","muted":true}"#), Ok(EventAction::Muted(true)));
-        assert_eq!(ev(r#"{"at_s":200,"device":"bt","volume_db":-24}"#), Ok(EventAction::Volume(-24.0)));
+        assert_eq!(
+            ev(r#"{"at_s":500,"network_outage_s":10}"#),
+            Ok(EventAction::Outage(10.0))
+        );
+        assert_eq!(
+            ev(r#"{"at_s":520,"device":"tv","network_outage_s":4}"#),
+            Ok(EventAction::Outage(4.0))
+        );
+        assert_eq!(
+            ev(r#"{"at_s":600,"device":"tv","restart":true}"#),
+            Ok(EventAction::Restart)
+        );
+        assert_eq!(
+            ev(r#"{"at_s":700,"silence_s":15}"#),
+            Ok(EventAction::Silence(15.0))
+        );
+        assert_eq!(
+            ev(r#"{"at_s":800,"transmitter_restart":true}"#),
+            Ok(EventAction::TransmitterRestart)
+        );
+        assert_eq!(
+            ev(r#"{"at_s":900,"device":"bt","clock_ppm":-180.0}"#),
+            Ok(EventAction::ClockPpm(-180.0))
+        );
+        assert_eq!(
+            ev(r#"{"at_s":300,"device":"tv","muted":true}"#),
+            Ok(EventAction::Muted(true))
+        );
+        assert_eq!(
+            ev(r#"{"at_s":200,"device":"bt","volume_db":-24}"#),
+            Ok(EventAction::Volume(-24.0))
+        );
     }
 
     #[test]
     fn bad_events_say_why() {
         for (json, needle) in [
             (r#"{"at_s":1,"device":"tv"}"#, "nothing to do"),
-            (r#"{"at_s":1,"device":"tv","latency_ms":5,"muted":true}"#, "more than one"),
+            (
+                r#"{"at_s":1,"device":"tv","latency_ms":5,"muted":true}"#,
+                "more than one",
+            ),
             (r#"{"at_s":1,"latency_ms":5}"#, "needs a device"),
             (r#"{"at_s":1,"device":"ghost","latency_ms":5}"#, "ghost"),
-            (r#"{"at_s":1,"device":"tv","latency_ms":5000}"#, "latency_ms"),
+            (
+                r#"{"at_s":1,"device":"tv","latency_ms":5000}"#,
+                "latency_ms",
+            ),
             (r#"{"at_s":5000,"device":"tv","latency_ms":5}"#, "at_s"),
-            (r#"{"at_s":1,"device":"tv","noise":"hum","snr_db":0,"duration_s":1}"#, "hum"),
+            (
+                r#"{"at_s":1,"device":"tv","noise":"hum","snr_db":0,"duration_s":1}"#,
+                "hum",
+            ),
             (r#"{"at_s":1,"device":"tv","noise":"white"}"#, "snr_db"),
-            (r#"{"at_s":1,"device":"tv","silence_s":3}"#, "no single device"),
+            (
+                r#"{"at_s":1,"device":"tv","silence_s":3}"#,
+                "no single device",
+            ),
             (r#"{"at_s":1,"device":"tv","colour":3}"#, "colour"),
         ] {
             let e = ev(json).unwrap_err();

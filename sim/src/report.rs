@@ -126,6 +126,10 @@ pub struct Report {
     pub pairs: Vec<PairReport>,
     /// Largest pairwise error in each second of the run, ms (`null` before every device plays).
     pub pairwise_max_per_s: Vec<Option<f64>>,
+    /// Pairwise error over the whole run from the first convergence on, events and
+    /// all (every pair of devices playing, per 100 ms), ms (simulator, with events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairwise_evening_ms: Option<ErrorSummary>,
     /// Seconds after the first convergence in which some pair of playing devices was
     /// more than 1 ms apart (simulator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,6 +249,7 @@ pub fn build_report(
     Report {
         pairwise_max_per_s,
         seconds_above_1ms: None,
+        pairwise_evening_ms: None,
         events: Vec::new(),
         drift_reports: Vec::new(),
         audio: audio.to_string(),

@@ -14,8 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use crate::events::{EventAction, EventSpec};
+use serde::Deserialize;
 use syncstream_protocol::wire::Codec;
 use syncstream_shared::limits::{check_playout_delay_ms, OffsetLimits};
 use syncstream_shared::names::check_device_name;

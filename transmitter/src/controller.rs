@@ -19,7 +19,12 @@
 //!   `outlier_ms` from that prediction is an outlier and ignored, unless
 //!   `relock_count` outliers in a row agree with each other within `agree_ms` (the
 //!   device's latency really changed: a Bluetooth reconnect, a TV mode switch), which
-//!   re-locks on their median. Otherwise the offset moves a fraction `gain` (α) of the
+//!   re-locks on their median. A report flagged `step` at `lock_confidence` or more
+//!   re-locks at once: its receiver lost its own sound where it belonged and found it,
+//!   as strong as usual, elsewhere (`receiver/src/own_sound.rs`). A target between
+//!   `agree_ms` and `outlier_ms` from the prediction is a small step, not a drift to
+//!   learn: two such reports in a row that agree move the offset to them, the rate
+//!   kept. Otherwise the offset moves a fraction `gain` (α) of the
 //!   way to the target and the rate a fraction `velocity_gain` (β) of the residual per
 //!   second, bounded by `max_rate_ms_per_s`; a device whose latency drifts steadily
 //!   (Bluetooth, Cast buffers adapting) is followed without lag, as an offset plus a
@@ -34,7 +39,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use syncstream_protocol::messages::{BufferOffset, DriftReport};
 use syncstream_shared::limits::OffsetLimits;
 use syncstream_shared::stats::median;
@@ -45,6 +50,9 @@ pub const MAX_REPORT_AGE_US: i64 = 60_000_000;
 pub const MAX_DRIFT_MS: f64 = 10_000.0;
 /// Most devices tracked at once.
 pub const MAX_DEVICES: usize = 256;
+/// A device not measured for this long gets no more [`SyncController::keepalive`]
+/// offsets, s.
+pub const KEEPALIVE_MAX_S: f64 = 120.0;
 /// Offset history entries kept per device.
 pub const OFFSET_HISTORY: usize = 4096;
 
@@ -124,6 +132,8 @@ pub struct DeviceSync {
     pub ignored: u64,
     /// Reports rejected as outliers.
     pub outliers: u64,
+    /// Latency steps followed at once (reports flagged `step`).
+    pub steps: u64,
     /// Offsets published.
     pub seq: u64,
     /// Estimated drift of the device's latency, ms/s.
@@ -157,6 +167,7 @@ impl DeviceSync {
             used: 0,
             ignored: 0,
             outliers: 0,
+            steps: 0,
             seq: 0,
             rate_ms_per_s: 0.0,
             last_ts_us: None,
@@ -167,6 +178,24 @@ impl DeviceSync {
             offset_history: VecDeque::new(),
         }
     }
+}
+
+/// What [`SyncController::persisted`] keeps of one device.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PersistedDevice {
+    /// Offset, ms, at `ref_us`.
+    pub offset_ms: f64,
+    /// Its rate, ms/s.
+    pub rate_ms_per_s: f64,
+    /// Transmitter time the offset holds at, µs.
+    pub ref_us: i64,
+}
+
+/// The controller's state file (`controller.json` in the transmitter's state folder).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersistedState {
+    /// Per device.
+    pub devices: BTreeMap<String, PersistedDevice>,
 }
 
 /// What the controller decided for one report.
@@ -224,6 +253,119 @@ impl SyncController {
     /// The limits offsets are clamped to.
     pub fn limits(&self) -> OffsetLimits {
         self.cfg.limits
+    }
+
+    /// The offsets to re-send at controller time `now_us` although no report came:
+    /// for each locked device whose offset has a rate, not published for `refresh_s`
+    /// and measured within [`KEEPALIVE_MAX_S`], its offset extrapolated to `now_us`
+    /// with `ref_us = now_us`. While a device cannot measure (muted, the programme
+    /// silent, talk over it) its receiver so keeps following its latency's drift
+    /// instead of letting the rate decay; once the controller itself goes quiet (or
+    /// the device has not been measured for a long time) the receiver's own decay
+    /// takes over.
+    pub fn keepalive(&mut self, now_us: i64) -> Vec<BufferOffset> {
+        let cfg = &self.cfg;
+        let mut out = Vec::new();
+        for (name, dev) in self.devices.iter_mut() {
+            let (Some(offset), Some(last_ts)) = (dev.offset_ms, dev.last_ts_us) else {
+                continue;
+            };
+            if dev.state != LockState::Tracking || dev.rate_ms_per_s == 0.0 {
+                continue;
+            }
+            let since_report_s = (now_us as f64 - last_ts as f64) / 1e6;
+            let since_publish_s = dev
+                .last_publish_ts_us
+                .map_or(f64::INFINITY, |t| (now_us as f64 - t as f64) / 1e6);
+            if !(0.0..=KEEPALIVE_MAX_S).contains(&since_report_s) || since_publish_s < cfg.refresh_s
+            {
+                continue;
+            }
+            dev.last_publish_ts_us = Some(now_us);
+            dev.seq += 1;
+            out.push(BufferOffset {
+                device: name.clone(),
+                offset_ms: cfg
+                    .limits
+                    .clamp(offset + dev.rate_ms_per_s * since_report_s),
+                seq: dev.seq,
+                rate_ms_per_s: dev.rate_ms_per_s,
+                ref_us: now_us,
+            });
+        }
+        out
+    }
+
+    /// What the controller keeps across a restart: every locked device's offset, its
+    /// rate and the report time both hold at.
+    pub fn persisted(&self) -> PersistedState {
+        PersistedState {
+            devices: self
+                .devices
+                .iter()
+                .filter(|(_, d)| d.state == LockState::Tracking)
+                .filter_map(|(n, d)| {
+                    Some((
+                        n.clone(),
+                        PersistedDevice {
+                            offset_ms: d.offset_ms?,
+                            rate_ms_per_s: d.rate_ms_per_s,
+                            ref_us: d.last_ts_us?,
+                        },
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// Starts from what an earlier run kept: each valid device (a valid name, finite
+    /// numbers within the limits and bounds) is locked at its offset and rate.
+    /// Returns how many were taken.
+    pub fn restore(&mut self, state: &PersistedState) -> usize {
+        let mut n = 0;
+        for (name, p) in state.devices.iter().take(MAX_DEVICES) {
+            if !syncstream_shared::names::is_valid_device_name(name)
+                || !p.offset_ms.is_finite()
+                || !self.cfg.limits.contains(p.offset_ms)
+                || !p.rate_ms_per_s.is_finite()
+                || p.rate_ms_per_s.abs() > self.cfg.max_rate_ms_per_s
+            {
+                continue;
+            }
+            let mut d = DeviceSync::new();
+            d.state = LockState::Tracking;
+            d.offset_ms = Some(p.offset_ms);
+            d.rate_ms_per_s = p.rate_ms_per_s;
+            d.published_rate_ms_per_s = p.rate_ms_per_s;
+            d.last_ts_us = Some(p.ref_us);
+            self.devices.insert(name.clone(), d);
+            n += 1;
+        }
+        n
+    }
+
+    /// Every locked device's offset at controller time `now_us` (extrapolated with its
+    /// rate for up to [`KEEPALIVE_MAX_S`]), to publish retained again: after a restart,
+    /// or when the broker lost its retained messages.
+    pub fn republish(&mut self, now_us: i64) -> Vec<BufferOffset> {
+        let limits = self.cfg.limits;
+        self.devices
+            .iter_mut()
+            .filter(|(_, d)| d.state == LockState::Tracking)
+            .filter_map(|(name, d)| {
+                let (offset, last) = (d.offset_ms?, d.last_ts_us?);
+                let dt_s = ((now_us as f64 - last as f64) / 1e6).clamp(0.0, KEEPALIVE_MAX_S);
+                d.seq += 1;
+                d.last_publish_ts_us = Some(now_us);
+                Some(BufferOffset {
+                    device: name.clone(),
+                    offset_ms: limits.clamp(offset + d.rate_ms_per_s * dt_s),
+                    seq: d.seq,
+                    rate_ms_per_s: d.rate_ms_per_s,
+                    ref_us: now_us,
+                })
+            })
+            .collect()
     }
 
     /// Checks a report's numbers; the error says which is wrong.
@@ -331,7 +473,18 @@ impl SyncController {
                 }
             }
             LockState::Tracking => {
-                if (target - current).abs() > cfg.outlier_ms {
+                if (target - current).abs() > cfg.outlier_ms
+                    && r.step
+                    && r.confidence >= cfg.lock_confidence
+                {
+                    // The receiver found its own sound, as strong as usual, away from
+                    // where it belonged: the latency stepped. Follow at once.
+                    dev.pending.clear();
+                    dev.used += 1;
+                    dev.steps += 1;
+                    dev.rate_ms_per_s = 0.0;
+                    target
+                } else if (target - current).abs() > cfg.outlier_ms {
                     dev.outliers += 1;
                     dev.pending.push(target);
                     if dev.pending.len() > cfg.relock_count.max(1) {
@@ -350,6 +503,30 @@ impl SyncController {
                         return Decision::Ignored(format!(
                             "outlier: {target:.3} ms against the predicted {current:.3} ms"
                         ));
+                    }
+                } else if (target - current).abs() > cfg.agree_ms {
+                    // A small step (a millisecond or two: wander is far slower): not a
+                    // drift rate to learn. Two reports in a row that agree move the
+                    // offset there at once, its rate kept.
+                    dev.pending.push(target);
+                    if dev.pending.len() > 2 {
+                        dev.pending.remove(0);
+                    }
+                    match dev.pending.as_slice() {
+                        [a, b] if (a - b).abs() <= cfg.agree_ms => {
+                            let m = 0.5 * (a + b);
+                            dev.pending.clear();
+                            dev.used += 1;
+                            m
+                        }
+                        _ => {
+                            dev.outliers += 1;
+                            return Decision::Ignored(format!(
+                                "{target:.3} ms is {:.1} ms from the predicted {current:.3} ms: \
+                                 waiting for a second report",
+                                target - current
+                            ));
+                        }
                     }
                 } else {
                     dev.pending.clear();
@@ -409,6 +586,7 @@ mod tests {
             ts_us: 0,
             applied_offset_ms: applied,
             reason: None,
+            step: false,
         }
     }
 

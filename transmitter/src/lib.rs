@@ -5,6 +5,7 @@
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod controller;
+pub mod controller_store;
 pub mod history;
 pub mod http;
 pub mod mqtt;
@@ -68,6 +69,9 @@ pub struct TransmitterConfig {
     pub history: history::HistoryConfig,
     /// Folder of signed update bundles to serve and announce (`updates`); `None`: none.
     pub updates_dir: Option<std::path::PathBuf>,
+    /// Folder where the transmitter keeps its state across restarts (the controller's
+    /// offsets, [`controller_store`]); `None`: nothing is kept.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for TransmitterConfig {
@@ -83,6 +87,7 @@ impl Default for TransmitterConfig {
             profiles_dir: None,
             history: history::HistoryConfig::default(),
             updates_dir: None,
+            state_dir: None,
         }
     }
 }
@@ -247,6 +252,10 @@ pub async fn start(
         }
     });
 
+    if let Some(dir) = &cfg.state_dir {
+        controller_store::restore(&controller, dir);
+        tokio::spawn(controller_store::keep(controller.clone(), dir.clone()));
+    }
     let keeper = cfg
         .profiles_dir
         .clone()

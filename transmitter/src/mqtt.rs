@@ -16,11 +16,44 @@ pub async fn run_controller(url: BrokerUrl, mut service: SyncService, clock: Arc
     let client_id = format!("syncstream-controller-{}", std::process::id());
     let (client, eventloop) = connect(&url, &client_id, None);
     let publisher = client.clone();
+    let service_controller = service.controller().clone();
+    // Once a second: offsets re-sent for devices that cannot measure now.
+    {
+        let (controller, publisher, clock) =
+            (service.controller().clone(), client.clone(), clock.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                for out in crate::sync_service::keepalive(&controller, clock.now_us()) {
+                    if let Err(e) = publisher.try_publish(
+                        out.topic.clone(),
+                        QoS::AtLeastOnce,
+                        true,
+                        out.payload,
+                    ) {
+                        warn!("cannot publish on {}: {e}", out.topic);
+                    }
+                }
+            }
+        });
+    }
     drive(
         client,
         eventloop,
         SyncService::subscriptions(),
-        |_| info!("sync controller connected to {url}"),
+        |c| {
+            info!("sync controller connected to {url}");
+            // The broker may have lost the retained offsets (a restart without
+            // persistence): publish them again.
+            for out in crate::sync_service::republish(service_controller.as_ref(), clock.now_us()) {
+                if let Err(e) =
+                    c.try_publish(out.topic.clone(), QoS::AtLeastOnce, true, out.payload)
+                {
+                    warn!("cannot publish on {}: {e}", out.topic);
+                }
+            }
+        },
         |p| {
             for out in service.on_message(&p.topic, &p.payload, clock.now_us()) {
                 if let Err(e) = publisher.try_publish(

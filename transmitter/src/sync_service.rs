@@ -150,12 +150,52 @@ impl SyncService {
         }
     }
 
+    /// What to publish at controller time `now_us` without a report (see
+    /// [`SyncController::keepalive`]); call it about once a second.
+    pub fn on_tick(&mut self, now_us: i64) -> Vec<Outgoing> {
+        keepalive(&self.controller, now_us)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, SyncController> {
         // The controller holds plain data; a panic elsewhere leaves it usable.
         self.controller
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Every locked device's offset of `controller` at `now_us`, as retained publishes
+/// (see [`SyncController::republish`]).
+pub fn republish(controller: &Mutex<SyncController>, now_us: i64) -> Vec<Outgoing> {
+    let offsets = controller
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .republish(now_us);
+    to_outgoing(offsets)
+}
+
+/// The keep-alive offsets of `controller` at `now_us`, as retained publishes (see
+/// [`SyncController::keepalive`]).
+pub fn keepalive(controller: &Mutex<SyncController>, now_us: i64) -> Vec<Outgoing> {
+    let offsets = controller
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .keepalive(now_us);
+    to_outgoing(offsets)
+}
+
+fn to_outgoing(offsets: Vec<syncstream_protocol::messages::BufferOffset>) -> Vec<Outgoing> {
+    offsets
+        .into_iter()
+        .filter_map(|o| {
+            let payload = serde_json::to_vec(&o).ok()?;
+            Some(Outgoing {
+                topic: topics::buffer_offset(&o.device),
+                payload,
+                retain: true,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -179,6 +219,7 @@ mod tests {
             ts_us: ts,
             applied_offset_ms: 10.0,
             reason: None,
+            step: false,
         })
         .unwrap()
     }

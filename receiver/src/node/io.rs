@@ -7,10 +7,10 @@
 //! broker and transmitter on virtual time.
 
 use syncstream_dsp::DelayEstimator;
-use syncstream_protocol::messages::{CalibrationResult, DriftReport};
+use syncstream_protocol::messages::CalibrationResult;
 use syncstream_protocol::wire::Frame;
 
-use crate::drift::DriftJob;
+use crate::drift::{DriftJob, DriftOutcome};
 use crate::test_tone::ToneJob;
 
 /// The transports and workers a receiver node uses.
@@ -79,8 +79,8 @@ impl Job {
     pub fn run(self) -> JobDone {
         match self {
             Job::Drift(j) => {
-                let (report, estimator) = j.run();
-                JobDone::Drift { report, estimator }
+                let (outcome, estimator) = j.run();
+                JobDone::Drift { outcome, estimator }
             }
             Job::Tone(j) => JobDone::Tone(j.run()),
         }
@@ -92,8 +92,8 @@ impl Job {
 pub enum JobDone {
     /// A drift estimate and the estimator it borrowed.
     Drift {
-        /// The report.
-        report: DriftReport,
+        /// The report, and what it taught about the device's own sound.
+        outcome: DriftOutcome,
         /// The estimator, handed back.
         estimator: Box<DelayEstimator>,
     },

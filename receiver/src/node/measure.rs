@@ -11,8 +11,19 @@ use tracing::{debug, info, warn};
 
 use super::{Job, JobDone, ReceiverIo, ReceiverNode, Window, WindowRequest, WINDOW_TIMEOUT_US};
 use crate::drift::{plan, DriftJob, PlayoutView};
+use crate::own_sound::STEP_HEIGHT_RATIO;
 use crate::realtime::ToRender;
 use crate::test_tone::{blocks_drift, ToneSession, DRIFT_QUIET_US};
+
+/// A tracking measurement with no estimate, a step, or a drift beyond this is
+/// followed up sooner, ms.
+pub const FOLLOW_UP_ABOVE_MS: f64 = 1.0;
+/// The follow-up measurement comes this long after, ms (its window shares half its
+/// audio with the last one).
+pub const FOLLOW_UP_AFTER_MS: i64 = 1000;
+/// Follow-ups in a row at most for one kind of report (no estimate, moved, weak),
+/// before the normal interval resumes.
+pub const MAX_FOLLOW_UPS: u32 = 2;
 
 impl ReceiverNode {
     /// Starts due measurements and finishes test tones whose recording is over.
@@ -59,6 +70,24 @@ impl ReceiverNode {
                 return;
             }
         };
+        if let Some((first_pts_us, samples)) =
+            self.reference.window(m.ref_start_us, m.ref_duration_ms)
+        {
+            // The source is here already: the decoded stream this receiver keeps.
+            self.counters.windows_local += 1;
+            if let Some(estimator) = self.estimator.take() {
+                io.run_job(Job::Drift(DriftJob {
+                    device: self.device.clone(),
+                    measurement: m,
+                    reference: samples,
+                    ref_first_pts_us: first_pts_us,
+                    estimator,
+                    own: self.own_sound.clone(),
+                }));
+            }
+            return;
+        }
+        self.counters.windows_fetched += 1;
         self.window_seq += 1;
         let req = WindowRequest {
             id: self.window_seq,
@@ -102,14 +131,55 @@ impl ReceiverNode {
             reference: window.samples,
             ref_first_pts_us: window.first_pts_us,
             estimator,
+            own: self.own_sound.clone(),
         }));
     }
 
     /// A job finished: publishes its result.
     pub fn on_job_done(&mut self, done: JobDone, now_us: i64, io: &mut impl ReceiverIo) {
         match done {
-            JobDone::Drift { report, estimator } => {
+            JobDone::Drift { outcome, estimator } => {
                 self.estimator = Some(estimator);
+                let report = outcome.report;
+                // The own peak much weaker than usual: part of the window may be
+                // something else already (a step just happened, the sound is fading).
+                let weak = outcome.observation.as_ref().is_some_and(|o| {
+                    self.own_sound
+                        .typical_z()
+                        .is_some_and(|t| o.own_z < STEP_HEIGHT_RATIO * t)
+                });
+                if let Some(o) = outcome.observation {
+                    self.own_sound.observe(o.own_z, o.gain_db, o.others);
+                }
+                // Something changed (the own sound is not where it was, or moved a
+                // little): look again sooner, a few times, rather than a whole
+                // interval later.
+                // What kind of report this is: in sync (0), nothing measured (1), the
+                // sound moved (2), the own peak weak (3).
+                let class = if !self.tracking {
+                    0
+                } else if report.step
+                    || report
+                        .drift_ms
+                        .is_some_and(|d| d.abs() > FOLLOW_UP_ABOVE_MS)
+                {
+                    2
+                } else if report.drift_ms.is_none() {
+                    1
+                } else if weak {
+                    3
+                } else {
+                    0
+                };
+                if class != self.last_class {
+                    self.follow_ups = 0;
+                }
+                self.last_class = class;
+                if class != 0 && self.follow_ups < MAX_FOLLOW_UPS {
+                    self.follow_ups += 1;
+                    self.next_measure_us =
+                        self.next_measure_us.min(now_us + FOLLOW_UP_AFTER_MS * 1000);
+                }
                 self.note_report(&report);
                 self.counters.reports += 1;
                 debug!(?report, "drift");

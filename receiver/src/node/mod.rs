@@ -39,9 +39,11 @@ use syncstream_shared::time::STREAM_SAMPLE_RATE;
 use crate::clock_sync::ClockSync;
 use crate::drift::{DriftConfig, Measurement, MicRecorder};
 use crate::offset::OffsetRamp;
+use crate::own_sound::OwnSound;
 use crate::playout::StreamParams;
 use crate::playout_log::PlayoutLog;
 use crate::realtime::{AudioControl, AudioStatsSnapshot, ToRender};
+use crate::reference::ReferenceRing;
 use crate::test_tone::ToneSession;
 
 /// Longest interval between two [`ReceiverNode::poll`] calls, µs: the audio rings are
@@ -105,6 +107,11 @@ pub struct NodeCounters {
     pub reports: u64,
     /// Buffer offsets applied.
     pub offsets_applied: u64,
+    /// Measurements whose source window came from the decoded stream the receiver
+    /// keeps.
+    pub windows_local: u64,
+    /// Measurements whose source window had to be fetched from the transmitter.
+    pub windows_fetched: u64,
 }
 
 /// A copy of what a node shows (for the demo's table and tests).
@@ -175,6 +182,14 @@ pub struct ReceiverNode {
     estimator: Option<Box<DelayEstimator>>,
     window_seq: u64,
     pending: Option<(u64, Measurement, i64)>,
+    /// The decoded stream's last seconds: the measurements' source windows.
+    reference: ReferenceRing,
+    /// What this device's own sound looks like in its correlations.
+    own_sound: OwnSound,
+    /// Measurements made sooner in a row (see `measure::MAX_FOLLOW_UPS`).
+    follow_ups: u32,
+    /// The kind of the last report, for the follow-ups.
+    last_class: u8,
     // Test tones.
     tone: Option<ToneSession>,
     tone_running: Option<Option<String>>,
@@ -233,6 +248,10 @@ impl ReceiverNode {
             estimator: Some(Box::new(DelayEstimator::new(STREAM_SAMPLE_RATE))),
             window_seq: 0,
             pending: None,
+            reference: ReferenceRing::default(),
+            own_sound: OwnSound::default(),
+            follow_ups: 0,
+            last_class: 0,
             tone: None,
             tone_running: None,
             quiet_until_us: i64::MIN,

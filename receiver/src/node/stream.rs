@@ -12,6 +12,7 @@ use crate::clock_sync::MAX_ABS_TIMESTAMP_US;
 use crate::offset::OffsetRamp;
 use crate::playout::StreamParams;
 use crate::realtime::ToRender;
+use crate::reference::ReferenceRing;
 
 /// Largest source sample index accepted (2⁵² samples: 3000 years at 48 kHz, and exact
 /// in f64).
@@ -135,7 +136,14 @@ impl ReceiverNode {
                 match decoder.decode(&payload, frames as usize, &mut self.pcm) {
                     // Decoder output i of this chunk holds source sample
                     // sample_index + i − codec delay; the playout accounts for that.
-                    Ok(()) => self.audio.push_audio(sample_index as i64, &self.pcm),
+                    Ok(()) => {
+                        let index = sample_index as i64;
+                        self.audio.push_audio(index, &self.pcm);
+                        if let Some(p) = self.params {
+                            let first = index - i64::from(p.codec_delay_samples);
+                            self.reference.push(first, &self.pcm, p.channels);
+                        }
+                    }
                     Err(e) => {
                         self.counters.frames_rejected += 1;
                         debug!(device = self.device, "chunk {sample_index}: {e}");
@@ -241,20 +249,28 @@ impl ReceiverNode {
         self.log.clear();
         self.played = false;
         self.audio.new_stream(params);
-        let same_transmitter = self.last_epoch_us == Some(params.epoch_us);
+        let same_stream = self.last_epoch_us == Some(params.epoch_us);
         self.last_epoch_us = Some(params.epoch_us);
-        if same_transmitter {
-            // The same transmitter process (its epoch is unchanged): its clock is the one
-            // clock sync knows, so playout resumes at once, in sync.
+        self.reference = ReferenceRing::new(
+            params.sample_rate,
+            params.epoch_us,
+            reference_seconds(&self.drift_cfg, params.playout_delay_us),
+        );
+        if same_stream {
+            // The same stream again (a reconnect after a network cut): its clock is the
+            // one clock sync knows, so playout resumes at once, in sync.
             if let Some(m) = self.clock.mapping() {
                 self.audio.send(ToRender::Clock(m));
             }
         } else {
-            // Another transmitter time base: clock sync starts afresh, and an offset's
-            // rate (referred to the old time base) is dropped; the offset stays.
-            let now_old_tx = self.clock.tx_from_local(now_us as f64).unwrap_or(f64::NAN);
-            self.offset = OffsetRamp::constant(self.offset.at_ms(now_old_tx));
-            self.clock.reset();
+            // A new stream (the transmitter restarted, or another one): playout waits
+            // for the next clock-sync answer. Clock sync itself goes on: a transmitter
+            // restarted on the same machine has the same clock, and its answers fit
+            // the filter at once; another clock makes them inconsistent, and the
+            // filter starts again from them by itself. An offset's rate is dropped
+            // (its reference time may be another clock's); the offset stays.
+            let now_tx = self.clock.tx_from_local(now_us as f64).unwrap_or(f64::NAN);
+            self.offset = OffsetRamp::constant(self.offset.at_ms(now_tx));
             self.audio.send(ToRender::ClockLost);
         }
         let offset = self.offset;
@@ -364,4 +380,13 @@ impl Hello {
             playout_delay_us: self.playout_delay_ms as i64 * 1000,
         })
     }
+}
+
+/// Seconds of decoded stream a receiver keeps for its measurements: the playout delay,
+/// a window and its wide search margin on both sides, and a second of slack.
+pub fn reference_seconds(cfg: &crate::drift::DriftConfig, playout_delay_us: i64) -> f64 {
+    playout_delay_us as f64 / 1e6
+        + cfg.window_ms as f64 / 1000.0
+        + 2.0 * cfg.acquire_margin_ms / 1000.0
+        + 1.0
 }

@@ -80,6 +80,7 @@ fn main() -> anyhow::Result<()> {
                     Ok(e) => serde_json::json!({
                         "delay_ms": e.delay_ms, "confidence": e.confidence,
                         "reason": e.reason, "time_us": us, "diag": est.diagnostics(),
+                        "coarse": e.coarse,
                     }),
                     Err(err) => serde_json::json!({"error": err.to_string()}),
                 };

@@ -7,11 +7,13 @@
 //! clock; the delay is positive when the recording lags the reference
 //! (`recording[n] ≈ g·reference[n − d]`).
 
-use super::confidence::{confidence, noise_threshold_z, robust_sigma, MIN_CONFIDENCE};
+use super::confidence::{
+    confidence, noise_threshold_z, robust_sigma, MIN_CONFIDENCE, RIVAL_HIGH, RIVAL_LOW,
+};
 use super::decimate::{Decimator, FACTOR};
 use super::gcc::{GccWorkspace, Weighting, Windows};
 use super::peak::{
-    choose_peak, choose_peak_within, main_lobe, parabolic_offset, refine_peak, rival_ratio,
+    choose_peak, choose_peak_within, main_lobe, parabolic_offset, refine_peak, rival_ratio, Peak,
     REFLECTION_WINDOW_MS,
 };
 
@@ -54,6 +56,35 @@ pub struct DelayEstimate {
     pub signal_strength_db: f64,
     /// Why there is no estimate, when `delay_ms` is `None`.
     pub reason: Option<String>,
+    /// When there is no precise estimate only because the signals share too little
+    /// bandwidth (bass only: a subwoofer, a bass passage), the coarse delay the
+    /// correlation still gives and how far it may be off (see [`CoarseDelay`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coarse: Option<CoarseDelay>,
+}
+
+/// A coarse delay: from a correlation peak too broad to place the direct path within
+/// 1 ms (narrow-band content in a reverberant room), but standing out of the noise
+/// with no rival beyond the reflections around it.
+///
+/// With bass only, the correlation's highest peak lies up to tens of milliseconds after
+/// the direct path (the sound builds up over the room's early reflections and modes):
+/// the direct path is taken to lie between the correlation's first rise towards that
+/// peak and the peak itself ([`EARLY_SOUND_MS`], [`ONSET_RATIO`]). `delay_ms` is the
+/// middle of that span and `uncertainty_ms` its half-width: a bound from the room's
+/// physics, not a statistical spread. `tools/eval_delay` reports how often the truth
+/// lies outside it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct CoarseDelay {
+    /// The delay, ms (same convention as [`DelayEstimate::delay_ms`]).
+    pub delay_ms: f64,
+    /// The true delay lies within ± this of `delay_ms`, ms.
+    pub uncertainty_ms: f64,
+    /// The band the estimate rests on (where 80 % of the correlation's weight lies),
+    /// Hz.
+    pub band_hz: [f64; 2],
+    /// Confidence that the peak is real and has no rival beyond its reflections, 0..=1.
+    pub confidence: f64,
 }
 
 /// Input the estimator cannot work on.
@@ -237,6 +268,81 @@ fn mean_and_level(x: &[f32]) -> Option<(f32, f64)> {
     Some((mean, 10.0 * e.max(1e-20).log10()))
 }
 
+/// Bass sound in a room builds up over the early reflections and the room's modes:
+/// the correlation's highest peak comes up to this long after the direct path (the
+/// "early" sound of room acoustics, as in the C80 clarity index), ms.
+pub const EARLY_SOUND_MS: f64 = 80.0;
+/// The direct path is taken to begin where the correlation, going back from its peak,
+/// first reaches this share of the peak's height.
+pub const ONSET_RATIO: f32 = 0.3;
+
+/// A coarse delay from a broad peak (see [`CoarseDelay`]): the correlation's first
+/// rise to [`ONSET_RATIO`] of the chosen `peak` within [`EARLY_SOUND_MS`] before it
+/// (`early`, samples) is the earliest the direct path can be, the peak (plus half its
+/// main lobe) the latest. Returns the middle of that span (index), its half-width
+/// (samples), and the confidence that no peak beyond the span rivals the chosen one
+/// (`window` samples after it are its reflections). `None` when one does, or the
+/// correlation is degenerate.
+fn coarse_delay(
+    values: &[f32],
+    peak: Peak,
+    (early, window): (usize, usize),
+    floor: f32,
+) -> Option<(f64, f64, f64)> {
+    let v = peak.value;
+    if v.is_nan() || v <= 0.0 || values.len() < 3 {
+        return None;
+    }
+    let i = peak.index;
+    let (lobe_lo, lobe_hi) = main_lobe(values, i);
+    let half_lobe = 0.5 * (lobe_hi - lobe_lo) as f64;
+    let from = i.saturating_sub(early);
+    let onset = (from..=i)
+        .find(|&k| values[k] >= ONSET_RATIO * v)
+        .unwrap_or(i);
+    let (first, last) = (onset as f64 - half_lobe, i as f64 + half_lobe);
+    let to = (i + window + 1).min(values.len());
+    let rival = (0..values.len())
+        .filter(|&k| !(from..to).contains(&k) && values[k] >= floor && is_local_max_at(values, k))
+        .map(|k| values[k] / v)
+        .fold(0.0f32, f32::max);
+    let p_unique = ((RIVAL_HIGH - rival as f64) / (RIVAL_HIGH - RIVAL_LOW)).clamp(0.0, 1.0);
+    if p_unique < MIN_CONFIDENCE {
+        return None;
+    }
+    Some((0.5 * (first + last), 0.5 * (last - first), p_unique))
+}
+
+fn is_local_max_at(values: &[f32], i: usize) -> bool {
+    let v = values[i];
+    (i == 0 || values[i - 1] <= v) && (i + 1 == values.len() || values[i + 1] < v)
+}
+
+/// The band holding the middle 80 % of a weighted cross-spectrum's weight (`|Ψ|` of
+/// an `fft_len`-point FFT at `fs` Hz), Hz.
+fn weighted_band(
+    spectrum: &[realfft::num_complex::Complex32],
+    fft_len: usize,
+    fs: f64,
+) -> [f64; 2] {
+    let total: f64 = spectrum.iter().map(|c| c.norm() as f64).sum();
+    let hz = |k: usize| k as f64 * fs / fft_len.max(1) as f64;
+    if total.is_nan() || total <= 0.0 {
+        return [0.0, 0.0];
+    }
+    let (mut acc, mut lo, mut hi) = (0.0, None, 0);
+    for (k, c) in spectrum.iter().enumerate() {
+        acc += c.norm() as f64;
+        if lo.is_none() && acc >= 0.1 * total {
+            lo = Some(k);
+        }
+        if acc <= 0.9 * total {
+            hi = k + 1;
+        }
+    }
+    [hz(lo.unwrap_or(0)), hz(hi.max(lo.unwrap_or(0)))]
+}
+
 /// Narrows the lags `lo..=hi` (samples) to those where at least half of the shorter
 /// window overlaps the other, when some of them are: at lags where the windows
 /// barely overlap, a correlation rests on a fraction of the data, with fewer blocks
@@ -403,6 +509,7 @@ impl DelayEstimator {
             confidence,
             signal_strength_db,
             reason: Some(reason),
+            coarse: None,
         };
         if signal_strength_db < SILENCE_DBFS {
             return Ok(no("the recording is silent".into(), 0.0));
@@ -513,11 +620,33 @@ impl DelayEstimator {
                     conf.z
                 )
             } else if conf.p_sharp < MIN_CONFIDENCE {
-                format!(
+                let why = format!(
                     "the correlation peak is too broad ({:.1} ms) to place the direct path \
                      within 1 ms (too little bandwidth in common)",
                     conf.lobe_ms
-                )
+                );
+                let samples = |ms: f64| (ms * s_fs / 1000.0) as usize;
+                let spans = (samples(EARLY_SOUND_MS), samples(REFLECTION_WINDOW_MS));
+                let coarse = coarse_delay(values, peak, spans, floor).map(
+                    |(index, half_width, p_unique)| {
+                        let lag = s_lo as f64 + index;
+                        let near = self.gcc.spectrum_near(
+                            searched,
+                            s_lo + peak.index as i64,
+                            (s_lo, s_hi),
+                        );
+                        CoarseDelay {
+                            delay_ms: lag * 1000.0 / s_fs,
+                            uncertainty_ms: half_width * 1000.0 / s_fs,
+                            band_hz: weighted_band(near.spectrum, near.fft_len, s_fs),
+                            confidence: conf.p_signal * p_unique,
+                        }
+                    },
+                );
+                return Ok(DelayEstimate {
+                    coarse,
+                    ..no(why, conf.value)
+                });
             } else {
                 format!(
                     "several correlation peaks of similar height (rival at {:.0} % of the best)",
@@ -553,6 +682,7 @@ impl DelayEstimator {
                 confidence: conf.value,
                 signal_strength_db,
                 reason: None,
+                coarse: None,
             });
         }
         // Fine stage: full rate, ±FINE_HALF_WIDTH samples around the coarse peak, on
@@ -597,6 +727,7 @@ impl DelayEstimator {
             confidence: conf.value,
             signal_strength_db,
             reason: None,
+            coarse: None,
         })
     }
 }
@@ -616,6 +747,43 @@ mod tests {
         let est = e.estimate(&r, &rec, &LagSearch::symmetric(100.0)).unwrap();
         assert!((est.delay_ms.unwrap() - 10.0).abs() < 0.01, "{est:?}");
         assert!(est.confidence > 0.9);
+    }
+
+    /// Bass-only sound whose strongest arrival comes 25 ms after the direct path (a
+    /// room mode building up): no precise estimate, a coarse one whose uncertainty
+    /// holds the direct path.
+    #[test]
+    fn bass_only_gives_an_honest_coarse_delay() {
+        let fs = 48_000usize;
+        // Noise through four one-pole low-passes at ~100 Hz.
+        let mut x = white_noise(3 * fs, 5, 0.5);
+        let a = (-2.0 * std::f32::consts::PI * 100.0 / fs as f32).exp();
+        for _ in 0..4 {
+            let mut y = 0.0f32;
+            for v in x.iter_mut() {
+                y = a * y + (1.0 - a) * *v;
+                *v = y;
+            }
+        }
+        let n = 2 * fs;
+        let (d, late) = (1_200usize, 1_200 + 1_200); // 25 ms direct, +25 ms the mode
+        let reference = &x[late..late + n];
+        let noise = white_noise(n, 9, 0.001);
+        let rec: Vec<f32> = (0..n)
+            .map(|k| 0.6 * x[late + k - d] + 1.0 * x[late + k - late] + noise[k])
+            .collect();
+        let mut e = DelayEstimator::new(fs as u32);
+        let est = e
+            .estimate(reference, &rec, &LagSearch::symmetric(200.0))
+            .unwrap();
+        assert_eq!(est.delay_ms, None, "{est:?}");
+        let c = est.coarse.expect("a coarse estimate");
+        assert!((c.delay_ms - 25.0).abs() <= c.uncertainty_ms, "{c:?}");
+        assert!(c.uncertainty_ms < 60.0, "{c:?}");
+        assert!(
+            c.band_hz[1] < 1000.0 && c.band_hz[0] < c.band_hz[1],
+            "{c:?}"
+        );
     }
 
     #[test]

@@ -13,6 +13,6 @@ pub mod gcc;
 pub mod peak;
 
 pub use delay::{
-    DelayEstimate, DelayEstimator, Diagnostics, EstimateError, LagSearch, OtherPeak,
+    CoarseDelay, DelayEstimate, DelayEstimator, Diagnostics, EstimateError, LagSearch, OtherPeak,
     MAX_OTHER_PEAKS,
 };

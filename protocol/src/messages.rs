@@ -113,6 +113,12 @@ pub struct DriftReport {
     /// waiting for several reports to agree. Omitted when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub step: bool,
+    /// Set on a coarse estimate (bass-only sound, too little bandwidth to place the
+    /// direct path within 1 ms): the true drift lies within ± this of `drift_ms`, ms.
+    /// The controller uses coarse estimates only to acquire or to catch gross errors,
+    /// never to fine-tune. Omitted on precise estimates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncertainty_ms: Option<f64>,
 }
 
 /// A corrective buffer offset, published by the sync controller on

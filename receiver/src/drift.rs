@@ -366,6 +366,7 @@ pub fn analyze(
         applied_offset_ms: m.applied_offset_ms,
         reason: None,
         step: false,
+        uncertainty_ms: None,
     };
     let mut observation = None;
     let fill = |report: &mut DriftReport, est: &syncstream_dsp::DelayEstimate| {
@@ -373,6 +374,14 @@ pub fn analyze(
         report.signal_strength_db = est.signal_strength_db;
         report.drift_ms = est.delay_ms.map(|d| d + delta_ms);
         report.reason = est.reason.clone();
+        report.uncertainty_ms = None;
+        if let (None, Some(c)) = (est.delay_ms, est.coarse) {
+            // Bass only: a coarse drift with its uncertainty (the controller never
+            // fine-tunes with it).
+            report.drift_ms = Some(c.delay_ms + delta_ms);
+            report.uncertainty_ms = Some(c.uncertainty_ms);
+            report.confidence = c.confidence;
+        }
     };
     let mut search_wide = !m.tracking;
     if m.tracking {
@@ -394,6 +403,7 @@ pub fn analyze(
         };
         match estimator.estimate(narrow_ref, &recording, &search) {
             Ok(est) => {
+                // Only a precise estimate can show the own sound where it belongs.
                 let drift = est.delay_ms.map(|d| d + delta_ms - shift_ms);
                 match drift {
                     Some(d) if d.abs() <= GATE_MS => {
@@ -418,7 +428,11 @@ pub fn analyze(
                         let silent = est.signal_strength_db < syncstream_dsp::delay::SILENCE_DBFS
                             || est.reason.as_deref().is_some_and(|r| r.contains("silent"));
                         fill(&mut report, &est);
-                        report.drift_ms = drift;
+                        if est.delay_ms.is_some() {
+                            report.drift_ms = drift;
+                        } else if let Some(d) = report.drift_ms.as_mut() {
+                            *d -= shift_ms; // a coarse estimate, on the narrow window
+                        }
                         search_wide = !silent;
                     }
                 }
@@ -462,8 +476,10 @@ fn judge_wide(report: &mut DriftReport, estimator: &DelayEstimator, own: &OwnSou
         ));
         return;
     };
-    if drift.abs() <= GATE_MS {
-        return; // the own sound after all (the narrow search was misled)
+    if drift.abs() <= GATE_MS || report.uncertainty_ms.is_some() {
+        // The own sound after all (the narrow search was misled), or a coarse
+        // estimate, which is never a step.
+        return;
     }
     let z = estimator.diagnostics().map_or(0.0, |d| d.z);
     if std::env::var_os("SYNCSTREAM_DIAG").is_some() {

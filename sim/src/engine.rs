@@ -257,7 +257,7 @@ struct World {
     /// Network cuts: (from, until, device or all).
     outages: Vec<(i64, i64, Option<usize>)>,
     /// Controller counters (used, ignored, outliers, steps) of runs before a restart.
-    past_counts: std::collections::BTreeMap<String, (u64, u64, u64, u64)>,
+    past_counts: std::collections::BTreeMap<String, crate::evening::ReportCounts>,
     /// What the controller last kept (its state file).
     persisted: syncstream_transmitter::controller::PersistedState,
 }
@@ -588,11 +588,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         .snapshot();
     let mut counts = world.past_counts.clone();
     for (name, d) in &controller {
-        let c = counts.entry(name.clone()).or_default();
-        c.0 += d.used;
-        c.1 += d.ignored;
-        c.2 += d.outliers;
-        c.3 += d.steps;
+        counts.entry(name.clone()).or_default().add(d);
     }
     evening.attach(&mut report, &totals, &counts);
     Ok(report)
@@ -827,11 +823,7 @@ fn transmitter_back(
         .unwrap_or_else(|e| e.into_inner())
         .snapshot();
     for (name, d) in old {
-        let c = world.past_counts.entry(name).or_default();
-        c.0 += d.used;
-        c.1 += d.ignored;
-        c.2 += d.outliers;
-        c.3 += d.steps;
+        world.past_counts.entry(name).or_default().add(&d);
     }
     world.service = new_service(sc);
     world

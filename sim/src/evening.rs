@@ -72,7 +72,7 @@ pub struct EventReport {
 }
 
 /// Drift reports of one device.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReportCounts {
     /// Device.
     pub device: String,
@@ -87,6 +87,19 @@ pub struct ReportCounts {
     pub outliers: u64,
     /// Used as latency steps, followed at once.
     pub steps: u64,
+    /// Coarse estimates (bass only) among them.
+    pub coarse: u64,
+}
+
+impl ReportCounts {
+    /// Adds a controller's counts of this device (over one run of the controller).
+    pub fn add(&mut self, d: &syncstream_transmitter::controller::DeviceSync) {
+        self.used += d.used;
+        self.ignored += d.ignored;
+        self.outliers += d.outliers;
+        self.steps += d.steps;
+        self.coarse += d.coarse;
+    }
 }
 
 /// One device's offset at a sample time: the ramp its receiver follows (`None` while
@@ -242,7 +255,7 @@ impl EveningLog {
         &self,
         report: &mut Report,
         totals: &[Totals],
-        controller: &BTreeMap<String, (u64, u64, u64, u64)>,
+        controller: &BTreeMap<String, ReportCounts>,
     ) {
         let series = self.pairwise();
         let end_us = self.end.as_ref().map_or(0, |(t, _)| t - self.origin_us);
@@ -342,10 +355,11 @@ impl EveningLog {
             report.drift_reports.push(ReportCounts {
                 device: d.name.clone(),
                 made: totals.get(i).map_or(0, |t| t.0),
-                used: c.map_or(0, |c| c.0),
-                ignored: c.map_or(0, |c| c.1),
-                outliers: c.map_or(0, |c| c.2),
-                steps: c.map_or(0, |c| c.3),
+                used: c.map_or(0, |c| c.used),
+                ignored: c.map_or(0, |c| c.ignored),
+                outliers: c.map_or(0, |c| c.outliers),
+                steps: c.map_or(0, |c| c.steps),
+                coarse: c.map_or(0, |c| c.coarse),
             });
         }
     }

@@ -31,6 +31,11 @@
 //!   rate that the receiver applies continuously. Changes below `deadband_ms` are not
 //!   sent, but an offset with a rate is re-sent every `refresh_s` of report time, since
 //!   receivers stop extrapolating a rate that is not refreshed.
+//! - Coarse reports (with `uncertainty_ms`: bass-only sound, a subwoofer) never
+//!   fine-tune: one that agrees with the offset within its uncertainty (plus
+//!   `outlier_ms`) is ignored; two in a row that agree with each other but not with the
+//!   offset (or with no offset yet) move the offset to them and put the device back to
+//!   acquiring, so that the next precise report locks it.
 //! - Every offset is clamped to what the device's buffer can do
 //!   ([`syncstream_shared::limits::OffsetLimits`] of the playout delay).
 //! - State is bounded: per device a fixed number of pending targets and of offset
@@ -48,6 +53,8 @@ use syncstream_shared::stats::median;
 pub const MAX_REPORT_AGE_US: i64 = 60_000_000;
 /// Largest |drift| believed, ms.
 pub const MAX_DRIFT_MS: f64 = 10_000.0;
+/// Largest uncertainty of a coarse report believed, ms.
+pub const MAX_UNCERTAINTY_MS: f64 = 1000.0;
 /// Most devices tracked at once.
 pub const MAX_DEVICES: usize = 256;
 /// A device not measured for this long gets no more [`SyncController::keepalive`]
@@ -134,6 +141,8 @@ pub struct DeviceSync {
     pub outliers: u64,
     /// Latency steps followed at once (reports flagged `step`).
     pub steps: u64,
+    /// Coarse reports (bass only) received.
+    pub coarse: u64,
     /// Offsets published.
     pub seq: u64,
     /// Estimated drift of the device's latency, ms/s.
@@ -151,6 +160,9 @@ pub struct DeviceSync {
     last_seen_us: i64,
     #[serde(skip)]
     pending: Vec<f64>,
+    /// Coarse targets waiting for a second that agrees: (target, uncertainty), ms.
+    #[serde(skip)]
+    coarse_pending: Vec<(f64, f64)>,
     /// Offset history: (report ts_us, applied offset ms).
     #[serde(skip)]
     pub offset_history: VecDeque<(i64, f64)>,
@@ -168,6 +180,7 @@ impl DeviceSync {
             ignored: 0,
             outliers: 0,
             steps: 0,
+            coarse: 0,
             seq: 0,
             rate_ms_per_s: 0.0,
             last_ts_us: None,
@@ -175,6 +188,7 @@ impl DeviceSync {
             last_publish_ts_us: None,
             last_seen_us: 0,
             pending: Vec::new(),
+            coarse_pending: Vec::new(),
             offset_history: VecDeque::new(),
         }
     }
@@ -296,6 +310,63 @@ impl SyncController {
         out
     }
 
+    /// A coarse report (see the module docs): acquires, or catches a gross error, never
+    /// fine-tunes.
+    fn on_coarse(
+        cfg: &ControllerConfig,
+        dev: &mut DeviceSync,
+        r: &DriftReport,
+        target: f64,
+        uncertainty_ms: f64,
+    ) -> Decision {
+        dev.coarse += 1;
+        let dt_s = dev.last_ts_us.map_or(0.0, |t| {
+            ((r.ts_us as f64 - t as f64) / 1e6).clamp(0.0, 60.0)
+        });
+        let current = dev.offset_ms.map(|o| o + dev.rate_ms_per_s * dt_s);
+        if let Some(c) = current {
+            if (target - c).abs() <= uncertainty_ms + cfg.outlier_ms {
+                dev.coarse_pending.clear();
+                return Decision::Ignored(format!(
+                    "coarse estimate (± {uncertainty_ms:.1} ms) agrees with the offset; coarse \
+                     estimates never fine-tune"
+                ));
+            }
+        }
+        dev.coarse_pending.push((target, uncertainty_ms));
+        if dev.coarse_pending.len() > 2 {
+            dev.coarse_pending.remove(0);
+        }
+        let [(a, ua), (b, ub)] = dev.coarse_pending[..] else {
+            return Decision::Ignored(format!(
+                "coarse estimate {target:.1} ± {uncertainty_ms:.1} ms: waiting for a second"
+            ));
+        };
+        if (a - b).abs() > ua.max(ub) {
+            return Decision::Ignored(format!("coarse estimates {a:.1} and {b:.1} ms disagree"));
+        }
+        // Two coarse estimates agree, and the offset is unknown or grossly off: move
+        // there, and acquire again (a precise report then locks).
+        dev.coarse_pending.clear();
+        dev.pending.clear();
+        dev.state = LockState::Acquiring;
+        dev.rate_ms_per_s = 0.0;
+        dev.published_rate_ms_per_s = 0.0;
+        dev.used += 1;
+        let offset = cfg.limits.clamp(0.5 * (a + b));
+        dev.offset_ms = Some(offset);
+        dev.last_ts_us = Some(r.ts_us);
+        dev.last_publish_ts_us = Some(r.ts_us);
+        dev.seq += 1;
+        Decision::Publish(BufferOffset {
+            device: r.device.clone(),
+            offset_ms: offset,
+            seq: dev.seq,
+            rate_ms_per_s: 0.0,
+            ref_us: r.ts_us,
+        })
+    }
+
     /// What the controller keeps across a restart: every locked device's offset, its
     /// rate and the report time both hold at.
     pub fn persisted(&self) -> PersistedState {
@@ -396,6 +467,13 @@ impl SyncController {
         if !(0.0..=1.0).contains(&r.confidence) {
             return Err(format!("confidence {} is outside 0..=1", r.confidence));
         }
+        if let Some(u) = r.uncertainty_ms {
+            if !(u.is_finite() && u > 0.0 && u <= MAX_UNCERTAINTY_MS) {
+                return Err(format!(
+                    "uncertainty_ms {u} is outside 0 to {MAX_UNCERTAINTY_MS}"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -436,6 +514,10 @@ impl SyncController {
         }
         let target = r.applied_offset_ms + drift;
         dev.last_target_ms = Some(target);
+        if let Some(u) = r.uncertainty_ms {
+            return Self::on_coarse(&cfg, dev, r, target, u);
+        }
+        dev.coarse_pending.clear();
         dev.offset_history.push_back((r.ts_us, r.applied_offset_ms));
         while dev.offset_history.len() > OFFSET_HISTORY {
             dev.offset_history.pop_front();
@@ -587,6 +669,7 @@ mod tests {
             applied_offset_ms: applied,
             reason: None,
             step: false,
+            uncertainty_ms: None,
         }
     }
 
@@ -624,6 +707,57 @@ mod tests {
             last_err = err;
         }
         assert!(last_err < 0.01);
+    }
+
+    fn coarse(drift: f64, u: f64, applied: f64) -> DriftReport {
+        DriftReport {
+            uncertainty_ms: Some(u),
+            ..report(Some(drift), 0.9, applied)
+        }
+    }
+
+    #[test]
+    fn coarse_reports_acquire_and_catch_gross_errors_but_never_fine_tune() {
+        let mut c = SyncController::new(ControllerConfig::default());
+        // Locked precisely at 112 ms.
+        assert!((offset(on(&mut c, report(Some(42.0), 0.995, 70.0))) - 112.0).abs() < 1e-9);
+        // Coarse reports within their uncertainty of it change nothing.
+        for d in [8.0, -6.0, 12.0] {
+            assert!(matches!(
+                on(&mut c, coarse(d, 15.0, 112.0)),
+                Decision::Ignored(_)
+            ));
+        }
+        assert_eq!(c.device("tv").unwrap().offset_ms, Some(112.0));
+        // A gross error (the subwoofer's amplifier now adds 150 ms): one coarse report
+        // is not enough, two that agree move it and the device acquires again.
+        assert!(matches!(
+            on(&mut c, coarse(150.0, 15.0, 112.0)),
+            Decision::Ignored(_)
+        ));
+        let o = offset(on(&mut c, coarse(156.0, 15.0, 112.0)));
+        assert!((o - 265.0).abs() < 1e-9, "{o}");
+        assert_eq!(c.device("tv").unwrap().state, LockState::Acquiring);
+        // A precise report then locks it.
+        assert!((offset(on(&mut c, report(Some(-3.0), 0.995, o))) - 262.0).abs() < 1e-9);
+        // From nothing: two agreeing coarse reports give a first offset.
+        let mut c = SyncController::new(ControllerConfig::default());
+        assert!(matches!(
+            on(&mut c, coarse(30.0, 10.0, 5.0)),
+            Decision::Ignored(_)
+        ));
+        assert!(matches!(
+            on(&mut c, coarse(80.0, 10.0, 5.0)),
+            Decision::Ignored(_)
+        ));
+        assert!((offset(on(&mut c, coarse(84.0, 10.0, 5.0))) - 87.0).abs() < 1e-9);
+        // Absurd uncertainties are refused.
+        for u in [0.0, -1.0, f64::NAN, 5000.0] {
+            assert!(matches!(
+                on(&mut c, coarse(1.0, u, 5.0)),
+                Decision::Ignored(_)
+            ));
+        }
     }
 
     #[test]

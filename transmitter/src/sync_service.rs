@@ -220,6 +220,7 @@ mod tests {
             applied_offset_ms: 10.0,
             reason: None,
             step: false,
+            uncertainty_ms: None,
         })
         .unwrap()
     }

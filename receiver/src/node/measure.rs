@@ -56,6 +56,7 @@ impl ReceiverNode {
         };
         self.window_seq += 1;
         let req = WindowRequest {
+            stream: self.stream.clone(),
             id: self.window_seq,
             start_us: m.ref_start_us,
             duration_ms: m.ref_duration_ms,

@@ -159,13 +159,23 @@ function makeCard(name) {
   const card = el("div", { class: "card", "data-device": name, draggable: "true" });
   card.addEventListener("dragstart", (e) => e.dataTransfer.setData("text/plain", name));
   const knob = el("input", { type: "range", class: "adjust", min: -KNOB_MAX_MS, max: KNOB_MAX_MS, step: "0.1", value: "0", "aria-label": "manual offset" });
+  // Trims go out one after the other, each from the last one asked for, so quick
+  // steps add up whatever order the answers come in.
+  let target = null;
+  let chain = Promise.resolve();
+  const setAdjust = (v) => {
+    target = v;
+    chain = chain
+      .then(() => api("PUT", `/devices/${name}/adjust`, { manual_adjust_ms: v }))
+      .then((dev) => { if (target === v) { target = null; S.devices.set(name, dev); renderDevice(dev); } })
+      .catch(() => { target = null; });
+  };
   const adjustBy = (step) => () => {
     const d = S.devices.get(name);
-    const v = Math.round(((d ? d.manual_adjust_ms : 0) + step) * 10) / 10;
-    api("PUT", `/devices/${name}/adjust`, { manual_adjust_ms: v }).then((dev) => { S.devices.set(name, dev); renderDevice(dev); }).catch(() => {});
+    const base = target !== null ? target : d ? d.manual_adjust_ms : 0;
+    setAdjust(Math.round((base + step) * 10) / 10);
   };
-  knob.addEventListener("change", () =>
-    api("PUT", `/devices/${name}/adjust`, { manual_adjust_ms: Number(knob.value) }).then((dev) => { S.devices.set(name, dev); renderDevice(dev); }).catch(() => {}));
+  knob.addEventListener("change", () => setAdjust(Number(knob.value)));
   const volume = el("input", { type: "range", class: "volume", min: "0", max: "100", step: "1", "aria-label": "volume" });
   volume.addEventListener("change", () => api("PUT", `/devices/${name}/volume`, { volume: Number(volume.value) / 100 }).catch(() => {}));
   const mute = el("button", { class: "mute", onclick: () => {
@@ -262,7 +272,7 @@ function drawSpark(name) {
   if (!c.plot) {
     c.plot = new uPlot({
       width, height: 90, legend: { show: false }, cursor: { show: false },
-      scales: { x: { time: false } },
+      scales: { x: { time: false }, y: { range: (u, lo, hi) => [Math.min(lo ?? 0, -0.5), Math.max(hi ?? 0, 0.5)] } },
       axes: [{ stroke: "#8d97a5", size: 24, values: (u, v) => v.map((s) => `${Math.round(s)}s`) },
              { stroke: "#8d97a5", size: 52, values: (u, v) => v.map((s) => s.toFixed(2)) }],
       series: [{}, { label: "residual ms", stroke: "#5aa9f0", width: 1.5, points: { size: 3 } }],

@@ -35,6 +35,11 @@ impl ReceiverNode {
         if self.pending.is_some() || self.estimator.is_none() {
             return; // the previous measurement is still in flight
         }
+        if self.silent() {
+            // Its microphone would hear only the other speakers.
+            debug!(device = self.device, "muted, stopped or nearly silent: no drift measurement");
+            return;
+        }
         let view = PlayoutView {
             params: self.params,
             offset: &self.offset,

@@ -59,6 +59,9 @@ pub const MIC_HISTORY_S: f64 = 4.0;
 pub const WINDOW_TIMEOUT_US: i64 = 5_000_000;
 /// Outstanding clock-sync requests remembered (answers to others are refused).
 pub const MAX_OUTSTANDING_REQUESTS: usize = 64;
+/// Below this output gain (device volume × group volume) a receiver does not measure
+/// its drift: its microphone would mostly hear the other speakers.
+pub const MIN_MEASURE_GAIN: f64 = 0.1;
 /// Largest MQTT payload handled, bytes (bigger ones are dropped with a warning).
 pub const MAX_MQTT_PAYLOAD: usize = 64 * 1024;
 
@@ -420,6 +423,15 @@ impl ReceiverNode {
             ),
             Err(e) => tracing::warn!("cannot encode the status: {e}"),
         }
+    }
+
+    /// Whether the output is silent or nearly (muted, stopped, or a gain below
+    /// [`MIN_MEASURE_GAIN`]): then the drift is not measured.
+    fn silent(&self) -> bool {
+        self.muted
+            || self.group_muted
+            || self.stopped
+            || self.volume * self.group_volume < MIN_MEASURE_GAIN
     }
 
     /// Tells the render callback the gain and mute in effect: the device's own times

@@ -202,6 +202,46 @@ async fn a_person_uses_the_dashboard() {
     );
     let o = spy.last("syncstream/buffer_offset/kitchen").unwrap()["offset_ms"].as_f64().unwrap();
     assert!((o - kitchen_offset).abs() < 0.1, "muted kitchen's offset moved: {kitchen_offset} → {o}");
+    // Unmute kitchen, and calibrate every device at once from the dashboard: progress,
+    // then each measured latency (the room's hidden truth: kitchen 31.5 ms, tv 112 ms,
+    // cast 262.5 ms) with its impulse response plotted.
+    c.find(Locator::Css(".card[data-device='kitchen'] button.mute"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("kitchen unmuted on MQTT", Duration::from_secs(5), || async {
+        (spy.last("syncstream/settings/kitchen")?["muted"] == false).then_some(())
+    })
+    .await;
+    c.find(Locator::Css("#cal-simultaneous")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("#cal-start")).await.unwrap().click().await.unwrap();
+    until("calibration progress on the page", Duration::from_secs(5), || async {
+        let st = text(&c, ".cal-dev[data-cal-device='tv'] .st").await?;
+        ["pending", "measuring", "done"].contains(&st.as_str()).then_some(())
+    })
+    .await;
+    for (device, truth) in [("kitchen", 31.5), ("tv", 112.0), ("cast", 262.5)] {
+        let shown = until(&format!("{device}'s calibration result"), Duration::from_secs(60), || async {
+            let box_css = format!(".cal-dev[data-cal-device='{device}']");
+            let st = text(&c, &format!("{box_css} .st")).await?;
+            assert_ne!(st, "failed", "{device}: calibration failed: {:?}", text(&c, &box_css).await);
+            if st != "done" {
+                return None;
+            }
+            c.find(Locator::Css(&format!("{box_css} .uplot"))).await.ok()?;
+            text(&c, &box_css).await
+        })
+        .await;
+        let ms: f64 = shown
+            .split("latency ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{device}: no latency in {shown:?}"));
+        assert!((ms - truth).abs() < 1.0, "{device}: calibrated {ms} ms, truly {truth} ms");
+    }
     let png = c.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
     let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");

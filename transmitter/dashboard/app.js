@@ -272,7 +272,7 @@ function drawSpark(name) {
   if (!c.plot) {
     c.plot = new uPlot({
       width, height: 90, legend: { show: false }, cursor: { show: false },
-      scales: { x: { time: false }, y: { range: (u, lo, hi) => [Math.min(lo ?? 0, -0.5), Math.max(hi ?? 0, 0.5)] } },
+      scales: { x: { time: false, range: (u, lo) => [Math.min(lo ?? -60, -60), 0] }, y: { range: (u, lo, hi) => [Math.min(lo ?? 0, -0.5), Math.max(hi ?? 0, 0.5)] } },
       axes: [{ stroke: "#8d97a5", size: 24, values: (u, v) => v.map((s) => `${Math.round(s)}s`) },
              { stroke: "#8d97a5", size: 52, values: (u, v) => v.map((s) => s.toFixed(2)) }],
       series: [{}, { label: "residual ms", stroke: "#5aa9f0", width: 1.5, points: { size: 3 } }],

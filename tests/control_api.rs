@@ -312,6 +312,23 @@ async fn the_api_and_mqtt_are_two_doors_to_one_state() {
     })
     .await;
     assert!(good.iter().all(|d| d.abs() < 0.5), "kitchen's drift on the new stream: {good:?}");
+    // A stream added and one removed at runtime (the added one persists).
+    for (method, path, body) in [
+        ("PUT", "/streams/beep", Some(r#"{"uri":"tone:///?freq=300"}"#)),
+        ("PUT", "/streams/gone", Some(r#"{"uri":"tone"}"#)),
+        ("DELETE", "/streams/gone", None),
+    ] {
+        let (s, v) = call(&http, method, &format!("{api}{path}"), body).await;
+        assert_eq!(s, 200, "{method} {path}: {v}");
+    }
+    let (_, streams) = call(&http, "GET", &format!("{api}/streams"), None).await;
+    let names: Vec<&str> = streams["streams"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["beep", "default", "radio"], "{streams}");
+    until("the streams on MQTT", Duration::from_secs(3), || async {
+        let s = spy.last("syncstream/streams")?;
+        (s["streams"].as_array()?.len() == 3).then_some(())
+    })
+    .await;
     // A trim to persist, then stop the demo: its report is the room's ground truth.
     call(&http, "PUT", &format!("{api}/devices/cast/adjust"), Some(r#"{"manual_adjust_ms":0.3}"#)).await;
     demo.interrupt();
@@ -358,6 +375,9 @@ async fn the_api_and_mqtt_are_two_doors_to_one_state() {
             .then_some(())
     })
     .await;
+    let (_, streams) = call(&http, "GET", &format!("{api2}/streams"), None).await;
+    let beep = streams["streams"].as_array().unwrap().iter().find(|s| s["name"] == "beep");
+    assert_eq!(beep.map(|b| b["added_at_runtime"].clone()), Some(Value::Bool(true)), "{streams}");
     until("kitchen plays the radio stream again", Duration::from_secs(20), || async {
         (spy2.last("syncstream/status/kitchen")?["stream"] == "radio").then_some(())
     })

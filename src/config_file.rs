@@ -194,7 +194,11 @@ impl TransmitterFile {
         for s in &self.streams {
             push(&mut a, "--stream", Some(s));
         }
-        push(&mut a, "--state-dir", self.state_dir.as_ref().map(|p| p.display()));
+        push(
+            &mut a,
+            "--state-dir",
+            self.state_dir.as_ref().map(|p| p.display()),
+        );
         if self.loop_file {
             a.push("--loop".into());
         }

@@ -36,7 +36,10 @@ async fn browser(profile: &std::path::Path) -> (Driver, Client) {
             .spawn()
             .expect("chromedriver must be installed (apt-get install chromium-driver)"),
     );
-    assert!(common::wait_for_port(port, Duration::from_secs(20)), "chromedriver did not start");
+    assert!(
+        common::wait_for_port(port, Duration::from_secs(20)),
+        "chromedriver did not start"
+    );
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -70,24 +73,40 @@ async fn a_person_uses_the_dashboard() {
     let http = reqwest::Client::new();
     let spy = Spy::start(demo.mqtt).await;
     let (_driver, c) = browser(&dir.path().join("profile")).await;
-    c.goto(&format!("http://127.0.0.1:{}/", demo.http)).await.unwrap();
+    c.goto(&format!("http://127.0.0.1:{}/", demo.http))
+        .await
+        .unwrap();
 
     // Three cards, each with a live drift value (a number of ms, from the WebSocket):
     // once the devices are in sync, within 1 ms.
-    until("three cards with drift values within 1 ms", Duration::from_secs(40), || async {
-        let cards = c.find_all(Locator::Css(".card[data-device]")).await.ok()?;
-        if cards.len() != 3 {
-            return None;
-        }
-        for card in &cards {
-            let drift = card.find(Locator::Css(".drift")).await.ok()?.text().await.ok()?;
-            let v = drift.trim_end_matches(" ms").trim_start_matches('+').parse::<f64>().ok()?;
-            if v.abs() >= 1.0 {
+    until(
+        "three cards with drift values within 1 ms",
+        Duration::from_secs(40),
+        || async {
+            let cards = c.find_all(Locator::Css(".card[data-device]")).await.ok()?;
+            if cards.len() != 3 {
                 return None;
             }
-        }
-        Some(())
-    })
+            for card in &cards {
+                let drift = card
+                    .find(Locator::Css(".drift"))
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                let v = drift
+                    .trim_end_matches(" ms")
+                    .trim_start_matches('+')
+                    .parse::<f64>()
+                    .ok()?;
+                if v.abs() >= 1.0 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
     .await;
     assert_eq!(text(&c, "#link").await.as_deref(), Some("live"));
     let before = until("tv's offset on MQTT", Duration::from_secs(20), || async {
@@ -96,7 +115,10 @@ async fn a_person_uses_the_dashboard() {
     .await;
 
     // Turn tv's offset knob: five fine steps with the keyboard, one coarse step.
-    let knob = c.find(Locator::Css(".card[data-device='tv'] input.adjust")).await.unwrap();
+    let knob = c
+        .find(Locator::Css(".card[data-device='tv'] input.adjust"))
+        .await
+        .unwrap();
     knob.click().await.unwrap();
     let right: String = std::iter::repeat_n(char::from(Key::Right), 5).collect();
     knob.send_keys(&right).await.unwrap();
@@ -115,17 +137,29 @@ async fn a_person_uses_the_dashboard() {
         while !trimmed() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }).await.is_err() {
+    })
+    .await
+    .is_err()
+    {
         panic!(
             "tv's offset on MQTT: before {before}, now {:?}; API: {}; card: {:?}",
-            spy.all("syncstream/buffer_offset/tv").iter().map(|v| v["offset_ms"].clone()).collect::<Vec<_>>(),
-            call(&http, "GET", &format!("{api}/devices/tv"), None).await.1,
+            spy.all("syncstream/buffer_offset/tv")
+                .iter()
+                .map(|v| v["offset_ms"].clone())
+                .collect::<Vec<_>>(),
+            call(&http, "GET", &format!("{api}/devices/tv"), None)
+                .await
+                .1,
             text(&c, ".card[data-device='tv'] .adjust-value").await
         );
     }
-    until("the card shows the trim", Duration::from_secs(5), || async {
-        (text(&c, ".card[data-device='tv'] .adjust-value").await? == "+1.5 ms").then_some(())
-    })
+    until(
+        "the card shows the trim",
+        Duration::from_secs(5),
+        || async {
+            (text(&c, ".card[data-device='tv'] .adjust-value").await? == "+1.5 ms").then_some(())
+        },
+    )
     .await;
 
     // Mute kitchen.
@@ -138,16 +172,23 @@ async fn a_person_uses_the_dashboard() {
         .click()
         .await
         .unwrap();
-    until("kitchen muted on MQTT and on its card", Duration::from_secs(5), || async {
-        let muted = spy.last("syncstream/settings/kitchen")?["muted"] == true;
-        let label = text(&c, ".card[data-device='kitchen'] button.mute").await?;
-        (muted && label == "Unmute").then_some(())
-    })
+    until(
+        "kitchen muted on MQTT and on its card",
+        Duration::from_secs(5),
+        || async {
+            let muted = spy.last("syncstream/settings/kitchen")?["muted"] == true;
+            let label = text(&c, ".card[data-device='kitchen'] button.mute").await?;
+            (muted && label == "Unmute").then_some(())
+        },
+    )
     .await;
     let kitchen_reports = spy.all("syncstream/drift/kitchen").len();
 
     // A new group on the tone stream, and cast moved into it.
-    let form_name = c.find(Locator::Css("#new-group input[name='name']")).await.unwrap();
+    let form_name = c
+        .find(Locator::Css("#new-group input[name='name']"))
+        .await
+        .unwrap();
     form_name.send_keys("patio").await.unwrap();
     c.find(Locator::Css("#new-group select"))
         .await
@@ -155,17 +196,35 @@ async fn a_person_uses_the_dashboard() {
         .select_by_value("tone")
         .await
         .unwrap();
-    c.find(Locator::Css("#new-group button")).await.unwrap().click().await.unwrap();
-    until("the new group on the page", Duration::from_secs(5), || async {
-        c.find(Locator::Css(".group[data-group='patio']")).await.ok().map(|_| ())
-    })
+    c.find(Locator::Css("#new-group button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        "the new group on the page",
+        Duration::from_secs(5),
+        || async {
+            c.find(Locator::Css(".group[data-group='patio']"))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
     .await;
-    until("patio in cast's group list", Duration::from_secs(5), || async {
-        c.find(Locator::Css(".card[data-device='cast'] .group-select option[value='patio']"))
+    until(
+        "patio in cast's group list",
+        Duration::from_secs(5),
+        || async {
+            c.find(Locator::Css(
+                ".card[data-device='cast'] .group-select option[value='patio']",
+            ))
             .await
             .ok()
             .map(|_| ())
-    })
+        },
+    )
     .await;
     c.find(Locator::Css(".card[data-device='cast'] .group-select"))
         .await
@@ -173,26 +232,41 @@ async fn a_person_uses_the_dashboard() {
         .select_by_value("patio")
         .await
         .unwrap();
-    until("cast in patio, on the tone stream", Duration::from_secs(5), || async {
-        let (_, g): (u16, Value) = call(&http, "GET", &format!("{api}/groups"), None).await;
-        let patio = g["groups"].as_array()?.iter().find(|g| g["name"] == "patio")?.clone();
-        let shown = text(&c, ".card[data-device='cast'] .stream").await?;
-        (patio["devices"] == json!(["cast"]) && patio["stream"] == "tone" && shown == "tone").then_some(())
-    })
+    until(
+        "cast in patio, on the tone stream",
+        Duration::from_secs(5),
+        || async {
+            let (_, g): (u16, Value) = call(&http, "GET", &format!("{api}/groups"), None).await;
+            let patio = g["groups"]
+                .as_array()?
+                .iter()
+                .find(|g| g["name"] == "patio")?
+                .clone();
+            let shown = text(&c, ".card[data-device='cast'] .stream").await?;
+            (patio["devices"] == json!(["cast"]) && patio["stream"] == "tone" && shown == "tone")
+                .then_some(())
+        },
+    )
     .await;
-    until("cast's receiver on the tone stream", Duration::from_secs(5), || async {
-        (spy.last("syncstream/status/cast")?["stream"] == "tone").then_some(())
-    })
+    until(
+        "cast's receiver on the tone stream",
+        Duration::from_secs(5),
+        || async { (spy.last("syncstream/status/cast")?["stream"] == "tone").then_some(()) },
+    )
     .await;
 
     // The picture for the README, once the heatmap has a few columns per device.
-    until("reports for the heatmap", Duration::from_secs(30), || async {
-        let (_, v) = call(&http, "GET", &format!("{api}/sync"), None).await;
-        ["kitchen", "tv", "cast"]
-            .iter()
-            .all(|d| v["devices"][d]["reports"].as_u64().unwrap_or(0) >= 8 || *d == "kitchen")
-            .then_some(())
-    })
+    until(
+        "reports for the heatmap",
+        Duration::from_secs(30),
+        || async {
+            let (_, v) = call(&http, "GET", &format!("{api}/sync"), None).await;
+            ["kitchen", "tv", "cast"]
+                .iter()
+                .all(|d| v["devices"][d]["reports"].as_u64().unwrap_or(0) >= 8 || *d == "kitchen")
+                .then_some(())
+        },
+    )
     .await;
     // A muted device does not measure (its microphone hears only the others) and
     // keeps its offset.
@@ -200,8 +274,13 @@ async fn a_person_uses_the_dashboard() {
         spy.all("syncstream/drift/kitchen").len() <= kitchen_reports + 1,
         "kitchen measured while muted"
     );
-    let o = spy.last("syncstream/buffer_offset/kitchen").unwrap()["offset_ms"].as_f64().unwrap();
-    assert!((o - kitchen_offset).abs() < 0.1, "muted kitchen's offset moved: {kitchen_offset} → {o}");
+    let o = spy.last("syncstream/buffer_offset/kitchen").unwrap()["offset_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (o - kitchen_offset).abs() < 0.1,
+        "muted kitchen's offset moved: {kitchen_offset} → {o}"
+    );
     // Unmute kitchen, and calibrate every device at once from the dashboard: progress,
     // then each measured latency (the room's hidden truth: kitchen 31.5 ms, tv 112 ms,
     // cast 262.5 ms) with its impulse response plotted.
@@ -211,28 +290,57 @@ async fn a_person_uses_the_dashboard() {
         .click()
         .await
         .unwrap();
-    until("kitchen unmuted on MQTT", Duration::from_secs(5), || async {
-        (spy.last("syncstream/settings/kitchen")?["muted"] == false).then_some(())
-    })
+    until(
+        "kitchen unmuted on MQTT",
+        Duration::from_secs(5),
+        || async { (spy.last("syncstream/settings/kitchen")?["muted"] == false).then_some(()) },
+    )
     .await;
-    c.find(Locator::Css("#cal-simultaneous")).await.unwrap().click().await.unwrap();
-    c.find(Locator::Css("#cal-start")).await.unwrap().click().await.unwrap();
-    until("calibration progress on the page", Duration::from_secs(5), || async {
-        let st = text(&c, ".cal-dev[data-cal-device='tv'] .st").await?;
-        ["pending", "measuring", "done"].contains(&st.as_str()).then_some(())
-    })
+    c.find(Locator::Css("#cal-simultaneous"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css("#cal-start"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        "calibration progress on the page",
+        Duration::from_secs(5),
+        || async {
+            let st = text(&c, ".cal-dev[data-cal-device='tv'] .st").await?;
+            ["pending", "measuring", "done"]
+                .contains(&st.as_str())
+                .then_some(())
+        },
+    )
     .await;
     for (device, truth) in [("kitchen", 31.5), ("tv", 112.0), ("cast", 262.5)] {
-        let shown = until(&format!("{device}'s calibration result"), Duration::from_secs(60), || async {
-            let box_css = format!(".cal-dev[data-cal-device='{device}']");
-            let st = text(&c, &format!("{box_css} .st")).await?;
-            assert_ne!(st, "failed", "{device}: calibration failed: {:?}", text(&c, &box_css).await);
-            if st != "done" {
-                return None;
-            }
-            c.find(Locator::Css(&format!("{box_css} .uplot"))).await.ok()?;
-            text(&c, &box_css).await
-        })
+        let shown = until(
+            &format!("{device}'s calibration result"),
+            Duration::from_secs(60),
+            || async {
+                let box_css = format!(".cal-dev[data-cal-device='{device}']");
+                let st = text(&c, &format!("{box_css} .st")).await?;
+                assert_ne!(
+                    st,
+                    "failed",
+                    "{device}: calibration failed: {:?}",
+                    text(&c, &box_css).await
+                );
+                if st != "done" {
+                    return None;
+                }
+                c.find(Locator::Css(&format!("{box_css} .uplot")))
+                    .await
+                    .ok()?;
+                text(&c, &box_css).await
+            },
+        )
         .await;
         let ms: f64 = shown
             .split("latency ")
@@ -240,10 +348,17 @@ async fn a_person_uses_the_dashboard() {
             .and_then(|r| r.split(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{device}: no latency in {shown:?}"));
-        assert!((ms - truth).abs() < 1.0, "{device}: calibrated {ms} ms, truly {truth} ms");
+        assert!(
+            (ms - truth).abs() < 1.0,
+            "{device}: calibrated {ms} ms, truly {truth} ms"
+        );
     }
     let png = c.screenshot().await.unwrap();
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
     let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
     syncstream_shared::fsutil::write_atomic(&docs, &png).unwrap();
 
@@ -251,7 +366,10 @@ async fn a_person_uses_the_dashboard() {
     c.set_window_size(390, 844).await.unwrap();
     until("the page to fit 390 px", Duration::from_secs(5), || async {
         let v = c
-            .execute("return [document.documentElement.scrollWidth, window.innerWidth];", vec![])
+            .execute(
+                "return [document.documentElement.scrollWidth, window.innerWidth];",
+                vec![],
+            )
             .await
             .ok()?;
         let (sw, iw) = (v[0].as_f64()?, v[1].as_f64()?);

@@ -150,12 +150,15 @@ pub async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// Messages seen: (topic, payload) in arrival order.
+pub type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// An MQTT client that records every message on `syncstream/#` (retained ones too).
 pub struct Spy {
     /// The client (to publish).
     pub client: AsyncClient,
     /// (topic, payload) in arrival order.
-    pub seen: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    pub seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -166,15 +169,19 @@ impl Spy {
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut ev) = AsyncClient::new(opts, 100);
-        client.subscribe("syncstream/#", QoS::AtLeastOnce).await.unwrap();
+        client
+            .subscribe("syncstream/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
                 match ev.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        s2.lock().unwrap().push((p.topic.clone(), p.payload.to_vec()))
-                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => s2
+                        .lock()
+                        .unwrap()
+                        .push((p.topic.clone(), p.payload.to_vec())),
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }

@@ -576,7 +576,10 @@ mod tests {
         assert!((b.offset_ms - 112.5).abs() < 1e-9, "{b:?}");
         assert_eq!(c.device("tv").unwrap().offset_ms, Some(112.0));
         for bad in [f64::NAN, 501.0, -1e9] {
-            assert!(c.set_manual_adjust("tv", bad).unwrap_err().contains("manual_adjust_ms"));
+            assert!(c
+                .set_manual_adjust("tv", bad)
+                .unwrap_err()
+                .contains("manual_adjust_ms"));
         }
         assert_eq!(c.manual_adjust_ms("tv"), -0.5);
         c.reset("tv");

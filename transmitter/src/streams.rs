@@ -128,8 +128,9 @@ impl StreamSet {
         let mut encoder = AudioEncoder::new(self.codec, STREAM_SAMPLE_RATE, STREAM_CHANNELS)
             .map_err(|e| start(e.to_string()))?;
         let codec_delay = encoder.delay_samples().map_err(|e| start(e.to_string()))?;
-        let history_chunks =
-            (self.playout_delay_ms as usize * STREAM_SAMPLE_RATE as usize / 1000) / CHUNK_FRAMES + 2;
+        let history_chunks = (self.playout_delay_ms as usize * STREAM_SAMPLE_RATE as usize / 1000)
+            / CHUNK_FRAMES
+            + 2;
         let hub = StreamHub::new(
             name,
             self.codec,
@@ -190,12 +191,12 @@ impl StreamSet {
             let mut streams = lock(&self.streams);
             match streams.get(name) {
                 None => return Err(StreamError::Unknown(name.into())),
-                Some(e) if !e.info.added_at_runtime => {
-                    return Err(StreamError::Fixed(name.into()))
-                }
+                Some(e) if !e.info.added_at_runtime => return Err(StreamError::Fixed(name.into())),
                 Some(_) => {}
             }
-            streams.remove(name).ok_or(StreamError::Unknown(name.into()))?
+            streams
+                .remove(name)
+                .ok_or(StreamError::Unknown(name.into()))?
         };
         self.dir.remove_hub(name);
         entry.stop.store(true, Ordering::Relaxed);
@@ -221,7 +222,10 @@ impl StreamSet {
 
     /// Every stream, by name.
     pub fn list(&self) -> Vec<StreamInfo> {
-        lock(&self.streams).values().map(|e| e.info.clone()).collect()
+        lock(&self.streams)
+            .values()
+            .map(|e| e.info.clone())
+            .collect()
     }
 
     /// The stream receivers play by default.

@@ -344,16 +344,24 @@ async fn a_group_move_switches_the_stream_on_the_same_connection() {
     let tx = syncstream_transmitter::start_streams(cfg, sources, Arc::new(MonotonicClock))
         .await
         .unwrap();
-    let sock = tokio::net::TcpStream::connect(tx.stream_addr).await.unwrap();
+    let sock = tokio::net::TcpStream::connect(tx.stream_addr)
+        .await
+        .unwrap();
     let mut framed = Framed::new(sock, frame_codec());
     let hello = Frame::ClientHello {
         protocol_version: PROTOCOL_VERSION,
         device: "kitchen".into(),
         instance: 1,
     };
-    framed.send(Bytes::from(hello.encode().unwrap())).await.unwrap();
+    framed
+        .send(Bytes::from(hello.encode().unwrap()))
+        .await
+        .unwrap();
     let first = Frame::decode(&framed.next().await.unwrap().unwrap()).unwrap();
-    assert!(matches!(first, Frame::ServerHello { ref stream, .. } if stream == "default"), "{first:?}");
+    assert!(
+        matches!(first, Frame::ServerHello { ref stream, .. } if stream == "default"),
+        "{first:?}"
+    );
     // The control plane knows the device from its status (as MQTT would bring it);
     // its group moves to stream b through the API.
     tx.control.on_mqtt(
@@ -378,7 +386,9 @@ async fn a_group_move_switches_the_stream_on_the_same_connection() {
             .unwrap()
             .unwrap();
         match Frame::decode(&b).unwrap() {
-            Frame::StreamSwitch { stream, epoch_us, .. } => {
+            Frame::StreamSwitch {
+                stream, epoch_us, ..
+            } => {
                 assert_eq!((stream.as_str(), epoch_us), ("b", tx.epoch_us));
                 switched = true;
                 last = None;
@@ -398,14 +408,19 @@ async fn a_group_move_switches_the_stream_on_the_same_connection() {
         let (oldest, newest) = tx.streams.buffer(stream).unwrap().lock().unwrap().span_us();
         assert!(newest > oldest);
         let r = http
-            .get(format!("{base}/window?stream={stream}&start_us={}&duration_ms=10", newest - 20_000))
+            .get(format!(
+                "{base}/window?stream={stream}&start_us={}&duration_ms=10",
+                newest - 20_000
+            ))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{stream}");
     }
     let r = http
-        .get(format!("{base}/window?stream=nope&start_us=0&duration_ms=10"))
+        .get(format!(
+            "{base}/window?stream=nope&start_us=0&duration_ms=10"
+        ))
         .send()
         .await
         .unwrap();

@@ -87,14 +87,19 @@ impl ReceiverNode {
                 return;
             }
         };
-        let changed = (s.volume, s.muted, s.group_volume, s.group_muted, s.group.as_str())
-            != (
-                self.volume,
-                self.muted,
-                self.group_volume,
-                self.group_muted,
-                self.group.as_str(),
-            );
+        let changed = (
+            s.volume,
+            s.muted,
+            s.group_volume,
+            s.group_muted,
+            s.group.as_str(),
+        ) != (
+            self.volume,
+            self.muted,
+            self.group_volume,
+            self.group_muted,
+            self.group.as_str(),
+        );
         self.volume = s.volume;
         self.muted = s.muted;
         self.group_volume = s.group_volume;

@@ -37,7 +37,10 @@ impl ReceiverNode {
         }
         if self.silent() {
             // Its microphone would hear only the other speakers.
-            debug!(device = self.device, "muted, stopped or nearly silent: no drift measurement");
+            debug!(
+                device = self.device,
+                "muted, stopped or nearly silent: no drift measurement"
+            );
             return;
         }
         let view = PlayoutView {

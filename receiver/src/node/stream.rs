@@ -29,7 +29,6 @@ pub const MISFIT_RETRY_US: i64 = 30_000_000;
 /// expected), ms.
 pub const SWITCH_QUIET_MS: i64 = 1_000;
 
-
 impl ReceiverNode {
     /// The stream connection opened: sends the hello.
     pub fn on_stream_connected(&mut self, _now_us: i64, io: &mut impl ReceiverIo) {
@@ -301,7 +300,10 @@ impl ReceiverNode {
             Ok(p) => p,
             Err(e) => {
                 self.counters.frames_rejected += 1;
-                warn!(device = self.device, "cannot play the stream switched to: {e}");
+                warn!(
+                    device = self.device,
+                    "cannot play the stream switched to: {e}"
+                );
                 self.refuse_stream(e, now_us, io);
                 return;
             }
@@ -313,7 +315,12 @@ impl ReceiverNode {
                 return;
             }
         };
-        info!(device = self.device, from = self.stream, to = hello.stream, "stream switched");
+        info!(
+            device = self.device,
+            from = self.stream,
+            to = hello.stream,
+            "stream switched"
+        );
         self.decoder = Some(decoder);
         self.stream = hello.stream;
         self.params = Some(params);
@@ -409,8 +416,7 @@ impl Hello {
                 self.codec_delay_samples
             ));
         }
-        check_device_name(&self.stream)
-            .map_err(|e| format!("stream name: {e}"))?;
+        check_device_name(&self.stream).map_err(|e| format!("stream name: {e}"))?;
         if !(-MAX_ABS_TIMESTAMP_US..=MAX_ABS_TIMESTAMP_US).contains(&self.epoch_us) {
             return Err(format!("stream epoch {} µs is out of range", self.epoch_us));
         }

@@ -483,7 +483,10 @@ fn settings_from_the_control_plane_are_checked() {
         &mut io,
     );
     let s = io.last_status();
-    assert_eq!((s.volume, s.muted, s.group.as_deref()), (0.5, false, Some("upstairs")));
+    assert_eq!(
+        (s.volume, s.muted, s.group.as_deref()),
+        (0.5, false, Some("upstairs"))
+    );
     let before = n.counters().mqtt_rejected;
     for bad in [
         &br#"{"device":"tv","volume":1.5,"muted":false}"#[..],

@@ -149,7 +149,6 @@ async fn sync(State(p): Plane) -> Response {
     Json(p.sync_json()).into_response()
 }
 
-
 /// The control API's routes (see the module docs).
 pub fn router(plane: Arc<ControlPlane>) -> Router {
     Router::new()
@@ -164,7 +163,10 @@ pub fn router(plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/groups", get(groups))
         .route("/api/v1/groups/{name}", put(put_group).delete(delete_group))
         .route("/api/v1/streams", get(streams))
-        .route("/api/v1/streams/{name}", put(put_stream).delete(delete_stream))
+        .route(
+            "/api/v1/streams/{name}",
+            put(put_stream).delete(delete_stream),
+        )
         .route("/api/v1/sync", get(sync))
         .route("/api/v1/ws", get(super::ws::handler))
         .with_state(plane)

@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use rumqttc::QoS;
 use serde_json::{json, Value};
 use syncstream_protocol::messages::{
-    parse, topics, BufferOffset, CalibrationResult, Command, ConfigPush, DriftReport,
-    GroupRequest, Status, TestToneRequest,
+    parse, topics, BufferOffset, CalibrationResult, Command, ConfigPush, DriftReport, GroupRequest,
+    Status, TestToneRequest,
 };
 use syncstream_protocol::mqtt::BrokerUrl;
 use syncstream_shared::names::is_valid_device_name;
@@ -104,7 +104,10 @@ impl ControlPlane {
         }
         for (name, g) in settings.groups.iter_mut() {
             if !streams.contains(&g.stream) {
-                warn!("group {name} played stream {}, which is gone; it plays the default", g.stream);
+                warn!(
+                    "group {name} played stream {}, which is gone; it plays the default",
+                    g.stream
+                );
                 g.stream = crate::stream_server::DEFAULT_STREAM.into();
             }
         }
@@ -150,7 +153,10 @@ impl ControlPlane {
     }
 
     fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
-        if let Err(e) = self.mqtt.try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload) {
+        if let Err(e) = self
+            .mqtt
+            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
+        {
             warn!("cannot publish on {topic}: {e}");
         }
     }
@@ -357,7 +363,9 @@ impl ControlPlane {
     /// Errors: 409 the name is taken; 422 a bad name or URI, or one that cannot open.
     pub async fn put_stream(self: &Arc<Self>, name: &str, uri: &str) -> Result<Value, ApiError> {
         if self.streams.contains(name) {
-            return Err(ApiError::conflict(format!("a stream named '{name}' exists")));
+            return Err(ApiError::conflict(format!(
+                "a stream named '{name}' exists"
+            )));
         }
         let parsed = crate::source::StreamUri::parse(uri)
             .map_err(|e| ApiError::unprocessable(format!("uri: {e:#}")))?;
@@ -367,7 +375,9 @@ impl ControlPlane {
             ));
         }
         if parsed.name.as_deref().is_some_and(|n| n != name) {
-            return Err(ApiError::unprocessable("uri: its name= differs from the stream's name"));
+            return Err(ApiError::unprocessable(
+                "uri: its name= differs from the stream's name",
+            ));
         }
         let me = self.clone();
         let (name2, uri2) = (name.to_string(), uri.to_string());
@@ -457,7 +467,11 @@ impl ControlPlane {
                     let mut seen = BTreeSet::new();
                     list.iter().filter(|d| seen.insert(*d)).cloned().collect()
                 }
-                None => state.devices().into_iter().filter(|d| state.online(d, now)).collect(),
+                None => state
+                    .devices()
+                    .into_iter()
+                    .filter(|d| state.online(d, now))
+                    .collect(),
             }
         };
         if devices.is_empty() {
@@ -551,18 +565,28 @@ impl ControlPlane {
 
     /// Topics the bridge subscribes to.
     pub fn subscriptions() -> Vec<String> {
-        ["status", "drift", "buffer_offset", "command", "calibration", "group"]
-            .iter()
-            .map(|k| format!("syncstream/{k}/+"))
-            .chain([topics::CONFIG.to_string()])
-            .collect()
+        [
+            "status",
+            "drift",
+            "buffer_offset",
+            "command",
+            "calibration",
+            "group",
+        ]
+        .iter()
+        .map(|k| format!("syncstream/{k}/+"))
+        .chain([topics::CONFIG.to_string()])
+        .collect()
     }
 
     /// One MQTT message (see the module docs of [`mqtt`]). Malformed payloads are
     /// logged and dropped.
     pub fn on_mqtt(self: &Arc<Self>, topic: &str, payload: &[u8]) {
         if payload.len() > MAX_PAYLOAD_BYTES {
-            warn!("{} byte payload on {topic} is over {MAX_PAYLOAD_BYTES}; ignored", payload.len());
+            warn!(
+                "{} byte payload on {topic} is over {MAX_PAYLOAD_BYTES}; ignored",
+                payload.len()
+            );
             return;
         }
         let now = self.now_us();
@@ -629,7 +653,11 @@ impl ControlPlane {
         if new {
             // A device seen for the first time gets its settings (and its group's stream).
             self.dir.set_routes(state.routes());
-            self.publish_json(topics::settings(&device), &state.settings_message(&device), true);
+            self.publish_json(
+                topics::settings(&device),
+                &state.settings_message(&device),
+                true,
+            );
             let groups = state.groups_json();
             self.publish_json(topics::GROUPS.to_string(), &groups, true);
             self.emit(json!({ "type": "group", "groups": groups["groups"] }));
@@ -660,7 +688,9 @@ impl ControlPlane {
         if !is_valid_device_name(&o.device) || !o.offset_ms.is_finite() {
             return;
         }
-        self.emit(json!({ "type": "offset", "device": o.device, "offset_ms": o.offset_ms, "seq": o.seq }));
+        self.emit(
+            json!({ "type": "offset", "device": o.device, "offset_ms": o.offset_ms, "seq": o.seq }),
+        );
         lock(&self.state).on_offset(o);
     }
 
@@ -702,8 +732,10 @@ fn open_stream(
         .map_err(|e| ApiError::unprocessable(format!("uri: {e:#}")))?;
     let describe = src.describe();
     let pull: crate::PullAudio = Box::new(move |buf: &mut [f32]| src.read(buf));
-    streams.add(name, uri, &describe, pull, true).map_err(|e| match e {
-        StreamError::Exists(_) | StreamError::TooMany => ApiError::conflict(e.to_string()),
-        _ => ApiError::unprocessable(e.to_string()),
-    })
+    streams
+        .add(name, uri, &describe, pull, true)
+        .map_err(|e| match e {
+            StreamError::Exists(_) | StreamError::TooMany => ApiError::conflict(e.to_string()),
+            _ => ApiError::unprocessable(e.to_string()),
+        })
 }

@@ -21,7 +21,11 @@ use super::ControlPlane;
 /// The bridge's client and event loop, made before the control plane (which
 /// publishes through the client).
 pub fn client(url: &BrokerUrl) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
-    connect(url, &format!("syncstream-control-{}", std::process::id()), None)
+    connect(
+        url,
+        &format!("syncstream-control-{}", std::process::id()),
+        None,
+    )
 }
 
 /// Drives the bridge forever (see the module docs).

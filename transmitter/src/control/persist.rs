@@ -54,9 +54,10 @@ impl Persister {
                 return Settings::default();
             }
         };
-        let parsed = syncstream_protocol::messages::parse::<Settings>(&path.display().to_string(), &bytes)
-            .map_err(|e| e.reason)
-            .and_then(|s| s.check().map(|()| s));
+        let parsed =
+            syncstream_protocol::messages::parse::<Settings>(&path.display().to_string(), &bytes)
+                .map_err(|e| e.reason)
+                .and_then(|s| s.check().map(|()| s));
         match parsed {
             Ok(s) => s,
             Err(e) => {
@@ -106,7 +107,11 @@ mod tests {
         s.membership.insert("tv".into(), "up".into());
         p.save(&s).unwrap();
         assert_eq!(p.load(), s);
-        std::fs::write(dir.path().join(STATE_FILE), b"{\"version\":1,\"groups\":{}}").unwrap();
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            b"{\"version\":1,\"groups\":{}}",
+        )
+        .unwrap();
         let loaded = p.load();
         assert!(loaded.groups.contains_key(DEFAULT_GROUP));
         assert!(dir.path().join("state.json.bad").exists());

@@ -235,7 +235,11 @@ impl ControlState {
 
     /// `device`'s own settings.
     pub fn device_settings(&self, device: &str) -> DeviceSettingsStored {
-        self.settings.devices.get(device).cloned().unwrap_or_default()
+        self.settings
+            .devices
+            .get(device)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Which stream each known device plays.
@@ -311,8 +315,9 @@ impl ControlState {
         req: &GroupRequest,
         has_stream: &dyn Fn(&str) -> bool,
     ) -> Result<BTreeSet<String>, ApiError> {
-        check_device_name(name)
-            .map_err(|e| ApiError::unprocessable(e.to_string().replace("device name", "group name")))?;
+        check_device_name(name).map_err(|e| {
+            ApiError::unprocessable(e.to_string().replace("device name", "group name"))
+        })?;
         if req.delete {
             return Err(ApiError::unprocessable(
                 "delete: use DELETE /api/v1/groups/{name} (or {\"delete\":true} on syncstream/group/<name>)",
@@ -324,7 +329,9 @@ impl ControlState {
         }
         if let Some(s) = &req.stream {
             if !has_stream(s) {
-                return Err(ApiError::unprocessable(format!("stream: no stream named '{s}'")));
+                return Err(ApiError::unprocessable(format!(
+                    "stream: no stream named '{s}'"
+                )));
             }
         }
         if let Some(v) = req.volume {
@@ -332,7 +339,9 @@ impl ControlState {
         }
         if let Some(devs) = &req.devices {
             if devs.len() > MAX_DEVICES {
-                return Err(ApiError::unprocessable(format!("devices: more than {MAX_DEVICES}")));
+                return Err(ApiError::unprocessable(format!(
+                    "devices: more than {MAX_DEVICES}"
+                )));
             }
             for (i, d) in devs.iter().enumerate() {
                 if !self.knows(d) {
@@ -352,10 +361,14 @@ impl ControlState {
                     ))
                 })?;
                 if name == DEFAULT_GROUP {
-                    return Err(ApiError::conflict("rename: the default group keeps its name"));
+                    return Err(ApiError::conflict(
+                        "rename: the default group keeps its name",
+                    ));
                 }
                 if self.settings.groups.contains_key(n) {
-                    return Err(ApiError::conflict(format!("rename: a group named '{n}' exists")));
+                    return Err(ApiError::conflict(format!(
+                        "rename: a group named '{n}' exists"
+                    )));
                 }
                 n.clone()
             }
@@ -442,7 +455,15 @@ impl ControlState {
         let mut members: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for d in self.devices() {
             let g = self.group_of(&d).to_string();
-            members.entry(self.settings.groups.get_key_value(&g).map_or(DEFAULT_GROUP, |(k, _)| k.as_str())).or_default().push(d);
+            members
+                .entry(
+                    self.settings
+                        .groups
+                        .get_key_value(&g)
+                        .map_or(DEFAULT_GROUP, |(k, _)| k.as_str()),
+                )
+                .or_default()
+                .push(d);
         }
         let groups: Vec<Value> = self
             .settings
@@ -467,7 +488,10 @@ impl ControlState {
         if !self.live.contains_key(device) && self.live.len() >= MAX_DEVICES {
             return false;
         }
-        self.live.entry(device.to_string()).or_default().last_seen_us = Some(now_us);
+        self.live
+            .entry(device.to_string())
+            .or_default()
+            .last_seen_us = Some(now_us);
         true
     }
 
@@ -599,17 +623,26 @@ mod tests {
         let mut s = state_with(&["kitchen", "tv", "cast"]);
         let has = |n: &str| n == "default" || n == "radio";
         let changed = s
-            .put_group("up", &req(r#"{"stream":"radio","devices":["kitchen","tv"],"volume":0.5}"#), &has)
+            .put_group(
+                "up",
+                &req(r#"{"stream":"radio","devices":["kitchen","tv"],"volume":0.5}"#),
+                &has,
+            )
             .unwrap();
-        assert_eq!(changed, ["kitchen", "tv"].iter().map(|x| x.to_string()).collect());
+        assert_eq!(
+            changed,
+            ["kitchen", "tv"].iter().map(|x| x.to_string()).collect()
+        );
         assert_eq!(s.routes()["kitchen"], "radio");
         assert_eq!(s.routes()["cast"], "default");
         assert_eq!(s.settings_message("tv").group_volume, 0.5);
         // Listing only kitchen sends tv back to the default group.
-        s.put_group("up", &req(r#"{"devices":["kitchen"]}"#), &has).unwrap();
+        s.put_group("up", &req(r#"{"devices":["kitchen"]}"#), &has)
+            .unwrap();
         assert_eq!(s.group_of("tv"), DEFAULT_GROUP);
         // Rename keeps members; delete sends them home.
-        s.put_group("up", &req(r#"{"rename":"upstairs"}"#), &has).unwrap();
+        s.put_group("up", &req(r#"{"rename":"upstairs"}"#), &has)
+            .unwrap();
         assert_eq!(s.group_of("kitchen"), "upstairs");
         let changed = s.delete_group("upstairs").unwrap();
         assert!(changed.contains("kitchen"));
@@ -638,7 +671,10 @@ mod tests {
         }
         assert_eq!(s.delete_group("default").unwrap_err().status.as_u16(), 409);
         assert_eq!(s.delete_group("zz").unwrap_err().status.as_u16(), 404);
-        assert_eq!(s.settings, before, "refused requests leave the state as it was");
+        assert_eq!(
+            s.settings, before,
+            "refused requests leave the state as it was"
+        );
     }
 
     #[test]
@@ -654,10 +690,20 @@ mod tests {
             reason: None,
         };
         s.on_report(r.clone(), 5, 2.0);
-        s.on_report(DriftReport { confidence: 0.2, ..r }, 6, 2.0);
+        s.on_report(
+            DriftReport {
+                confidence: 0.2,
+                ..r
+            },
+            6,
+            2.0,
+        );
         let h = &s.live["tv"].history;
         assert!((h[0].residual_ms.unwrap() - 0.1).abs() < 1e-9);
-        assert_eq!(h[1].residual_ms, None, "doubtful estimates have no residual");
+        assert_eq!(
+            h[1].residual_ms, None,
+            "doubtful estimates have no residual"
+        );
     }
 
     #[test]
@@ -669,7 +715,13 @@ mod tests {
         bad.membership.insert("tv".into(), "nowhere".into());
         assert!(bad.check().unwrap_err().contains("membership.tv"));
         let mut bad = Settings::default();
-        bad.devices.insert("tv".into(), DeviceSettingsStored { volume: 3.0, ..Default::default() });
+        bad.devices.insert(
+            "tv".into(),
+            DeviceSettingsStored {
+                volume: 3.0,
+                ..Default::default()
+            },
+        );
         assert!(bad.check().unwrap_err().contains("devices.tv.volume"));
     }
 }

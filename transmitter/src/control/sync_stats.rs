@@ -69,11 +69,15 @@ pub fn sync_summary(state: &ControlState, now_us: i64) -> Value {
         let mut bins: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
         let mut latest: Vec<f64> = Vec::new();
         for d in &devs {
-            let Some(live) = state.live.get(d) else { continue };
+            let Some(live) = state.live.get(d) else {
+                continue;
+            };
             let mut per_bin: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
             for p in &live.history {
                 if let Some(r) = p.residual_ms {
-                    let e = per_bin.entry(p.ts_us.div_euclid(SPREAD_BIN_US)).or_default();
+                    let e = per_bin
+                        .entry(p.ts_us.div_euclid(SPREAD_BIN_US))
+                        .or_default();
                     e.0 += r;
                     e.1 += 1;
                 }
@@ -129,7 +133,14 @@ mod tests {
     fn spreads_and_percentiles() {
         let mut s = ControlState::default();
         for (d, r) in [("a", 0.1), ("b", -0.2)] {
-            s.on_status(Status { device: d.into(), state: "playing".into(), ..Default::default() }, 0);
+            s.on_status(
+                Status {
+                    device: d.into(),
+                    state: "playing".into(),
+                    ..Default::default()
+                },
+                0,
+            );
             for k in 0..24 {
                 s.on_report(
                     DriftReport {
@@ -149,7 +160,10 @@ mod tests {
         let v = sync_summary(&s, 60_000_000);
         let g = &v["groups"]["default"]["spread_ms"];
         assert!((g["now"].as_f64().unwrap() - 0.3).abs() < 1e-9, "{v}");
-        assert!((g["last_minute"]["max"].as_f64().unwrap() - 0.3).abs() < 1e-9, "{v}");
+        assert!(
+            (g["last_minute"]["max"].as_f64().unwrap() - 0.3).abs() < 1e-9,
+            "{v}"
+        );
         let a = &v["devices"]["a"]["residual_ms"]["last_minute"];
         assert!((a["p95"].as_f64().unwrap() - 0.1).abs() < 1e-9, "{v}");
         assert_eq!(v["devices"]["b"]["drift_ms"]["last_hour"]["n"], 24);

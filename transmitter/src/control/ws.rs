@@ -23,7 +23,10 @@ pub async fn handler(ws: WebSocketUpgrade, State(plane): State<Arc<ControlPlane>
 
 async fn serve(mut socket: WebSocket, plane: Arc<ControlPlane>) {
     let mut events = plane.subscribe();
-    if send(&mut socket, plane.snapshot_json().to_string()).await.is_err() {
+    if send(&mut socket, plane.snapshot_json().to_string())
+        .await
+        .is_err()
+    {
         return;
     }
     loop {

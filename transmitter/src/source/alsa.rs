@@ -146,7 +146,6 @@ impl AudioSource for AlsaSource {
     }
 }
 
-
 /// Opens the ALSA stream `alsa:///?name=..[&device=hw:1]` (ALSA's default device
 /// without `device`).
 ///

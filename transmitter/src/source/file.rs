@@ -126,7 +126,10 @@ pub fn open_uri(
     let loop_file = uri.take_bool("loop", opts.loop_file)?;
     uri.finish()?;
     if uri.path.is_empty() || uri.path == "/" {
-        anyhow::bail!("stream URI '{}': give the file's path, file:///srv/music/a.flac", uri.raw);
+        anyhow::bail!(
+            "stream URI '{}': give the file's path, file:///srv/music/a.flac",
+            uri.raw
+        );
     }
     Ok(Box::new(FileSource::open(Path::new(&uri.path), loop_file)?))
 }
@@ -258,4 +261,3 @@ mod tests {
         }
     }
 }
-

@@ -99,7 +99,10 @@ pub fn source_type_names() -> Vec<&'static str> {
 /// Errors: a malformed URI, an unknown source type or parameter, or the source's own
 /// errors (a missing file or program, an unknown ALSA device); each names the URI or
 /// the thing and the reason.
-pub fn open_uri(raw: &str, opts: &SourceOptions) -> anyhow::Result<(StreamUri, Box<dyn AudioSource>)> {
+pub fn open_uri(
+    raw: &str,
+    opts: &SourceOptions,
+) -> anyhow::Result<(StreamUri, Box<dyn AudioSource>)> {
     let mut uri = StreamUri::parse(raw)?;
     let Some((_, open)) = SOURCE_TYPES.iter().find(|(n, _)| *n == uri.kind) else {
         anyhow::bail!(
@@ -203,12 +206,24 @@ mod tests {
         assert_eq!(u.name.as_deref(), Some("beep"));
         assert!(s.describe().contains("440 Hz"));
         let e = format!("{:#}", open_uri("ftp:///x?name=a", &o).err().unwrap());
-        assert!(e.contains("unknown source type 'ftp'") && e.contains("pipe"), "{e}");
-        let e = format!("{:#}", open_uri("tone:///?name=a&freq=abc", &o).err().unwrap());
+        assert!(
+            e.contains("unknown source type 'ftp'") && e.contains("pipe"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            open_uri("tone:///?name=a&freq=abc", &o).err().unwrap()
+        );
         assert!(e.contains("freq=abc"), "{e}");
-        let e = format!("{:#}", open_uri("file:///no/such.flac?name=a", &o).err().unwrap());
+        let e = format!(
+            "{:#}",
+            open_uri("file:///no/such.flac?name=a", &o).err().unwrap()
+        );
         assert!(e.contains("/no/such.flac"), "{e}");
-        assert!(open_source("tone:///?freq=500", &o).unwrap().describe().contains("500 Hz"));
+        assert!(open_source("tone:///?freq=500", &o)
+            .unwrap()
+            .describe()
+            .contains("500 Hz"));
     }
 
     #[test]

@@ -20,9 +20,15 @@ pub const PIPE_RETRY: Duration = Duration::from_millis(100);
 ///
 /// Errors: no path, a bad `sampleformat` or `mode`, a path that exists and is not a
 /// pipe (with `mode=create`), a pipe that cannot be created.
-pub fn open_uri(uri: &mut StreamUri, _opts: &SourceOptions) -> anyhow::Result<Box<dyn AudioSource>> {
+pub fn open_uri(
+    uri: &mut StreamUri,
+    _opts: &SourceOptions,
+) -> anyhow::Result<Box<dyn AudioSource>> {
     if uri.path.is_empty() || uri.path == "/" {
-        bail!("stream URI '{}': give the pipe's path, pipe:///tmp/snapfifo", uri.raw);
+        bail!(
+            "stream URI '{}': give the pipe's path, pipe:///tmp/snapfifo",
+            uri.raw
+        );
     }
     let (rate, channels) = uri.take_sample_format()?;
     let create = match uri.take("mode").as_deref() {
@@ -77,9 +83,11 @@ mod tests {
     fn a_pipe_is_created_read_and_reopened() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("fifo");
-        let mut uri =
-            StreamUri::parse(&format!("pipe://{}?name=radio&sampleformat=48000:16:2", p.display()))
-                .unwrap();
+        let mut uri = StreamUri::parse(&format!(
+            "pipe://{}?name=radio&sampleformat=48000:16:2",
+            p.display()
+        ))
+        .unwrap();
         let mut src = open_uri(&mut uri, &SourceOptions::default()).unwrap();
         assert!(src.is_live() && src.describe().contains("fifo"));
         let mut out = vec![0.0f32; 2 * 960];
@@ -94,7 +102,10 @@ mod tests {
             drop(w);
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
-                assert!(std::time::Instant::now() < deadline, "round {round}: no audio");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: no audio"
+                );
                 let n = src.read(&mut out).unwrap();
                 if out[..n * 2].iter().any(|&s| (s - 0.25).abs() < 0.01) {
                     break;
@@ -110,7 +121,10 @@ mod tests {
         let p = dir.path().join("plain");
         std::fs::write(&p, b"x").unwrap();
         let mut uri = StreamUri::parse(&format!("pipe://{}?name=r", p.display())).unwrap();
-        let e = format!("{:#}", open_uri(&mut uri, &SourceOptions::default()).err().unwrap());
+        let e = format!(
+            "{:#}",
+            open_uri(&mut uri, &SourceOptions::default()).err().unwrap()
+        );
         assert!(e.contains("not a named pipe"), "{e}");
     }
 }

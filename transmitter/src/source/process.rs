@@ -43,7 +43,10 @@ impl Drop for ProcessOutput {
 ///
 /// Errors: no program path, a program that does not exist or cannot be executed, a
 /// bad `sampleformat`, too many parameters.
-pub fn open_uri(uri: &mut StreamUri, _opts: &SourceOptions) -> anyhow::Result<Box<dyn AudioSource>> {
+pub fn open_uri(
+    uri: &mut StreamUri,
+    _opts: &SourceOptions,
+) -> anyhow::Result<Box<dyn AudioSource>> {
     if uri.path.is_empty() || uri.path == "/" {
         bail!(
             "stream URI '{}': give the program's path, process:///usr/bin/librespot",
@@ -109,14 +112,19 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let mut uri =
-            StreamUri::parse(&format!("process://{}?name=gen&params=96000", script.display()))
-                .unwrap();
+        let mut uri = StreamUri::parse(&format!(
+            "process://{}?name=gen&params=96000",
+            script.display()
+        ))
+        .unwrap();
         let mut src = open_uri(&mut uri, &SourceOptions::default()).unwrap();
         let mut out = vec![0.0f32; 2 * 960];
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            assert!(std::time::Instant::now() < deadline, "no audio from the program");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no audio from the program"
+            );
             let n = src.read(&mut out).unwrap();
             if out[..n * 2].iter().any(|&s| (s - 0.25).abs() < 0.01) {
                 break;
@@ -128,7 +136,10 @@ mod tests {
     #[test]
     fn a_missing_program_is_refused() {
         let mut uri = StreamUri::parse("process:///no/such/program?name=x").unwrap();
-        let e = format!("{:#}", open_uri(&mut uri, &SourceOptions::default()).err().unwrap());
+        let e = format!(
+            "{:#}",
+            open_uri(&mut uri, &SourceOptions::default()).err().unwrap()
+        );
         assert!(e.contains("/no/such/program"), "{e}");
     }
 }

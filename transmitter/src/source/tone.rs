@@ -68,7 +68,10 @@ pub fn open_uri(
     let hz = match uri.take("freq") {
         None => TONE_DEFAULT_HZ,
         Some(f) => f.parse().map_err(|_| {
-            anyhow::anyhow!("stream URI '{}': freq={f} is not a frequency in Hz", uri.raw)
+            anyhow::anyhow!(
+                "stream URI '{}': freq={f} is not a frequency in Hz",
+                uri.raw
+            )
         })?,
     };
     uri.finish()?;
@@ -118,4 +121,3 @@ mod tests {
         }
     }
 }
-

@@ -82,8 +82,12 @@ impl StreamUri {
         for (k, v) in url.query_pairs() {
             let (k, v) = (k.into_owned(), v.into_owned());
             if k == "name" {
-                check_device_name(&v)
-                    .map_err(|e| anyhow!("stream URI '{raw}': name: {}", e.to_string().replace("device name", "stream name")))?;
+                check_device_name(&v).map_err(|e| {
+                    anyhow!(
+                        "stream URI '{raw}': name: {}",
+                        e.to_string().replace("device name", "stream name")
+                    )
+                })?;
                 if name.replace(v).is_some() {
                     bail!("stream URI '{raw}': name is given twice");
                 }
@@ -121,7 +125,10 @@ impl StreamUri {
     pub fn finish(&self) -> anyhow::Result<()> {
         for k in self.params.keys() {
             if IGNORED_SNAPCAST_PARAMS.contains(&k.as_str()) {
-                tracing::warn!("stream URI '{}': parameter {k} does not apply here; ignored", self.raw);
+                tracing::warn!(
+                    "stream URI '{}': parameter {k} does not apply here; ignored",
+                    self.raw
+                );
             } else {
                 bail!(
                     "stream URI '{}': unknown parameter {k} for a {} stream",
@@ -181,14 +188,23 @@ mod tests {
 
     #[test]
     fn snapcast_uris_parse() {
-        let u = StreamUri::parse("pipe:///tmp/snap%20fifo?name=radio&sampleformat=44100:16:2")
-            .unwrap();
-        assert_eq!((u.kind.as_str(), u.path.as_str()), ("pipe", "/tmp/snap fifo"));
+        let u =
+            StreamUri::parse("pipe:///tmp/snap%20fifo?name=radio&sampleformat=44100:16:2").unwrap();
+        assert_eq!(
+            (u.kind.as_str(), u.path.as_str()),
+            ("pipe", "/tmp/snap fifo")
+        );
         assert_eq!(u.name.as_deref(), Some("radio"));
         assert_eq!(u.params["sampleformat"], "44100:16:2");
         let u = StreamUri::parse("alsa:///?device=hw:1&name=tv").unwrap();
-        assert_eq!((u.kind.as_str(), u.params["device"].as_str()), ("alsa", "hw:1"));
-        let u = StreamUri::parse("process:///usr/bin/librespot?name=spotify&params=--name%20Kitchen%20--backend%20pipe").unwrap();
+        assert_eq!(
+            (u.kind.as_str(), u.params["device"].as_str()),
+            ("alsa", "hw:1")
+        );
+        let u = StreamUri::parse(
+            "process:///usr/bin/librespot?name=spotify&params=--name%20Kitchen%20--backend%20pipe",
+        )
+        .unwrap();
         assert_eq!(u.params["params"], "--name Kitchen --backend pipe");
         let u = StreamUri::parse("tone").unwrap();
         assert_eq!((u.kind.as_str(), u.name.clone()), ("tone", None));
@@ -206,7 +222,11 @@ mod tests {
             assert!(e.contains(want), "{raw}: {e}");
         }
         let mut u = StreamUri::parse("pipe:///x?name=a&sampleformat=48000:24:2").unwrap();
-        assert!(u.take_sample_format().unwrap_err().to_string().contains("sampleformat"));
+        assert!(u
+            .take_sample_format()
+            .unwrap_err()
+            .to_string()
+            .contains("sampleformat"));
         let mut u = StreamUri::parse("pipe:///x?name=a&colour=red&codec=flac").unwrap();
         let _ = u.take("mode");
         let e = u.finish().unwrap_err().to_string();

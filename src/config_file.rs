@@ -241,14 +241,24 @@ mod tests {
         assert!(r.to_args().unwrap().contains(&"--transmitter".to_string()));
         let t: TransmitterFile = load(&root.join("transmitter.toml")).unwrap();
         assert_eq!(t.to_args()[0], "--source");
-        assert!(t.to_args().windows(2).any(|w| w == ["--state-dir", "/var/lib/syncstream"]));
+        assert!(t
+            .to_args()
+            .windows(2)
+            .any(|w| w == ["--state-dir", "/var/lib/syncstream"]));
         let (_d, p) = write(
             "streams = [\"pipe:///tmp/a?name=a\", \"tone:///?name=b\"]\nstate_dir = \"/s\"\n",
         );
         let t: TransmitterFile = load(&p).unwrap();
         assert_eq!(
             t.to_args(),
-            ["--stream", "pipe:///tmp/a?name=a", "--stream", "tone:///?name=b", "--state-dir", "/s"]
+            [
+                "--stream",
+                "pipe:///tmp/a?name=a",
+                "--stream",
+                "tone:///?name=b",
+                "--state-dir",
+                "/s"
+            ]
         );
     }
 

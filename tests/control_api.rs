@@ -583,7 +583,7 @@ async fn the_api_and_mqtt_are_two_doors_to_one_state() {
         good.iter().all(|d| d.abs() < 0.5),
         "kitchen's drift on the new stream: {good:?}"
     );
-    // A stream added and one removed at runtime (the added one persists).
+    // Streams added and removed at runtime through the API (the one left persists)
     for (method, path, body) in [
         (
             "PUT",
@@ -596,6 +596,42 @@ async fn the_api_and_mqtt_are_two_doors_to_one_state() {
         let (s, v) = call(&http, method, &format!("{api}{path}"), body).await;
         assert_eq!(s, 200, "{method} {path}: {v}");
     }
+    // ... and through MQTT.
+    let names_now = |v: &Value| -> Vec<String> {
+        v["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    spy.publish(
+        "syncstream/stream/mqtt-tone",
+        r#"{"uri":"tone:///?freq=500"}"#,
+    )
+    .await;
+    until(
+        "a stream added on MQTT in the API",
+        Duration::from_secs(3),
+        || async {
+            names_now(&call(&http, "GET", &format!("{api}/streams"), None).await.1)
+                .contains(&"mqtt-tone".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    spy.publish("syncstream/stream/mqtt-tone", r#"{"delete":true}"#)
+        .await;
+    until(
+        "a stream removed on MQTT gone from the API",
+        Duration::from_secs(3),
+        || async {
+            (!names_now(&call(&http, "GET", &format!("{api}/streams"), None).await.1)
+                .contains(&"mqtt-tone".to_string()))
+            .then_some(())
+        },
+    )
+    .await;
     let (_, streams) = call(&http, "GET", &format!("{api}/streams"), None).await;
     let names: Vec<&str> = streams["streams"]
         .as_array()

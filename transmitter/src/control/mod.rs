@@ -572,10 +572,11 @@ impl ControlPlane {
             "command",
             "calibration",
             "group",
+            "stream",
         ]
         .iter()
         .map(|k| format!("syncstream/{k}/+"))
-        .chain([topics::CONFIG.to_string()])
+        .chain([topics::CONFIG.to_string(), CALIBRATE_TOPIC.to_string()])
         .collect()
     }
 
@@ -590,6 +591,15 @@ impl ControlPlane {
             return;
         }
         let now = self.now_us();
+        if topic == CALIBRATE_TOPIC {
+            let body: &[u8] = if payload.is_empty() { b"{}" } else { payload };
+            if let Err(e) =
+                error::parse_body::<CalibrateRequest>(body).and_then(|r| self.calibrate(r))
+            {
+                warn!("{topic}: {}", e.message);
+            }
+            return;
+        }
         if topic == topics::CONFIG {
             if let Ok(c) = parse::<ConfigPush>(topic, payload) {
                 lock(&self.state).on_config(
@@ -635,6 +645,20 @@ impl ControlPlane {
                 if let Err(e) = res {
                     warn!("{topic}: {}", e.message);
                 }
+            }),
+            "stream" => parse::<StreamRequest>(topic, payload).map(|r| {
+                let me = self.clone();
+                let name = device.to_string();
+                tokio::spawn(async move {
+                    let res = match (r.delete, r.uri) {
+                        (true, _) => me.delete_stream(&name),
+                        (false, Some(uri)) => me.put_stream(&name, &uri).await,
+                        (false, None) => Err(ApiError::bad_request("uri: missing")),
+                    };
+                    if let Err(e) = res {
+                        warn!("syncstream/stream/{name}: {}", e.message);
+                    }
+                });
             }),
             _ => Ok(()),
         };
@@ -716,6 +740,20 @@ impl ControlPlane {
             warn!("command for {device}: {}", e.message);
         }
     }
+}
+
+/// Anyone → transmitter: starts a calibration (the body of `POST /api/v1/calibrate`).
+pub const CALIBRATE_TOPIC: &str = "syncstream/calibrate";
+
+/// A request on `syncstream/stream/<name>`: `{"uri":"pipe:///tmp/radio"}` adds a
+/// stream as `PUT /api/v1/streams/<name>` does, `{"delete":true}` removes it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamRequest {
+    #[serde(default)]
+    uri: Option<String>,
+    #[serde(default)]
+    delete: bool,
 }
 
 /// Span of report history in the WebSocket snapshot, µs.

@@ -6,6 +6,8 @@
 //! | `syncstream/status/+`, `syncstream/drift/+`, `syncstream/buffer_offset/+`, `syncstream/config` | updates the picture of each device (API, dashboard, sync summary) |
 //! | `syncstream/command/<device>` | `volume`, `mute`, `unmute`, `adjust` change the device's settings as the API does; `test_tone` marks calibration progress |
 //! | `syncstream/group/<group>` | creates, changes, renames or deletes a group as `PUT`/`DELETE /api/v1/groups/<group>` do |
+//! | `syncstream/stream/<stream>` | `{"uri":...}` adds a stream, `{"delete":true}` removes one, as `PUT`/`DELETE /api/v1/streams/<stream>` |
+//! | `syncstream/calibrate` | starts a calibration, as `POST /api/v1/calibrate` (same body) |
 //! | `syncstream/calibration/+` | calibration progress and results |
 //!
 //! It publishes retained `syncstream/settings/<device>`, `syncstream/groups` and

@@ -352,6 +352,13 @@ async fn the_api_and_mqtt_are_two_doors_to_one_state() {
             "/no/such.flac",
         ),
         ("PUT", "/streams/x", Some(r#"{"url":"tone"}"#), 400, "url"),
+        (
+            "PUT",
+            "/streams/a%20b",
+            Some(r#"{"uri":"tone"}"#),
+            422,
+            "stream name",
+        ),
         ("DELETE", "/streams/radio", None, 409, "command line"),
         ("DELETE", "/streams/default", None, 409, "played by default"),
         ("DELETE", "/streams/nope", None, 404, "nope"),
@@ -450,7 +457,9 @@ async fn the_api_and_mqtt_are_two_doors_to_one_state() {
     })
     .await;
     // A manual trim: the controller publishes the offset moved by it, at once.
-    let offset_tv = tv["offset_ms"].as_f64().unwrap();
+    let offset_tv = spy.last("syncstream/buffer_offset/tv").unwrap()["offset_ms"]
+        .as_f64()
+        .unwrap();
     let (s, tv2) = call(
         &http,
         "PUT",

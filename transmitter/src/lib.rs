@@ -295,6 +295,18 @@ pub async fn start_streams(
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_addr))?;
     let http_addr = http_listener.local_addr()?;
     let mut tasks = Vec::new();
+    let keeper = cfg
+        .profiles_dir
+        .clone()
+        .map(|dir| history::ProfileKeeper::new(dir, cfg.history.clone()));
+    let (link, link_events) = mqtt::controller_link(&broker);
+    tasks.push(tokio::spawn(mqtt::run_controller(
+        broker.clone(),
+        link.clone(),
+        link_events,
+        sync_service::SyncService::new(controller.clone(), keeper),
+        clock.clone(),
+    )));
     let (control_client, control_events) = control::mqtt::client(&broker);
     let plane = control::ControlPlane::new(
         control::ControlConfig {
@@ -304,6 +316,7 @@ pub async fn start_streams(
             source_options: cfg.source_options.clone(),
         },
         controller.clone(),
+        link,
         stream_set.clone(),
         hub.clone(),
         control_client.clone(),
@@ -342,16 +355,6 @@ pub async fn start_streams(
             tracing::error!("HTTP server stopped: {e}");
         }
     }));
-
-    let keeper = cfg
-        .profiles_dir
-        .clone()
-        .map(|dir| history::ProfileKeeper::new(dir, cfg.history.clone()));
-    tasks.push(tokio::spawn(mqtt::run_controller(
-        broker.clone(),
-        sync_service::SyncService::new(controller.clone(), keeper),
-        clock.clone(),
-    )));
 
     tracing::info!(%stream_addr, %http_addr, %broker, "transmitter running");
     Ok(Transmitter {

@@ -30,7 +30,7 @@ use syncstream_protocol::messages::{
     Status, TestToneRequest,
 };
 use syncstream_protocol::mqtt::BrokerUrl;
-use syncstream_shared::names::is_valid_device_name;
+use syncstream_shared::names::{check_device_name, is_valid_device_name};
 use syncstream_shared::time::Clock;
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
@@ -65,6 +65,7 @@ pub struct ControlConfig {
 pub struct ControlPlane {
     state: Mutex<ControlState>,
     controller: Arc<Mutex<SyncController>>,
+    link: Arc<crate::mqtt::ControllerLink>,
     streams: Arc<StreamSet>,
     dir: Arc<Directory>,
     mqtt: rumqttc::AsyncClient,
@@ -89,6 +90,7 @@ impl ControlPlane {
     pub fn new(
         cfg: ControlConfig,
         controller: Arc<Mutex<SyncController>>,
+        link: Arc<crate::mqtt::ControllerLink>,
         streams: Arc<StreamSet>,
         dir: Arc<Directory>,
         mqtt: rumqttc::AsyncClient,
@@ -127,6 +129,7 @@ impl ControlPlane {
         Ok(Arc::new(Self {
             state: Mutex::new(state),
             controller,
+            link,
             streams,
             dir,
             mqtt,
@@ -282,12 +285,26 @@ impl ControlPlane {
     pub fn set_adjust(&self, device: &str, ms: f64) -> Result<Value, ApiError> {
         let mut state = lock(&self.state);
         self.known(&state, device)?;
-        let offset = lock(&self.controller)
-            .set_manual_adjust(device, ms)
-            .map_err(ApiError::unprocessable)?;
+        // Decided and queued through the controller's own link, so no offset decided
+        // before this one reaches the receiver after it.
+        let offset =
+            self.link.publish_with(
+                || match lock(&self.controller).set_manual_adjust(device, ms) {
+                    Ok(Some(o)) => {
+                        let out =
+                            serde_json::to_vec(&o).map(|payload| crate::sync_service::Outgoing {
+                                topic: topics::buffer_offset(device),
+                                payload,
+                                retain: true,
+                            });
+                        (Ok(Some(o)), out.into_iter().collect())
+                    }
+                    other => (other, Vec::new()),
+                },
+            );
+        let offset = offset.map_err(ApiError::unprocessable)?;
         state.set_manual_adjust(device, ms)?;
         if let Some(o) = offset {
-            self.publish_json(topics::buffer_offset(device), &o, true);
             state.on_offset(o);
         }
         self.save(&state);
@@ -362,6 +379,9 @@ impl ControlPlane {
     /// `process://` one: only the command line may start programs).
     /// Errors: 409 the name is taken; 422 a bad name or URI, or one that cannot open.
     pub async fn put_stream(self: &Arc<Self>, name: &str, uri: &str) -> Result<Value, ApiError> {
+        check_device_name(name).map_err(|e| {
+            ApiError::unprocessable(e.to_string().replace("device name", "stream name"))
+        })?;
         if self.streams.contains(name) {
             return Err(ApiError::conflict(format!(
                 "a stream named '{name}' exists"

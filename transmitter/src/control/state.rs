@@ -233,6 +233,12 @@ impl ControlState {
             .map_or(DEFAULT_GROUP, String::as_str)
     }
 
+    /// Group `name`'s settings (the defaults for a group that does not exist, which
+    /// the checks on every change and on loading rule out).
+    pub fn group(&self, name: &str) -> GroupSettings {
+        self.settings.groups.get(name).cloned().unwrap_or_default()
+    }
+
     /// `device`'s own settings.
     pub fn device_settings(&self, device: &str) -> DeviceSettingsStored {
         self.settings
@@ -247,7 +253,7 @@ impl ControlState {
         self.devices()
             .into_iter()
             .map(|d| {
-                let s = self.settings.groups[self.group_of(&d)].stream.clone();
+                let s = self.group(self.group_of(&d)).stream;
                 (d, s)
             })
             .collect()
@@ -256,7 +262,7 @@ impl ControlState {
     /// The retained `syncstream/settings/<device>` payload.
     pub fn settings_message(&self, device: &str) -> DeviceSettings {
         let group = self.group_of(device);
-        let g = &self.settings.groups[group];
+        let g = &self.group(group);
         let d = self.device_settings(device);
         DeviceSettings {
             device: device.to_string(),
@@ -569,7 +575,7 @@ impl ControlState {
             .or(status.map(|s| s.offset_ms));
         let d = self.device_settings(device);
         let group = self.group_of(device);
-        let g = &self.settings.groups[group];
+        let g = &self.group(group);
         let online = self.online(device, now_us);
         json!({
             "name": device,

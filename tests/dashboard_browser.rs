@@ -3,8 +3,10 @@
 //! `syncstream demo`, used as a person would: three device cards with live drift
 //! values; turning one device's offset knob moves its offset on MQTT; muting one
 //! mutes it on MQTT; creating a group and moving a device into it moves it in the
-//! API. It fits a phone's width, and the screenshot in `docs/dashboard.png` (shown by
-//! the README) is taken here.
+//! API; calibrating from the page shows each device's progress, latency and impulse
+//! response. It fits a phone's width, reconnects by itself when the transmitter
+//! restarts, and the screenshot in `docs/dashboard.png` (shown by the README) is taken
+//! here.
 
 mod common;
 
@@ -68,7 +70,7 @@ async fn text(c: &Client, css: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_uses_the_dashboard() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = DemoProcess::start(dir.path(), &["--duration", "120", "--seed", "6"]);
+    let mut demo = DemoProcess::start(dir.path(), &["--duration", "120", "--seed", "6"]);
     let api = demo.api();
     let http = reqwest::Client::new();
     let spy = Spy::start(demo.mqtt).await;
@@ -375,6 +377,26 @@ async fn a_person_uses_the_dashboard() {
         let (sw, iw) = (v[0].as_f64()?, v[1].as_f64()?);
         (sw <= iw + 1.0).then_some(())
     })
+    .await;
+
+    // The transmitter dies and comes back on the same port: the page reconnects by
+    // itself and shows the devices again.
+    let port = demo.http;
+    demo.kill();
+    until("the page to notice", Duration::from_secs(10), || async {
+        (text(&c, "#link").await? != "live").then_some(())
+    })
+    .await;
+    let _again = DemoProcess::start_on(dir.path(), port, &["--duration", "60"]);
+    until(
+        "the page live again with three cards",
+        Duration::from_secs(30),
+        || async {
+            let live = text(&c, "#link").await? == "live";
+            let cards = c.find_all(Locator::Css(".card[data-device]")).await.ok()?;
+            (live && cards.len() == 3).then_some(())
+        },
+    )
     .await;
     c.close().await.unwrap();
 }

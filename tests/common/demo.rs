@@ -27,7 +27,11 @@ impl DemoProcess {
     /// logging into `dir`, and waits (bounded) until the API answers and the broker's
     /// port is printed.
     pub fn start(dir: &Path, extra: &[&str]) -> DemoProcess {
-        let http = super::free_port();
+        Self::start_on(dir, super::free_port(), extra)
+    }
+
+    /// As [`DemoProcess::start`], on HTTP port `http`.
+    pub fn start_on(dir: &Path, http: u16, extra: &[&str]) -> DemoProcess {
         let log = dir.join(format!("demo-{http}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_syncstream"))
@@ -97,6 +101,14 @@ impl DemoProcess {
                 panic!("the demo did not stop on SIGINT");
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills it at once (a transmitter that dies), and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 

@@ -35,6 +35,14 @@ impl ReceiverNode {
         if self.pending.is_some() || self.estimator.is_none() {
             return; // the previous measurement is still in flight
         }
+        if self.silent() {
+            // Its microphone would hear only the other speakers.
+            debug!(
+                device = self.device,
+                "muted, stopped or nearly silent: no drift measurement"
+            );
+            return;
+        }
         let view = PlayoutView {
             params: self.params,
             offset: &self.offset,
@@ -56,6 +64,7 @@ impl ReceiverNode {
         };
         self.window_seq += 1;
         let req = WindowRequest {
+            stream: self.stream.clone(),
             id: self.window_seq,
             start_us: m.ref_start_us,
             duration_ms: m.ref_duration_ms,

@@ -3,6 +3,7 @@
 # Idempotent: does nothing when everything is there.
 set -euo pipefail
 packages=(build-essential pkg-config cmake libasound2-dev libopus-dev mosquitto mosquitto-clients
+          chromium chromium-driver
           pulseaudio pulseaudio-utils libasound2-plugins alsa-utils valgrind python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do

@@ -117,10 +117,21 @@ struct DelayArgs {
 #[cfg(feature = "transmitter")]
 #[derive(Args, Debug)]
 struct TransmitterArgs {
-    /// Audio source: an audio file (any format symphonia reads), `-` for raw s16le PCM
-    /// on stdin, `alsa` or `alsa:DEVICE` for an ALSA capture device, `tone` or `tone:HZ`.
+    /// Audio source of the stream `default`: an audio file (any format symphonia
+    /// reads), `-` for raw s16le PCM on stdin, `alsa` or `alsa:DEVICE` for an ALSA
+    /// capture device, `tone` or `tone:HZ`, or a stream URI.
     #[arg(long)]
-    source: String,
+    source: Option<String>,
+    /// A named stream, as a Snapcast-style URI (repeatable):
+    /// `pipe:///tmp/snapfifo?name=radio`, `file:///srv/music/a.flac?name=music`,
+    /// `alsa:///?device=hw:1&name=tv`, `process:///usr/bin/librespot?name=spotify&params=...`,
+    /// `tone:///?name=beep&freq=440`.
+    #[arg(long = "stream")]
+    streams: Vec<String>,
+    /// The control plane's state folder: groups, volumes, mutes and manual adjustments
+    /// persist in state.json there (default: nothing persists).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Loop a file source.
     #[arg(long = "loop")]
     loop_file: bool,
@@ -228,6 +239,18 @@ struct DemoArgs {
     /// audio and its duration unless --audio or --duration say otherwise.
     #[arg(long)]
     scenario: Option<PathBuf>,
+    /// Port of the dashboard and the control API (on every address; 0: any free port
+    /// on 127.0.0.1).
+    #[arg(long, default_value_t = 4954)]
+    http_port: u16,
+    /// Keep groups, volumes, mutes and manual adjustments in state.json in this
+    /// folder, across runs (default: nothing persists).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Streams beside `default` (the audio), as Snapcast-style URIs, repeatable
+    /// (default: a 440 Hz tone named `tone`).
+    #[arg(long = "stream")]
+    streams: Vec<String>,
 }
 
 /// Runs the tool; prints errors with their causes and returns a non-zero exit code.
@@ -375,9 +398,7 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
         stdin_rate_hz: a.stdin_rate,
         stdin_channels: a.stdin_channels,
     };
-    let mut src = syncstream_transmitter::source::open_source(&a.source, &opts)?;
-    tracing::info!("source: {}", src.describe());
-    let source: syncstream_transmitter::PullAudio = Box::new(move |buf: &mut [f32]| src.read(buf));
+    let sources = open_streams(a.source.as_deref(), &a.streams, &opts)?;
     let cfg = syncstream_transmitter::TransmitterConfig {
         stream_addr: a.stream_listen,
         http_addr: a.http_listen,
@@ -390,10 +411,60 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
         playout_delay_ms: a.playout_delay_ms,
         profiles_dir: a.profiles_dir,
         updates_dir: a.updates_dir,
+        state_dir: a.state_dir,
+        source_options: opts,
         ..Default::default()
     };
-    let _tx = syncstream_transmitter::start(cfg, source, clock).await?;
+    let _tx = syncstream_transmitter::start_streams(cfg, sources, clock).await?;
     crate::service::transmitter_running().await // systemd readiness (issue 13); waits for Ctrl-C/SIGTERM
+}
+
+/// The streams of `--source` (named `default`) and `--stream` URIs, opened.
+///
+/// Errors: neither given, a source that cannot open, a URI without a name (but the
+/// first), two streams with one name.
+#[cfg(feature = "transmitter")]
+fn open_streams(
+    source: Option<&str>,
+    uris: &[String],
+    opts: &syncstream_transmitter::source::SourceOptions,
+) -> anyhow::Result<Vec<syncstream_transmitter::NamedSource>> {
+    use syncstream_transmitter::source::{open_source, open_uri};
+    use syncstream_transmitter::NamedSource;
+    let mut out = Vec::new();
+    if let Some(spec) = source {
+        let mut src = open_source(spec, opts)?;
+        let description = src.describe();
+        tracing::info!("stream default: {description}");
+        out.push(NamedSource::default_stream(
+            Box::new(move |buf: &mut [f32]| src.read(buf)),
+            spec,
+            &description,
+        ));
+    }
+    for uri in uris {
+        let (parsed, mut src) = open_uri(uri, opts)?;
+        let name = match parsed.name {
+            Some(n) => n,
+            None if out.is_empty() => "default".to_string(),
+            None => anyhow::bail!("--stream {uri}: give it a name (?name=...)"),
+        };
+        if out.iter().any(|s: &NamedSource| s.name == name) {
+            anyhow::bail!("--stream {uri}: a stream named '{name}' is already given");
+        }
+        let description = src.describe();
+        tracing::info!("stream {name}: {description}");
+        out.push(NamedSource {
+            name,
+            uri: uri.clone(),
+            description,
+            pull: Box::new(move |buf: &mut [f32]| src.read(buf)),
+        });
+    }
+    if out.is_empty() {
+        anyhow::bail!("give --source (the stream `default`) or --stream URI");
+    }
+    Ok(out)
 }
 
 async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
@@ -474,6 +545,9 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         codec: scenario.as_ref().map_or(a.codec, |s| s.codec),
         seed: scenario.as_ref().map_or(a.seed, |s| s.seed),
         live_table: !a.quiet,
+        http_port: a.http_port,
+        state_dir: a.state_dir,
+        streams: a.streams,
     };
     let world = match &scenario {
         Some(sc) => syncstream_sim::demo::scenario_world(sc)?,

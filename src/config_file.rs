@@ -69,8 +69,15 @@ pub struct ReceiverFile {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TransmitterFile {
-    /// Audio source: a file, `alsa`, `alsa:DEVICE`, `tone`, `tone:HZ`.
-    pub source: String,
+    /// Audio source of the stream `default`: a file, `alsa`, `alsa:DEVICE`, `tone`,
+    /// `tone:HZ`, or a stream URI.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// More named streams, Snapcast-style URIs (`pipe:///tmp/snapfifo?name=radio`).
+    #[serde(default)]
+    pub streams: Vec<String>,
+    /// The control plane's state folder (groups, volumes, adjustments).
+    pub state_dir: Option<PathBuf>,
     /// Loop a file source.
     #[serde(default, rename = "loop")]
     pub loop_file: bool,
@@ -183,7 +190,15 @@ impl TransmitterFile {
     /// The arguments of `syncstream transmitter` (after the subcommand name).
     pub fn to_args(&self) -> Vec<String> {
         let mut a = Vec::new();
-        push(&mut a, "--source", Some(&self.source));
+        push(&mut a, "--source", self.source.as_ref());
+        for s in &self.streams {
+            push(&mut a, "--stream", Some(s));
+        }
+        push(
+            &mut a,
+            "--state-dir",
+            self.state_dir.as_ref().map(|p| p.display()),
+        );
         if self.loop_file {
             a.push("--loop".into());
         }
@@ -226,6 +241,25 @@ mod tests {
         assert!(r.to_args().unwrap().contains(&"--transmitter".to_string()));
         let t: TransmitterFile = load(&root.join("transmitter.toml")).unwrap();
         assert_eq!(t.to_args()[0], "--source");
+        assert!(t
+            .to_args()
+            .windows(2)
+            .any(|w| w == ["--state-dir", "/var/lib/syncstream"]));
+        let (_d, p) = write(
+            "streams = [\"pipe:///tmp/a?name=a\", \"tone:///?name=b\"]\nstate_dir = \"/s\"\n",
+        );
+        let t: TransmitterFile = load(&p).unwrap();
+        assert_eq!(
+            t.to_args(),
+            [
+                "--stream",
+                "pipe:///tmp/a?name=a",
+                "--stream",
+                "tone:///?name=b",
+                "--state-dir",
+                "/s"
+            ]
+        );
     }
 
     #[test]

@@ -159,6 +159,9 @@ async fn start_demo() -> DemoSystem {
         codec: Codec::Opus,
         seed: 5,
         live_table: false,
+        http_port: 0,
+        state_dir: None,
+        streams: Vec::new(),
     };
     let sys = start_system(&cfg, default_world()).await.unwrap();
     // Every receiver streaming and playing audio (bounded polling).

@@ -89,3 +89,48 @@ fn shipped_profiles_parse() {
         dir.display()
     );
 }
+
+/// The transmitter's streams: none given, a bad URI, an unnamed extra stream and two
+/// streams with one name are refused before anything starts, each with its reason.
+#[test]
+fn bad_streams_are_refused_with_the_reason() {
+    for (args, needle) in [
+        (vec!["transmitter"], "give --source"),
+        (
+            vec!["transmitter", "--stream", "ftp:///x?name=a"],
+            "unknown source type 'ftp'",
+        ),
+        (
+            vec![
+                "transmitter",
+                "--source",
+                "tone",
+                "--stream",
+                "tone:///?freq=300",
+            ],
+            "give it a name",
+        ),
+        (
+            vec![
+                "transmitter",
+                "--source",
+                "tone",
+                "--stream",
+                "tone:///?name=default",
+            ],
+            "already given",
+        ),
+        (
+            vec!["transmitter", "--stream", "pipe:///tmp/x?name=a&colour=red"],
+            "unknown parameter colour",
+        ),
+        (
+            vec!["transmitter", "--stream", "tone:///?name=a/b"],
+            "stream name",
+        ),
+    ] {
+        let (ok, err) = syncstream(&args);
+        assert!(!ok, "{args:?} started");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

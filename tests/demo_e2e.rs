@@ -47,6 +47,9 @@ fn config(broker: Option<BrokerUrl>, audio: &str) -> DemoConfig {
         codec: Codec::Opus,
         seed: 3,
         live_table: false,
+        http_port: 0,
+        state_dir: None,
+        streams: Vec::new(),
     }
 }
 

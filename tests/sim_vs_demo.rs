@@ -31,6 +31,9 @@ async fn the_simulator_and_the_real_time_demo_agree() {
         codec: Codec::Opus,
         seed: sc.seed,
         live_table: false,
+        http_port: 0,
+        state_dir: None,
+        streams: Vec::new(),
     };
     let demo = run_world(cfg, scenario_world(&sc).unwrap()).await.unwrap();
     let both = format!(

@@ -8,6 +8,9 @@
 //! | `syncstream/status/<device>` | receiver → anyone (retained, last will) | [`Status`] |
 //! | `syncstream/config` | anyone → receivers (retained) | [`ConfigPush`] |
 //! | `syncstream/calibration/<device>` | receiver/calibrator → anyone | free-form JSON |
+//! | `syncstream/settings/<device>` | transmitter → receiver (retained) | [`DeviceSettings`] |
+//! | `syncstream/groups`, `syncstream/streams` | transmitter → anyone (retained) | the control API's `GET /api/v1/groups` and `/streams` bodies |
+//! | `syncstream/group/<group>` | anyone → transmitter | [`GroupRequest`] |
 //!
 //! Every payload is parsed with [`parse`], which never panics: a malformed payload is
 //! an error that names the topic and the reason.
@@ -44,8 +47,23 @@ pub mod topics {
     pub fn calibration(device: &str) -> String {
         format!("{TOPIC_ROOT}/calibration/{device}")
     }
+    /// `syncstream/settings/<device>` (retained): volume, mute and group from the
+    /// transmitter's control plane.
+    pub fn settings(device: &str) -> String {
+        format!("{TOPIC_ROOT}/settings/{device}")
+    }
+    /// `syncstream/group/<group>`: create, change or delete a group.
+    pub fn group(group: &str) -> String {
+        format!("{TOPIC_ROOT}/group/{group}")
+    }
     /// `syncstream/config` (retained).
     pub const CONFIG: &str = "syncstream/config";
+    /// `syncstream/groups` (retained): every group, as `GET /api/v1/groups` shows them.
+    pub const GROUPS: &str = "syncstream/groups";
+    /// `syncstream/streams` (retained): every stream, as `GET /api/v1/streams` shows them.
+    pub const STREAMS: &str = "syncstream/streams";
+    /// Wildcard for group requests.
+    pub const GROUP_ALL: &str = "syncstream/group/+";
     /// Wildcard the controller subscribes to.
     pub const DRIFT_ALL: &str = "syncstream/drift/+";
     /// Wildcard for every device's status.
@@ -168,6 +186,92 @@ pub enum Command {
     },
     /// Play a calibration test signal and report the measured latency.
     TestTone(TestToneRequest),
+    /// A manual trim of where the device's sound sits, on top of the measured offset
+    /// (for the transmitter's sync controller; receivers ignore it).
+    Adjust {
+        /// ms; positive plays the device later. −500 to 500.
+        manual_adjust_ms: f64,
+    },
+}
+
+/// What the transmitter's control plane wants a receiver to do with its output,
+/// retained on `syncstream/settings/<device>`. The receiver plays at
+/// `volume × group_volume`, muted when `muted` or `group_muted`.
+///
+/// Example: `{"device":"kitchen","group":"downstairs","stream":"radio","volume":1.0,"muted":false,"group_volume":0.8,"group_muted":false}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSettings {
+    /// Target device.
+    pub device: String,
+    /// The device's group.
+    #[serde(default)]
+    pub group: String,
+    /// The stream the group plays.
+    #[serde(default)]
+    pub stream: String,
+    /// The device's own volume, linear 0..=1.
+    pub volume: f64,
+    /// The device's own mute.
+    pub muted: bool,
+    /// Its group's volume, linear 0..=1.
+    #[serde(default = "one")]
+    pub group_volume: f64,
+    /// Its group's mute.
+    #[serde(default)]
+    pub group_muted: bool,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl DeviceSettings {
+    /// Checks the numbers; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, v) in [("volume", self.volume), ("group_volume", self.group_volume)] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                return Err(format!("{name}: {v} is not between 0 and 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The gain the output plays at (0 when muted).
+    pub fn effective_volume(&self) -> f64 {
+        self.volume * self.group_volume
+    }
+
+    /// Whether the output is silent.
+    pub fn effective_muted(&self) -> bool {
+        self.muted || self.group_muted
+    }
+}
+
+/// A request on `syncstream/group/<group>` (the MQTT door of `PUT` and `DELETE
+/// /api/v1/groups/<group>`): every field is optional; `{"delete": true}` deletes.
+///
+/// Example: `{"stream":"radio","devices":["kitchen","tv"],"volume":0.8,"muted":false}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRequest {
+    /// Stream the group plays.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Its devices (moved out of their groups).
+    #[serde(default)]
+    pub devices: Option<Vec<String>>,
+    /// Group volume, 0..=1.
+    #[serde(default)]
+    pub volume: Option<f64>,
+    /// Group mute.
+    #[serde(default)]
+    pub muted: Option<bool>,
+    /// New name of the group.
+    #[serde(default)]
+    pub rename: Option<String>,
+    /// Delete the group (its devices go to `default`).
+    #[serde(default)]
+    pub delete: bool,
 }
 
 /// Parameters of a `test_tone` command; every field is optional.
@@ -291,6 +395,12 @@ pub struct Status {
     /// signed version after an update); absent from older receivers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The stream it plays (absent before the first hello).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Its group, as the last `syncstream/settings` said (absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Retained configuration push on `syncstream/config`: profiles by device name.
@@ -332,6 +442,30 @@ mod tests {
             parse::<Command>("t", br#"{"cmd":"stop"}"#).unwrap(),
             Command::Stop
         );
+        assert_eq!(
+            parse::<Command>("t", br#"{"cmd":"adjust","manual_adjust_ms":-1.5}"#).unwrap(),
+            Command::Adjust {
+                manual_adjust_ms: -1.5
+            }
+        );
+    }
+
+    #[test]
+    fn settings_and_group_requests_parse_and_check() {
+        let s: DeviceSettings = parse(
+            "t",
+            br#"{"device":"tv","volume":0.5,"muted":false,"group_volume":0.5}"#,
+        )
+        .unwrap();
+        assert!((s.effective_volume() - 0.25).abs() < 1e-12 && !s.effective_muted());
+        let bad = DeviceSettings {
+            group_volume: 2.0,
+            ..s
+        };
+        assert!(bad.check().unwrap_err().contains("group_volume"));
+        let g: GroupRequest = parse("t", br#"{"devices":["tv"],"volume":0.8}"#).unwrap();
+        assert_eq!(g.devices.unwrap(), vec!["tv".to_string()]);
+        assert!(parse::<GroupRequest>("t", br#"{"colour":"red"}"#).is_err());
     }
 
     #[test]

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 /// Version of this protocol; a peer with another version is refused. Version 2 added
 /// the hello's `instance`, the [`Frame::Refused`] answer and clock-sync connections
-/// ([`Frame::ClockHello`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// ([`Frame::ClockHello`]); version 3 named streams (the hello's `stream`) and
+/// [`Frame::StreamSwitch`].
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest encoded frame, bytes.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
@@ -91,6 +92,9 @@ pub enum Frame {
         epoch_us: i64,
         /// Playout delay the receivers should use, ms.
         playout_delay_ms: u32,
+        /// Name of the stream this connection plays (source windows are asked for
+        /// with `?stream=<name>`).
+        stream: String,
     },
     /// Transmitter → receiver: one chunk of audio.
     Audio {
@@ -114,6 +118,21 @@ pub enum Frame {
         t2_us: i64,
         /// Transmitter clock when the answer left, µs.
         t3_us: i64,
+    },
+    /// Transmitter → receiver: from the next `Audio` frame on, the connection carries
+    /// another stream (the device moved to another group, or its group to another
+    /// stream). Every stream of a transmitter shares one timeline (sample index `n` has
+    /// the same PTS in all of them) and the playout delay, so the receiver keeps its
+    /// clock sync and offset and only starts a new decoder and jitter buffer.
+    StreamSwitch {
+        /// Name of the new stream.
+        stream: String,
+        /// Codec of its `Audio` payloads.
+        codec: Codec,
+        /// Its decoder lag, samples.
+        codec_delay_samples: u32,
+        /// PTS of its sample index 0, µs (the same epoch as the hello's).
+        epoch_us: i64,
     },
 }
 
@@ -194,6 +213,13 @@ mod tests {
                 codec_delay_samples: 312,
                 epoch_us: -5,
                 playout_delay_ms: 1000,
+                stream: "default".into(),
+            },
+            Frame::StreamSwitch {
+                stream: "radio".into(),
+                codec: Codec::Pcm16,
+                codec_delay_samples: 0,
+                epoch_us: 7,
             },
             Frame::Audio {
                 sample_index: 960,

@@ -196,8 +196,8 @@ impl ReceiverIo for TokioIo {
 
     fn fetch_window(&mut self, r: WindowRequest) {
         let url = format!(
-            "{}/api/v1/window?start_us={}&duration_ms={}",
-            self.http_base, r.start_us, r.duration_ms
+            "{}/api/v1/window?stream={}&start_us={}&duration_ms={}",
+            self.http_base, r.stream, r.start_us, r.duration_ms
         );
         let http = self.http.clone();
         let events = self.events.clone();

@@ -46,7 +46,37 @@ pub struct DemoConfig {
     pub seed: u64,
     /// Print the live table to stdout.
     pub live_table: bool,
+    /// Port of the dashboard and API (and source windows) on every address; 0: any
+    /// free port on 127.0.0.1.
+    pub http_port: u16,
+    /// The control plane's state folder (groups, volumes, adjustments persist);
+    /// `None`: nothing persists.
+    pub state_dir: Option<PathBuf>,
+    /// More streams (Snapcast-style URIs) beside `default` (the audio file); empty:
+    /// [`DEMO_EXTRA_STREAM`].
+    pub streams: Vec<String>,
 }
+
+impl DemoConfig {
+    /// A demo of `audio` on the embedded broker: Opus, seed 1, no table, any free
+    /// port, nothing persisted, the default extra stream.
+    pub fn new(audio: PathBuf) -> Self {
+        Self {
+            audio,
+            duration_s: None,
+            broker: None,
+            codec: Codec::Opus,
+            seed: 1,
+            live_table: false,
+            http_port: 0,
+            state_dir: None,
+            streams: Vec::new(),
+        }
+    }
+}
+
+/// The demo's second stream when none is given: a 440 Hz tone, to move groups to.
+pub const DEMO_EXTRA_STREAM: &str = "tone:///?name=tone&freq=440";
 
 /// One demo device: its profile and its hidden truth.
 #[derive(Debug, Clone)]
@@ -199,22 +229,52 @@ pub struct DemoSystem {
 /// Errors: the audio file cannot be read, or a server or receiver cannot start.
 pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<DemoSystem> {
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
-    let source = looping_clip(&cfg.audio)?;
+    let mut sources = vec![syncstream_transmitter::NamedSource::default_stream(
+        looping_clip(&cfg.audio)?,
+        &cfg.audio.display().to_string(),
+        &format!("file {} (looped)", cfg.audio.display()),
+    )];
+    let extra = if cfg.streams.is_empty() {
+        vec![DEMO_EXTRA_STREAM.to_string()]
+    } else {
+        cfg.streams.clone()
+    };
+    let opts = syncstream_transmitter::source::SourceOptions {
+        loop_file: true,
+        ..Default::default()
+    };
+    for uri in extra {
+        let (parsed, mut src) = syncstream_transmitter::source::open_uri(&uri, &opts)?;
+        let name = parsed
+            .name
+            .with_context(|| format!("stream {uri}: give it a name (?name=...)"))?;
+        sources.push(syncstream_transmitter::NamedSource {
+            name,
+            uri: uri.clone(),
+            description: src.describe(),
+            pull: Box::new(move |buf: &mut [f32]| src.read(buf)),
+        });
+    }
     let mqtt = match &cfg.broker {
         Some(url) => MqttMode::External(url.clone()),
         None => MqttMode::Embedded(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
     };
     let tx_cfg = TransmitterConfig {
         stream_addr: "127.0.0.1:0".parse()?,
-        http_addr: "127.0.0.1:0".parse()?,
+        http_addr: if cfg.http_port == 0 {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], cfg.http_port))
+        },
         mqtt,
+        state_dir: cfg.state_dir.clone(),
         codec: cfg.codec,
         playout_delay_ms: world.playout_delay_ms,
         buffer_seconds: (world.playout_delay_ms as f64 / 1000.0 + 29.0).max(30.0),
         ..Default::default()
     };
     let playout_delay_ms = tx_cfg.playout_delay_ms as f64;
-    let tx = syncstream_transmitter::start(tx_cfg, source, clock.clone()).await?;
+    let tx = syncstream_transmitter::start_streams(tx_cfg, sources, clock.clone()).await?;
     // The network: real connections through proxies that delay them as modelled.
     let quiet = world.network.delay_ms == 0.0 && world.network.jitter_ms == 0.0;
     let broker_addr: SocketAddr = format!("{}:{}", tx.broker.host, tx.broker.port)
@@ -302,6 +362,11 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
 /// Errors: the audio file cannot be read, or a server cannot start.
 pub async fn run_world(cfg: DemoConfig, world: DemoWorld) -> anyhow::Result<Report> {
     let sys = start_system(&cfg, world).await?;
+    eprintln!(
+        "dashboard and API: http://127.0.0.1:{}/ (MQTT broker {})",
+        sys.tx.http_addr.port(),
+        sys.tx.broker
+    );
     let (clock, room, devices, receivers, start_us, playout_delay_ms) = (
         sys.clock.clone(),
         sys.room.clone(),

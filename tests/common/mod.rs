@@ -1,6 +1,9 @@
-//! Helpers shared by the end-to-end tests: real brokers and free ports.
+//! Helpers shared by the end-to-end tests: real brokers, free ports, the demo as a
+//! process ([`demo`]).
 
 #![allow(dead_code)]
+
+pub mod demo;
 
 use std::net::TcpStream;
 use std::path::PathBuf;

@@ -31,6 +31,11 @@
 //!   rate that the receiver applies continuously. Changes below `deadband_ms` are not
 //!   sent, but an offset with a rate is re-sent every `refresh_s` of report time, since
 //!   receivers stop extrapolating a rate that is not refreshed.
+//! - A manual adjustment per device (`manual_adjust_ms`, positive: the device sounds
+//!   later) is taken off the offset published, not the target: the controller goes on
+//!   tracking the device's latency from `applied + drift` (the report's applied offset
+//!   includes the adjustment and its drift shows it), so it keeps the device where the
+//!   person put it instead of fighting the trim. Changing it republishes at once.
 //! - Coarse reports (with `uncertainty_ms`: bass-only sound, a subwoofer) never
 //!   fine-tune: one that agrees with the offset within its uncertainty (plus
 //!   `outlier_ms`) is ignored; two in a row that agree with each other but not with the
@@ -62,6 +67,8 @@ pub const MAX_DEVICES: usize = 256;
 pub const KEEPALIVE_MAX_S: f64 = 120.0;
 /// Offset history entries kept per device.
 pub const OFFSET_HISTORY: usize = 4096;
+/// Largest |manual adjustment|, ms.
+pub const MAX_MANUAL_ADJUST_MS: f64 = 500.0;
 
 /// Tuning of the controller. The defaults are documented in the README.
 #[derive(Debug, Clone)]
@@ -228,6 +235,8 @@ pub enum Decision {
 pub struct SyncController {
     cfg: ControllerConfig,
     devices: BTreeMap<String, DeviceSync>,
+    /// Manual adjustments, ms, by device (kept across a resync).
+    adjust_ms: BTreeMap<String, f64>,
 }
 
 impl SyncController {
@@ -236,7 +245,56 @@ impl SyncController {
         Self {
             cfg,
             devices: BTreeMap::new(),
+            adjust_ms: BTreeMap::new(),
         }
+    }
+
+    /// The manual adjustment of `device`, ms (0 unless set).
+    pub fn manual_adjust_ms(&self, device: &str) -> f64 {
+        self.adjust_ms.get(device).copied().unwrap_or(0.0)
+    }
+
+    /// Sets `device`'s manual adjustment (see the module docs) and returns the offset
+    /// to publish now when the device is locked (at its last report's time, with its
+    /// rate).
+    ///
+    /// Errors: a value that is not finite or beyond ±[`MAX_MANUAL_ADJUST_MS`]; more
+    /// than [`MAX_DEVICES`] adjusted devices.
+    pub fn set_manual_adjust(
+        &mut self,
+        device: &str,
+        adjust_ms: f64,
+    ) -> Result<Option<BufferOffset>, String> {
+        if !(adjust_ms.is_finite() && adjust_ms.abs() <= MAX_MANUAL_ADJUST_MS) {
+            return Err(format!(
+                "manual_adjust_ms: {adjust_ms} is outside ±{MAX_MANUAL_ADJUST_MS} ms"
+            ));
+        }
+        if !self.adjust_ms.contains_key(device) && self.adjust_ms.len() >= MAX_DEVICES {
+            return Err(format!("at most {MAX_DEVICES} devices can be adjusted"));
+        }
+        if adjust_ms == 0.0 {
+            self.adjust_ms.remove(device);
+        } else {
+            self.adjust_ms.insert(device.to_string(), adjust_ms);
+        }
+        let limits = self.cfg.limits;
+        let Some(dev) = self.devices.get_mut(device) else {
+            return Ok(None);
+        };
+        let (Some(offset), Some(ref_us)) = (dev.offset_ms, dev.last_ts_us) else {
+            return Ok(None);
+        };
+        dev.seq += 1;
+        dev.published_rate_ms_per_s = dev.rate_ms_per_s;
+        dev.last_publish_ts_us = Some(ref_us);
+        Ok(Some(BufferOffset {
+            device: device.to_string(),
+            offset_ms: limits.clamp(offset - adjust_ms),
+            seq: dev.seq,
+            rate_ms_per_s: dev.rate_ms_per_s,
+            ref_us,
+        }))
     }
 
     /// Per-device state.
@@ -484,6 +542,7 @@ impl SyncController {
             return Decision::Ignored(e);
         }
         let cfg = self.cfg.clone();
+        let adjust = self.manual_adjust_ms(&r.device);
         if !self.devices.contains_key(&r.device) && self.devices.len() >= MAX_DEVICES {
             if let Some(stalest) = self
                 .devices
@@ -526,7 +585,8 @@ impl SyncController {
         let dt_s = dev.last_ts_us.map_or(0.0, |t| {
             ((r.ts_us as f64 - t as f64) / 1e6).clamp(0.0, 60.0)
         });
-        let current = dev.offset_ms.unwrap_or(r.applied_offset_ms) + dev.rate_ms_per_s * dt_s;
+        let current =
+            dev.offset_ms.unwrap_or(r.applied_offset_ms + adjust) + dev.rate_ms_per_s * dt_s;
         let new_offset = match dev.state {
             LockState::Acquiring => {
                 dev.pending.push(target);
@@ -647,7 +707,7 @@ impl SyncController {
         dev.seq += 1;
         Decision::Publish(BufferOffset {
             device: r.device.clone(),
-            offset_ms: clamped,
+            offset_ms: cfg.limits.clamp(clamped - adjust),
             seq: dev.seq,
             rate_ms_per_s: dev.rate_ms_per_s,
             ref_us: r.ts_us,
@@ -808,6 +868,34 @@ mod tests {
         ));
         let o = offset(on(&mut c, report(Some(59.9), 0.9, 200.0)));
         assert!((o - 260.0).abs() < 0.2, "{o}");
+    }
+
+    /// A manual trim moves the published offset, not the tracked latency: reports made
+    /// with the trimmed offset keep the device where it was put.
+    #[test]
+    fn a_manual_adjustment_is_kept_not_fought() {
+        let mut c = SyncController::new(ControllerConfig::default());
+        assert_eq!(c.set_manual_adjust("tv", 2.0), Ok(None), "not locked yet");
+        // True latency 112 ms; the first offset is 112 − 2.
+        let o = offset(on(&mut c, report(Some(42.0), 0.995, 70.0)));
+        assert!((o - 110.0).abs() < 1e-9, "{o}");
+        // The device now sounds 2 ms late, as asked: nothing changes.
+        for _ in 0..10 {
+            assert_eq!(on(&mut c, report(Some(2.0), 0.95, 110.0)), Decision::Hold);
+        }
+        // A new trim is published at once.
+        let b = c.set_manual_adjust("tv", -0.5).unwrap().unwrap();
+        assert!((b.offset_ms - 112.5).abs() < 1e-9, "{b:?}");
+        assert_eq!(c.device("tv").unwrap().offset_ms, Some(112.0));
+        for bad in [f64::NAN, 501.0, -1e9] {
+            assert!(c
+                .set_manual_adjust("tv", bad)
+                .unwrap_err()
+                .contains("manual_adjust_ms"));
+        }
+        assert_eq!(c.manual_adjust_ms("tv"), -0.5);
+        c.reset("tv");
+        assert_eq!(c.manual_adjust_ms("tv"), -0.5, "kept across a resync");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The source-window HTTP server (axum).
 //!
-//! - `GET /api/v1/window?start_us=<i64>&duration_ms=<1..=10000>[&format=f32|wav]`:
-//!   source audio for that span from the rolling buffer, mono, 48 kHz. Default body:
+//! - `GET /api/v1/window?start_us=<i64>&duration_ms=<1..=10000>[&format=f32|wav][&stream=NAME]`:
+//!   source audio for that span from the stream's rolling buffer (stream `default`
+//!   unless named; 404 for an unknown stream), mono, 48 kHz. Default body:
 //!   little-endian f32 samples (`application/octet-stream`), with the PTS of the first
 //!   sample in the `x-syncstream-start-us` header and the rate in
 //!   `x-syncstream-sample-rate`; `format=wav` returns a WAV file instead.
@@ -20,17 +21,18 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::controller::SyncController;
-use crate::rolling_buffer::{RollingBuffer, WindowError};
-use crate::stream_server::StreamHub;
+use crate::rolling_buffer::WindowError;
+use crate::stream_server::{Directory, DEFAULT_STREAM};
+use crate::streams::StreamSet;
 use syncstream_shared::time::STREAM_SAMPLE_RATE;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
 pub struct HttpState {
-    /// Source audio.
-    pub buffer: Arc<Mutex<RollingBuffer>>,
+    /// The streams (their source audio).
+    pub streams: Arc<StreamSet>,
     /// Connected receivers.
-    pub hub: Arc<StreamHub>,
+    pub hub: Arc<Directory>,
     /// Controller state.
     pub controller: Arc<Mutex<SyncController>>,
 }
@@ -40,6 +42,7 @@ struct WindowQuery {
     start_us: Option<String>,
     duration_ms: Option<String>,
     format: Option<String>,
+    stream: Option<String>,
 }
 
 fn error(status: StatusCode, msg: impl ToString) -> Response {
@@ -76,7 +79,20 @@ async fn window(State(st): State<HttpState>, Query(q): Query<WindowQuery>) -> Re
             )
         }
     };
-    let result = st.buffer.lock().unwrap().window(start_us, duration_ms);
+    let name = q.stream.as_deref().unwrap_or(DEFAULT_STREAM);
+    let Some(buffer) = st.streams.buffer(name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "stream: no stream named '{}'",
+                name.chars().take(64).collect::<String>()
+            ),
+        );
+    };
+    let result = buffer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .window(start_us, duration_ms);
     let (first_us, samples) = match result {
         Ok(v) => v,
         Err(e @ WindowError::BadDuration(_)) => return error(StatusCode::BAD_REQUEST, e),
@@ -124,11 +140,24 @@ fn wav_bytes(samples: &[f32]) -> Vec<u8> {
 }
 
 async fn status(State(st): State<HttpState>) -> Response {
-    let (oldest_us, newest_us) = st.buffer.lock().unwrap().span_us();
-    let devices = st.controller.lock().unwrap().snapshot();
+    let (oldest_us, newest_us) = st
+        .streams
+        .buffer(DEFAULT_STREAM)
+        .map(|b| {
+            b.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .span_us()
+        })
+        .unwrap_or((0, 0));
+    let devices = st
+        .controller
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .snapshot();
     Json(serde_json::json!({
         "buffer": { "oldest_us": oldest_us, "newest_us": newest_us, "sample_rate": STREAM_SAMPLE_RATE },
         "receivers": st.hub.clients(),
+        "streams": st.streams.list(),
         "devices": devices,
     }))
     .into_response()

@@ -1,11 +1,14 @@
-//! The SyncStream transmitter: takes audio from a source, keeps the last seconds in a
-//! rolling buffer, streams it to receivers over TCP, serves source windows over HTTP,
-//! and runs the sync controller and (by default) an embedded MQTT broker.
+//! The SyncStream transmitter: takes audio from its sources (named streams), keeps
+//! the last seconds of each in a rolling buffer, streams them to receivers over TCP,
+//! serves source windows over HTTP, and runs the sync controller, the control plane
+//! (groups, REST API, WebSocket, dashboard) and (by default) an embedded MQTT broker.
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+pub mod control;
 pub mod controller;
 pub mod controller_store;
+pub mod dashboard;
 pub mod history;
 pub mod http;
 pub mod mqtt;
@@ -13,19 +16,18 @@ pub mod pacer;
 pub mod rolling_buffer;
 pub mod source;
 pub mod stream_server;
+pub mod streams;
 pub mod sync_service;
 pub mod updates;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use syncstream_protocol::codec::{AudioEncoder, CHUNK_FRAMES};
 use syncstream_protocol::mqtt::BrokerUrl;
 use syncstream_protocol::wire::Codec;
 use syncstream_shared::limits::{check_playout_delay_ms, OffsetLimits};
-use syncstream_shared::time::{Clock, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
+use syncstream_shared::time::Clock;
 
 pub use controller::{ControllerConfig, SyncController};
 pub use pacer::PullAudio;
@@ -69,9 +71,36 @@ pub struct TransmitterConfig {
     pub history: history::HistoryConfig,
     /// Folder of signed update bundles to serve and announce (`updates`); `None`: none.
     pub updates_dir: Option<std::path::PathBuf>,
-    /// Folder where the transmitter keeps its state across restarts (the controller's
-    /// offsets, [`controller_store`]); `None`: nothing is kept.
+    /// The transmitter's state folder: the control plane's `state.json` (groups,
+    /// volumes, adjustments) and the controller's `controller.json` ([`controller_store`]);
+    /// `None`: nothing persists.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Options for streams added through the control API.
+    pub source_options: source::SourceOptions,
+}
+
+/// A source for one named stream.
+pub struct NamedSource {
+    /// Stream name (letters, digits, `-`, `_`).
+    pub name: String,
+    /// The URI or spec it was opened from (shown by the API).
+    pub uri: String,
+    /// The source, in words.
+    pub description: String,
+    /// Its audio.
+    pub pull: PullAudio,
+}
+
+impl NamedSource {
+    /// `pull` as the stream [`stream_server::DEFAULT_STREAM`].
+    pub fn default_stream(pull: PullAudio, uri: &str, description: &str) -> Self {
+        Self {
+            name: stream_server::DEFAULT_STREAM.into(),
+            uri: uri.into(),
+            description: description.into(),
+            pull,
+        }
+    }
 }
 
 impl Default for TransmitterConfig {
@@ -88,6 +117,7 @@ impl Default for TransmitterConfig {
             history: history::HistoryConfig::default(),
             updates_dir: None,
             state_dir: None,
+            source_options: source::SourceOptions::default(),
         }
     }
 }
@@ -103,13 +133,16 @@ pub struct Transmitter {
     pub broker: BrokerUrl,
     /// Controller state.
     pub controller: Arc<Mutex<SyncController>>,
-    /// The rolling buffer.
+    /// The rolling buffer of the first stream.
     pub buffer: Arc<Mutex<RollingBuffer>>,
-    /// PTS of source sample 0, µs.
+    /// PTS of source sample 0 of every stream, µs.
     pub epoch_us: i64,
-    hub: Arc<stream_server::StreamHub>,
-    stop: Arc<AtomicBool>,
-    pacer: Option<std::thread::JoinHandle<()>>,
+    /// The streams.
+    pub streams: Arc<streams::StreamSet>,
+    /// The control plane (groups, settings, API).
+    pub control: Arc<control::ControlPlane>,
+    hub: Arc<stream_server::Directory>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Transmitter {
@@ -120,10 +153,11 @@ impl Transmitter {
 }
 
 impl Drop for Transmitter {
+    /// Stops the servers and the control plane's tasks; the pacers stop when the
+    /// last reference to the streams goes.
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(h) = self.pacer.take() {
-            let _ = h.join();
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
     }
 }
@@ -169,16 +203,39 @@ impl TransmitterConfig {
     }
 }
 
-/// Starts a transmitter on the current tokio runtime, pulling audio from `source`.
+/// Starts a transmitter on the current tokio runtime with one stream,
+/// [`stream_server::DEFAULT_STREAM`], pulling audio from `source`.
 ///
-/// Errors: an invalid setting ([`TransmitterConfig::validate`]), a port that cannot be
-/// bound, a codec that cannot be created.
+/// Errors: as [`start_streams`].
 pub async fn start(
     cfg: TransmitterConfig,
     source: PullAudio,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Transmitter> {
+    start_streams(
+        cfg,
+        vec![NamedSource::default_stream(source, "", "")],
+        clock,
+    )
+    .await
+}
+
+/// Starts a transmitter on the current tokio runtime with the streams `sources` (on
+/// one timeline; receivers play [`stream_server::DEFAULT_STREAM`] unless their group
+/// says otherwise, or the first stream when there is no default).
+///
+/// Errors: an invalid setting ([`TransmitterConfig::validate`]), no source, a bad or
+/// repeated stream name, a port that cannot be bound, a codec that cannot be created,
+/// a state directory that cannot be created.
+pub async fn start_streams(
+    cfg: TransmitterConfig,
+    sources: Vec<NamedSource>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Transmitter> {
     cfg.validate()?;
+    if sources.is_empty() {
+        anyhow::bail!("no stream: give --source or --stream");
+    }
     let broker = match &cfg.mqtt {
         #[cfg(not(feature = "embedded-broker"))]
         MqttMode::Embedded(addr) => anyhow::bail!(
@@ -200,24 +257,26 @@ pub async fn start(
         }
         MqttMode::External(url) => url.clone(),
     };
-    let mut encoder = AudioEncoder::new(cfg.codec, STREAM_SAMPLE_RATE, STREAM_CHANNELS)?;
-    let codec_delay_samples = encoder.delay_samples()?;
-    // Start the timeline a little in the past so the first chunk is due at once.
+    // Every stream's sample 0 is now: one timeline.
     let epoch_us = clock.now_us();
-    let hello = stream_server::server_hello(
+    let hub = stream_server::Directory::new();
+    let stream_set = Arc::new(streams::StreamSet::new(
+        hub.clone(),
+        clock.clone(),
+        epoch_us,
         cfg.codec,
-        codec_delay_samples,
-        epoch_us,
         cfg.playout_delay_ms,
-    );
-    let history_chunks =
-        (cfg.playout_delay_ms as usize * STREAM_SAMPLE_RATE as usize / 1000) / CHUNK_FRAMES + 2;
-    let hub = stream_server::StreamHub::new(hello, history_chunks);
-    let buffer = Arc::new(Mutex::new(RollingBuffer::new(
-        STREAM_SAMPLE_RATE,
         cfg.buffer_seconds,
-        epoch_us,
-    )));
+    ));
+    let first = sources[0].name.clone();
+    for s in sources {
+        stream_set
+            .add(&s.name, &s.uri, &s.description, s.pull, false)
+            .map_err(|e| anyhow::anyhow!("--stream {}: {e}", s.uri))?;
+    }
+    let buffer = stream_set
+        .buffer(&first)
+        .context("the first stream is missing")?;
     let controller = Arc::new(Mutex::new(SyncController::new(ControllerConfig {
         limits: OffsetLimits::for_playout_delay_ms(cfg.playout_delay_ms as f64),
         ..cfg.controller.clone()
@@ -227,7 +286,7 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for receivers on {}", cfg.stream_addr))?;
     let stream_addr = stream_listener.local_addr()?;
-    tokio::spawn(stream_server::serve(
+    let stream_task = tokio::spawn(stream_server::serve(
         stream_listener,
         hub.clone(),
         clock.clone(),
@@ -237,51 +296,75 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_addr))?;
     let http_addr = http_listener.local_addr()?;
-    let mut app = http::router(http::HttpState {
-        buffer: buffer.clone(),
-        hub: hub.clone(),
-        controller: controller.clone(),
-    });
-    if let Some(dir) = &cfg.updates_dir {
-        app = app.merge(updates::router(dir.clone())); // signed updates (issue 13)
-        tokio::spawn(updates::announce(broker.clone(), dir.clone()));
-    }
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app).await {
-            tracing::error!("HTTP server stopped: {e}");
-        }
-    });
-
+    let mut tasks = Vec::new();
     if let Some(dir) = &cfg.state_dir {
         controller_store::restore(&controller, dir);
-        tokio::spawn(controller_store::keep(controller.clone(), dir.clone()));
+        tasks.push(tokio::spawn(controller_store::keep(
+            controller.clone(),
+            dir.clone(),
+        )));
     }
     let keeper = cfg
         .profiles_dir
         .clone()
         .map(|dir| history::ProfileKeeper::new(dir, cfg.history.clone()));
-    tokio::spawn(mqtt::run_controller(
+    let (link, link_events) = mqtt::controller_link(&broker);
+    tasks.push(tokio::spawn(mqtt::run_controller(
         broker.clone(),
+        link.clone(),
+        link_events,
         sync_service::SyncService::new(controller.clone(), keeper),
         clock.clone(),
-    ));
+    )));
+    let (control_client, control_events) = control::mqtt::client(&broker);
+    let plane = control::ControlPlane::new(
+        control::ControlConfig {
+            broker: broker.clone(),
+            state_dir: cfg.state_dir.clone(),
+            profiles_dir: cfg.profiles_dir.clone(),
+            source_options: cfg.source_options.clone(),
+        },
+        controller.clone(),
+        link,
+        stream_set.clone(),
+        hub.clone(),
+        control_client.clone(),
+        clock.clone(),
+    )?;
+    tasks.push(tokio::spawn(control::mqtt::run(
+        broker.clone(),
+        control_client,
+        control_events,
+        plane.clone(),
+    )));
+    {
+        let plane = plane.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                plane.tick();
+            }
+        }));
+    }
+    let mut app = http::router(http::HttpState {
+        streams: stream_set.clone(),
+        hub: hub.clone(),
+        controller: controller.clone(),
+    })
+    .merge(control::api::router(plane.clone()))
+    .fallback(dashboard::serve);
+    if let Some(dir) = &cfg.updates_dir {
+        app = app.merge(updates::router(dir.clone())); // signed updates (issue 13)
+        tokio::spawn(updates::announce(broker.clone(), dir.clone()));
+    }
+    tasks.push(stream_task);
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app).await {
+            tracing::error!("HTTP server stopped: {e}");
+        }
+    }));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let pacer = {
-        let (clock, buffer, hub, stop) = (clock.clone(), buffer.clone(), hub.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("pacer".into())
-            .spawn(move || {
-                pacer::run(
-                    pacer::ChunkProducer::new(source, encoder),
-                    epoch_us,
-                    clock,
-                    buffer,
-                    hub,
-                    stop,
-                )
-            })?
-    };
     tracing::info!(%stream_addr, %http_addr, %broker, "transmitter running");
     Ok(Transmitter {
         stream_addr,
@@ -290,8 +373,9 @@ pub async fn start(
         controller,
         buffer,
         epoch_us,
+        streams: stream_set,
+        control: plane,
         hub,
-        stop,
-        pacer: Some(pacer),
+        tasks,
     })
 }

@@ -51,6 +51,13 @@ impl ChunkProducer {
         self.index = 0;
     }
 
+    /// Starts at source sample `index` (rounded down to a chunk) instead of 0: a stream
+    /// added while others run joins their timeline now.
+    pub fn start_at(mut self, index: u64) -> Self {
+        self.index = index / CHUNK_FRAMES as u64 * CHUNK_FRAMES as u64;
+        self
+    }
+
     /// Source sample index of the next chunk.
     pub fn next_index(&self) -> u64 {
         self.index

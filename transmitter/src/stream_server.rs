@@ -12,6 +12,11 @@
 //!
 //! A connection that opens with a [`Frame::ClockHello`] carries clock-sync exchanges
 //! only ([`serve_clock`]): answered at once, never queued behind audio.
+//!
+//! Several named streams share one timeline ([`crate::streams`]); a [`Directory`] says
+//! which device plays which. When that changes, the connection sends a
+//! [`Frame::StreamSwitch`] and the new stream's recent chunks, and goes on with its
+//! live chunks: the receiver keeps its clock sync and offset.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -25,10 +30,12 @@ use syncstream_protocol::wire::{Codec, Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION}
 use syncstream_shared::names::check_device_name;
 use syncstream_shared::time::{Clock, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tracing::{debug, info, warn};
 
+/// The stream receivers play unless told otherwise (the transmitter's `--source`).
+pub const DEFAULT_STREAM: &str = "default";
 /// How long a new connection may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A receiver that sends nothing for this long is dropped.
@@ -43,9 +50,9 @@ pub fn frame_codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// The transmitter's hello for a stream in `codec` whose decoder lags by
+/// The transmitter's hello for the stream `default` in `codec` whose decoder lags by
 /// `codec_delay_samples`, with sample 0 at PTS `epoch_us` and a playout delay of
-/// `playout_delay_ms`.
+/// `playout_delay_ms` (the simulator's single stream).
 pub fn server_hello(
     codec: Codec,
     codec_delay_samples: u32,
@@ -60,6 +67,7 @@ pub fn server_hello(
         codec_delay_samples,
         epoch_us,
         playout_delay_ms,
+        stream: DEFAULT_STREAM.to_string(),
     }
 }
 
@@ -108,38 +116,75 @@ pub struct ClientEntry {
     connection: u64,
 }
 
-/// State shared between the pacer (producer) and the client connections.
+/// One stream's side of the server: its hello, the live chunks (broadcast to the
+/// connections playing it) and the recent ones for receivers that join or switch.
 pub struct StreamHub {
-    hello: Frame,
+    name: String,
+    codec: Codec,
+    codec_delay_samples: u32,
+    epoch_us: i64,
+    playout_delay_ms: u32,
     tx: broadcast::Sender<EncodedChunk>,
     /// Recent chunks, so a receiver that connects can start within its playout delay.
     history: Mutex<VecDeque<EncodedChunk>>,
     history_len: usize,
-    clients: Mutex<BTreeMap<String, ClientEntry>>,
-    next_connection: std::sync::atomic::AtomicU64,
 }
 
 impl StreamHub {
-    /// A hub that greets receivers with `hello` (a `Frame::ServerHello`) and keeps the
-    /// last `history_chunks` chunks for late joiners.
-    pub fn new(hello: Frame, history_chunks: usize) -> Arc<Self> {
+    /// The hub of stream `name`, in `codec` (decoder lag `codec_delay_samples`), sample
+    /// 0 at PTS `epoch_us`, announcing `playout_delay_ms`, keeping the last
+    /// `history_chunks` chunks for late joiners.
+    pub fn new(
+        name: &str,
+        codec: Codec,
+        codec_delay_samples: u32,
+        epoch_us: i64,
+        playout_delay_ms: u32,
+        history_chunks: usize,
+    ) -> Arc<Self> {
         let (tx, _) = broadcast::channel(512);
         Arc::new(Self {
-            hello,
+            name: name.to_string(),
+            codec,
+            codec_delay_samples,
+            epoch_us,
+            playout_delay_ms,
             tx,
             history: Mutex::new(VecDeque::new()),
             history_len: history_chunks,
-            clients: Mutex::new(BTreeMap::new()),
-            next_connection: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
-    /// The hello receivers get.
-    pub fn hello(&self) -> &Frame {
-        &self.hello
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    /// Publishes one chunk to every connected receiver.
+    /// The hello a receiver playing this stream gets.
+    pub fn hello(&self) -> Frame {
+        Frame::ServerHello {
+            protocol_version: PROTOCOL_VERSION,
+            sample_rate: STREAM_SAMPLE_RATE,
+            channels: STREAM_CHANNELS,
+            codec: self.codec,
+            codec_delay_samples: self.codec_delay_samples,
+            epoch_us: self.epoch_us,
+            playout_delay_ms: self.playout_delay_ms,
+            stream: self.name.clone(),
+        }
+    }
+
+    /// The frame that moves a connection to this stream.
+    pub fn switch_frame(&self) -> Frame {
+        Frame::StreamSwitch {
+            stream: self.name.clone(),
+            codec: self.codec,
+            codec_delay_samples: self.codec_delay_samples,
+            epoch_us: self.epoch_us,
+        }
+    }
+
+    /// Publishes one chunk to every connection playing this stream.
     pub fn publish(&self, chunk: EncodedChunk) {
         {
             let mut h = lock(&self.history);
@@ -149,6 +194,65 @@ impl StreamHub {
             }
         }
         let _ = self.tx.send(chunk);
+    }
+
+    fn backlog(&self) -> Vec<EncodedChunk> {
+        lock(&self.history).iter().cloned().collect()
+    }
+}
+
+/// Device → stream assignments (devices not named play [`DEFAULT_STREAM`]).
+pub type Routes = Arc<BTreeMap<String, String>>;
+
+/// The stream server's directory: the streams' hubs, which device plays which stream,
+/// and the connected receivers. A change of routes reaches every connection, which
+/// switches its receiver when its stream changed ([`Frame::StreamSwitch`]).
+pub struct Directory {
+    hubs: Mutex<BTreeMap<String, Arc<StreamHub>>>,
+    routes: watch::Sender<Routes>,
+    clients: Mutex<BTreeMap<String, ClientEntry>>,
+    next_connection: std::sync::atomic::AtomicU64,
+}
+
+impl Directory {
+    /// An empty directory.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            hubs: Mutex::new(BTreeMap::new()),
+            routes: watch::channel(Routes::default()).0,
+            clients: Mutex::new(BTreeMap::new()),
+            next_connection: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    /// Adds (or replaces) a stream's hub.
+    pub fn add_hub(&self, hub: Arc<StreamHub>) {
+        lock(&self.hubs).insert(hub.name.clone(), hub);
+        self.routes.send_modify(|_| {});
+    }
+
+    /// Removes a stream's hub; its receivers move to their route's fallback.
+    pub fn remove_hub(&self, name: &str) {
+        lock(&self.hubs).remove(name);
+        self.routes.send_modify(|_| {});
+    }
+
+    /// Sets which device plays which stream (others play [`DEFAULT_STREAM`]).
+    pub fn set_routes(&self, routes: BTreeMap<String, String>) {
+        self.routes.send_replace(Arc::new(routes));
+    }
+
+    /// The hub `device` plays: its assigned stream, else [`DEFAULT_STREAM`], else the
+    /// first stream; `None` without streams.
+    pub fn route(&self, device: &str) -> Option<Arc<StreamHub>> {
+        let routes = self.routes.borrow().clone();
+        let hubs = lock(&self.hubs);
+        routes
+            .get(device)
+            .and_then(|s| hubs.get(s))
+            .or_else(|| hubs.get(DEFAULT_STREAM))
+            .or_else(|| hubs.values().next())
+            .cloned()
     }
 
     /// Names of the connected receivers.
@@ -209,15 +313,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Accepts receivers on `listener` forever.
-pub async fn serve(listener: TcpListener, hub: Arc<StreamHub>, clock: Arc<dyn Clock>) {
+pub async fn serve(listener: TcpListener, dir: Arc<Directory>, clock: Arc<dyn Clock>) {
     loop {
         match listener.accept().await {
             Ok((sock, peer)) => {
                 let _ = sock.set_nodelay(true);
-                let hub = hub.clone();
+                let dir = dir.clone();
                 let clock = clock.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_client(sock, peer, hub, clock).await {
+                    if let Err(e) = handle_client(sock, peer, dir, clock).await {
                         info!(%peer, "stream client left: {e:#}");
                     }
                 });
@@ -233,16 +337,16 @@ pub async fn serve(listener: TcpListener, hub: Arc<StreamHub>, clock: Arc<dyn Cl
 async fn handle_client(
     sock: TcpStream,
     peer: SocketAddr,
-    hub: Arc<StreamHub>,
+    dir: Arc<Directory>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
     let (read_half, write_half) = sock.into_split();
     let inbound = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_INBOUND_FRAME_BYTES)
         .new_codec();
-    let mut stream = FramedRead::new(read_half, inbound);
+    let mut frames = FramedRead::new(read_half, inbound);
     let mut sink = FramedWrite::new(write_half, frame_codec());
-    let first = tokio::time::timeout(HELLO_TIMEOUT, stream.next())
+    let first = tokio::time::timeout(HELLO_TIMEOUT, frames.next())
         .await
         .map_err(|_| anyhow::anyhow!("no hello within {HELLO_TIMEOUT:?}"))?
         .context("closed before its hello")??;
@@ -272,7 +376,7 @@ async fn handle_client(
             anyhow::bail!("clock connection refused: {reason}");
         }
         debug!(%peer, device, "clock-sync connection");
-        return serve_clock(stream, sink, clock).await;
+        return serve_clock(frames, sink, clock).await;
     }
     let checked = first.and_then(|f| check_hello(&f));
     let (device, instance) = match checked {
@@ -289,7 +393,7 @@ async fn handle_client(
             anyhow::bail!("refused: {reason}");
         }
     };
-    let (connection, kick) = match hub.register(&device, instance, peer) {
+    let (connection, kick) = match dir.register(&device, instance, peer) {
         Ok(v) => v,
         Err(reason) => {
             warn!(%peer, device, "{reason}");
@@ -306,21 +410,19 @@ async fn handle_client(
     };
     info!(%peer, device, "receiver connected");
     let result = async {
-        sink.send(Bytes::from(hub.hello.encode()?)).await?;
-        let mut live = hub.tx.subscribe();
-        let backlog: Vec<EncodedChunk> = lock(&hub.history).iter().cloned().collect();
-        let mut last_sent = None;
-        for c in backlog {
-            sink.feed(c.frame.clone()).await?;
-            last_sent = Some(c.sample_index);
-        }
-        SinkExt::<Bytes>::flush(&mut sink).await?;
+        let mut routes = dir.routes.subscribe();
+        let mut stream = dir
+            .route(&device)
+            .context("the transmitter has no stream")?;
+        sink.send(Bytes::from(stream.hello().encode()?)).await?;
+        let mut live = stream.tx.subscribe();
+        let mut last_sent = send_backlog(&mut sink, &stream).await?;
         let (time_tx, mut time_rx) = mpsc::channel::<(i64, i64)>(64);
         // Reader: time requests (t2 stamped on arrival); silence means the receiver left.
         let reader_clock = clock.clone();
         let reader = async move {
             loop {
-                let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+                let frame = match tokio::time::timeout(IDLE_TIMEOUT, frames.next()).await {
                     Ok(Some(f)) => f?,
                     Ok(None) => return anyhow::Ok(()),
                     Err(_) => anyhow::bail!("nothing from the receiver for {IDLE_TIMEOUT:?}"),
@@ -335,7 +437,10 @@ async fn handle_client(
                 }
             }
         };
-        // Writer: time responses first (t3 stamped just before sending), then audio.
+        // Writer: time responses first (t3 stamped just before sending), then a switch
+        // of stream, then audio.
+        let router = dir.clone();
+        let name = device.clone();
         let writer = async move {
             loop {
                 tokio::select! {
@@ -343,6 +448,17 @@ async fn handle_client(
                     Some((t1_us, t2_us)) = time_rx.recv() => {
                         let t3_us = clock.now_us();
                         sink.send(Bytes::from(Frame::TimeResponse { t1_us, t2_us, t3_us }.encode()?)).await?;
+                    }
+                    changed = routes.changed() => {
+                        if changed.is_err() { return anyhow::Ok(()); }
+                        let Some(next) = router.route(&name) else { continue };
+                        if next.name != stream.name {
+                            info!(device = name, from = stream.name, to = next.name, "switching stream");
+                            stream = next;
+                            live = stream.tx.subscribe();
+                            sink.send(Bytes::from(stream.switch_frame().encode()?)).await?;
+                            last_sent = send_backlog(&mut sink, &stream).await?;
+                        }
                     }
                     chunk = live.recv() => match chunk {
                         Ok(c) => {
@@ -363,8 +479,22 @@ async fn handle_client(
         }
     }
     .await;
-    hub.unregister(&device, connection);
+    dir.unregister(&device, connection);
     result
+}
+
+/// Sends `stream`'s recent chunks; returns the sample index of the last one.
+async fn send_backlog(
+    sink: &mut FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>,
+    stream: &StreamHub,
+) -> anyhow::Result<Option<u64>> {
+    let mut last_sent = None;
+    for c in stream.backlog() {
+        sink.feed(c.frame.clone()).await?;
+        last_sent = Some(c.sample_index);
+    }
+    SinkExt::<Bytes>::flush(sink).await?;
+    Ok(last_sent)
 }
 
 /// A clock-sync connection: answers every `TimeRequest` at once (t2 stamped on

@@ -313,3 +313,116 @@ async fn invalid_names_and_silent_connections_are_refused() {
     assert!(started.elapsed() >= syncstream_transmitter::stream_server::HELLO_TIMEOUT);
     assert!(tx.hub_clients().is_empty());
 }
+
+/// Two streams on one timeline: a receiver plays `default`, its group moves to `b`
+/// (through the control API), and the same connection gets a `StreamSwitch` naming
+/// `b` and then `b`'s recent chunks (contiguous, on the same sample timeline) without
+/// reconnecting; source windows of both streams are served by name.
+#[tokio::test]
+async fn a_group_move_switches_the_stream_on_the_same_connection() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = TransmitterConfig {
+        stream_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        mqtt: MqttMode::Embedded(([127, 0, 0, 1], port).into()),
+        buffer_seconds: 2.0,
+        ..Default::default()
+    };
+    let sources = vec![
+        syncstream_transmitter::NamedSource::default_stream(tone(), "tone", "tone"),
+        syncstream_transmitter::NamedSource {
+            name: "b".into(),
+            uri: "tone:///?name=b".into(),
+            description: "tone".into(),
+            pull: tone(),
+        },
+    ];
+    let tx = syncstream_transmitter::start_streams(cfg, sources, Arc::new(MonotonicClock))
+        .await
+        .unwrap();
+    let sock = tokio::net::TcpStream::connect(tx.stream_addr)
+        .await
+        .unwrap();
+    let mut framed = Framed::new(sock, frame_codec());
+    let hello = Frame::ClientHello {
+        protocol_version: PROTOCOL_VERSION,
+        device: "kitchen".into(),
+        instance: 1,
+    };
+    framed
+        .send(Bytes::from(hello.encode().unwrap()))
+        .await
+        .unwrap();
+    let first = Frame::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+    assert!(
+        matches!(first, Frame::ServerHello { ref stream, .. } if stream == "default"),
+        "{first:?}"
+    );
+    // The control plane knows the device from its status (as MQTT would bring it);
+    // its group moves to stream b through the API.
+    tx.control.on_mqtt(
+        "syncstream/status/kitchen",
+        br#"{"device":"kitchen","state":"playing"}"#,
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/api/v1", tx.http_addr);
+    let r = http
+        .put(format!("{base}/groups/up"))
+        .body(r#"{"stream":"b","devices":["kitchen"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (mut switched, mut after, mut last) = (false, 0, None::<u64>);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while after < 10 {
+        let b = tokio::time::timeout_at(deadline, framed.next())
+            .await
+            .expect("frames after the move")
+            .unwrap()
+            .unwrap();
+        match Frame::decode(&b).unwrap() {
+            Frame::StreamSwitch {
+                stream, epoch_us, ..
+            } => {
+                assert_eq!((stream.as_str(), epoch_us), ("b", tx.epoch_us));
+                switched = true;
+                last = None;
+            }
+            Frame::Audio { sample_index, .. } if switched => {
+                if let Some(l) = last {
+                    assert_eq!(sample_index, l + 960, "chunks of b must be contiguous");
+                }
+                last = Some(sample_index);
+                after += 1;
+            }
+            Frame::ServerHello { .. } => panic!("a switch is not a new hello"),
+            _ => {}
+        }
+    }
+    for stream in ["default", "b"] {
+        let (oldest, newest) = tx.streams.buffer(stream).unwrap().lock().unwrap().span_us();
+        assert!(newest > oldest);
+        let r = http
+            .get(format!(
+                "{base}/window?stream={stream}&start_us={}&duration_ms=10",
+                newest - 20_000
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{stream}");
+    }
+    let r = http
+        .get(format!(
+            "{base}/window?stream=nope&start_us=0&duration_ms=10"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -1,8 +1,11 @@
-//! The node's MQTT side: buffer offsets from the controller, commands, the config push;
-//! the last will. Every payload is parsed and range-checked; a bad one is logged and
+//! The node's MQTT side: buffer offsets from the controller, commands, the settings
+//! of the transmitter's control plane (volume, mute, group), the config push; the last
+//! will. Every payload is parsed and range-checked; a bad one is logged and
 //! dropped, never applied in part.
 
-use syncstream_protocol::messages::{parse, topics, BufferOffset, Command, ConfigPush};
+use syncstream_protocol::messages::{
+    parse, topics, BufferOffset, Command, ConfigPush, DeviceSettings,
+};
 use tracing::{info, warn};
 
 use super::{ReceiverIo, ReceiverNode, MAX_MQTT_PAYLOAD};
@@ -19,6 +22,7 @@ impl ReceiverNode {
         vec![
             topics::buffer_offset(&self.device),
             topics::command(&self.device),
+            topics::settings(&self.device),
             topics::CONFIG.to_string(),
         ]
     }
@@ -61,6 +65,59 @@ impl ReceiverNode {
             self.on_offset(topic, payload, now_us, io);
         } else if topic == topics::command(&self.device) {
             self.on_command(topic, payload, now_us, io);
+        } else if topic == topics::settings(&self.device) {
+            self.on_settings(topic, payload, now_us, io);
+        }
+    }
+
+    /// Volume, mute and group from the transmitter's control plane (retained): applied
+    /// whole or not at all.
+    fn on_settings(&mut self, topic: &str, payload: &[u8], now_us: i64, io: &mut impl ReceiverIo) {
+        if payload.is_empty() {
+            return; // a cleared retained message
+        }
+        let s = match parse::<DeviceSettings>(topic, payload)
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                if s.device != self.device {
+                    return Err(format!("settings on {topic} name device '{}'", s.device));
+                }
+                s.check().map(|()| s)
+            }) {
+            Ok(s) => s,
+            Err(e) => {
+                self.counters.mqtt_rejected += 1;
+                warn!(device = self.device, "settings ignored: {e}");
+                return;
+            }
+        };
+        let changed = (
+            s.volume,
+            s.muted,
+            s.group_volume,
+            s.group_muted,
+            s.group.as_str(),
+        ) != (
+            self.volume,
+            self.muted,
+            self.group_volume,
+            self.group_muted,
+            self.group.as_str(),
+        );
+        self.volume = s.volume;
+        self.muted = s.muted;
+        self.group_volume = s.group_volume;
+        self.group_muted = s.group_muted;
+        self.group = s.group.chars().take(64).collect();
+        self.send_gain();
+        if changed {
+            info!(
+                device = self.device,
+                volume = s.effective_volume(),
+                muted = s.effective_muted(),
+                "settings from the control plane"
+            );
+            self.publish_status(now_us, io);
         }
     }
 
@@ -163,11 +220,11 @@ impl ReceiverNode {
             }
             Command::Mute => {
                 self.muted = true;
-                self.audio.send(ToRender::Muted(true));
+                self.send_gain();
             }
             Command::Unmute => {
                 self.muted = false;
-                self.audio.send(ToRender::Muted(false));
+                self.send_gain();
                 self.quiet_until_us = self.quiet_until_us.max(now_us + QUIET_AFTER_SOUND_US);
             }
             Command::Volume { value } => {
@@ -180,8 +237,10 @@ impl ReceiverNode {
                     return;
                 }
                 self.volume = value;
-                self.audio.send(ToRender::Volume(value));
+                self.send_gain();
             }
+            // For the transmitter's controller.
+            Command::Adjust { .. } => return,
             Command::Resync => {
                 self.tracking = false;
                 self.last_report = None;

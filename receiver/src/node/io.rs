@@ -45,9 +45,12 @@ pub struct PersistedState {
     pub offset_ms: f64,
 }
 
-/// A request for source audio: `GET /api/v1/window?start_us=..&duration_ms=..`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A request for source audio:
+/// `GET /api/v1/window?stream=..&start_us=..&duration_ms=..`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowRequest {
+    /// The stream the audio was played from (a checked name).
+    pub stream: String,
     /// Identifies the answer.
     pub id: u64,
     /// PTS of the first sample wanted, µs.

@@ -43,13 +43,16 @@ impl ReceiverNode {
         if blocks_drift(tone_active, self.quiet_until_us, now_us) {
             return;
         }
-        // A muted or stopped device makes no sound of its own: its microphone hears only
-        // the others, which must never be taken for it.
-        if self.muted || self.stopped || self.volume <= 0.0 {
-            return;
-        }
         if self.pending.is_some() || self.estimator.is_none() {
             return; // the previous measurement is still in flight
+        }
+        if self.silent() {
+            // Its microphone would hear only the other speakers.
+            debug!(
+                device = self.device,
+                "muted, stopped or nearly silent: no drift measurement"
+            );
+            return;
         }
         let view = PlayoutView {
             params: self.params,
@@ -90,6 +93,7 @@ impl ReceiverNode {
         self.counters.windows_fetched += 1;
         self.window_seq += 1;
         let req = WindowRequest {
+            stream: self.stream.clone(),
             id: self.window_seq,
             start_us: m.ref_start_us,
             duration_ms: m.ref_duration_ms,

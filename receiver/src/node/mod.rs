@@ -63,6 +63,9 @@ pub const WINDOW_TIMEOUT_US: i64 = 5_000_000;
 pub const MAX_OUTSTANDING_REQUESTS: usize = 64;
 /// An offset change that is persisted, ms.
 pub const PERSIST_STEP_MS: f64 = 0.05;
+/// Below this output gain (device volume × group volume) a receiver does not measure
+/// its drift: its microphone would mostly hear the other speakers.
+pub const MIN_MEASURE_GAIN: f64 = 0.1;
 /// Largest MQTT payload handled, bytes (bigger ones are dropped with a warning).
 pub const MAX_MQTT_PAYLOAD: usize = 64 * 1024;
 
@@ -157,6 +160,8 @@ pub struct ReceiverNode {
     next_sync_us: i64,
     requests_sent: u64,
     pcm: Vec<f32>,
+    /// Name of the stream played (from the hello or a switch; source windows name it).
+    stream: String,
     /// Why the receiver cannot play (a refusal, a profile that does not fit).
     error: Option<String>,
     // Playout as asked for (the render callback has the same).
@@ -169,6 +174,10 @@ pub struct ReceiverNode {
     last_epoch_us: Option<i64>,
     volume: f64,
     muted: bool,
+    /// The group's volume and mute and the group's name, from `syncstream/settings`.
+    group_volume: f64,
+    group_muted: bool,
+    group: String,
     stopped: bool,
     log: PlayoutLog,
     /// Audio has played since the last hello.
@@ -233,11 +242,15 @@ impl ReceiverNode {
             next_sync_us: now_us,
             requests_sent: 0,
             pcm: Vec::new(),
+            stream: String::new(),
             error: None,
             offset_from_controller: false,
             last_epoch_us: None,
             volume: 1.0,
             muted: false,
+            group_volume: 1.0,
+            group_muted: false,
+            group: String::new(),
             stopped: false,
             log: PlayoutLog::default(),
             played: false,
@@ -296,6 +309,11 @@ impl ReceiverNode {
     /// Whether the stream is up (the transmitter's hello was accepted).
     pub fn connected(&self) -> bool {
         matches!(self.link, Link::Up)
+    }
+
+    /// Name of the stream played (empty before the first hello).
+    pub fn stream(&self) -> &str {
+        &self.stream
     }
 
     /// The last drift report this node made.
@@ -386,6 +404,8 @@ impl ReceiverNode {
             output: self.profile.output_type.as_str().into(),
             ts_us: now_us,
             version: Some(syncstream_shared::version::running()),
+            stream: (!self.stream.is_empty()).then(|| self.stream.clone()),
+            group: (!self.group.is_empty()).then(|| self.group.clone()),
         }
     }
 
@@ -438,6 +458,24 @@ impl ReceiverNode {
             ),
             Err(e) => tracing::warn!("cannot encode the status: {e}"),
         }
+    }
+
+    /// Whether the output is silent or nearly (muted, stopped, or a gain below
+    /// [`MIN_MEASURE_GAIN`]): then the drift is not measured.
+    fn silent(&self) -> bool {
+        self.muted
+            || self.group_muted
+            || self.stopped
+            || self.volume * self.group_volume < MIN_MEASURE_GAIN
+    }
+
+    /// Tells the render callback the gain and mute in effect: the device's own times
+    /// its group's.
+    fn send_gain(&mut self) {
+        self.audio
+            .send(ToRender::Volume(self.volume * self.group_volume));
+        self.audio
+            .send(ToRender::Muted(self.muted || self.group_muted));
     }
 
     /// Sets the offset (clamped to the stream's limits) and tells the render callback.

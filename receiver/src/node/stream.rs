@@ -4,6 +4,7 @@
 use syncstream_protocol::codec::{AudioDecoder, CHUNK_FRAMES};
 use syncstream_protocol::wire::{Frame, PROTOCOL_VERSION};
 use syncstream_shared::limits::{check_playout_delay_ms, OffsetLimits};
+use syncstream_shared::names::check_device_name;
 use syncstream_shared::time::{STREAM_CHANNELS, STREAM_SAMPLE_RATE};
 use tracing::{debug, info, warn};
 
@@ -25,6 +26,10 @@ pub const KEEPALIVE_EVERY: u64 = 20;
 pub const REFUSED_RETRY_US: i64 = 5_000_000;
 /// How long a receiver whose profile does not fit the stream waits, µs.
 pub const MISFIT_RETRY_US: i64 = 30_000_000;
+/// After a stream switch, drift measurements wait until the microphone window holds
+/// only the new stream: the window plus this much (the longest output latency
+/// expected), ms.
+pub const SWITCH_QUIET_MS: i64 = 1_000;
 
 impl ReceiverNode {
     /// The stream connection opened: sends the hello.
@@ -80,6 +85,7 @@ impl ReceiverNode {
                 codec_delay_samples,
                 epoch_us,
                 playout_delay_ms,
+                stream,
             } if up || awaiting => {
                 // (A second hello restarts the stream as a first one does.)
                 let hello = Hello {
@@ -90,9 +96,16 @@ impl ReceiverNode {
                     codec_delay_samples,
                     epoch_us,
                     playout_delay_ms,
+                    stream,
                 };
                 self.on_hello(hello, now_us, io);
             }
+            Frame::StreamSwitch {
+                stream,
+                codec,
+                codec_delay_samples,
+                epoch_us,
+            } if up => self.on_switch(stream, codec, codec_delay_samples, epoch_us, now_us, io),
             Frame::Refused { reason } if up || awaiting => {
                 let reason: String = reason.chars().take(500).collect();
                 warn!(
@@ -244,6 +257,7 @@ impl ReceiverNode {
         };
         self.error = None;
         self.decoder = Some(decoder);
+        self.stream = h.stream;
         self.limits = limits;
         self.params = Some(params);
         self.log.clear();
@@ -283,6 +297,78 @@ impl ReceiverNode {
             playout_delay_ms = h.playout_delay_ms,
             "streaming"
         );
+        self.publish_status(now_us, io);
+    }
+
+    /// The connection now carries another stream on the same timeline: a new decoder
+    /// and jitter buffer, the same clock sync and offset. A measurement in flight, and
+    /// the next ones until the microphone has heard only the new stream, are skipped.
+    /// A switch this receiver cannot play (bad numbers, an unknown codec) is refused as
+    /// a bad hello is.
+    fn on_switch(
+        &mut self,
+        stream: String,
+        codec: syncstream_protocol::wire::Codec,
+        codec_delay_samples: u32,
+        epoch_us: i64,
+        now_us: i64,
+        io: &mut impl ReceiverIo,
+    ) {
+        let Some(old) = self.params else {
+            return;
+        };
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            sample_rate: old.sample_rate,
+            channels: old.channels as u16,
+            codec,
+            codec_delay_samples,
+            epoch_us,
+            playout_delay_ms: (old.playout_delay_us / 1000) as u32,
+            stream,
+        };
+        let params = match hello.check() {
+            Ok(p) => p,
+            Err(e) => {
+                self.counters.frames_rejected += 1;
+                warn!(
+                    device = self.device,
+                    "cannot play the stream switched to: {e}"
+                );
+                self.refuse_stream(e, now_us, io);
+                return;
+            }
+        };
+        let decoder = match AudioDecoder::new(codec, params.sample_rate, STREAM_CHANNELS) {
+            Ok(d) => d,
+            Err(e) => {
+                self.refuse_stream(format!("cannot decode the stream: {e}"), now_us, io);
+                return;
+            }
+        };
+        info!(
+            device = self.device,
+            from = self.stream,
+            to = hello.stream,
+            "stream switched"
+        );
+        self.decoder = Some(decoder);
+        self.stream = hello.stream;
+        self.params = Some(params);
+        self.audio.new_stream(params);
+        // The kept decoded stream goes on by PTS (what was played before the switch
+        // is what the microphone hears until then), unless the timeline changed.
+        if params.epoch_us != old.epoch_us {
+            self.reference = ReferenceRing::new(
+                params.sample_rate,
+                params.epoch_us,
+                reference_seconds(&self.drift_cfg, params.playout_delay_us),
+            );
+        }
+        self.last_epoch_us = Some(params.epoch_us);
+        self.pending = None;
+        let quiet_us = (self.drift_cfg.window_ms as i64 + SWITCH_QUIET_MS) * 1000;
+        self.next_measure_us = self.next_measure_us.max(now_us + quiet_us);
         self.publish_status(now_us, io);
     }
 
@@ -332,6 +418,7 @@ fn kind(f: &Frame) -> &'static str {
         Frame::Audio { .. } => "Audio",
         Frame::TimeRequest { .. } => "TimeRequest",
         Frame::TimeResponse { .. } => "TimeResponse",
+        Frame::StreamSwitch { .. } => "StreamSwitch",
     }
 }
 
@@ -344,6 +431,7 @@ struct Hello {
     codec_delay_samples: u32,
     epoch_us: i64,
     playout_delay_ms: u32,
+    stream: String,
 }
 
 impl Hello {
@@ -369,6 +457,7 @@ impl Hello {
                 self.codec_delay_samples
             ));
         }
+        check_device_name(&self.stream).map_err(|e| format!("stream name: {e}"))?;
         if !(-MAX_ABS_TIMESTAMP_US..=MAX_ABS_TIMESTAMP_US).contains(&self.epoch_us) {
             return Err(format!("stream epoch {} µs is out of range", self.epoch_us));
         }

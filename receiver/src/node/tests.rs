@@ -88,6 +88,7 @@ fn hello(playout_delay_ms: u32) -> Vec<u8> {
         codec_delay_samples: 0,
         epoch_us: 0,
         playout_delay_ms,
+        stream: "default".into(),
     }
     .encode()
     .unwrap()
@@ -142,6 +143,7 @@ fn a_hello_with_absurd_values_is_refused_with_a_reason() {
                 codec_delay_samples: 312,
                 epoch_us: 0,
                 playout_delay_ms: 1000,
+                stream: "default".into(),
             },
         ),
         (
@@ -154,6 +156,7 @@ fn a_hello_with_absurd_values_is_refused_with_a_reason() {
                 codec_delay_samples: 312,
                 epoch_us: 0,
                 playout_delay_ms: 1000,
+                stream: "default".into(),
             },
         ),
         (
@@ -166,6 +169,7 @@ fn a_hello_with_absurd_values_is_refused_with_a_reason() {
                 codec_delay_samples: 312,
                 epoch_us: 0,
                 playout_delay_ms: u32::MAX,
+                stream: "default".into(),
             },
         ),
         (
@@ -178,6 +182,7 @@ fn a_hello_with_absurd_values_is_refused_with_a_reason() {
                 codec_delay_samples: 312,
                 epoch_us: i64::MIN,
                 playout_delay_ms: 1000,
+                stream: "default".into(),
             },
         ),
         (
@@ -190,6 +195,7 @@ fn a_hello_with_absurd_values_is_refused_with_a_reason() {
                 codec_delay_samples: u32::MAX,
                 epoch_us: 0,
                 playout_delay_ms: 1000,
+                stream: "default".into(),
             },
         ),
     ] {
@@ -408,4 +414,101 @@ fn the_status_counts_xruns_and_late_callbacks() {
     r.render(&mut out, 100_000);
     let s = n.status(0);
     assert_eq!((s.xruns, s.late_callbacks), (3, 1));
+}
+
+/// A stream switch keeps clock sync and the offset, starts a new decoder, names the new
+/// stream in the status and in source-window requests; a switch with bad numbers is
+/// refused like a bad hello.
+#[test]
+fn a_stream_switch_keeps_clock_sync() {
+    let (mut n, mut io, _r, _c) = streaming();
+    assert_eq!(n.stream(), "default");
+    n.poll(1_000, &mut io);
+    let t1 = io
+        .sent
+        .iter()
+        .rev()
+        .find_map(|f| match f {
+            Frame::TimeRequest { t1_us } => Some(*t1_us),
+            _ => None,
+        })
+        .unwrap();
+    let answer = Frame::TimeResponse {
+        t1_us: t1,
+        t2_us: t1 + 5_100,
+        t3_us: t1 + 5_120,
+    };
+    n.on_stream_frame(&answer.encode().unwrap(), t1 + 220, &mut io);
+    assert_eq!(n.clock().exchanges(), 1);
+    let offset = n.offset();
+    let switch = Frame::StreamSwitch {
+        stream: "radio".into(),
+        codec: Codec::Pcm16,
+        codec_delay_samples: 0,
+        epoch_us: 0,
+    };
+    n.on_stream_frame(&switch.encode().unwrap(), 2_000, &mut io);
+    assert_eq!(n.stream(), "radio");
+    assert!(n.connected());
+    assert_eq!(n.clock().exchanges(), 1, "clock sync survives a switch");
+    assert_eq!(n.offset(), offset);
+    assert_eq!(io.last_status().stream.as_deref(), Some("radio"));
+    // Measurements wait until the microphone has heard only the new stream.
+    assert!(n.next_measurement_us() >= 2_000 + 3_000_000);
+    for bad in [
+        Frame::StreamSwitch {
+            stream: "no/such".into(),
+            codec: Codec::Pcm16,
+            codec_delay_samples: 0,
+            epoch_us: 0,
+        },
+        Frame::StreamSwitch {
+            stream: "x".into(),
+            codec: Codec::Pcm16,
+            codec_delay_samples: u32::MAX,
+            epoch_us: 0,
+        },
+    ] {
+        let (mut n, mut io, _r, _c) = streaming();
+        n.on_stream_frame(&bad.encode().unwrap(), 2_000, &mut io);
+        assert!(!n.connected(), "{bad:?} accepted");
+        assert_eq!(n.status(0).state, "error");
+    }
+}
+
+/// Settings from the control plane: applied whole (device × group volume), bad ones
+/// dropped and counted; a manual-adjust command is for the controller and ignored.
+#[test]
+fn settings_from_the_control_plane_are_checked() {
+    let (mut n, mut io, _r, _c) = streaming();
+    let topic = topics::settings("tv");
+    n.on_mqtt_message(
+        &topic,
+        br#"{"device":"tv","group":"upstairs","stream":"default","volume":0.5,"muted":false,"group_volume":0.8,"group_muted":true}"#,
+        100,
+        &mut io,
+    );
+    let s = io.last_status();
+    assert_eq!(
+        (s.volume, s.muted, s.group.as_deref()),
+        (0.5, false, Some("upstairs"))
+    );
+    let before = n.counters().mqtt_rejected;
+    for bad in [
+        &br#"{"device":"tv","volume":1.5,"muted":false}"#[..],
+        br#"{"device":"kitchen","volume":0.5,"muted":false}"#,
+        br#"{"device":"tv","volume":0.5,"muted":false,"group_volume":-1}"#,
+        b"nonsense",
+    ] {
+        n.on_mqtt_message(&topic, bad, 200, &mut io);
+    }
+    assert_eq!(n.counters().mqtt_rejected, before + 4);
+    assert_eq!(n.status(0).volume, 0.5);
+    n.on_mqtt_message(
+        &topics::command("tv"),
+        br#"{"cmd":"adjust","manual_adjust_ms":2.0}"#,
+        300,
+        &mut io,
+    );
+    assert_eq!(n.counters().mqtt_rejected, before + 4);
 }

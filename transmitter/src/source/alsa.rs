@@ -145,3 +145,16 @@ impl AudioSource for AlsaSource {
         true
     }
 }
+
+/// Opens the ALSA stream `alsa:///?name=..[&device=hw:1]` (ALSA's default device
+/// without `device`).
+///
+/// Errors: as [`AlsaSource::open`].
+pub fn open_uri(
+    uri: &mut super::uri::StreamUri,
+    _opts: &super::SourceOptions,
+) -> anyhow::Result<Box<dyn AudioSource>> {
+    let device = uri.take("device");
+    uri.finish()?;
+    Ok(Box::new(AlsaSource::open(device.as_deref())?))
+}

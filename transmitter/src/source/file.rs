@@ -115,6 +115,25 @@ impl AudioSource for FileSource {
     }
 }
 
+/// Opens the file stream `file:///path?name=..[&loop=true|false]` (`loop` defaults to
+/// [`SourceOptions::loop_file`]).
+///
+/// Errors: as [`FileSource::open`], or a bad `loop`.
+pub fn open_uri(
+    uri: &mut super::uri::StreamUri,
+    opts: &super::SourceOptions,
+) -> anyhow::Result<Box<dyn AudioSource>> {
+    let loop_file = uri.take_bool("loop", opts.loop_file)?;
+    uri.finish()?;
+    if uri.path.is_empty() || uri.path == "/" {
+        anyhow::bail!(
+            "stream URI '{}': give the file's path, file:///srv/music/a.flac",
+            uri.raw
+        );
+    }
+    Ok(Box::new(FileSource::open(Path::new(&uri.path), loop_file)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

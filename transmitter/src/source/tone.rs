@@ -58,6 +58,26 @@ impl AudioSource for ToneSource {
     }
 }
 
+/// Opens the tone stream `tone` or `tone:///?name=..&freq=HZ` (1 kHz by default).
+///
+/// Errors: a `freq` that is not a frequency in range.
+pub fn open_uri(
+    uri: &mut super::uri::StreamUri,
+    _opts: &super::SourceOptions,
+) -> anyhow::Result<Box<dyn AudioSource>> {
+    let hz = match uri.take("freq") {
+        None => TONE_DEFAULT_HZ,
+        Some(f) => f.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "stream URI '{}': freq={f} is not a frequency in Hz",
+                uri.raw
+            )
+        })?,
+    };
+    uri.finish()?;
+    Ok(Box::new(ToneSource::new(hz)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

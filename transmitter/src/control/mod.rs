@@ -1,0 +1,799 @@
+//! The control plane: groups (zones) and the stream each plays, device volumes, mutes
+//! and manual adjustments, calibration runs, and the live picture of every device,
+//! behind two doors that lead to the same state: the REST API and WebSocket
+//! ([`api`], [`ws`]) and MQTT ([`mqtt`]). A change through either is applied here
+//! once (checked whole first: a refused request changes nothing), persisted
+//! ([`persist`]), published on MQTT (retained `syncstream/settings/<device>`,
+//! `syncstream/groups`, `syncstream/streams`, offsets) and sent to WebSocket clients.
+//!
+//! Modules: [`state`] (the state, without I/O), [`persist`] (the state file),
+//! [`sync_stats`] (the sync summary), [`calibrate`] (calibration progress), [`api`],
+//! [`ws`], [`mqtt`], [`error`].
+
+pub mod api;
+pub mod calibrate;
+pub mod error;
+pub mod mqtt;
+pub mod persist;
+pub mod state;
+pub mod sync_stats;
+pub mod ws;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rumqttc::QoS;
+use serde_json::{json, Value};
+use syncstream_protocol::messages::{
+    parse, topics, BufferOffset, CalibrationResult, Command, ConfigPush, DriftReport, GroupRequest,
+    Status, TestToneRequest,
+};
+use syncstream_protocol::mqtt::BrokerUrl;
+use syncstream_shared::names::{check_device_name, is_valid_device_name};
+use syncstream_shared::time::Clock;
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+
+use crate::controller::{LockState, SyncController};
+use crate::source::SourceOptions;
+use crate::stream_server::Directory;
+use crate::streams::{StreamError, StreamSet};
+use calibrate::{CalibrateRequest, Calibration};
+use error::ApiError;
+use persist::Persister;
+use state::{ControlState, StoredStream};
+
+/// Largest MQTT payload handled, bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Events buffered per WebSocket client before it is sent a new snapshot.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// What the control plane needs to start.
+pub struct ControlConfig {
+    /// The broker (for the calibrator's own connection).
+    pub broker: BrokerUrl,
+    /// Where the state file lives (`None`: nothing persists).
+    pub state_dir: Option<PathBuf>,
+    /// Device profiles a calibration updates.
+    pub profiles_dir: Option<PathBuf>,
+    /// Options for streams added at runtime.
+    pub source_options: SourceOptions,
+}
+
+/// The control plane (see the module docs).
+pub struct ControlPlane {
+    state: Mutex<ControlState>,
+    controller: Arc<Mutex<SyncController>>,
+    link: Arc<crate::mqtt::ControllerLink>,
+    streams: Arc<StreamSet>,
+    dir: Arc<Directory>,
+    mqtt: rumqttc::AsyncClient,
+    events: broadcast::Sender<Arc<str>>,
+    persister: Persister,
+    clock: Arc<dyn Clock>,
+    calibration: Mutex<Calibration>,
+    cfg: ControlConfig,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ControlPlane {
+    /// A control plane publishing through `mqtt`, with the state loaded from
+    /// `cfg.state_dir` (streams added at runtime are reopened; groups whose stream is
+    /// gone play the default stream), the controller's manual adjustments restored
+    /// and the stream routes set.
+    ///
+    /// Errors: the state directory cannot be created.
+    pub fn new(
+        cfg: ControlConfig,
+        controller: Arc<Mutex<SyncController>>,
+        link: Arc<crate::mqtt::ControllerLink>,
+        streams: Arc<StreamSet>,
+        dir: Arc<Directory>,
+        mqtt: rumqttc::AsyncClient,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let persister = Persister::new(cfg.state_dir.as_deref())?;
+        let mut settings = persister.load();
+        for s in settings.streams.clone() {
+            if let Err(e) = open_stream(&streams, &s.name, &s.uri, &cfg.source_options) {
+                warn!("stream {} from the state file: {}", s.name, e.message);
+                settings.streams.retain(|x| x.name != s.name);
+            }
+        }
+        for (name, g) in settings.groups.iter_mut() {
+            if !streams.contains(&g.stream) {
+                warn!(
+                    "group {name} played stream {}, which is gone; it plays the default",
+                    g.stream
+                );
+                g.stream = crate::stream_server::DEFAULT_STREAM.into();
+            }
+        }
+        {
+            let mut c = lock(&controller);
+            for (d, s) in &settings.devices {
+                if s.manual_adjust_ms != 0.0 {
+                    let _ = c.set_manual_adjust(d, s.manual_adjust_ms);
+                }
+            }
+        }
+        let state = ControlState::new(settings);
+        dir.set_routes(state.routes());
+        if let Some(p) = persister.path() {
+            info!("control state in {}", p.display());
+        }
+        Ok(Arc::new(Self {
+            state: Mutex::new(state),
+            controller,
+            link,
+            streams,
+            dir,
+            mqtt,
+            events: broadcast::channel(EVENT_BUFFER).0,
+            persister,
+            clock,
+            calibration: Mutex::new(Calibration::default()),
+            cfg,
+        }))
+    }
+
+    /// Transmitter time now, µs.
+    pub fn now_us(&self) -> i64 {
+        self.clock.now_us()
+    }
+
+    /// Events for a WebSocket client (JSON texts).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: Value) {
+        let _ = self.events.send(Arc::from(event.to_string()));
+    }
+
+    fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
+        if let Err(e) = self
+            .mqtt
+            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
+        {
+            warn!("cannot publish on {topic}: {e}");
+        }
+    }
+
+    fn publish_json(&self, topic: String, v: &impl serde::Serialize, retain: bool) {
+        match serde_json::to_vec(v) {
+            Ok(p) => self.publish(topic, p, retain),
+            Err(e) => warn!("cannot encode for {topic}: {e}"),
+        }
+    }
+
+    fn save(&self, state: &ControlState) {
+        if let Err(e) = self.persister.save(&state.settings) {
+            warn!("cannot save the control state: {e:#}");
+        }
+    }
+
+    fn locked(&self, device: &str) -> bool {
+        lock(&self.controller)
+            .device(device)
+            .is_some_and(|d| d.state == LockState::Tracking)
+    }
+
+    fn device_value(&self, state: &ControlState, device: &str) -> Value {
+        state.device_json(device, self.now_us(), self.locked(device))
+    }
+
+    fn emit_device(&self, state: &ControlState, device: &str) {
+        self.emit(json!({ "type": "device", "device": self.device_value(state, device) }));
+    }
+
+    fn known(&self, state: &ControlState, device: &str) -> Result<(), ApiError> {
+        if state.knows(device) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(format!(
+                "no device named '{}'",
+                device.chars().take(64).collect::<String>()
+            )))
+        }
+    }
+
+    // ---- reading ---------------------------------------------------------------
+
+    /// `GET /api/v1/devices`.
+    pub fn devices_json(&self) -> Value {
+        let state = lock(&self.state);
+        let devices: Vec<Value> = state
+            .devices()
+            .iter()
+            .map(|d| self.device_value(&state, d))
+            .collect();
+        json!({ "devices": devices })
+    }
+
+    /// `GET /api/v1/devices/{name}`. Errors: 404.
+    pub fn device_json(&self, device: &str) -> Result<Value, ApiError> {
+        let state = lock(&self.state);
+        self.known(&state, device)?;
+        Ok(self.device_value(&state, device))
+    }
+
+    /// `GET /api/v1/groups`.
+    pub fn groups_json(&self) -> Value {
+        lock(&self.state).groups_json()
+    }
+
+    /// `GET /api/v1/streams`.
+    pub fn streams_json(&self) -> Value {
+        let state = lock(&self.state);
+        let streams: Vec<Value> = self
+            .streams
+            .list()
+            .into_iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
+                v["groups"] = json!(state.groups_playing(&s.name));
+                v
+            })
+            .collect();
+        json!({ "streams": streams })
+    }
+
+    /// `GET /api/v1/sync`.
+    pub fn sync_json(&self) -> Value {
+        sync_stats::sync_summary(&lock(&self.state), self.now_us())
+    }
+
+    /// `GET /api/v1/calibrate`.
+    pub fn calibration_json(&self) -> Value {
+        serde_json::to_value(&*lock(&self.calibration)).unwrap_or(Value::Null)
+    }
+
+    /// The WebSocket's first message: everything, plus the last minutes of reports
+    /// per device (for the heatmap and drift plots).
+    pub fn snapshot_json(&self) -> Value {
+        let history: serde_json::Map<String, Value> = {
+            let state = lock(&self.state);
+            let since = self.now_us() - HEATMAP_SPAN_US;
+            state
+                .live
+                .iter()
+                .map(|(d, l)| {
+                    let pts: Vec<_> = l.history.iter().filter(|p| p.ts_us >= since).collect();
+                    (d.clone(), json!(pts))
+                })
+                .collect()
+        };
+        json!({
+            "type": "snapshot",
+            "now_us": self.now_us(),
+            "devices": self.devices_json()["devices"],
+            "groups": self.groups_json()["groups"],
+            "streams": self.streams_json()["streams"],
+            "history": history,
+            "calibration": self.calibration_json(),
+        })
+    }
+
+    // ---- changing --------------------------------------------------------------
+
+    /// `PUT /api/v1/devices/{name}/adjust`. Errors: 404, 422 out of range.
+    pub fn set_adjust(&self, device: &str, ms: f64) -> Result<Value, ApiError> {
+        let mut state = lock(&self.state);
+        self.known(&state, device)?;
+        // Decided and queued through the controller's own link, so no offset decided
+        // before this one reaches the receiver after it.
+        let offset =
+            self.link.publish_with(
+                || match lock(&self.controller).set_manual_adjust(device, ms) {
+                    Ok(Some(o)) => {
+                        let out =
+                            serde_json::to_vec(&o).map(|payload| crate::sync_service::Outgoing {
+                                topic: topics::buffer_offset(device),
+                                payload,
+                                retain: true,
+                            });
+                        (Ok(Some(o)), out.into_iter().collect())
+                    }
+                    other => (other, Vec::new()),
+                },
+            );
+        let offset = offset.map_err(ApiError::unprocessable)?;
+        state.set_manual_adjust(device, ms)?;
+        if let Some(o) = offset {
+            state.on_offset(o);
+        }
+        self.save(&state);
+        self.emit_device(&state, device);
+        Ok(self.device_value(&state, device))
+    }
+
+    /// `PUT /api/v1/devices/{name}/volume`. Errors: 404, 422.
+    pub fn set_volume(&self, device: &str, volume: f64) -> Result<Value, ApiError> {
+        let mut state = lock(&self.state);
+        self.known(&state, device)?;
+        state.set_volume(device, volume)?;
+        self.after_settings_change(&state, &BTreeSet::from([device.to_string()]));
+        Ok(self.device_value(&state, device))
+    }
+
+    /// `PUT /api/v1/devices/{name}/mute`. Errors: 404.
+    pub fn set_muted(&self, device: &str, muted: bool) -> Result<Value, ApiError> {
+        let mut state = lock(&self.state);
+        self.known(&state, device)?;
+        state.set_muted(device, muted)?;
+        self.after_settings_change(&state, &BTreeSet::from([device.to_string()]));
+        Ok(self.device_value(&state, device))
+    }
+
+    /// `POST /api/v1/devices/{name}/resync`: the `resync` command (the controller
+    /// forgets the device's lock, the receiver measures again). Errors: 404.
+    pub fn resync(&self, device: &str) -> Result<Value, ApiError> {
+        self.known(&lock(&self.state), device)?;
+        self.publish_json(topics::command(device), &Command::Resync, false);
+        Ok(json!({ "device": device, "resync": true }))
+    }
+
+    /// `POST /api/v1/devices/{name}/test_tone`: the `test_tone` command with `req`.
+    /// Errors: 404; 422 for a signal other than sweep or mls.
+    pub fn test_tone(&self, device: &str, req: TestToneRequest) -> Result<Value, ApiError> {
+        self.known(&lock(&self.state), device)?;
+        if let Some(s) = &req.signal {
+            if s != "sweep" && s != "mls" {
+                return Err(ApiError::unprocessable(format!(
+                    "signal: '{}' is not sweep or mls",
+                    s.chars().take(32).collect::<String>()
+                )));
+            }
+        }
+        self.publish_json(topics::command(device), &Command::TestTone(req), false);
+        Ok(json!({ "device": device, "test_tone": true }))
+    }
+
+    /// `PUT /api/v1/groups/{name}`. Errors: see [`ControlState::put_group`].
+    pub fn put_group(&self, name: &str, req: &GroupRequest) -> Result<Value, ApiError> {
+        let mut state = lock(&self.state);
+        let streams = self.streams.clone();
+        let changed = state.put_group(name, req, &|s| streams.contains(s))?;
+        self.after_group_change(&state, &changed);
+        let group = req.rename.clone().unwrap_or_else(|| name.to_string());
+        Ok(state.groups_json()["groups"]
+            .as_array()
+            .and_then(|gs| gs.iter().find(|g| g["name"] == group.as_str()).cloned())
+            .unwrap_or(Value::Null))
+    }
+
+    /// `DELETE /api/v1/groups/{name}`. Errors: 404, 409 for the default group.
+    pub fn delete_group(&self, name: &str) -> Result<Value, ApiError> {
+        let mut state = lock(&self.state);
+        let changed = state.delete_group(name)?;
+        self.after_group_change(&state, &changed);
+        Ok(json!({ "deleted": name }))
+    }
+
+    /// `PUT /api/v1/streams/{name}` `{"uri": ...}`: opens a stream at runtime (not a
+    /// `process://` one: only the command line may start programs).
+    /// Errors: 409 the name is taken; 422 a bad name or URI, or one that cannot open.
+    pub async fn put_stream(self: &Arc<Self>, name: &str, uri: &str) -> Result<Value, ApiError> {
+        check_device_name(name).map_err(|e| {
+            ApiError::unprocessable(e.to_string().replace("device name", "stream name"))
+        })?;
+        if self.streams.contains(name) {
+            return Err(ApiError::conflict(format!(
+                "a stream named '{name}' exists"
+            )));
+        }
+        let parsed = crate::source::StreamUri::parse(uri)
+            .map_err(|e| ApiError::unprocessable(format!("uri: {e:#}")))?;
+        if parsed.kind == "process" {
+            return Err(ApiError::unprocessable(
+                "uri: process streams can only be given on the command line",
+            ));
+        }
+        if parsed.name.as_deref().is_some_and(|n| n != name) {
+            return Err(ApiError::unprocessable(
+                "uri: its name= differs from the stream's name",
+            ));
+        }
+        let me = self.clone();
+        let (name2, uri2) = (name.to_string(), uri.to_string());
+        tokio::task::spawn_blocking(move || {
+            open_stream(&me.streams, &name2, &uri2, &me.cfg.source_options)
+        })
+        .await
+        .map_err(|e| ApiError::unprocessable(format!("uri: {e}")))??;
+        let mut state = lock(&self.state);
+        state.settings.streams.push(StoredStream {
+            name: name.to_string(),
+            uri: uri.to_string(),
+        });
+        self.save(&state);
+        drop(state);
+        self.publish_streams();
+        Ok(json!({ "name": name, "uri": uri }))
+    }
+
+    /// `DELETE /api/v1/streams/{name}`. Errors: 404; 409 a command-line stream or one
+    /// a group plays.
+    pub fn delete_stream(&self, name: &str) -> Result<Value, ApiError> {
+        let mut state = lock(&self.state);
+        if !self.streams.contains(name) {
+            return Err(ApiError::not_found(format!("no stream named '{name}'")));
+        }
+        let playing = state.groups_playing(name);
+        if !playing.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "stream '{name}' is played by {}: give them another stream first",
+                playing.join(", ")
+            )));
+        }
+        self.streams.remove(name).map_err(|e| match e {
+            StreamError::Unknown(_) => ApiError::not_found(e.to_string()),
+            _ => ApiError::conflict(e.to_string()),
+        })?;
+        state.settings.streams.retain(|s| s.name != name);
+        self.save(&state);
+        drop(state);
+        self.publish_streams();
+        Ok(json!({ "deleted": name }))
+    }
+
+    /// `POST /api/v1/calibrate`: starts a calibration run in the background.
+    /// Errors: 409 a run is going on; 422 a bad device name, an unknown or offline
+    /// device, no online device, a bad signal or a sweep with `simultaneous`.
+    pub fn calibrate(self: &Arc<Self>, req: CalibrateRequest) -> Result<Value, ApiError> {
+        use syncstream_calibration::SignalKind;
+        let signal = match req.signal.as_deref() {
+            None if req.simultaneous => SignalKind::Mls,
+            None | Some("sweep") => SignalKind::Sweep,
+            Some("mls") => SignalKind::Mls,
+            Some(s) => {
+                return Err(ApiError::unprocessable(format!(
+                    "signal: '{}' is not sweep or mls",
+                    s.chars().take(32).collect::<String>()
+                )))
+            }
+        };
+        if req.simultaneous && signal != SignalKind::Mls {
+            return Err(ApiError::unprocessable(
+                "signal: a simultaneous calibration needs mls (one orthogonal sequence per device)",
+            ));
+        }
+        let devices: Vec<String> = {
+            let state = lock(&self.state);
+            let now = self.now_us();
+            match &req.devices {
+                Some(list) => {
+                    if list.is_empty() {
+                        return Err(ApiError::unprocessable("devices: empty"));
+                    }
+                    for (i, d) in list.iter().enumerate() {
+                        if !state.knows(d) {
+                            return Err(ApiError::unprocessable(format!(
+                                "devices[{i}]: no device named '{}'",
+                                d.chars().take(64).collect::<String>()
+                            )));
+                        }
+                        if !state.online(d, now) {
+                            return Err(ApiError::unprocessable(format!(
+                                "devices[{i}]: '{d}' is offline"
+                            )));
+                        }
+                    }
+                    let mut seen = BTreeSet::new();
+                    list.iter().filter(|d| seen.insert(*d)).cloned().collect()
+                }
+                None => state
+                    .devices()
+                    .into_iter()
+                    .filter(|d| state.online(d, now))
+                    .collect(),
+            }
+        };
+        if devices.is_empty() {
+            return Err(ApiError::unprocessable("devices: no device is online"));
+        }
+        {
+            let mut cal = lock(&self.calibration);
+            if cal.running {
+                return Err(ApiError::conflict("a calibration is running"));
+            }
+            cal.start(&devices);
+        }
+        self.emit_calibration();
+        let opts = syncstream_calibration::live::LiveOptions {
+            broker: self.cfg.broker.clone(),
+            devices: Some(devices.clone()),
+            signal,
+            simultaneous: req.simultaneous,
+            profiles_dir: self.cfg.profiles_dir.clone(),
+            timeout: std::time::Duration::from_secs(20),
+            discovery: std::time::Duration::from_millis(500),
+            // A report folder makes the receivers send their impulse responses.
+            report_dir: Some(
+                self.cfg
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join("calibration"),
+            ),
+            progress: false,
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let result = syncstream_calibration::live::calibrate_live(&opts)
+                .await
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|run| serde_json::to_value(&run).map_err(|e| e.to_string()));
+            lock(&me.calibration).finish(result);
+            me.emit_calibration();
+        });
+        Ok(json!({ "started": true, "devices": devices }))
+    }
+
+    fn emit_calibration(&self) {
+        self.emit(json!({ "type": "calibration", "calibration": self.calibration_json() }));
+    }
+
+    fn after_settings_change(&self, state: &ControlState, devices: &BTreeSet<String>) {
+        for d in devices {
+            self.publish_json(topics::settings(d), &state.settings_message(d), true);
+            self.emit_device(state, d);
+        }
+        self.save(state);
+    }
+
+    fn after_group_change(&self, state: &ControlState, changed: &BTreeSet<String>) {
+        self.dir.set_routes(state.routes());
+        self.after_settings_change(state, changed);
+        let groups = state.groups_json();
+        self.publish_json(topics::GROUPS.to_string(), &groups, true);
+        self.emit(json!({ "type": "group", "groups": groups["groups"] }));
+    }
+
+    fn publish_streams(&self) {
+        let streams = self.streams_json();
+        self.publish_json(topics::STREAMS.to_string(), &streams, true);
+        self.emit(json!({ "type": "streams", "streams": streams["streams"] }));
+    }
+
+    /// Every second: a `device` event per known device (the dashboard's liveness).
+    pub fn tick(&self) {
+        let state = lock(&self.state);
+        for d in state.devices() {
+            self.emit_device(&state, &d);
+        }
+    }
+
+    // ---- the MQTT door -----------------------------------------------------------
+
+    /// The bridge (re)connected: republishes the retained state (an embedded broker
+    /// starts empty).
+    pub fn on_mqtt_connected(&self) {
+        let state = lock(&self.state);
+        for d in state.devices() {
+            self.publish_json(topics::settings(&d), &state.settings_message(&d), true);
+        }
+        self.publish_json(topics::GROUPS.to_string(), &state.groups_json(), true);
+        drop(state);
+        self.publish_streams();
+    }
+
+    /// Topics the bridge subscribes to.
+    pub fn subscriptions() -> Vec<String> {
+        [
+            "status",
+            "drift",
+            "buffer_offset",
+            "command",
+            "calibration",
+            "group",
+            "stream",
+        ]
+        .iter()
+        .map(|k| format!("syncstream/{k}/+"))
+        .chain([topics::CONFIG.to_string(), CALIBRATE_TOPIC.to_string()])
+        .collect()
+    }
+
+    /// One MQTT message (see the module docs of [`mqtt`]). Malformed payloads are
+    /// logged and dropped.
+    pub fn on_mqtt(self: &Arc<Self>, topic: &str, payload: &[u8]) {
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            warn!(
+                "{} byte payload on {topic} is over {MAX_PAYLOAD_BYTES}; ignored",
+                payload.len()
+            );
+            return;
+        }
+        let now = self.now_us();
+        if topic == CALIBRATE_TOPIC {
+            let body: &[u8] = if payload.is_empty() { b"{}" } else { payload };
+            if let Err(e) =
+                error::parse_body::<CalibrateRequest>(body).and_then(|r| self.calibrate(r))
+            {
+                warn!("{topic}: {}", e.message);
+            }
+            return;
+        }
+        if topic == topics::CONFIG {
+            if let Ok(c) = parse::<ConfigPush>(topic, payload) {
+                lock(&self.state).on_config(
+                    c.devices
+                        .into_iter()
+                        .filter(|(d, _)| is_valid_device_name(d))
+                        .map(|(d, p)| (d, p.target))
+                        .collect(),
+                );
+            }
+            return;
+        }
+        let Some((kind, device)) = topic
+            .strip_prefix("syncstream/")
+            .and_then(|r| r.split_once('/'))
+        else {
+            return;
+        };
+        if !is_valid_device_name(device) {
+            debug!("{topic}: not a valid name; ignored");
+            return;
+        }
+        let result = match kind {
+            "status" => parse::<Status>(topic, payload).map(|s| self.mqtt_status(s, now)),
+            "drift" => parse::<DriftReport>(topic, payload).map(|r| self.mqtt_report(r, now)),
+            "buffer_offset" if !payload.is_empty() => {
+                parse::<BufferOffset>(topic, payload).map(|o| self.mqtt_offset(o))
+            }
+            "command" => parse::<Command>(topic, payload).map(|c| self.mqtt_command(device, c)),
+            "calibration" if device != "summary" => {
+                parse::<CalibrationResult>(topic, payload).map(|r| {
+                    if lock(&self.calibration).on_result(&r) {
+                        self.emit_calibration();
+                    }
+                })
+            }
+            "group" => parse::<GroupRequest>(topic, payload).map(|r| {
+                let res = if r.delete {
+                    self.delete_group(device)
+                } else {
+                    self.put_group(device, &r)
+                };
+                if let Err(e) = res {
+                    warn!("{topic}: {}", e.message);
+                }
+            }),
+            "stream" => parse::<StreamRequest>(topic, payload).map(|r| {
+                let me = self.clone();
+                let name = device.to_string();
+                tokio::spawn(async move {
+                    let res = match (r.delete, r.uri) {
+                        (true, _) => me.delete_stream(&name),
+                        (false, Some(uri)) => me.put_stream(&name, &uri).await,
+                        (false, None) => Err(ApiError::bad_request("uri: missing")),
+                    };
+                    if let Err(e) = res {
+                        warn!("syncstream/stream/{name}: {}", e.message);
+                    }
+                });
+            }),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            warn!("{e}");
+        }
+    }
+
+    fn mqtt_status(&self, s: Status, now: i64) {
+        if !is_valid_device_name(&s.device) {
+            return;
+        }
+        let device = s.device.clone();
+        let mut state = lock(&self.state);
+        let new = state.on_status(s, now);
+        if new {
+            // A device seen for the first time gets its settings (and its group's stream).
+            self.dir.set_routes(state.routes());
+            self.publish_json(
+                topics::settings(&device),
+                &state.settings_message(&device),
+                true,
+            );
+            let groups = state.groups_json();
+            self.publish_json(topics::GROUPS.to_string(), &groups, true);
+            self.emit(json!({ "type": "group", "groups": groups["groups"] }));
+        }
+        self.emit_device(&state, &device);
+    }
+
+    fn mqtt_report(&self, r: DriftReport, now: i64) {
+        if !is_valid_device_name(&r.device) {
+            return;
+        }
+        let adjust = lock(&self.controller).manual_adjust_ms(&r.device);
+        let event = json!({
+            "type": "drift",
+            "device": r.device,
+            "ts_us": r.ts_us,
+            "drift_ms": r.drift_ms,
+            "residual_ms": r.drift_ms.filter(|_| r.confidence >= 0.6).map(|d| d - adjust),
+            "confidence": r.confidence,
+            "signal_strength_db": r.signal_strength_db,
+            "applied_offset_ms": r.applied_offset_ms,
+        });
+        lock(&self.state).on_report(r, now, adjust);
+        self.emit(event);
+    }
+
+    fn mqtt_offset(&self, o: BufferOffset) {
+        if !is_valid_device_name(&o.device) || !o.offset_ms.is_finite() {
+            return;
+        }
+        self.emit(
+            json!({ "type": "offset", "device": o.device, "offset_ms": o.offset_ms, "seq": o.seq }),
+        );
+        lock(&self.state).on_offset(o);
+    }
+
+    /// Commands other doors sent: volume, mute and adjust become state (republished
+    /// as settings); a test tone marks a calibration's progress.
+    fn mqtt_command(&self, device: &str, c: Command) {
+        let r = match c {
+            Command::Volume { value } => self.set_volume(device, value).map(|_| ()),
+            Command::Mute => self.set_muted(device, true).map(|_| ()),
+            Command::Unmute => self.set_muted(device, false).map(|_| ()),
+            Command::Adjust { manual_adjust_ms } => {
+                self.set_adjust(device, manual_adjust_ms).map(|_| ())
+            }
+            Command::TestTone(_) => {
+                if lock(&self.calibration).on_test_tone(device) {
+                    self.emit_calibration();
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            warn!("command for {device}: {}", e.message);
+        }
+    }
+}
+
+/// Anyone → transmitter: starts a calibration (the body of `POST /api/v1/calibrate`).
+pub const CALIBRATE_TOPIC: &str = "syncstream/calibrate";
+
+/// A request on `syncstream/stream/<name>`: `{"uri":"pipe:///tmp/radio"}` adds a
+/// stream as `PUT /api/v1/streams/<name>` does, `{"delete":true}` removes it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamRequest {
+    #[serde(default)]
+    uri: Option<String>,
+    #[serde(default)]
+    delete: bool,
+}
+
+/// Span of report history in the WebSocket snapshot, µs.
+pub const HEATMAP_SPAN_US: i64 = 300_000_000;
+
+/// Opens stream `name` from `uri` and adds it (at runtime).
+fn open_stream(
+    streams: &StreamSet,
+    name: &str,
+    uri: &str,
+    opts: &SourceOptions,
+) -> Result<(), ApiError> {
+    let (_, mut src) = crate::source::open_uri(uri, opts)
+        .map_err(|e| ApiError::unprocessable(format!("uri: {e:#}")))?;
+    let describe = src.describe();
+    let pull: crate::PullAudio = Box::new(move |buf: &mut [f32]| src.read(buf));
+    streams
+        .add(name, uri, &describe, pull, true)
+        .map_err(|e| match e {
+            StreamError::Exists(_) | StreamError::TooMany => ApiError::conflict(e.to_string()),
+            _ => ApiError::unprocessable(e.to_string()),
+        })
+}

@@ -482,15 +482,13 @@ fn judge_wide(report: &mut DriftReport, estimator: &DelayEstimator, own: &OwnSou
         return;
     }
     let z = estimator.diagnostics().map_or(0.0, |d| d.z);
-    if std::env::var_os("SYNCSTREAM_DIAG").is_some() {
-        eprintln!(
-            "JUDGE {} drift {drift:.2} z {z:.1} typ {:?} nb {:?} -> {:?}",
-            report.device,
-            own.typical_z(),
-            own.neighbours().collect::<Vec<_>>(),
-            own.judge(drift, z, gain_db)
-        );
-    }
+    tracing::debug!(
+        device = %report.device,
+        drift_ms = drift,
+        z,
+        typical_z = ?own.typical_z(),
+        "wide search: judging a peak away from the expected time"
+    );
     match own.judge(drift, z, gain_db) {
         Verdict::Step => report.step = true,
         Verdict::Neighbour(rel_ms) => {

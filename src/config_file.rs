@@ -61,6 +61,9 @@ pub struct ReceiverFile {
     pub mic: Option<String>,
     /// Microphone device (ALSA name, e.g. `hw:1`).
     pub mic_device: Option<String>,
+    /// Where the receiver keeps its last offset across restarts
+    /// (`<device>.state.json`); default: nothing kept.
+    pub state_dir: Option<PathBuf>,
     /// Signed updates.
     pub update: Option<UpdateSection>,
 }
@@ -164,6 +167,11 @@ impl ReceiverFile {
         push(&mut a, "--output-device", self.output_device.as_ref());
         push(&mut a, "--mic", self.mic.as_ref());
         push(&mut a, "--mic-device", self.mic_device.as_ref());
+        push(
+            &mut a,
+            "--state-dir",
+            self.state_dir.as_ref().map(|p| p.display()),
+        );
         Ok(a)
     }
 
@@ -238,7 +246,11 @@ mod tests {
     fn the_shipped_files_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/etc");
         let r: ReceiverFile = load(&root.join("receiver.toml")).unwrap();
-        assert!(r.to_args().unwrap().contains(&"--transmitter".to_string()));
+        let args = r.to_args().unwrap();
+        assert!(args.contains(&"--transmitter".to_string()));
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["--state-dir", "/var/lib/syncstream"]));
         let t: TransmitterFile = load(&root.join("transmitter.toml")).unwrap();
         assert_eq!(t.to_args()[0], "--source");
         assert!(t

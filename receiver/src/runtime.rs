@@ -216,6 +216,12 @@ impl ReceiverIo for TokioIo {
         };
         // Off the node's task: a slow disk must not stall it.
         tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                if let Err(e) = std::fs::create_dir_all(dir) {
+                    warn!("cannot keep the receiver's state in {}: {e}", dir.display());
+                    return;
+                }
+            }
             if let Err(e) = syncstream_shared::fsutil::write_atomic(&path, &bytes) {
                 warn!("cannot keep the receiver's state: {e:#}");
             }

@@ -28,9 +28,11 @@ use rand_distr::{Distribution, Normal};
 use syncstream_audio::{AudioError, CaptureFn, Microphone, RenderFn, Sink, StreamFormat};
 use syncstream_shared::time::{samples_to_us, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
 
+pub mod model_clock;
 pub mod noise;
 pub mod rir;
 
+pub use model_clock::ModelClock;
 pub use noise::{NoiseKind, NoiseSource};
 
 pub use rir::ImpulseResponse;
@@ -55,32 +57,6 @@ impl ClockModel {
     /// Room time for local time `local_us`.
     pub fn room_from_local(&self, local_us: f64) -> f64 {
         (local_us - self.offset_us) / (1.0 + self.ppm * 1e-6)
-    }
-}
-
-/// A device's local clock in real time: the host clock (room time) seen through a
-/// [`ClockModel`], for the real-time demo, where each receiver must run on a crystal of
-/// its own (a rate error in ppm and an offset) exactly as the virtual room models it.
-pub struct ModelClock {
-    base: std::sync::Arc<dyn syncstream_shared::time::Clock>,
-    model: ClockModel,
-}
-
-impl ModelClock {
-    /// `model` applied to `base` (the clock the room runs on).
-    pub fn new(
-        base: std::sync::Arc<dyn syncstream_shared::time::Clock>,
-        model: ClockModel,
-    ) -> Self {
-        Self { base, model }
-    }
-}
-
-impl syncstream_shared::time::Clock for ModelClock {
-    fn now_us(&self) -> i64 {
-        self.model
-            .local_from_room(self.base.now_us() as f64)
-            .round() as i64
     }
 }
 

@@ -26,10 +26,13 @@ use syncstream_shared::profile::{DeviceProfile, OutputType};
 use syncstream_shared::time::{Clock, MonotonicClock};
 use syncstream_transmitter::{MqttMode, TransmitterConfig};
 
+use crate::events::EventAction;
 use crate::net_proxy::NetProxy;
 use crate::report::{build_report, DeviceFacts, Report, TruthLog};
 use crate::scenario::{NetworkSpec, Scenario};
-use crate::source::looping_clip;
+use crate::source::{looping_clip, SilenceSwitch};
+
+mod events;
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -98,6 +101,8 @@ pub struct DemoWorld {
     pub network: NetworkSpec,
     /// Playout delay, ms.
     pub playout_delay_ms: u32,
+    /// What happens during the run (at s, device index, action), in time order.
+    pub events: Vec<(f64, Option<usize>, EventAction)>,
 }
 
 /// The three default demo devices.
@@ -172,12 +177,14 @@ pub fn default_world() -> DemoWorld {
             jitter_ms: 0.0,
         },
         playout_delay_ms: DEFAULT_PLAYOUT_DELAY_MS,
+        events: Vec::new(),
     }
 }
 
-/// A scenario's world (its devices, clocks, rooms, network and playout delay).
+/// A scenario's world (its devices, clocks, rooms, network, playout delay and events).
 ///
-/// Errors: a profile or impulse response of the scenario cannot be loaded.
+/// Errors: a profile or impulse response of the scenario cannot be loaded, or an
+/// event is not valid.
 pub fn scenario_world(sc: &Scenario) -> anyhow::Result<DemoWorld> {
     let (vdevs, profiles) = crate::room_setup::virtual_devices(sc)?;
     Ok(DemoWorld {
@@ -192,6 +199,7 @@ pub fn scenario_world(sc: &Scenario) -> anyhow::Result<DemoWorld> {
             .collect(),
         network: sc.network.clone(),
         playout_delay_ms: sc.playout_delay_ms,
+        events: sc.event_actions().map_err(anyhow::Error::msg)?,
     })
 }
 
@@ -204,10 +212,14 @@ fn free_port() -> anyhow::Result<u16> {
 /// A running demo system: broker, transmitter, receivers and the real-time virtual
 /// room. Dropping it stops everything.
 pub struct DemoSystem {
-    /// The transmitter (its broker URL, ports and controller).
-    pub tx: syncstream_transmitter::Transmitter,
-    /// One receiver per device, in `devices` order.
-    pub receivers: Vec<Receiver>,
+    /// The transmitter (`None` while a `transmitter_restart` event has it down).
+    pub tx: Option<syncstream_transmitter::Transmitter>,
+    /// The MQTT broker (reached directly, not through the modelled network).
+    pub broker: BrokerUrl,
+    /// The transmitter's HTTP address (dashboard, API, source windows).
+    pub http_addr: SocketAddr,
+    /// One receiver per device, in `devices` order (`None` while it restarts).
+    pub receivers: Vec<Option<Receiver>>,
     /// The virtual room (true latencies, ground truth).
     pub room: Room,
     /// The devices started.
@@ -218,19 +230,39 @@ pub struct DemoSystem {
     pub start_us: i64,
     /// Playout delay announced by the transmitter, ms.
     pub playout_delay_ms: f64,
-    _proxies: Vec<NetProxy>,
+    /// What restarts need: the settings and the parts that outlive a process.
+    parts: Parts,
     _room_thread: RealtimeRoom,
 }
 
-/// Starts the broker (unless `cfg.broker` names one), the transmitter playing
-/// `cfg.audio`, the real-time virtual room of `world` and one receiver per device, each
-/// on its own clock and behind the world's network.
-///
-/// Errors: the audio file cannot be read, or a server or receiver cannot start.
-pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<DemoSystem> {
-    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
+/// The parts of a demo that events act on or restarts reuse.
+struct Parts {
+    cfg: DemoConfig,
+    /// The transmitter's settings, with the ports it got at the first start.
+    tx_cfg: TransmitterConfig,
+    /// Makes the default stream's source play silence (`silence_s` events).
+    silence: SilenceSwitch,
+    /// Each device's crystal (`clock_ppm` events change it).
+    clocks: Vec<ModelClock>,
+    /// Each receiver's settings.
+    rx_cfgs: Vec<ReceiverConfig>,
+    /// Per device: the proxies of its stream, HTTP and MQTT connections (empty on a
+    /// quiet network without events).
+    proxies: Vec<Vec<NetProxy>>,
+    /// Counters of receiver processes that ended (restart events), per device.
+    past: Vec<crate::evening::Totals>,
+    /// Holds the state folders when the demo made them.
+    _state: Option<tempfile::TempDir>,
+}
+
+/// The demo's sources: the looped audio file as `default` (through `silence`), and the
+/// extra streams.
+fn demo_sources(
+    cfg: &DemoConfig,
+    silence: &SilenceSwitch,
+) -> anyhow::Result<Vec<syncstream_transmitter::NamedSource>> {
     let mut sources = vec![syncstream_transmitter::NamedSource::default_stream(
-        looping_clip(&cfg.audio)?,
+        silence.wrap(looping_clip(&cfg.audio)?),
         &cfg.audio.display().to_string(),
         &format!("file {} (looped)", cfg.audio.display()),
     )];
@@ -255,57 +287,86 @@ pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<
             pull: Box::new(move |buf: &mut [f32]| src.read(buf)),
         });
     }
-    let mqtt = match &cfg.broker {
-        Some(url) => MqttMode::External(url.clone()),
-        None => MqttMode::Embedded(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
+    Ok(sources)
+}
+
+/// Starts the broker (unless `cfg.broker` names one), the transmitter playing
+/// `cfg.audio`, the real-time virtual room of `world` and one receiver per device, each
+/// on its own clock and behind the world's network.
+///
+/// The embedded broker runs beside the transmitter rather than inside it, so that a
+/// `transmitter_restart` event restarts the transmitter alone (as with mosquitto).
+/// With events, every device's connections go through proxies of its own (a
+/// `network_outage_s` event holds them), and the transmitter and receivers keep their
+/// state in folders (`cfg.state_dir`, or temporary ones) so restarts resume from it.
+///
+/// Errors: the audio file cannot be read, or a server or receiver cannot start.
+pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<DemoSystem> {
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
+    let silence = SilenceSwitch::default();
+    let sources = demo_sources(cfg, &silence)?;
+    let broker = match &cfg.broker {
+        Some(url) => url.clone(),
+        None => {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            syncstream_transmitter::broker::start_embedded_broker(addr)?;
+            BrokerUrl {
+                host: "127.0.0.1".into(),
+                port: addr.port(),
+            }
+        }
     };
-    let tx_cfg = TransmitterConfig {
+    let has_events = !world.events.is_empty();
+    let state = if has_events {
+        Some(tempfile::tempdir().context("making the demo's state folders")?)
+    } else {
+        None
+    };
+    let tx_state = cfg
+        .state_dir
+        .clone()
+        .or_else(|| state.as_ref().map(|d| d.path().join("transmitter")));
+    let mut tx_cfg = TransmitterConfig {
         stream_addr: "127.0.0.1:0".parse()?,
         http_addr: if cfg.http_port == 0 {
             SocketAddr::from(([127, 0, 0, 1], 0))
         } else {
             SocketAddr::from(([0, 0, 0, 0], cfg.http_port))
         },
-        mqtt,
-        state_dir: cfg.state_dir.clone(),
+        mqtt: MqttMode::External(broker.clone()),
+        state_dir: tx_state,
         codec: cfg.codec,
         playout_delay_ms: world.playout_delay_ms,
         buffer_seconds: (world.playout_delay_ms as f64 / 1000.0 + 29.0).max(30.0),
         ..Default::default()
     };
     let playout_delay_ms = tx_cfg.playout_delay_ms as f64;
-    let tx = syncstream_transmitter::start_streams(tx_cfg, sources, clock.clone()).await?;
+    let tx = syncstream_transmitter::start_streams(tx_cfg.clone(), sources, clock.clone()).await?;
+    // A restart binds the same ports again.
+    tx_cfg.stream_addr = tx.stream_addr;
+    tx_cfg.http_addr = SocketAddr::new(tx_cfg.http_addr.ip(), tx.http_addr.port());
     // The network: real connections through proxies that delay them as modelled.
     let quiet = world.network.delay_ms == 0.0 && world.network.jitter_ms == 0.0;
-    let broker_addr: SocketAddr = format!("{}:{}", tx.broker.host, tx.broker.port)
+    let broker_addr: SocketAddr = format!("{}:{}", broker.host, broker.port)
         .parse()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], tx.broker.port)));
-    let mut proxies = Vec::new();
-    let (stream_port, http_port, broker) = if quiet {
-        (
-            tx.stream_addr.port(),
-            tx.http_addr.port(),
-            tx.broker.clone(),
-        )
-    } else {
-        for (k, target) in [tx.stream_addr, tx.http_addr, broker_addr]
-            .into_iter()
-            .enumerate()
-        {
-            proxies.push(
-                NetProxy::start(target, &world.network, cfg.seed ^ (k as u64 + 1) << 32)
-                    .context("starting the network proxy")?,
-            );
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], broker.port)));
+    let mut proxies: Vec<Vec<NetProxy>> = Vec::new();
+    for (i, _) in world.devices.iter().enumerate() {
+        let mut mine = Vec::new();
+        if !quiet || has_events {
+            for (k, target) in [tx.stream_addr, tx.http_addr, broker_addr]
+                .into_iter()
+                .enumerate()
+            {
+                let seed = cfg.seed ^ ((3 * i + k) as u64 + 1) << 32;
+                mine.push(
+                    NetProxy::start(target, &world.network, seed)
+                        .context("starting the network proxy")?,
+                );
+            }
         }
-        (
-            proxies[0].addr().port(),
-            proxies[1].addr().port(),
-            BrokerUrl {
-                host: "127.0.0.1".into(),
-                port: proxies[2].addr().port(),
-            },
-        )
-    };
+        proxies.push(mine);
+    }
     let start_us = clock.now_us();
     let room = Room::new(
         world.devices.iter().map(|d| d.room.clone()).collect(),
@@ -313,41 +374,79 @@ pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<
         cfg.seed,
     )?;
     let room_thread = RealtimeRoom::start(room.clone(), clock.clone());
-    let mut receivers: Vec<Receiver> = Vec::new();
-    for d in &world.devices {
+    let mut receivers = Vec::new();
+    let mut clocks = Vec::new();
+    let mut rx_cfgs = Vec::new();
+    for (i, d) in world.devices.iter().enumerate() {
+        let (stream_port, http_port, broker) = match proxies[i].as_slice() {
+            [s, h, b] => (
+                s.addr().port(),
+                h.addr().port(),
+                BrokerUrl {
+                    host: "127.0.0.1".into(),
+                    port: b.addr().port(),
+                },
+            ),
+            _ => (tx.stream_addr.port(), tx.http_addr.port(), broker.clone()),
+        };
         let rcfg = ReceiverConfig {
             device: d.name.to_string(),
             transmitter_host: "127.0.0.1".into(),
             stream_port,
             http_port,
-            broker: broker.clone(),
+            broker,
             profile: d.profile.clone(),
             drift: DriftConfig::default(),
-            state_dir: None,
+            state_dir: state.as_ref().map(|s| s.path().join("receivers")),
         };
         // The device's own crystal, as the room models it.
-        let device_clock: Arc<dyn Clock> = Arc::new(ModelClock::new(clock.clone(), d.room.clock));
-        let r = syncstream_receiver::start(
-            rcfg,
-            room.sink(&d.name)?,
-            room.microphone(&d.name)?,
-            device_clock,
-        )
-        .await
-        .with_context(|| format!("starting receiver {}", d.name))?;
-        receivers.push(r);
+        let device_clock = ModelClock::new(clock.clone(), d.room.clock);
+        receivers.push(Some(
+            start_receiver(&rcfg, &room, device_clock.clone()).await?,
+        ));
+        clocks.push(device_clock);
+        rx_cfgs.push(rcfg);
     }
+    let http_addr = tx.http_addr;
+    let n = world.devices.len();
     Ok(DemoSystem {
-        tx,
+        tx: Some(tx),
+        broker,
+        http_addr,
         receivers,
         room,
         devices: world.devices,
         clock,
         start_us,
         playout_delay_ms,
-        _proxies: proxies,
+        parts: Parts {
+            cfg: cfg.clone(),
+            tx_cfg,
+            silence,
+            clocks,
+            rx_cfgs,
+            proxies,
+            past: vec![(0, 0, 0, 0); n],
+            _state: state,
+        },
         _room_thread: room_thread,
     })
+}
+
+/// Starts one receiver on the room's sink and microphone of its device.
+async fn start_receiver(
+    rcfg: &ReceiverConfig,
+    room: &Room,
+    device_clock: ModelClock,
+) -> anyhow::Result<Receiver> {
+    syncstream_receiver::start(
+        rcfg.clone(),
+        room.sink(&rcfg.device)?,
+        room.microphone(&rcfg.device)?,
+        Arc::new(device_clock),
+    )
+    .await
+    .with_context(|| format!("starting receiver {}", rcfg.device))
 }
 
 /// Runs the default demo and returns its report.
@@ -357,24 +456,26 @@ pub async fn run_demo(cfg: DemoConfig) -> anyhow::Result<Report> {
     run_world(cfg, default_world()).await
 }
 
-/// Runs `world` in real time and returns its report.
+/// Runs `world` in real time, with its events, and returns its report (with the
+/// event figures when there were events).
 ///
-/// Errors: the audio file cannot be read, or a server cannot start.
+/// Errors: the audio file cannot be read, a server cannot start, or a restart event
+/// cannot start the transmitter or a receiver again.
 pub async fn run_world(cfg: DemoConfig, world: DemoWorld) -> anyhow::Result<Report> {
-    let sys = start_system(&cfg, world).await?;
+    let events = world.events.clone();
+    let mut sys = start_system(&cfg, world).await?;
     eprintln!(
         "dashboard and API: http://127.0.0.1:{}/ (MQTT broker {})",
-        sys.tx.http_addr.port(),
-        sys.tx.broker
+        sys.http_addr.port(),
+        sys.broker
     );
-    let (clock, room, devices, receivers, start_us, playout_delay_ms) = (
+    let (clock, room, start_us, playout_delay_ms) = (
         sys.clock.clone(),
         sys.room.clone(),
-        &sys.devices,
-        &sys.receivers,
         sys.start_us,
         sys.playout_delay_ms,
     );
+    let mut driver = events::EventDriver::new(events.clone(), sys.devices.len(), start_us);
     let mut log = TruthLog::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut printed = 0u32;
@@ -385,57 +486,62 @@ pub async fn run_world(cfg: DemoConfig, world: DemoWorld) -> anyhow::Result<Repo
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
         }
-        log.add(
-            &room.drain_truth(),
-            start_us as f64,
-            playout_delay_ms * 1000.0,
-        );
+        let now_us = clock.now_us();
+        driver.run_due(&mut sys, now_us).await?;
+        let truth = room.drain_truth();
+        log.add(&truth, start_us as f64, playout_delay_ms * 1000.0);
+        driver.record(&sys, &truth, now_us);
         if cfg.live_table && printed.is_multiple_of(4) {
             table.print(
-                devices,
-                receivers,
+                &sys.devices,
+                &sys.receivers,
                 &room,
                 &log,
-                (clock.now_us() - start_us) as f64 / 1e6,
+                (now_us - start_us) as f64 / 1e6,
             );
         }
         printed += 1;
-        if deadline_us.is_some_and(|d| clock.now_us() >= d) {
+        if deadline_us.is_some_and(|d| now_us >= d) {
             break;
         }
     }
-    log.add(
-        &room.drain_truth(),
-        start_us as f64,
-        playout_delay_ms * 1000.0,
-    );
-    let facts: Vec<DeviceFacts> = devices
+    let truth = room.drain_truth();
+    log.add(&truth, start_us as f64, playout_delay_ms * 1000.0);
+    let end_us = clock.now_us();
+    driver.record(&sys, &truth, end_us);
+    let totals: Vec<_> = (0..sys.devices.len()).map(|i| sys.totals(i)).collect();
+    let facts: Vec<DeviceFacts> = sys
+        .devices
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let s = receivers[i].snapshot();
+            let (_, underruns, jumps, offsets_applied) = totals[i];
             DeviceFacts {
                 name: d.name.to_string(),
                 output: d.profile.output_type.as_str().to_string(),
                 profile_latency_ms: d.profile.base_latency_ms,
                 true_latency_ms: room.true_latency_ms(i),
-                final_offset_ms: s.offset_ms,
-                underruns: s.audio.underruns,
-                jumps: s.audio.jumps,
-                offsets_applied: s.counters.offsets_applied,
+                final_offset_ms: sys.receivers[i]
+                    .as_ref()
+                    .map_or(f64::NAN, |r| r.snapshot().offset_ms),
+                underruns,
+                jumps,
+                offsets_applied,
                 clock_errors_us: Vec::new(),
             }
         })
         .collect();
-    let duration_s = (clock.now_us() - start_us) as f64 / 1e6;
-    drop(sys);
-    Ok(build_report(
+    let duration_s = (end_us - start_us) as f64 / 1e6;
+    let mut report = build_report(
         &log,
         &facts,
         &cfg.audio.display().to_string(),
         duration_s,
         playout_delay_ms,
-    ))
+    );
+    driver.attach(&mut sys, &mut report, end_us, totals);
+    drop(sys);
+    Ok(report)
 }
 
 /// The demo's live table: redrawn in place on a terminal, printed block by block when
@@ -453,7 +559,7 @@ impl LiveTable {
     fn print(
         &mut self,
         devices: &[DemoDevice],
-        receivers: &[Receiver],
+        receivers: &[Option<Receiver>],
         room: &Room,
         log: &TruthLog,
         t_s: f64,
@@ -477,7 +583,14 @@ impl LiveTable {
             ),
         ];
         for (i, d) in devices.iter().enumerate() {
-            let s = receivers[i].snapshot();
+            let Some(s) = receivers
+                .get(i)
+                .and_then(|r| r.as_ref())
+                .map(Receiver::snapshot)
+            else {
+                rows.push(format!(" {:<10} (restarting)", d.name));
+                continue;
+            };
             let (drift, conf) = s
                 .last_report
                 .as_ref()

@@ -17,7 +17,11 @@ use crate::scenario::NetworkSpec;
 pub struct NetProxy {
     addr: SocketAddr,
     open: Arc<Mutex<Vec<TcpStream>>>,
+    held_until: Hold,
 }
+
+/// Until when nothing is forwarded (a network outage): bytes wait, connections stay.
+type Hold = Arc<Mutex<Option<Instant>>>;
 
 impl NetProxy {
     /// Starts a proxy to `target` on a free loopback port, delaying with `net`'s model
@@ -29,6 +33,8 @@ impl NetProxy {
         let addr = listener.local_addr()?;
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
         let open2 = open.clone();
+        let held_until: Hold = Arc::new(Mutex::new(None));
+        let hold = held_until.clone();
         let net = net.clone();
         std::thread::Builder::new()
             .name("net-proxy".into())
@@ -51,16 +57,30 @@ impl NetProxy {
                         o.push(b);
                     }
                     let (up, down) = (DelayModel::new(&net, n), DelayModel::new(&net, n ^ 0xABCD));
-                    std::thread::spawn(move || pipe(client, s2, up));
-                    std::thread::spawn(move || pipe(server, c2, down));
+                    let (h1, h2) = (hold.clone(), hold.clone());
+                    std::thread::spawn(move || pipe(client, s2, up, h1));
+                    std::thread::spawn(move || pipe(server, c2, down, h2));
                 }
             })?;
-        Ok(NetProxy { addr, open })
+        Ok(NetProxy {
+            addr,
+            open,
+            held_until,
+        })
     }
 
     /// Where to connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A network outage of `d`: nothing crosses in either direction until it ends (the
+    /// bytes sent meanwhile arrive then, as TCP retransmits them; connections stay
+    /// open unless an end gives up on them).
+    pub fn hold_for(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut h = self.held_until.lock().unwrap_or_else(|e| e.into_inner());
+        *h = Some(h.map_or(until, |u| u.max(until)));
     }
 
     /// Drops every connection open now (new ones are accepted again): a network cut.
@@ -76,13 +96,15 @@ impl NetProxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, mut delays: DelayModel) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, mut delays: DelayModel, hold: Hold) {
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
     let writer = std::thread::spawn(move || {
         while let Ok((at, bytes)) = rx.recv() {
+            let held = *hold.lock().unwrap_or_else(|e| e.into_inner());
+            let at = held.map_or(at, |h| at.max(h));
             let now = Instant::now();
             if at > now {
-                std::thread::sleep(at - now);
+                std::thread::sleep(at - now); // the modelled delay (or the outage)
             }
             if to.write_all(&bytes).is_err() {
                 break;

@@ -237,13 +237,15 @@ impl Scenario {
         Ok(())
     }
 
-    /// The events' actions, in the order written.
+    /// The events' actions (at s, device index, action), in time order (events at the
+    /// same time in the order written).
     ///
     /// Errors: an event that is not valid; the message names it (`events[3]`).
     pub fn event_actions(&self) -> Result<Vec<(f64, Option<usize>, EventAction)>, String> {
         let names: Vec<String> = self.devices.iter().map(|d| d.name.clone()).collect();
         let max_latency = OffsetLimits::for_playout_delay_ms(self.playout_delay_ms as f64).max_ms;
-        self.events
+        let mut actions = self
+            .events
             .iter()
             .enumerate()
             .map(|(i, e)| {
@@ -256,7 +258,9 @@ impl Scenario {
                     .and_then(|d| names.iter().position(|n| n == d));
                 Ok((e.at_s, device, a))
             })
-            .collect()
+            .collect::<Result<Vec<_>, String>>()?;
+        actions.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(actions)
     }
 
     /// The profile a device starts from.

@@ -312,24 +312,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Accepts receivers on `listener` forever.
+/// Accepts receivers on `listener` until the future is dropped; the connections are
+/// owned by it, so dropping it (a transmitter that stops) ends every one of them.
 pub async fn serve(listener: TcpListener, dir: Arc<Directory>, clock: Arc<dyn Clock>) {
+    let mut clients = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
-            Ok((sock, peer)) => {
-                let _ = sock.set_nodelay(true);
-                let dir = dir.clone();
-                let clock = clock.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle_client(sock, peer, dir, clock).await {
-                        info!(%peer, "stream client left: {e:#}");
-                    }
-                });
-            }
-            Err(e) => {
-                warn!("accepting a stream client failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let dir = dir.clone();
+                    let clock = clock.clone();
+                    clients.spawn(async move {
+                        if let Err(e) = handle_client(sock, peer, dir, clock).await {
+                            info!(%peer, "stream client left: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!("accepting a stream client failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
         }
     }
 }

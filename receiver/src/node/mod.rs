@@ -126,6 +126,8 @@ pub struct NodeSnapshot {
     pub state: String,
     /// Offset asked for, ms (at its reference time).
     pub offset_ms: f64,
+    /// The offset with its rate and reference time (what the playout follows).
+    pub offset: OffsetRamp,
     /// Last drift report.
     pub last_report: Option<DriftReport>,
     /// Streaming (hello received, connection up).
@@ -354,6 +356,7 @@ impl ReceiverNode {
             device: self.device.clone(),
             state: self.status(0).state,
             offset_ms: self.offset.offset_ms,
+            offset: self.offset,
             last_report: self.last_report.clone(),
             connected: self.connected(),
             audio: self.audio.stats().snapshot(),

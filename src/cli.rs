@@ -616,6 +616,33 @@ fn summarize(r: &syncstream_sim::Report) {
         ),
         _ => eprintln!("did not converge (all pairs within 1 ms) during the run"),
     }
+    if !r.events.is_empty() {
+        // With events, the lines above count from the last disturbance; these are the
+        // evening's figures.
+        for e in &r.events {
+            eprintln!(
+                "  event at {:6.1} s {:<20} {:<10} back within 1 ms after {}; worst pair {}{}",
+                e.at_s,
+                e.kind,
+                e.device.as_deref().unwrap_or("(all)"),
+                e.reconverge_s
+                    .map_or("never".to_string(), |s| format!("{s:.1} s")),
+                e.worst_pairwise_ms
+                    .map_or("-".to_string(), |m| format!("{m:.3} ms")),
+                if e.false_corrections == Some(true) {
+                    "; FALSE CORRECTION"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let (Some(s), Some(p)) = (r.seconds_above_1ms, &r.pairwise_evening_ms) {
+            eprintln!(
+                "evening: {s:.0} s with a pair above 1 ms; pairwise p50 {:.3} ms, p95 {:.3} ms",
+                p.p50, p.p95
+            );
+        }
+    }
 }
 
 #[cfg(feature = "simulator")]

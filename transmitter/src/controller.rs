@@ -337,6 +337,7 @@ impl SyncController {
     /// takes over.
     pub fn keepalive(&mut self, now_us: i64) -> Vec<BufferOffset> {
         let cfg = &self.cfg;
+        let adjust_ms = &self.adjust_ms;
         let mut out = Vec::new();
         for (name, dev) in self.devices.iter_mut() {
             let (Some(offset), Some(last_ts)) = (dev.offset_ms, dev.last_ts_us) else {
@@ -357,9 +358,10 @@ impl SyncController {
             dev.seq += 1;
             out.push(BufferOffset {
                 device: name.clone(),
-                offset_ms: cfg
-                    .limits
-                    .clamp(offset + dev.rate_ms_per_s * since_report_s),
+                offset_ms: cfg.limits.clamp(
+                    offset + dev.rate_ms_per_s * since_report_s
+                        - adjust_ms.get(name).copied().unwrap_or(0.0),
+                ),
                 seq: dev.seq,
                 rate_ms_per_s: dev.rate_ms_per_s,
                 ref_us: now_us,
@@ -478,6 +480,7 @@ impl SyncController {
     /// or when the broker lost its retained messages.
     pub fn republish(&mut self, now_us: i64) -> Vec<BufferOffset> {
         let limits = self.cfg.limits;
+        let adjust_ms = &self.adjust_ms;
         self.devices
             .iter_mut()
             .filter(|(_, d)| d.state == LockState::Tracking)
@@ -488,7 +491,10 @@ impl SyncController {
                 d.last_publish_ts_us = Some(now_us);
                 Some(BufferOffset {
                     device: name.clone(),
-                    offset_ms: limits.clamp(offset + d.rate_ms_per_s * dt_s),
+                    offset_ms: limits.clamp(
+                        offset + d.rate_ms_per_s * dt_s
+                            - adjust_ms.get(name).copied().unwrap_or(0.0),
+                    ),
                     seq: d.seq,
                     rate_ms_per_s: d.rate_ms_per_s,
                     ref_us: now_us,
@@ -896,6 +902,23 @@ mod tests {
         assert_eq!(c.manual_adjust_ms("tv"), -0.5);
         c.reset("tv");
         assert_eq!(c.manual_adjust_ms("tv"), -0.5, "kept across a resync");
+    }
+
+    /// Offsets re-sent without a report (keepalive, republish) carry the trim too: a
+    /// trimmed device's offset must not flip back and forth between the two.
+    #[test]
+    fn resent_offsets_keep_the_manual_adjustment() {
+        let mut c = SyncController::new(ControllerConfig::default());
+        c.set_manual_adjust("tv", 2.0).unwrap();
+        let o = offset(on(&mut c, report(Some(42.0), 0.995, 70.0)));
+        assert!((o - 110.0).abs() < 1e-9, "{o}");
+        c.devices.get_mut("tv").unwrap().rate_ms_per_s = 0.001;
+        let k = c.keepalive(10_000_000);
+        assert_eq!(k.len(), 1, "{k:?}");
+        assert!((k[0].offset_ms - 110.01).abs() < 1e-9, "{k:?}");
+        let r = c.republish(10_000_000);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!((r[0].offset_ms - 110.01).abs() < 1e-9, "{r:?}");
     }
 
     #[test]

@@ -230,6 +230,18 @@ pub enum Decision {
     Ignored(String),
 }
 
+/// The offset to publish, ms: the tracked offset `tracked_ms` less the device's manual
+/// adjustment `adjust_ms` (positive: the device sounds later), clamped into `limits`.
+/// Every offset the controller sends goes through here, so a trim is never left out.
+fn published_offset_ms(limits: OffsetLimits, tracked_ms: f64, adjust_ms: f64) -> f64 {
+    limits.clamp(tracked_ms - adjust_ms)
+}
+
+/// `device`'s manual adjustment in `adjusts`, ms (0 unless set).
+fn adjust_of(adjusts: &BTreeMap<String, f64>, device: &str) -> f64 {
+    adjusts.get(device).copied().unwrap_or(0.0)
+}
+
 /// The controller for all devices.
 #[derive(Debug, Default)]
 pub struct SyncController {
@@ -251,7 +263,7 @@ impl SyncController {
 
     /// The manual adjustment of `device`, ms (0 unless set).
     pub fn manual_adjust_ms(&self, device: &str) -> f64 {
-        self.adjust_ms.get(device).copied().unwrap_or(0.0)
+        adjust_of(&self.adjust_ms, device)
     }
 
     /// Sets `device`'s manual adjustment (see the module docs) and returns the offset
@@ -290,7 +302,7 @@ impl SyncController {
         dev.last_publish_ts_us = Some(ref_us);
         Ok(Some(BufferOffset {
             device: device.to_string(),
-            offset_ms: limits.clamp(offset - adjust_ms),
+            offset_ms: published_offset_ms(limits, offset, adjust_ms),
             seq: dev.seq,
             rate_ms_per_s: dev.rate_ms_per_s,
             ref_us,
@@ -358,9 +370,10 @@ impl SyncController {
             dev.seq += 1;
             out.push(BufferOffset {
                 device: name.clone(),
-                offset_ms: cfg.limits.clamp(
-                    offset + dev.rate_ms_per_s * since_report_s
-                        - adjust_ms.get(name).copied().unwrap_or(0.0),
+                offset_ms: published_offset_ms(
+                    cfg.limits,
+                    offset + dev.rate_ms_per_s * since_report_s,
+                    adjust_of(adjust_ms, name),
                 ),
                 seq: dev.seq,
                 rate_ms_per_s: dev.rate_ms_per_s,
@@ -491,9 +504,10 @@ impl SyncController {
                 d.last_publish_ts_us = Some(now_us);
                 Some(BufferOffset {
                     device: name.clone(),
-                    offset_ms: limits.clamp(
-                        offset + d.rate_ms_per_s * dt_s
-                            - adjust_ms.get(name).copied().unwrap_or(0.0),
+                    offset_ms: published_offset_ms(
+                        limits,
+                        offset + d.rate_ms_per_s * dt_s,
+                        adjust_of(adjust_ms, name),
                     ),
                     seq: d.seq,
                     rate_ms_per_s: d.rate_ms_per_s,
@@ -713,7 +727,7 @@ impl SyncController {
         dev.seq += 1;
         Decision::Publish(BufferOffset {
             device: r.device.clone(),
-            offset_ms: cfg.limits.clamp(clamped - adjust),
+            offset_ms: published_offset_ms(cfg.limits, clamped, adjust),
             seq: dev.seq,
             rate_ms_per_s: dev.rate_ms_per_s,
             ref_us: r.ts_us,

@@ -391,6 +391,7 @@ impl SyncController {
         r: &DriftReport,
         target: f64,
         uncertainty_ms: f64,
+        adjust: f64,
     ) -> Decision {
         dev.coarse += 1;
         let dt_s = dev.last_ts_us.map_or(0.0, |t| {
@@ -433,7 +434,7 @@ impl SyncController {
         dev.seq += 1;
         Decision::Publish(BufferOffset {
             device: r.device.clone(),
-            offset_ms: offset,
+            offset_ms: published_offset_ms(cfg.limits, offset, adjust),
             seq: dev.seq,
             rate_ms_per_s: 0.0,
             ref_us: r.ts_us,
@@ -594,7 +595,7 @@ impl SyncController {
         let target = r.applied_offset_ms + drift;
         dev.last_target_ms = Some(target);
         if let Some(u) = r.uncertainty_ms {
-            return Self::on_coarse(&cfg, dev, r, target, u);
+            return Self::on_coarse(&cfg, dev, r, target, u, adjust);
         }
         dev.coarse_pending.clear();
         dev.offset_history.push_back((r.ts_us, r.applied_offset_ms));
@@ -933,6 +934,20 @@ mod tests {
         let r = c.republish(10_000_000);
         assert_eq!(r.len(), 1, "{r:?}");
         assert!((r[0].offset_ms - 110.01).abs() < 1e-9, "{r:?}");
+    }
+
+    /// A coarse move (two agreeing coarse reports) publishes the trimmed offset too.
+    #[test]
+    fn a_coarse_move_keeps_the_manual_adjustment() {
+        let mut c = SyncController::new(ControllerConfig::default());
+        c.set_manual_adjust("tv", 2.0).unwrap();
+        assert!(matches!(
+            on(&mut c, coarse(30.0, 10.0, 5.0)),
+            Decision::Ignored(_)
+        ));
+        let o = offset(on(&mut c, coarse(32.0, 10.0, 5.0)));
+        assert!((o - 34.0).abs() < 1e-9, "{o}");
+        assert_eq!(c.device("tv").unwrap().offset_ms, Some(36.0));
     }
 
     #[test]

@@ -84,6 +84,24 @@ pub trait Sink: Send {
     fn xrun_counter(&self) -> Arc<AtomicU64> {
         Arc::new(AtomicU64::new(0))
     }
+    /// Whether the output has a volume of its own (an ALSA hardware mixer, a Cast
+    /// device's volume) that [`Sink::set_volume`] sets. When it has, the receiver
+    /// leaves samples unscaled and sets the volume here; otherwise it scales samples.
+    fn has_hardware_volume(&self) -> bool {
+        false
+    }
+    /// Sets the output's own volume to `volume` (linear, 0..=1) and `muted`.
+    /// Outputs without a volume of their own do nothing and return `Ok(())`.
+    /// Errors: the mixer or the device refused (named, with the reason).
+    fn set_volume(&mut self, _volume: f64, _muted: bool) -> Result<(), AudioError> {
+        Ok(())
+    }
+    /// Why the output stopped playing after a successful `start` (a player process
+    /// exited, a Cast device ended the session, the device disappeared), or `None`
+    /// while it plays. The receiver then stops it and reopens it with backoff.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// An audio input (mono).

@@ -8,8 +8,11 @@
 //! sampled ("ADC time"). With both times on one clock, playout can be scheduled to
 //! the sample and recordings lined up with the source.
 //!
-//! Backends: `alsa` (ALSA through cpal: real hardware), `wav` (writes a WAV file),
-//! `null` (discards, paced by the clock). The virtual room (`syncstream-room`)
+//! Backends: `alsa` (ALSA through cpal: analog, USB DACs, HDMI), `bluetooth` (an A2DP
+//! speaker through PulseAudio/PipeWire or bluez-alsa), `airplay` (the sound server's
+//! RAOP sink), `pulse` (any PulseAudio/PipeWire sink), `command` (raw PCM into a player
+//! program), `wav` (writes a WAV file), `null` (discards, paced by the clock); a
+//! profile's `type` chooses one ([`backend_for`]) and its `target` is the device. The virtual room (`syncstream-room`)
 //! provides its own sink and microphone per simulated device. [`decode`] reads audio
 //! files (any format symphonia reads) into 48 kHz samples.
 
@@ -18,9 +21,13 @@ use std::sync::Arc;
 
 use syncstream_shared::time::Clock;
 
+pub mod airplay;
 pub mod alsa;
+pub mod bluetooth;
+pub mod command;
 pub mod decode;
 pub mod null;
+pub mod pulse;
 pub mod wav;
 
 /// Sample rate and channel count of a block of interleaved f32 samples.
@@ -138,6 +145,10 @@ pub type MicrophoneBuilder = fn(&BackendConfig) -> Result<Box<dyn Microphone>, A
 /// Output backends by name; the first is the default for real hardware.
 pub const SINK_BACKENDS: &[(&str, SinkBuilder)] = &[
     ("alsa", alsa::open_sink),
+    ("bluetooth", bluetooth::open_sink),
+    ("airplay", airplay::open_sink),
+    ("pulse", pulse::open_sink),
+    ("command", command::open_sink),
     ("wav", wav::open_sink),
     ("null", null::open_sink),
 ];
@@ -163,6 +174,19 @@ pub fn find_microphone(name: &str) -> Option<MicrophoneBuilder> {
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, b)| *b)
+}
+
+/// The output backend a profile's `type` plays through: `alsa` for analog and HDMI
+/// outputs (the `target` is the ALSA device), `bluetooth`, `airplay`, and `cast` for
+/// Chromecast (present in builds with the `cast` feature).
+pub fn backend_for(output_type: syncstream_shared::profile::OutputType) -> &'static str {
+    use syncstream_shared::profile::OutputType;
+    match output_type {
+        OutputType::Analog | OutputType::Hdmi => "alsa",
+        OutputType::Bluetooth => "bluetooth",
+        OutputType::Airplay => "airplay",
+        OutputType::Chromecast => "cast",
+    }
 }
 
 /// Names of all backends, for `--help` and errors.

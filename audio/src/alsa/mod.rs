@@ -13,6 +13,7 @@
 //! receiver clock and include the device's buffering.
 
 mod convert;
+pub mod mixer;
 mod sink;
 pub use sink::AlsaSink;
 mod capture;
@@ -402,6 +403,8 @@ pub(crate) struct ErrorLog {
     last: Option<std::time::Instant>,
     suppressed: u64,
     xruns: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set (once) when the device is gone: the stream will not play again.
+    gone: Option<std::sync::Arc<std::sync::OnceLock<String>>>,
 }
 
 impl ErrorLog {
@@ -416,13 +419,31 @@ impl ErrorLog {
             last: None,
             suppressed: 0,
             xruns,
+            gone: None,
         }
+    }
+
+    /// Also records in `gone` the first error that ends the stream (the device was
+    /// unplugged, its server went away, access was revoked).
+    pub(crate) fn with_gone(mut self, gone: std::sync::Arc<std::sync::OnceLock<String>>) -> Self {
+        self.gone = Some(gone);
+        self
     }
 
     pub(crate) fn log(&mut self, e: &cpal::Error) {
         if e.kind() == cpal::ErrorKind::Xrun {
             self.xruns
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if matches!(
+            e.kind(),
+            cpal::ErrorKind::DeviceNotAvailable
+                | cpal::ErrorKind::HostUnavailable
+                | cpal::ErrorKind::PermissionDenied
+        ) {
+            if let Some(g) = &self.gone {
+                let _ = g.set(e.to_string());
+            }
         }
         let now = std::time::Instant::now();
         if self

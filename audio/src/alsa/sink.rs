@@ -7,6 +7,7 @@ use cpal::traits::{DeviceTrait, StreamTrait};
 use cpal::{FromSample, SizedSample};
 
 use super::convert::{write_frames, SCRATCH_FRAMES};
+use super::mixer::HardwareMixer;
 use super::{
     instant_diff_us, label, log_opened, resolve, with_sample_type, Chosen, Direction, ErrorLog,
     BACKEND,
@@ -26,6 +27,10 @@ pub struct AlsaSink {
     chosen: Chosen,
     stream: Option<cpal::Stream>,
     xruns: Arc<std::sync::atomic::AtomicU64>,
+    /// The card's playback volume element, when it has one.
+    mixer: Option<HardwareMixer>,
+    /// Why the running stream ended (set by its error callback).
+    gone: Arc<std::sync::OnceLock<String>>,
 }
 
 impl AlsaSink {
@@ -51,7 +56,13 @@ impl AlsaSink {
             false,
         )?;
         log_opened(&lbl, Direction::Output, &chosen);
+        let mixer = HardwareMixer::find(cfg.device.as_deref());
+        if let Some(m) = &mixer {
+            tracing::info!(device = %lbl, control = m.control, element = m.element, "hardware volume");
+        }
         Ok(Self {
+            mixer,
+            gone: Arc::default(),
             cfg: cfg.clone(),
             label: lbl,
             device,
@@ -91,7 +102,8 @@ impl AlsaSink {
                 done += n;
             }
         };
-        let mut errors = ErrorLog::new(&self.label, "output", self.xruns.clone());
+        let mut errors =
+            ErrorLog::new(&self.label, "output", self.xruns.clone()).with_gone(self.gone.clone());
         let err_cb = move |e: cpal::Error| errors.log(&e);
         self.device
             .build_output_stream::<T, _, _>(
@@ -111,6 +123,7 @@ fn unsupported(label: &str, f: cpal::SampleFormat) -> AudioError {
 impl Sink for AlsaSink {
     fn start(&mut self, render: RenderFn) -> Result<(), AudioError> {
         self.stop()?;
+        self.gone = Arc::default();
         let stream = with_sample_type!(self.chosen.sample_format, T => self.build::<T>(render)?,
             else return Err(unsupported(&self.label, self.chosen.sample_format)));
         stream.play().map_err(|e| {
@@ -136,6 +149,26 @@ impl Sink for AlsaSink {
 
     fn xrun_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
         self.xruns.clone()
+    }
+
+    fn has_hardware_volume(&self) -> bool {
+        self.mixer.is_some()
+    }
+
+    fn set_volume(&mut self, volume: f64, muted: bool) -> Result<(), AudioError> {
+        match &self.mixer {
+            Some(m) => m
+                .set(volume, muted)
+                .map_err(|e| AudioError::new(BACKEND, &self.label, e)),
+            None => Ok(()),
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.stream.as_ref()?;
+        self.gone
+            .get()
+            .map(|e| format!("ALSA device {}: {e}", self.label))
     }
 }
 

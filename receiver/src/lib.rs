@@ -17,6 +17,7 @@ pub mod drift;
 pub mod jitter_buffer;
 pub mod node;
 pub mod offset;
+pub mod output;
 pub mod own_sound;
 pub mod playout;
 pub mod playout_log;

@@ -30,6 +30,7 @@ use crate::node::{
     Job, JobDone, NodeConfig, NodeSnapshot, PersistedState, ReceiverIo, ReceiverNode, Window,
     WindowRequest,
 };
+use crate::output::{fixed_output, OpenOutput, OutputState, OutputSupervisor};
 use crate::realtime;
 
 /// A stream connection on which nothing arrives for this long is dropped (audio comes
@@ -70,7 +71,7 @@ pub struct ReceiverConfig {
 /// A running receiver; dropping it stops the audio devices and the tasks.
 pub struct Receiver {
     snapshot: watch::Receiver<NodeSnapshot>,
-    sink: Box<dyn Sink>,
+    output: OutputSupervisor,
     mic: Box<dyn Microphone>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -93,7 +94,7 @@ impl Receiver {
 
     /// Stops audio and background tasks.
     pub fn stop(&mut self) {
-        let _ = self.sink.stop();
+        self.output.stop();
         let _ = self.mic.stop();
         for t in self.tasks.drain(..) {
             t.abort();
@@ -123,6 +124,8 @@ enum Event {
     MqttMessage(String, Bytes),
     Window(u64, Result<Window, String>),
     JobDone(JobDone),
+    /// The output supervisor's news.
+    Output(OutputState),
 }
 
 /// Instructions for the stream transport.
@@ -329,12 +332,29 @@ pub fn process_instance() -> u64 {
 }
 
 /// Starts a receiver on the current tokio runtime with `sink` as output and `mic` as
-/// microphone; all times are on `clock`.
+/// microphone; all times are on `clock`. A sink that fails is stopped and started
+/// again with backoff (see [`start_with_output`]).
 ///
-/// Errors: an invalid name or profile, or the sink or the microphone cannot be started.
+/// Errors: an invalid name or profile, or the microphone cannot be started.
 pub async fn start(
     cfg: ReceiverConfig,
-    mut sink: Box<dyn Sink>,
+    sink: Box<dyn Sink>,
+    mic: Box<dyn Microphone>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Receiver> {
+    start_with_output(cfg, "sink".into(), fixed_output(sink), mic, clock).await
+}
+
+/// Starts a receiver whose output `open` opens (and reopens, with backoff from 1 s to
+/// 30 s, after it fails to open or stops playing: see [`crate::output`]); `label`
+/// names the output in logs and the status. The receiver is online on MQTT whether
+/// or not its output plays; while it does not, its status is `error` with the reason.
+///
+/// Errors: an invalid name or profile, or the microphone cannot be started.
+pub async fn start_with_output(
+    cfg: ReceiverConfig,
+    label: String,
+    open: OpenOutput,
     mut mic: Box<dyn Microphone>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Receiver> {
@@ -358,10 +378,7 @@ pub async fn start(
         clock.now_us(),
     )
     .map_err(anyhow::Error::msg)?;
-    node.add_xrun_counter(sink.xrun_counter());
     node.add_xrun_counter(mic.xrun_counter());
-    sink.start(renderer.into_render_fn())
-        .context("starting the output")?;
     mic.start(capturer.into_capture_fn())
         .context("starting the microphone")?;
 
@@ -426,11 +443,29 @@ pub async fn start(
         events: events_tx,
     };
     let (snap_tx, snap_rx) = watch::channel(node.snapshot());
+    let output = {
+        let snap = snap_rx.clone();
+        let events = io.events.clone();
+        OutputSupervisor::spawn(
+            label,
+            open,
+            renderer,
+            Box::new(move || {
+                let s = snap.borrow();
+                (s.gain, s.muted)
+            }),
+            Box::new(move |state| {
+                let _ = events.send(Event::Output(state));
+            }),
+        )
+        .context("starting the output supervisor")?
+    };
+    node.add_xrun_counter(output.xrun_counter());
     tasks.push(tokio::spawn(run_node(node, io, events_rx, snap_tx, clock)));
     info!(device = cfg.device, "receiver running");
     Ok(Receiver {
         snapshot: snap_rx,
-        sink,
+        output,
         mic,
         tasks,
     })
@@ -475,6 +510,7 @@ async fn run_node(
             }
             Some(Event::Window(id, result)) => node.on_window(id, result, now, &mut io),
             Some(Event::JobDone(done)) => node.on_job_done(done, now, &mut io),
+            Some(Event::Output(state)) => node.on_output(state, now, &mut io),
             None => {}
         }
         node.poll(clock.now_us(), &mut io);

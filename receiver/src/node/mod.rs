@@ -142,6 +142,10 @@ pub struct NodeSnapshot {
     pub clock: Option<crate::clock_sync::ClockMapping>,
     /// Clock-sync exchanges in the fit's window.
     pub exchanges: usize,
+    /// Output gain in effect: the device's volume times its group's, 0..=1.
+    pub gain: f64,
+    /// Muted (the device or its group).
+    pub muted: bool,
 }
 
 /// The receiver's control core (see the module docs).
@@ -166,6 +170,11 @@ pub struct ReceiverNode {
     stream: String,
     /// Why the receiver cannot play (a refusal, a profile that does not fit).
     error: Option<String>,
+    /// Why the output is silent (it cannot be opened, it stopped), from the output
+    /// supervisor.
+    output_error: Option<String>,
+    /// The output applies volume itself (the render callback plays at unity gain).
+    hardware_volume: bool,
     // Playout as asked for (the render callback has the same).
     offset: OffsetRamp,
     offset_from_controller: bool,
@@ -246,6 +255,8 @@ impl ReceiverNode {
             pcm: Vec::new(),
             stream: String::new(),
             error: None,
+            output_error: None,
+            hardware_volume: false,
             offset_from_controller: false,
             last_epoch_us: None,
             volume: 1.0,
@@ -364,13 +375,15 @@ impl ReceiverNode {
             clock_rate: self.clock.rate(),
             clock: self.clock.mapping(),
             exchanges: self.clock.exchanges(),
+            gain: self.volume * self.group_volume,
+            muted: self.muted || self.group_muted,
         }
     }
 
     /// The status published on `syncstream/status/<device>` at local time `now_us`.
     pub fn status(&self, now_us: i64) -> Status {
         let a = self.audio.stats().snapshot();
-        let (state, reason) = if let Some(e) = &self.error {
+        let (state, reason) = if let Some(e) = self.error.as_ref().or(self.output_error.as_ref()) {
             ("error", Some(e.clone()))
         } else if self.stopped {
             ("stopped", None)
@@ -469,16 +482,44 @@ impl ReceiverNode {
         self.muted
             || self.group_muted
             || self.stopped
+            || self.output_error.is_some()
             || self.volume * self.group_volume < MIN_MEASURE_GAIN
     }
 
     /// Tells the render callback the gain and mute in effect: the device's own times
     /// its group's.
+    /// With an output that applies volume itself, the callback plays at unity gain
+    /// and the output supervisor sets the device from [`NodeSnapshot::gain`].
     fn send_gain(&mut self) {
-        self.audio
-            .send(ToRender::Volume(self.volume * self.group_volume));
-        self.audio
-            .send(ToRender::Muted(self.muted || self.group_muted));
+        if self.hardware_volume {
+            self.audio.send(ToRender::Volume(1.0));
+            self.audio.send(ToRender::Muted(false));
+        } else {
+            self.audio
+                .send(ToRender::Volume(self.volume * self.group_volume));
+            self.audio
+                .send(ToRender::Muted(self.muted || self.group_muted));
+        }
+    }
+
+    /// The output supervisor's news: the output plays (and whether it has its own
+    /// volume) or why it is silent. A change is published in the status at once.
+    pub fn on_output(
+        &mut self,
+        state: crate::output::OutputState,
+        now_us: i64,
+        io: &mut impl ReceiverIo,
+    ) {
+        let changed =
+            state.error != self.output_error || state.hardware_volume != self.hardware_volume;
+        self.output_error = state.error;
+        if state.hardware_volume != self.hardware_volume {
+            self.hardware_volume = state.hardware_volume;
+            self.send_gain();
+        }
+        if changed {
+            self.publish_status(now_us, io);
+        }
     }
 
     /// Sets the offset (clamped to the stream's limits) and tells the render callback.

@@ -175,8 +175,17 @@ struct TransmitterArgs {
 #[derive(Args, Debug)]
 struct ReceiverArgs {
     /// Device name (MQTT topics use it): letters, digits, '-' and '_', 1 to 64.
+    #[arg(long, required_unless_present_any = ["list_devices", "list_microphones"])]
+    name: Option<String>,
+    /// Print the outputs there are (ALSA devices, sound-server sinks for Bluetooth and
+    /// AirPlay) with the names to put in a profile's `target` or `--output-device`,
+    /// and exit.
     #[arg(long)]
-    name: String,
+    list_devices: bool,
+    /// Print the ALSA capture devices (microphones) with the names for
+    /// `--mic-device`, and exit.
+    #[arg(long)]
+    list_microphones: bool,
     /// Folder where the receiver keeps its state across restarts (its last offset), so
     /// it starts where it was instead of from its profile.
     #[arg(long)]
@@ -196,10 +205,13 @@ struct ReceiverArgs {
     /// Device profile (JSON); default: an analog profile.
     #[arg(long)]
     profile: Option<PathBuf>,
-    /// Output backend: alsa, wav or null.
-    #[arg(long, default_value = "alsa")]
-    output: String,
-    /// Output device (ALSA device name, or WAV path).
+    /// Output backend: alsa, bluetooth, airplay, cast, pulse, command, wav or null
+    /// (default: the one the profile's `type` plays through: alsa for analog and hdmi).
+    #[arg(long)]
+    output: Option<String>,
+    /// Output device (default: the profile's `target`): an ALSA device name, a
+    /// Bluetooth address or name, an AirPlay or Cast device's name, a sound-server
+    /// sink, a player command line (`command`), or a WAV path.
     #[arg(long)]
     output_device: Option<String>,
     /// Microphone backend: alsa, wav or null.
@@ -467,19 +479,83 @@ fn open_streams(
     Ok(out)
 }
 
+/// `--list-devices` / `--list-microphones`: what there is, with the names to use.
+fn list_devices(outputs: bool) -> anyhow::Result<()> {
+    let infos = syncstream_audio::alsa::list_device_infos()?;
+    println!(
+        "ALSA {} (profile type analog or hdmi: `target` or --output-device):",
+        if outputs {
+            "outputs"
+        } else {
+            "microphones (--mic-device)"
+        }
+    );
+    for d in infos
+        .iter()
+        .filter(|d| if outputs { d.output } else { d.input })
+    {
+        if d.description.is_empty() || d.description == d.name {
+            println!("  {}", d.name);
+        } else {
+            println!("  {:<40} {}", d.name, d.description);
+        }
+    }
+    if !outputs {
+        return Ok(());
+    }
+    use syncstream_audio::pulse::{list_sinks, SinkKind};
+    match list_sinks() {
+        Ok(sinks) => {
+            println!("Sound-server sinks (PulseAudio/PipeWire):");
+            for s in &sinks {
+                let backend = if SinkKind::Bluetooth.admits(s) {
+                    "bluetooth"
+                } else if SinkKind::Airplay.admits(s) {
+                    "airplay"
+                } else {
+                    "pulse"
+                };
+                println!(
+                    "  {:<40} {:<28} (type/--output {backend})",
+                    s.name, s.description
+                );
+            }
+        }
+        Err(e) => println!("No sound-server sinks: {e}"),
+    }
+    Ok(())
+}
+
 async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
+    if a.list_devices || a.list_microphones {
+        return list_devices(a.list_devices);
+    }
+    let name = a.name.clone().context("--name is required")?;
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let profile = match &a.profile {
         Some(p) => DeviceProfile::load(p)?,
         None => DeviceProfile::default_for(syncstream_shared::profile::OutputType::Analog),
     };
-    let sink_builder = find_sink(&a.output).with_context(|| {
-        format!(
-            "unknown output backend '{}' (expected one of {:?})",
-            a.output,
-            syncstream_audio::backend_names()
-        )
+    let by_profile = syncstream_audio::backend_for(profile.output_type);
+    let output = a.output.clone().unwrap_or_else(|| by_profile.to_string());
+    let sink_builder = find_sink(&output).with_context(|| {
+        if output == "cast" {
+            format!(
+                "the {} output needs a build with the `cast` feature (the Pi Zero package has none; see docs/outputs/chromecast.md)",
+                profile.output_type.as_str()
+            )
+        } else {
+            format!(
+                "unknown output backend '{}' (expected one of {:?})",
+                output,
+                syncstream_audio::backend_names()
+            )
+        }
     })?;
+    // The profile's target names the device of the backend its type chooses.
+    let output_device = a.output_device.clone().or_else(|| {
+        (output == by_profile && !profile.target.trim().is_empty()).then(|| profile.target.clone())
+    });
     let mic_builder = find_microphone(&a.mic).with_context(|| {
         format!(
             "unknown microphone backend '{}' (expected one of {:?})",
@@ -487,14 +563,20 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
             syncstream_audio::backend_names()
         )
     })?;
-    let sink = sink_builder(&BackendConfig {
-        device: a.output_device.clone(),
+    let sink_cfg = BackendConfig {
+        device: output_device.clone(),
         format: StreamFormat {
             sample_rate: STREAM_SAMPLE_RATE,
             channels: STREAM_CHANNELS,
         },
         clock: clock.clone(),
-    })?;
+    };
+    let output_label = format!(
+        "{output} ({})",
+        output_device.as_deref().unwrap_or("default")
+    );
+    let open_output: syncstream_receiver::output::OpenOutput =
+        Box::new(move |_previous| sink_builder(&sink_cfg));
     let mic = mic_builder(&BackendConfig {
         device: a.mic_device.clone(),
         format: StreamFormat {
@@ -508,7 +590,7 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         port: 1883,
     });
     let cfg = syncstream_receiver::ReceiverConfig {
-        device: a.name,
+        device: name,
         transmitter_host: a.transmitter,
         stream_port: a.stream_port,
         http_port: a.http_port,
@@ -517,7 +599,9 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         drift: Default::default(),
         state_dir: a.state_dir.clone(),
     };
-    let rx = syncstream_receiver::start(cfg, sink, mic, clock).await?;
+    let rx =
+        syncstream_receiver::runtime::start_with_output(cfg, output_label, open_output, mic, clock)
+            .await?;
     crate::service::receiver_running(&rx).await // readiness, watchdog, updates (issue 13); waits for Ctrl-C/SIGTERM
 }
 

@@ -187,7 +187,15 @@ pub fn pacat_command(sink: &str, fmt: StreamFormat) -> PlayerCommand {
     }
 }
 
+/// How often a playing output checks that its sink still exists, s.
+pub const SINK_CHECK_S: u64 = 5;
+
 /// A sound-server sink looked up by `target` at every start, played through `pacat`.
+///
+/// When its sink goes (a speaker disconnects), PulseAudio's module-rescue-streams
+/// (and PipeWire) would move the stream to another sink, which `pacat` cannot forbid;
+/// so the output checks every [`SINK_CHECK_S`] s that its sink is still there and
+/// fails when it is not, to be reopened when it is back.
 pub struct ServerSinkOutput {
     cfg: BackendConfig,
     backend: &'static str,
@@ -195,6 +203,9 @@ pub struct ServerSinkOutput {
     target: String,
     /// The player of the last start.
     player: Option<CommandSink>,
+    /// The sink it plays into (`None`: the default sink, or a bluez-alsa player) and
+    /// when it was last seen.
+    playing_into: Option<(String, std::sync::Mutex<std::time::Instant>)>,
     /// Other ways to play when no sink of the server matches (bluez-alsa for a
     /// Bluetooth address): called with the server's error.
     fallback: Option<fn(&BackendConfig, &str, &str) -> Result<PlayerCommand, String>>,
@@ -230,16 +241,18 @@ impl ServerSinkOutput {
             kind,
             target,
             player: None,
+            playing_into: None,
             fallback,
         })
     }
 
-    /// The player command for the current state of the sound server.
-    fn resolve(&self) -> Result<PlayerCommand, AudioError> {
+    /// The player command for the current state of the sound server, and the sink it
+    /// plays into when it is one of the server's.
+    fn resolve(&self) -> Result<(PlayerCommand, Option<String>), AudioError> {
         let err = |reason: String| AudioError::new(self.backend, &self.target, reason);
         let found = if self.target.is_empty() {
             // `pulse` without a target: the server's default sink.
-            return Ok(pacat_command("@DEFAULT_SINK@", self.cfg.format));
+            return Ok((pacat_command("@DEFAULT_SINK@", self.cfg.format), None));
         } else {
             list_sinks()
                 .map_err(|e| e.to_string())
@@ -250,9 +263,11 @@ impl ServerSinkOutput {
                 if s.name.chars().any(char::is_whitespace) {
                     return Err(err(format!("sink name '{}' has whitespace", s.name)));
                 }
-                Ok(pacat_command(&s.name, self.cfg.format))
+                Ok((pacat_command(&s.name, self.cfg.format), Some(s.name)))
             }
-            (Err(e), Some(f)) => f(&self.cfg, &self.target, &e).map_err(err),
+            (Err(e), Some(f)) => f(&self.cfg, &self.target, &e)
+                .map(|c| (c, None))
+                .map_err(err),
             (Err(e), None) => Err(err(e)),
         }
     }
@@ -261,7 +276,7 @@ impl ServerSinkOutput {
 impl Sink for ServerSinkOutput {
     fn start(&mut self, render: RenderFn) -> Result<(), AudioError> {
         self.stop()?;
-        let command = self.resolve()?;
+        let (command, sink) = self.resolve()?;
         tracing::info!(
             backend = self.backend,
             target = self.target,
@@ -271,6 +286,7 @@ impl Sink for ServerSinkOutput {
         let mut player = CommandSink::new(&self.cfg, command);
         player.start(render)?;
         self.player = Some(player);
+        self.playing_into = sink.map(|s| (s, std::sync::Mutex::new(std::time::Instant::now())));
         Ok(())
     }
 
@@ -286,7 +302,23 @@ impl Sink for ServerSinkOutput {
     }
 
     fn failure(&self) -> Option<String> {
-        self.player.as_ref()?.failure()
+        let player = self.player.as_ref()?;
+        if let Some(f) = player.failure() {
+            return Some(f);
+        }
+        let (sink, checked) = self.playing_into.as_ref()?;
+        let mut checked = checked.lock().ok()?;
+        if checked.elapsed() < std::time::Duration::from_secs(SINK_CHECK_S) {
+            return None;
+        }
+        *checked = std::time::Instant::now();
+        match list_sinks() {
+            Ok(sinks) if !sinks.iter().any(|s| &s.name == sink) => Some(format!(
+                "{} {sink} is gone (disconnected)",
+                self.kind.what()
+            )),
+            _ => None,
+        }
     }
 }
 

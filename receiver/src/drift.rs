@@ -25,6 +25,10 @@ use crate::playout::StreamParams;
 use crate::playout_log::PlayoutLog;
 use crate::resampler::align_to_transmitter_clock;
 
+/// The wide search's margin is at least this fraction of the offset (a device with
+/// 2 s of latency is searched ±0.8 s).
+pub const ACQUIRE_MARGIN_PER_OFFSET: f64 = 0.4;
+
 /// Drift detector settings.
 #[derive(Debug, Clone)]
 pub struct DriftConfig {
@@ -229,7 +233,12 @@ pub fn plan(
     let p_ms = params.playout_delay_us as f64 / 1000.0;
     // The source window always covers the wide search: a tracking measurement that
     // misses its own sound near the expected lag searches wide on the same recording.
-    let margin_ms = cfg.acquire_margin_ms.min(0.8 * p_ms);
+    // Outputs with seconds of latency (Cast, AirPlay) are known less precisely: the
+    // margin grows with the offset, so a profile within 40 % of the truth is found.
+    let margin_ms = cfg
+        .acquire_margin_ms
+        .max(ACQUIRE_MARGIN_PER_OFFSET * offset_ms.abs())
+        .min(0.8 * p_ms);
     let track_margin_ms = cfg.track_margin_ms.min(margin_ms);
     let expected_pts = rec_start_tx_us - params.playout_delay_us as f64 - mic_delay_ms * 1000.0;
     Ok(Measurement {

@@ -187,6 +187,10 @@ pub fn pacat_command(sink: &str, fmt: StreamFormat) -> PlayerCommand {
     }
 }
 
+/// Another way to play when no sink of the server matches: called with the config,
+/// the target and the server's error; returns the player or why there is none.
+pub type Fallback = fn(&BackendConfig, &str, &str) -> Result<PlayerCommand, String>;
+
 /// How often a playing output checks that its sink still exists, s.
 pub const SINK_CHECK_S: u64 = 5;
 
@@ -208,7 +212,7 @@ pub struct ServerSinkOutput {
     playing_into: Option<(String, std::sync::Mutex<std::time::Instant>)>,
     /// Other ways to play when no sink of the server matches (bluez-alsa for a
     /// Bluetooth address): called with the server's error.
-    fallback: Option<fn(&BackendConfig, &str, &str) -> Result<PlayerCommand, String>>,
+    fallback: Option<Fallback>,
 }
 
 impl ServerSinkOutput {
@@ -218,7 +222,7 @@ impl ServerSinkOutput {
         cfg: &BackendConfig,
         backend: &'static str,
         kind: SinkKind,
-        fallback: Option<fn(&BackendConfig, &str, &str) -> Result<PlayerCommand, String>>,
+        fallback: Option<Fallback>,
     ) -> Result<Self, AudioError> {
         let target = cfg.device.clone().unwrap_or_default().trim().to_string();
         if target.is_empty() && kind != SinkKind::Any {

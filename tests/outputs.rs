@@ -1,6 +1,8 @@
 //! The outputs a profile chooses, through a real PulseAudio server that the test
 //! starts (the same server Raspberry Pi OS runs, or PipeWire through pipewire-pulse):
 //!
+//! - `syncstream receiver --list-devices` lists the sinks with the output type that
+//!   plays into each;
 //! - `bluetooth` and `airplay` find their sink by address or name among sinks named
 //!   as BlueZ (`bluez_output.<address>.1`) and the RAOP module (`raop_output.<name>`)
 //!   name them, play a 1 kHz tone into it through `pacat`, and `parec` hears it on the
@@ -176,6 +178,25 @@ fn bluetooth_and_airplay_play_into_their_sinks_and_a_disconnect_is_seen() {
     use_server(&pulse);
     let bt_module = load_null_sink(&pulse, BT_SINK, "JBL-Flip-5");
     load_null_sink(&pulse, AIRPLAY_SINK, "HomePod");
+
+    // `syncstream receiver --list-devices` shows both sinks with the type that plays
+    // into each, and the ALSA outputs.
+    let out = Command::new(env!("CARGO_BIN_EXE_syncstream"))
+        .args(["receiver", "--list-devices"])
+        .env("PULSE_SERVER", &pulse.server)
+        .output()
+        .expect("run syncstream");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{listed}");
+    assert!(listed.contains("ALSA outputs"), "{listed}");
+    for (sink, backend) in [(BT_SINK, "bluetooth"), (AIRPLAY_SINK, "airplay")] {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.contains(sink) && l.contains(&format!("--output {backend})"))),
+            "{sink} is not listed for {backend}:\n{listed}"
+        );
+    }
 
     // Bluetooth by address and by name; AirPlay by name.
     drop(plays_into(&pulse, "bluetooth", BT_ADDRESS, BT_SINK));

@@ -9,7 +9,8 @@
 //! the sample and recordings lined up with the source.
 //!
 //! Backends: `alsa` (ALSA through cpal: real hardware), `wav` (writes a WAV file),
-//! `null` (discards, paced by the clock). The virtual room (`syncstream-room`)
+//! `null` (discards, paced by the clock), `cast` (a Chromecast / Google Cast device,
+//! feature `cast`). The virtual room (`syncstream-room`)
 //! provides its own sink and microphone per simulated device. [`decode`] reads audio
 //! files (any format symphonia reads) into 48 kHz samples.
 
@@ -19,6 +20,8 @@ use std::sync::Arc;
 use syncstream_shared::time::Clock;
 
 pub mod alsa;
+#[cfg(feature = "cast")]
+pub mod cast;
 pub mod decode;
 pub mod null;
 pub mod wav;
@@ -140,6 +143,8 @@ pub const SINK_BACKENDS: &[(&str, SinkBuilder)] = &[
     ("alsa", alsa::open_sink),
     ("wav", wav::open_sink),
     ("null", null::open_sink),
+    #[cfg(feature = "cast")]
+    ("cast", cast::open_sink),
 ];
 
 /// Microphone backends by name.

@@ -65,6 +65,11 @@ struct Endpoint {
 
 impl Endpoint {
     fn start() -> Endpoint {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// An endpoint listening on `ip` (any free port).
+    fn start_on(ip: &str) -> Endpoint {
         let key = rcgen::generate_simple_self_signed(vec!["cast-device.local".to_string()])
             .expect("certificate");
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -79,7 +84,7 @@ impl Endpoint {
                 )
                 .unwrap(),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let messages = Arc::new(Mutex::new(Vec::new()));
         let close = Arc::new(AtomicBool::new(false));
@@ -569,4 +574,41 @@ fn ffmpeg_plays_the_stream_as_a_gapless_1khz_tone() {
         (dac_span / real_span - 1.0).abs() < 0.01,
         "DAC time advanced {dac_span} µs in {real_span} µs of real time"
     );
+}
+
+/// mDNS: a Cast device announced as `_googlecast._tcp.local.` with TXT `fn` is found
+/// by its friendly name, and the sink plays on it; an unknown name's error lists it.
+#[test]
+fn a_device_is_found_by_its_friendly_name_over_mdns() {
+    use syncstream_audio::cast::discover::{resolve, SERVICE_TYPE};
+    let ep = Endpoint::start_on("0.0.0.0");
+    let name = format!("SyncStream Test Speaker {}", std::process::id());
+    let mdns = mdns_sd::ServiceDaemon::new().unwrap();
+    let info = mdns_sd::ServiceInfo::new(
+        SERVICE_TYPE,
+        &format!("Test-Speaker-{}", std::process::id()),
+        "syncstream-test-speaker.local.",
+        (),
+        ep.port,
+        &[("fn", name.as_str()), ("md", "Test Speaker")][..],
+    )
+    .unwrap()
+    .enable_addr_auto();
+    mdns.register(info).unwrap();
+
+    let found = resolve(&name, Duration::from_secs(5)).unwrap();
+    assert_eq!(found.addr.port(), ep.port);
+    assert_eq!(found.name, name);
+    let err = resolve("No Such Speaker", Duration::from_secs(3)).unwrap_err();
+    assert!(
+        err.contains("No Such Speaker") && err.contains(&name),
+        "{err}"
+    );
+
+    // The sink, given the friendly name, plays on it.
+    let mut sink = open(name.clone());
+    sink.start(silence()).unwrap();
+    assert_eq!(ep.of_type(NS_MEDIA, "LOAD").len(), 1);
+    sink.stop().unwrap();
+    let _ = mdns.shutdown();
 }

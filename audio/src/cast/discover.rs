@@ -3,7 +3,7 @@
 //! speaker"), or directly from `host[:port]` / `ip[:port]` (port 8009 by default).
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use mdns_sd::{ServiceDaemon, ServiceEvent};
@@ -78,8 +78,9 @@ fn browse(mdns: &ServiceDaemon, target: &str, wait: Duration) -> Result<CastTarg
     let events = mdns
         .browse(SERVICE_TYPE)
         .map_err(|e| format!("mDNS browse failed: {e}"))?;
-    let deadline = Instant::now() + wait;
+    let mut deadline = Instant::now() + wait;
     let mut seen = BTreeSet::new();
+    let mut fallback: Option<CastTarget> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -97,24 +98,33 @@ fn browse(mdns: &ServiceDaemon, target: &str, wait: Duration) -> Result<CastTarg
             .unwrap_or_else(|| info.get_fullname().to_string());
         if name.eq_ignore_ascii_case(target) {
             // Prefer IPv4 (the HTTP stream's URL is for the address the OS routes
-            // towards the device).
-            let mut addrs: Vec<_> = info
+            // towards the device); link-local IPv6 needs a scope and is left out.
+            let addrs: Vec<IpAddr> = info
                 .get_addresses()
                 .iter()
                 .map(|a| a.to_ip_addr())
+                .filter(|a| !matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
                 .collect();
-            addrs.sort_by_key(|a| !a.is_ipv4());
-            if let Some(ip) = addrs.first() {
+            let found = |ip: IpAddr| CastTarget {
+                addr: SocketAddr::new(ip, info.get_port()),
+                name: name.clone(),
+            };
+            if let Some(ip) = addrs.iter().find(|a| a.is_ipv4()) {
                 let _ = mdns.stop_browse(SERVICE_TYPE);
-                return Ok(CastTarget {
-                    addr: SocketAddr::new(*ip, info.get_port()),
-                    name,
-                });
+                return Ok(found(*ip));
+            }
+            if let (Some(ip), None) = (addrs.first(), &fallback) {
+                // IPv6 only so far: an IPv4 address may follow in a moment.
+                fallback = Some(found(*ip));
+                deadline = deadline.min(Instant::now() + Duration::from_secs(1));
             }
         }
         seen.insert(name);
     }
     let _ = mdns.stop_browse(SERVICE_TYPE);
+    if let Some(f) = fallback {
+        return Ok(f);
+    }
     let found = if seen.is_empty() {
         "none".to_string()
     } else {

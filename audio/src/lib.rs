@@ -11,9 +11,10 @@
 //! Backends: `alsa` (ALSA through cpal: analog, USB DACs, HDMI), `bluetooth` (an A2DP
 //! speaker through PulseAudio/PipeWire or bluez-alsa), `airplay` (the sound server's
 //! RAOP sink), `pulse` (any PulseAudio/PipeWire sink), `command` (raw PCM into a player
-//! program), `wav` (writes a WAV file), `null` (discards, paced by the clock); a
-//! profile's `type` chooses one ([`backend_for`]) and its `target` is the device. The virtual room (`syncstream-room`)
-//! provides its own sink and microphone per simulated device. [`decode`] reads audio
+//! program), `cast` (a Chromecast / Google Cast device, feature `cast`), `wav` (writes
+//! a WAV file), `null` (discards, paced by the clock); a profile's `type` chooses one
+//! ([`backend_for`]) and its `target` is the device. The virtual room
+//! (`syncstream-room`) provides its own sink and microphone per simulated device. [`decode`] reads audio
 //! files (any format symphonia reads) into 48 kHz samples.
 
 use std::sync::atomic::AtomicU64;
@@ -25,6 +26,8 @@ pub mod airplay;
 pub mod alsa;
 pub mod bluetooth;
 pub mod command;
+#[cfg(feature = "cast")]
+pub mod cast;
 pub mod decode;
 pub mod null;
 pub mod pulse;
@@ -151,6 +154,8 @@ pub const SINK_BACKENDS: &[(&str, SinkBuilder)] = &[
     ("command", command::open_sink),
     ("wav", wav::open_sink),
     ("null", null::open_sink),
+    #[cfg(feature = "cast")]
+    ("cast", cast::open_sink),
 ];
 
 /// Microphone backends by name.

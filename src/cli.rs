@@ -175,7 +175,7 @@ struct TransmitterArgs {
 #[derive(Args, Debug)]
 struct ReceiverArgs {
     /// Device name (MQTT topics use it): letters, digits, '-' and '_', 1 to 64.
-    #[arg(long, required_unless_present_any = ["list_devices", "list_microphones"])]
+    #[arg(long, required_unless_present_any = ["list_devices", "list_microphones", "check_mic"])]
     name: Option<String>,
     /// Print the outputs there are (ALSA devices, sound-server sinks for Bluetooth and
     /// AirPlay) with the names to put in a profile's `target` or `--output-device`,
@@ -186,6 +186,21 @@ struct ReceiverArgs {
     /// `--mic-device`, and exit.
     #[arg(long)]
     list_microphones: bool,
+    /// Check the microphone and exit: record a few seconds while the output plays a
+    /// 1 kHz test tone, print level (dBFS), DC offset, clipping, mains hum, the channel
+    /// that carries signal and whether the tone is heard, with a verdict (exit code 1
+    /// when something is wrong).
+    #[arg(long)]
+    check_mic: bool,
+    /// Seconds the microphone check analyses (1 to 60).
+    #[arg(long, default_value_t = 5.0)]
+    check_seconds: f64,
+    /// The microphone check plays no test tone.
+    #[arg(long)]
+    no_tone: bool,
+    /// Print the microphone check as JSON.
+    #[arg(long)]
+    json: bool,
     /// Folder where the receiver keeps its state across restarts (its last offset), so
     /// it starts where it was instead of from its profile.
     #[arg(long)]
@@ -530,7 +545,6 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
     if a.list_devices || a.list_microphones {
         return list_devices(a.list_devices);
     }
-    let name = a.name.clone().context("--name is required")?;
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let profile = match &a.profile {
         Some(p) => DeviceProfile::load(p)?,
@@ -556,6 +570,36 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
     let output_device = a.output_device.clone().or_else(|| {
         (output == by_profile && !profile.target.trim().is_empty()).then(|| profile.target.clone())
     });
+    if a.check_mic {
+        let report = crate::check_mic::run(crate::check_mic::CheckMic {
+            seconds: a.check_seconds,
+            mic: a.mic.clone(),
+            mic_device: a.mic_device.clone(),
+            output: (!a.no_tone).then(|| {
+                (
+                    sink_builder,
+                    BackendConfig {
+                        device: output_device.clone(),
+                        format: StreamFormat {
+                            sample_rate: STREAM_SAMPLE_RATE,
+                            channels: STREAM_CHANNELS,
+                        },
+                        clock: Arc::new(MonotonicClock),
+                    },
+                )
+            }),
+        })?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            crate::check_mic::print(&report);
+        }
+        if !report.ok {
+            anyhow::bail!("the microphone check found a problem: {}", report.summary);
+        }
+        return Ok(());
+    }
+    let name = a.name.clone().context("--name is required")?;
     let mic_builder = find_microphone(&a.mic).with_context(|| {
         format!(
             "unknown microphone backend '{}' (expected one of {:?})",

@@ -12,6 +12,9 @@
 //!   failure, and a receiver process whose speaker is missing stays online with a
 //!   status saying why, then plays when the speaker's sink appears, and again after
 //!   it drops and comes back (the reopen with backoff);
+//! - `syncstream receiver --check-mic` hears its own test tone through the sound
+//!   server (output into a null sink, the "microphone" its monitor) and says OK; with
+//!   a microphone that hears nothing it says so and exits non-zero;
 //! - the `alsa` output sets its volume and mute through the card's mixer (the `pulse`
 //!   control's `Master`), seen by `pactl` as the sink's volume and mute.
 
@@ -387,4 +390,48 @@ fn a_receiver_waits_for_its_speaker_and_survives_a_reconnect() {
             "{s}"
         );
     }
+}
+
+#[test]
+fn check_mic_hears_the_test_tone_and_names_a_dead_microphone() {
+    if !need_pulseaudio() {
+        return;
+    }
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let pulse = PulseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("analog.json");
+    std::fs::write(
+        &profile,
+        r#"{"type":"analog","target":"pulse","base_latency_ms":5}"#,
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_syncstream"))
+            .args(["receiver", "--check-mic", "--check-seconds", "2"])
+            .args(["--profile", profile.to_str().unwrap()])
+            .args(args)
+            .env("PULSE_SERVER", &pulse.server)
+            .env("PULSE_SINK", "ss_test")
+            .env("PULSE_SOURCE", "ss_test.monitor")
+            .output()
+            .expect("run syncstream")
+    };
+    let out = run(&["--mic", "alsa", "--mic-device", "pulse", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&text).expect("JSON report");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["signal_on"], "both", "{r}");
+    assert!(r["tone_db"].as_f64().unwrap() > 30.0, "{r}");
+    assert!(r["summary"].as_str().unwrap().starts_with("OK"), "{r}");
+
+    let out = run(&["--mic", "null", "--no-tone"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("hears nothing"), "{text}");
 }

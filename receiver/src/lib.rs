@@ -16,6 +16,7 @@ pub mod clock_sync;
 pub mod drift;
 pub mod jitter_buffer;
 pub mod node;
+pub mod mic_check;
 pub mod offset;
 pub mod output;
 pub mod own_sound;

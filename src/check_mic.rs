@@ -37,7 +37,10 @@ pub struct CheckMic {
 /// Runs the check. Errors: a bad duration, a microphone that cannot be opened.
 pub fn run(c: CheckMic) -> anyhow::Result<MicCheckReport> {
     if !(c.seconds.is_finite() && (1.0..=60.0).contains(&c.seconds)) {
-        anyhow::bail!("--check-seconds must be between 1 and 60, got {}", c.seconds);
+        anyhow::bail!(
+            "--check-seconds must be between 1 and 60, got {}",
+            c.seconds
+        );
     }
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let mut notes = Vec::new();
@@ -87,7 +90,8 @@ pub fn run(c: CheckMic) -> anyhow::Result<MicCheckReport> {
             clock: clock.clone(),
         })
         .context("opening the microphone")?;
-        mic.start(Box::new(push)).context("starting the microphone")?;
+        mic.start(Box::new(push))
+            .context("starting the microphone")?;
         (mic.sample_rate(), 1, Keep::Mic(mic))
     };
     // The recording itself: real time.
@@ -160,7 +164,10 @@ pub fn print(r: &MicCheckReport) {
             100.0 * c.clipped_fraction
         );
     }
-    println!("  mains hum ({} Hz + harmonics): {:.1} dB of the signal", r.hum_hz, r.hum_db);
+    println!(
+        "  mains hum ({} Hz + harmonics): {:.1} dB of the signal",
+        r.hum_hz, r.hum_db
+    );
     if let (Some(f), Some(t)) = (r.tone_hz, r.tone_db) {
         println!("  test tone {f:.0} Hz: {t:.1} dB above the noise beside it");
     }

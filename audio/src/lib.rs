@@ -25,9 +25,9 @@ use syncstream_shared::time::Clock;
 pub mod airplay;
 pub mod alsa;
 pub mod bluetooth;
-pub mod command;
 #[cfg(feature = "cast")]
 pub mod cast;
+pub mod command;
 pub mod decode;
 pub mod null;
 pub mod pulse;

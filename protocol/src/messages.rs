@@ -43,6 +43,10 @@ pub mod topics {
     pub fn status(device: &str) -> String {
         format!("{TOPIC_ROOT}/status/{device}")
     }
+    /// `syncstream/mic_check/<device>`: a receiver's answer to `check_mic`.
+    pub fn mic_check(device: &str) -> String {
+        format!("{TOPIC_ROOT}/mic_check/{device}")
+    }
     /// `syncstream/calibration/<device>`.
     pub fn calibration(device: &str) -> String {
         format!("{TOPIC_ROOT}/calibration/{device}")
@@ -186,6 +190,9 @@ pub enum Command {
     },
     /// Play a calibration test signal and report the measured latency.
     TestTone(TestToneRequest),
+    /// Judge the last seconds of microphone audio (level, DC offset, clipping, mains
+    /// hum) and answer on `syncstream/mic_check/<device>`.
+    CheckMic,
     /// A manual trim of where the device's sound sits, on top of the measured offset
     /// (for the transmitter's sync controller; receivers ignore it).
     Adjust {

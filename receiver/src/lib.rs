@@ -15,8 +15,8 @@
 pub mod clock_sync;
 pub mod drift;
 pub mod jitter_buffer;
-pub mod node;
 pub mod mic_check;
+pub mod node;
 pub mod offset;
 pub mod output;
 pub mod own_sound;

@@ -124,7 +124,12 @@ fn figures(x: &[f32]) -> (ChannelFigures, f64, f64) {
 
 /// Judges `samples` (interleaved, `channels` 1 or 2, at `rate_hz`), recorded while a
 /// tone of `tone_hz` played (or none). Empty input gives a report that hears nothing.
-pub fn analyze(samples: &[f32], channels: usize, rate_hz: u32, tone_hz: Option<f64>) -> MicCheckReport {
+pub fn analyze(
+    samples: &[f32],
+    channels: usize,
+    rate_hz: u32,
+    tone_hz: Option<f64>,
+) -> MicCheckReport {
     let channels = channels.clamp(1, 2);
     let frames = samples.len() / channels;
     let per: Vec<Vec<f32>> = (0..channels)
@@ -158,7 +163,11 @@ pub fn analyze(samples: &[f32], channels: usize, rate_hz: u32, tone_hz: Option<f
     };
     let (h50, h60) = (hum(50.0), hum(60.0));
     let (hum_hz, hum_power) = if h60 > h50 { (60, h60) } else { (50, h50) };
-    let hum_db = if power > 0.0 { db(hum_power / power) } else { -200.0 };
+    let hum_db = if power > 0.0 {
+        db(hum_power / power)
+    } else {
+        -200.0
+    };
     let tone_db = tone_hz.map(|f| {
         let on = goertzel_power(x, mean, f, rate_hz);
         // Noise beside the tone: the mean of eight bins 31 to 117 Hz away.
@@ -213,7 +222,9 @@ pub fn analyze(samples: &[f32], channels: usize, rate_hz: u32, tone_hz: Option<f
         }
         if let (Some(f), Some(t)) = (tone_hz, tone_db) {
             if t >= TONE_HEARD_DB {
-                verdicts.push(format!("the {f:.0} Hz test tone is heard {t:.0} dB above the noise"));
+                verdicts.push(format!(
+                    "the {f:.0} Hz test tone is heard {t:.0} dB above the noise"
+                ));
             } else {
                 problems.push(format!(
                     "the {f:.0} Hz test tone is not heard ({t:.0} dB above the noise): the microphone does not hear this speaker; check the output, its volume and the distance"
@@ -227,7 +238,9 @@ pub fn analyze(samples: &[f32], channels: usize, rate_hz: u32, tone_hz: Option<f
         None => format!(
             "OK: level {:.0} dBFS{}",
             main.rms_dbfs,
-            tone_db.map_or(String::new(), |t| format!(", tone heard {t:.0} dB above the noise"))
+            tone_db.map_or(String::new(), |t| format!(
+                ", tone heard {t:.0} dB above the noise"
+            ))
         ),
     };
     problems.extend(verdicts);
@@ -262,7 +275,9 @@ mod tests {
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0 * amp
             })
             .collect()
@@ -281,7 +296,11 @@ mod tests {
         let r = analyze(&vec![0.0; 2 * RATE as usize], 2, RATE, Some(1000.0));
         assert!(!r.ok);
         assert_eq!(r.signal_on, "none");
-        assert!(r.summary.contains("hears nothing") && r.summary.contains("WS"), "{}", r.summary);
+        assert!(
+            r.summary.contains("hears nothing") && r.summary.contains("WS"),
+            "{}",
+            r.summary
+        );
         let r = analyze(&[], 1, RATE, None);
         assert!(!r.ok && r.summary.contains("hears nothing"));
     }
@@ -293,7 +312,11 @@ mod tests {
         let r = analyze(&stereo(&vec![0.0; n], &right), 2, RATE, Some(1000.0));
         assert_eq!(r.signal_on, "right");
         assert!(r.ok, "{r:#?}");
-        assert!(r.summary.starts_with("OK") && r.summary.contains("tone heard"), "{}", r.summary);
+        assert!(
+            r.summary.starts_with("OK") && r.summary.contains("tone heard"),
+            "{}",
+            r.summary
+        );
         assert!(r.tone_db.unwrap() > 30.0);
     }
 
@@ -308,7 +331,10 @@ mod tests {
     #[test]
     fn clipping_hum_and_dc_are_named() {
         let n = 2 * RATE as usize;
-        let clipped: Vec<f32> = sine(1000.0, 2.0, n).iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        let clipped: Vec<f32> = sine(1000.0, 2.0, n)
+            .iter()
+            .map(|v| v.clamp(-1.0, 1.0))
+            .collect();
         let r = analyze(&clipped, 1, RATE, Some(1000.0));
         assert!(r.summary.contains("clipping"), "{}", r.summary);
 
@@ -325,7 +351,11 @@ mod tests {
             .collect();
         let r = analyze(&dc, 1, RATE, Some(1000.0));
         assert!(r.ok, "{r:#?}");
-        assert!(r.verdicts.iter().any(|v| v.contains("DC offset +0.050")), "{:?}", r.verdicts);
+        assert!(
+            r.verdicts.iter().any(|v| v.contains("DC offset +0.050")),
+            "{:?}",
+            r.verdicts
+        );
     }
 
     #[test]
@@ -333,7 +363,9 @@ mod tests {
         let rate = 44_100;
         let n = 2 * rate as usize;
         let x: Vec<f32> = (0..n)
-            .map(|i| (0.05 * (std::f64::consts::TAU * 1000.0 * i as f64 / rate as f64).sin()) as f32)
+            .map(|i| {
+                (0.05 * (std::f64::consts::TAU * 1000.0 * i as f64 / rate as f64).sin()) as f32
+            })
             .collect();
         let x = mix(&x, &noise(0.003, n, 6));
         let r = analyze(&x, 1, rate, Some(1000.0));

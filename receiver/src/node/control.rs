@@ -8,11 +8,13 @@ use syncstream_protocol::messages::{
 };
 use tracing::{info, warn};
 
-use super::{ReceiverIo, ReceiverNode, MAX_MQTT_PAYLOAD};
+use super::{Job, ReceiverIo, ReceiverNode, MAX_MQTT_PAYLOAD};
 
 /// After an unmute or a start, measurements wait this long (their window must hold the
 /// device's own sound again), µs.
 pub const QUIET_AFTER_SOUND_US: i64 = 2_500_000;
+/// Microphone audio a `check_mic` command judges: the last 3 s the node holds, ms.
+pub const MIC_CHECK_MS: u64 = 3_000;
 use crate::offset::OffsetRamp;
 use crate::realtime::ToRender;
 
@@ -247,6 +249,27 @@ impl ReceiverNode {
                 self.next_measure_us = now_us;
             }
             Command::TestTone(req) => self.start_test_tone(req, now_us, io),
+            Command::CheckMic => {
+                match self.mic.latest(MIC_CHECK_MS) {
+                    Some((_, samples)) => io.run_job(Job::MicCheck {
+                        samples,
+                        rate_hz: self.mic_rate_hz,
+                    }),
+                    None => {
+                        let answer = serde_json::json!({
+                            "device": self.device,
+                            "ok": false,
+                            "summary": "no microphone audio yet: the receiver keeps the last 4 s; ask again in a few seconds",
+                        });
+                        io.publish(
+                            syncstream_protocol::messages::topics::mic_check(&self.device),
+                            answer.to_string().into_bytes(),
+                            false,
+                        );
+                    }
+                }
+                return;
+            }
         }
         self.publish_status(now_us, io);
     }

@@ -75,6 +75,13 @@ pub enum Job {
     Drift(DriftJob),
     /// A calibration measurement of a test tone.
     Tone(ToneJob),
+    /// A microphone check of mono samples at `rate_hz`.
+    MicCheck {
+        /// The recording.
+        samples: Vec<f32>,
+        /// Its sample rate, Hz.
+        rate_hz: u32,
+    },
 }
 
 impl Job {
@@ -86,6 +93,9 @@ impl Job {
                 JobDone::Drift { outcome, estimator }
             }
             Job::Tone(j) => JobDone::Tone(j.run()),
+            Job::MicCheck { samples, rate_hz } => {
+                JobDone::MicCheck(crate::mic_check::analyze(&samples, 1, rate_hz, None))
+            }
         }
     }
 }
@@ -102,4 +112,6 @@ pub enum JobDone {
     },
     /// A calibration measurement, or why there is none.
     Tone(Result<CalibrationResult, String>),
+    /// A microphone check.
+    MicCheck(crate::mic_check::MicCheckReport),
 }

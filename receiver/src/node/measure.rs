@@ -196,6 +196,17 @@ impl ReceiverNode {
                 let run_id = self.tone_running.take().flatten();
                 self.publish_calibration(result, run_id, now_us, io);
             }
+            JobDone::MicCheck(report) => {
+                let mut v = serde_json::to_value(&report).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("device".into(), self.device.clone().into());
+                }
+                io.publish(
+                    topics::mic_check(&self.device),
+                    v.to_string().into_bytes(),
+                    false,
+                );
+            }
         }
     }
 

@@ -512,3 +512,61 @@ fn settings_from_the_control_plane_are_checked() {
     );
     assert_eq!(n.counters().mqtt_rejected, before + 4);
 }
+
+/// `check_mic`: with no microphone audio yet the answer says so; with 4 s of a tone it
+/// runs the check as a job and publishes the report, naming the device.
+#[test]
+fn check_mic_judges_the_microphone_audio_it_holds() {
+    let (mut n, mut io, _r, c) = streaming();
+    let cmd = br#"{"cmd":"check_mic"}"#;
+    n.on_mqtt_message(&topics::command("tv"), cmd, 0, &mut io);
+    let (topic, payload, retain) = io.published.last().expect("an answer").clone();
+    assert_eq!((topic.as_str(), retain), ("syncstream/mic_check/tv", false));
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["summary"]
+            .as_str()
+            .unwrap()
+            .contains("no microphone audio yet"),
+        "{v}"
+    );
+
+    let mut capture = c.into_capture_fn();
+    let rate = 48_000.0;
+    let mut block = vec![0.0f32; 480];
+    for b in 0..400 {
+        for (i, s) in block.iter_mut().enumerate() {
+            let t = (b * 480 + i) as f64 / rate;
+            *s = (0.05 * (std::f64::consts::TAU * 1000.0 * t).sin()) as f32;
+        }
+        let adc_us = b as i64 * 10_000;
+        capture(&block, adc_us);
+        n.poll(adc_us + 10_000, &mut io);
+    }
+    io.jobs.clear();
+    n.on_mqtt_message(&topics::command("tv"), cmd, 4_000_000, &mut io);
+    let job = io.jobs.pop().expect("a mic check job");
+    assert!(matches!(
+        job,
+        Job::MicCheck {
+            rate_hz: 48_000,
+            ..
+        }
+    ));
+    n.on_job_done(job.run(), 4_100_000, &mut io);
+    let (topic, payload, _) = io.published.last().expect("a report").clone();
+    assert_eq!(topic, "syncstream/mic_check/tv");
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        (v["device"].as_str(), v["ok"].as_bool()),
+        (Some("tv"), Some(true)),
+        "{v}"
+    );
+    assert_eq!(v["signal_on"], "mono");
+    let rms = v["channels"][0]["rms_dbfs"].as_f64().unwrap();
+    assert!(
+        (rms - (-29.0)).abs() < 1.0,
+        "RMS {rms} dBFS of a 0.05 sine (−29 dBFS)"
+    );
+}

@@ -21,6 +21,8 @@ pub const TONE_HZ: f64 = 1000.0;
 const TONE_AMPLITUDE: f32 = 0.25;
 /// Recorded before the analysed part, while the output starts, s.
 const LEAD_IN_S: f64 = 0.5;
+/// How much longer than asked the recording may take (a device that starts late), s.
+const MAX_START_S: f64 = 10.0;
 
 /// What to check.
 pub struct CheckMic {
@@ -94,9 +96,23 @@ pub fn run(c: CheckMic) -> anyhow::Result<MicCheckReport> {
             .context("starting the microphone")?;
         (mic.sample_rate(), 1, Keep::Mic(mic))
     };
-    // The recording itself: real time.
-    std::thread::sleep(Duration::from_secs_f64(total_s));
+    // The recording itself, in real time: until the ring holds what was asked for (a
+    // device may start late), or a deadline.
+    let wanted = ((total_s * rate as f64) as usize * channels).min(capacity);
+    let started = std::time::Instant::now();
+    let deadline = Duration::from_secs_f64(total_s + MAX_START_S);
+    while consumer.slots() < wanted && started.elapsed() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(keep);
+    if consumer.slots() < wanted {
+        notes.push(format!(
+            "the microphone delivered {:.1} s of audio in {:.1} s",
+            consumer.slots() as f64 / channels.max(1) as f64 / rate.max(1) as f64,
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    let sink_played = sink.is_some();
     if let Some(mut s) = sink {
         let _ = s.stop();
     }
@@ -105,7 +121,7 @@ pub fn run(c: CheckMic) -> anyhow::Result<MicCheckReport> {
         samples.push(v);
     }
     let skip = ((LEAD_IN_S * rate as f64) as usize * channels).min(samples.len());
-    let tone_hz = c.output.as_ref().and(notes.is_empty().then_some(TONE_HZ));
+    let tone_hz = sink_played.then_some(TONE_HZ);
     let mut report = analyze(&samples[skip..], channels, rate, tone_hz);
     report.verdicts.extend(notes);
     Ok(report)

@@ -16,6 +16,7 @@ pub mod clock_sync;
 pub mod drift;
 pub mod jitter_buffer;
 pub mod mic_check;
+pub mod mic_resample;
 pub mod node;
 pub mod offset;
 pub mod output;

@@ -169,33 +169,46 @@ where
         .map_err(|e| AudioError::new(BACKEND, lbl, format!("cannot start capture: {e}")))
 }
 
-/// An ALSA capture device as a mono microphone at `cfg.format.sample_rate`.
+/// An ALSA capture device as a mono microphone at `cfg.format.sample_rate`, or, when
+/// the device cannot do that rate, at 48 kHz, 44.1 kHz or its highest rate
+/// ([`Microphone::sample_rate`] tells which; the receiver resamples it).
 pub struct AlsaMicrophone {
     cfg: BackendConfig,
     label: String,
+    rate_hz: u32,
     running: Option<AlsaCapture>,
     xruns: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AlsaMicrophone {
     /// Checks that the device named in `cfg` (or ALSA's default) exists and can
-    /// capture at `cfg.format.sample_rate`. Nothing is captured until
-    /// [`Microphone::start`].
+    /// capture, at `cfg.format.sample_rate` or another rate (an I²S microphone that
+    /// only does 44.1 kHz). Nothing is captured until [`Microphone::start`].
     pub fn open(cfg: &BackendConfig) -> Result<Self, AudioError> {
         let lbl = label(cfg.device.as_deref());
         if cfg.format.sample_rate == 0 {
             return Err(AudioError::new(BACKEND, lbl, "invalid sample rate 0 Hz"));
         }
-        resolve(
+        let (_, chosen) = resolve(
             cfg.device.as_deref(),
             Direction::Input,
             cfg.format.sample_rate,
             1,
-            false,
+            true,
         )?;
+        if chosen.sample_rate != cfg.format.sample_rate {
+            tracing::info!(
+                device = %lbl,
+                rate_hz = chosen.sample_rate,
+                "the microphone cannot capture at {} Hz; capturing at {} Hz",
+                cfg.format.sample_rate,
+                chosen.sample_rate
+            );
+        }
         Ok(Self {
             cfg: cfg.clone(),
             label: lbl,
+            rate_hz: chosen.sample_rate,
             running: None,
             xruns: Arc::default(),
         })
@@ -207,7 +220,7 @@ impl Microphone for AlsaMicrophone {
         self.stop()?;
         let c = start_capture_counting(
             self.cfg.device.as_deref(),
-            self.cfg.format.sample_rate,
+            self.rate_hz,
             1,
             false,
             self.cfg.clock.clone(),
@@ -225,7 +238,7 @@ impl Microphone for AlsaMicrophone {
     }
 
     fn sample_rate(&self) -> u32 {
-        self.cfg.format.sample_rate
+        self.rate_hz
     }
 
     fn xrun_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {

@@ -253,7 +253,7 @@ impl ReceiverNode {
                 match self.mic.latest(MIC_CHECK_MS) {
                     Some((_, samples)) => io.run_job(Job::MicCheck {
                         samples,
-                        rate_hz: self.mic_rate_hz,
+                        rate_hz: syncstream_shared::time::STREAM_SAMPLE_RATE,
                     }),
                     None => {
                         let answer = serde_json::json!({

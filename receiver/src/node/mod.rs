@@ -38,6 +38,7 @@ use syncstream_shared::time::STREAM_SAMPLE_RATE;
 
 use crate::clock_sync::ClockSync;
 use crate::drift::{DriftConfig, Measurement, MicRecorder};
+use crate::mic_resample::MicResampler;
 use crate::offset::OffsetRamp;
 use crate::own_sound::OwnSound;
 use crate::playout::StreamParams;
@@ -80,7 +81,8 @@ pub struct NodeConfig {
     pub profile: DeviceProfile,
     /// Drift detector settings.
     pub drift: DriftConfig,
-    /// Microphone sample rate, Hz.
+    /// Microphone sample rate, Hz (any: the node converts it to 48 kHz, see
+    /// [`crate::mic_resample`]).
     pub mic_rate_hz: u32,
     /// What the last run of this receiver kept (its offset); `None` on a first start.
     pub persisted: Option<PersistedState>,
@@ -194,8 +196,10 @@ pub struct ReceiverNode {
     /// Audio has played since the last hello.
     played: bool,
     // Drift measurements.
+    /// The microphone's last seconds, at 48 kHz.
     mic: MicRecorder,
-    mic_rate_hz: u32,
+    /// Converts the microphone's blocks to 48 kHz (passes 48 kHz through).
+    mic_in: MicResampler,
     tracking: bool,
     last_report: Option<DriftReport>,
     next_measure_us: i64,
@@ -234,6 +238,8 @@ impl ReceiverNode {
             .map(|p| p.offset_ms)
             .filter(|o| OffsetLimits::widest().contains(*o))
             .unwrap_or(cfg.profile.base_latency_ms);
+        let mic_in = MicResampler::new(cfg.mic_rate_hz)
+            .map_err(|e| format!("microphone of {}: {e}", cfg.device))?;
         let mut me = Self {
             device: cfg.device,
             instance: cfg.instance,
@@ -267,8 +273,8 @@ impl ReceiverNode {
             stopped: false,
             log: PlayoutLog::default(),
             played: false,
-            mic: MicRecorder::new(cfg.mic_rate_hz.max(1), MIC_HISTORY_S),
-            mic_rate_hz: cfg.mic_rate_hz.max(1),
+            mic: MicRecorder::new(STREAM_SAMPLE_RATE, MIC_HISTORY_S),
+            mic_in,
             tracking: false,
             last_report: None,
             estimator: Some(Box::new(DelayEstimator::new(STREAM_SAMPLE_RATE))),
@@ -439,11 +445,11 @@ impl ReceiverNode {
     }
 
     fn pump_audio(&mut self) {
-        let (log, mic, tone, rate, played) = (
+        let (log, mic, mic_in, tone, played) = (
             &mut self.log,
             &mut self.mic,
+            &mut self.mic_in,
             &mut self.tone,
-            self.mic_rate_hz,
             &mut self.played,
         );
         self.audio.pump(
@@ -452,10 +458,12 @@ impl ReceiverNode {
                 *played |= b.scheduled && !b.missing;
             },
             |m| {
-                mic.push(m.samples(), m.adc_time_us);
-                if let Some(t) = tone.as_mut() {
-                    t.recorder.capture(m.samples(), m.adc_time_us, rate);
-                }
+                mic_in.push(m.samples(), m.adc_time_us, &mut |s: &[f32], t: i64| {
+                    mic.push(s, t);
+                    if let Some(tone) = tone.as_mut() {
+                        tone.recorder.capture(s, t, STREAM_SAMPLE_RATE);
+                    }
+                });
             },
         );
         if let Some(j) = self.audio.stats().last_jump_us() {

@@ -570,3 +570,102 @@ fn check_mic_judges_the_microphone_audio_it_holds() {
         "RMS {rms} dBFS of a 0.05 sine (−29 dBFS)"
     );
 }
+
+/// A node whose microphone captures at `mic_rate_hz`.
+fn node_with_mic(mic_rate_hz: u32) -> (ReceiverNode, Renderer, Capturer) {
+    let (r, c, control) = realtime::engine(0.0, mic_rate_hz);
+    let node = ReceiverNode::new(
+        NodeConfig {
+            device: "tv".into(),
+            instance: 42,
+            profile: DeviceProfile::default_for(OutputType::Hdmi),
+            drift: DriftConfig::default(),
+            mic_rate_hz,
+            persisted: None,
+        },
+        control,
+        0,
+    )
+    .unwrap();
+    (node, r, c)
+}
+
+/// A band-limited random sound defined at any time: 120 sinusoids of random
+/// frequencies (150 Hz to 7 kHz) and phases; `t_s` in seconds.
+struct Sound(Vec<(f64, f64, f64)>);
+
+impl Sound {
+    fn new() -> Self {
+        let r = syncstream_testkit::white_noise(360, 11, 1.0);
+        Self(
+            r.chunks(3)
+                .map(|c| {
+                    let f = 150.0 + (c[0] as f64 + 1.0) / 2.0 * 6850.0;
+                    (
+                        f,
+                        c[1] as f64 * std::f64::consts::PI,
+                        0.01 + 0.01 * c[2].abs() as f64,
+                    )
+                })
+                .collect(),
+        )
+    }
+    fn at(&self, t_s: f64) -> f32 {
+        self.0
+            .iter()
+            .map(|(f, ph, a)| a * (2.0 * std::f64::consts::PI * f * t_s + ph).sin())
+            .sum::<f64>() as f32
+    }
+}
+
+/// Feeds `secs` of the sound delayed by `delay_us` to a node's microphone at
+/// `mic_rate_hz` (10 ms capture blocks stamped with their ADC times), then estimates
+/// the delay of the node's 48 kHz microphone recording against the sound, ms.
+fn measured_delay_ms(mic_rate_hz: u32, delay_us: f64) -> f64 {
+    use syncstream_dsp::delay::LagSearch;
+    use syncstream_shared::time::samples_to_us;
+    let (mut n, _r, mut c) = node_with_mic(mic_rate_hz);
+    let sound = Sound::new();
+    let t0_us: i64 = 3_000_123;
+    let block = (mic_rate_hz / 100) as usize;
+    for k in 0..300 {
+        let first = k * block;
+        let samples: Vec<f32> = (first..first + block)
+            .map(|i| {
+                // ADC time of sample i, then the sound as it was `delay_us` earlier.
+                let t_us = t0_us as f64 + i as f64 * 1e6 / mic_rate_hz as f64;
+                sound.at((t_us - delay_us) * 1e-6)
+            })
+            .collect();
+        c.capture(&samples, t0_us + samples_to_us(first as i64, mic_rate_hz));
+        if k % 10 == 9 {
+            n.pump_audio();
+        }
+    }
+    n.pump_audio();
+    assert_eq!(n.mic.rate(), 48_000);
+    let (first_us, recording) = n.mic.latest(2000).expect("2 s of microphone audio");
+    let reference: Vec<f32> = (0..recording.len())
+        .map(|m| sound.at(first_us as f64 * 1e-6 + m as f64 / 48_000.0))
+        .collect();
+    let mut est = DelayEstimator::new(48_000);
+    let e = est
+        .estimate(&reference, &recording, &LagSearch::symmetric(5.0))
+        .unwrap();
+    e.delay_ms.expect("a delay")
+}
+
+#[test]
+fn a_44_1_khz_microphone_measures_delays_as_exactly_as_a_48_khz_one() {
+    for rate in [44_100, 48_000] {
+        for delay_us in [0.0, 1234.0] {
+            let d = measured_delay_ms(rate, delay_us);
+            eprintln!("{rate} Hz: delay {delay_us} µs measured {:.4} ms", d);
+            assert!(
+                (d - delay_us / 1000.0).abs() < 0.05,
+                "{rate} Hz: measured {d} ms, expected {} ms",
+                delay_us / 1000.0
+            );
+        }
+    }
+}

@@ -570,24 +570,20 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
     let output_device = a.output_device.clone().or_else(|| {
         (output == by_profile && !profile.target.trim().is_empty()).then(|| profile.target.clone())
     });
+    let sink_cfg = BackendConfig {
+        device: output_device.clone(),
+        format: StreamFormat {
+            sample_rate: STREAM_SAMPLE_RATE,
+            channels: STREAM_CHANNELS,
+        },
+        clock: clock.clone(),
+    };
     if a.check_mic {
         let report = crate::check_mic::run(crate::check_mic::CheckMic {
             seconds: a.check_seconds,
             mic: a.mic.clone(),
             mic_device: a.mic_device.clone(),
-            output: (!a.no_tone).then(|| {
-                (
-                    sink_builder,
-                    BackendConfig {
-                        device: output_device.clone(),
-                        format: StreamFormat {
-                            sample_rate: STREAM_SAMPLE_RATE,
-                            channels: STREAM_CHANNELS,
-                        },
-                        clock: Arc::new(MonotonicClock),
-                    },
-                )
-            }),
+            output: (!a.no_tone).then(|| (sink_builder, sink_cfg.clone())),
         })?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -607,14 +603,6 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
             syncstream_audio::backend_names()
         )
     })?;
-    let sink_cfg = BackendConfig {
-        device: output_device.clone(),
-        format: StreamFormat {
-            sample_rate: STREAM_SAMPLE_RATE,
-            channels: STREAM_CHANNELS,
-        },
-        clock: clock.clone(),
-    };
     let output_label = format!(
         "{output} ({})",
         output_device.as_deref().unwrap_or("default")

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use pulse::{have_pulseaudio, PulseServer};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use syncstream_audio::{self as audio, BackendConfig, RenderInfo, StreamFormat};
+use syncstream_receiver::mic_check::goertzel_power;
 use syncstream_shared::time::{Clock, MonotonicClock};
 
 const RATE: u32 = 48_000;
@@ -136,17 +137,10 @@ fn record_monitor(pulse: &PulseServer, sink: &str, seconds: f64) -> Vec<f32> {
         .collect()
 }
 
-/// Amplitude of the `freq_hz` component of `x` (Goertzel).
+/// Amplitude of the `freq_hz` component of `x` (the receiver's Goertzel, which gives
+/// a sine's mean square, A²/2).
 fn amplitude_at(x: &[f32], freq_hz: f64) -> f64 {
-    let w = std::f64::consts::TAU * freq_hz / RATE as f64;
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &v in x {
-        let s = v as f64 + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    let power = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
-    2.0 * power.sqrt() / x.len() as f64
+    (2.0 * goertzel_power(x, 0.0, freq_hz, RATE)).sqrt()
 }
 
 /// Plays the tone through `backend` to `target` and checks `sink`'s monitor hears it.

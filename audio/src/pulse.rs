@@ -254,14 +254,13 @@ impl ServerSinkOutput {
     /// plays into when it is one of the server's.
     fn resolve(&self) -> Result<(PlayerCommand, Option<String>), AudioError> {
         let err = |reason: String| AudioError::new(self.backend, &self.target, reason);
-        let found = if self.target.is_empty() {
+        if self.target.is_empty() {
             // `pulse` without a target: the server's default sink.
             return Ok((pacat_command("@DEFAULT_SINK@", self.cfg.format), None));
-        } else {
-            list_sinks()
-                .map_err(|e| e.to_string())
-                .and_then(|sinks| find_sink(&sinks, self.kind, &self.target))
-        };
+        }
+        let found = list_sinks()
+            .map_err(|e| e.to_string())
+            .and_then(|sinks| find_sink(&sinks, self.kind, &self.target));
         match (found, self.fallback) {
             (Ok(s), _) => {
                 if s.name.chars().any(char::is_whitespace) {

@@ -156,9 +156,15 @@ struct TransmitterArgs {
     /// Stream codec: opus or pcm.
     #[arg(long, default_value = "opus")]
     codec: Codec,
-    /// Playout delay announced to receivers, ms.
+    /// Playout delay announced to receivers at start, ms.
     #[arg(long, default_value_t = 1000)]
     playout_delay_ms: u32,
+    /// Largest playout delay, ms, the transmitter may grow to by itself when a device's
+    /// output latency needs more (a Chromecast buffers seconds); at most 10000, and the
+    /// rolling buffer less 3 s. Give the same value as --playout-delay-ms to keep the
+    /// delay fixed.
+    #[arg(long, default_value_t = syncstream_shared::limits::MAX_PLAYOUT_DELAY_MS)]
+    max_playout_delay_ms: u32,
     /// Seconds of source audio kept for source windows.
     #[arg(long, default_value_t = 30.0)]
     buffer_seconds: f64,
@@ -436,6 +442,7 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
         codec: a.codec,
         buffer_seconds: a.buffer_seconds,
         playout_delay_ms: a.playout_delay_ms,
+        max_playout_delay_ms: a.max_playout_delay_ms,
         profiles_dir: a.profiles_dir,
         updates_dir: a.updates_dir,
         state_dir: a.state_dir,

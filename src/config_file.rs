@@ -94,8 +94,10 @@ pub struct TransmitterFile {
     pub broker_listen: Option<String>,
     /// Stream codec: opus or pcm.
     pub codec: Option<String>,
-    /// Playout delay, ms.
+    /// Playout delay at start, ms.
     pub playout_delay_ms: Option<u32>,
+    /// Largest playout delay it may grow to, ms.
+    pub max_playout_delay_ms: Option<u32>,
     /// Seconds of source audio kept for source windows.
     pub buffer_seconds: Option<f64>,
     /// Device profiles kept up to date by the sync loop.
@@ -216,6 +218,7 @@ impl TransmitterFile {
         push(&mut a, "--broker-listen", self.broker_listen.as_ref());
         push(&mut a, "--codec", self.codec.as_ref());
         push(&mut a, "--playout-delay-ms", self.playout_delay_ms);
+        push(&mut a, "--max-playout-delay-ms", self.max_playout_delay_ms);
         push(&mut a, "--buffer-seconds", self.buffer_seconds);
         push(
             &mut a,

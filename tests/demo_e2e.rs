@@ -189,3 +189,36 @@ async fn demo_rides_out_a_step_an_outage_and_restarts() {
         "{report}"
     );
 }
+
+/// A Cast-like output 2.48 s late, far beyond the default 1 s playout delay, in the
+/// room with the demo's analog and HDMI devices, on the real processes: its receiver
+/// asks for a longer delay (its profile says 2 s), the transmitter grows it for every
+/// stream, the microphone finds the true 2.48 s, the controller grows the delay again
+/// to fit it, and the room ends up in sync with the Cast device's offset at its true
+/// latency (an offset a 1 s delay could not hold: without the growth it stays clamped
+/// near 950 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_playout_delay_grows_to_fit_a_cast_device_and_the_room_syncs() {
+    let mut world = syncstream_sim::demo::default_world();
+    assert_eq!(world.playout_delay_ms, 1000);
+    let cast = &mut world.devices[2];
+    assert_eq!(cast.name, "cast");
+    cast.profile.base_latency_ms = 2000.0;
+    cast.room.latency_ms = 2480.0;
+    let mut cfg = config(None, "elvish-theme-44k1.flac");
+    cfg.duration_s = Some(45.0);
+    let r = run_world(cfg, world).await.unwrap();
+    let report = serde_json::to_string_pretty(&r).unwrap();
+    assert!(r.converged, "did not converge:\n{report}");
+    let p = r.pairwise_ms.unwrap();
+    assert!(p.p95 <= 0.2, "pairwise p95 {} ms:\n{report}", p.p95);
+    for d in &r.devices {
+        assert!(
+            (d.final_offset_ms - d.true_latency_ms).abs() < 1.0,
+            "{}: offset {} vs true latency {}:\n{report}",
+            d.name,
+            d.final_offset_ms,
+            d.true_latency_ms
+        );
+    }
+}

@@ -142,7 +142,7 @@ fn bad_events_are_refused_with_the_event_named() {
             "events[0]",
         ),
         (
-            serde_json::json!({"at_s": 5, "device": "tv", "latency_ms": 5000}),
+            serde_json::json!({"at_s": 5, "device": "tv", "latency_ms": 12000}),
             "latency_ms",
         ),
         (

@@ -134,6 +134,16 @@ pub enum Frame {
         /// PTS of its sample index 0, µs (the same epoch as the hello's).
         epoch_us: i64,
     },
+    /// Receiver → transmitter, on the stream connection after a `ServerHello` whose
+    /// playout delay is too short for this device (its output latency, from its
+    /// profile or its last offset, does not fit below the delay): the playout delay
+    /// it needs, ms. The transmitter grows the delay of every stream to at least this
+    /// and sends every connection a new `ServerHello` (same epoch), or answers with a
+    /// `Refused` saying why it cannot. Transmitters before this frame ignore it.
+    PlayoutDelayRequest {
+        /// The playout delay the device needs, ms.
+        playout_delay_ms: u32,
+    },
 }
 
 /// A frame that could not be decoded.
@@ -231,6 +241,9 @@ mod tests {
                 t1_us: 1,
                 t2_us: 2,
                 t3_us: 3,
+            },
+            Frame::PlayoutDelayRequest {
+                playout_delay_ms: 2600,
             },
         ];
         for f in frames {

@@ -21,7 +21,7 @@ use syncstream_protocol::wire::Codec;
 use syncstream_receiver::drift::DriftConfig;
 use syncstream_receiver::{Receiver, ReceiverConfig};
 use syncstream_room::{ClockModel, Hearing, ModelClock, RealtimeRoom, Room, VirtualDevice};
-use syncstream_shared::limits::DEFAULT_PLAYOUT_DELAY_MS;
+use syncstream_shared::limits::{DEFAULT_PLAYOUT_DELAY_MS, MAX_PLAYOUT_DELAY_MS};
 use syncstream_shared::profile::{DeviceProfile, OutputType};
 use syncstream_shared::time::{Clock, MonotonicClock};
 use syncstream_transmitter::{MqttMode, TransmitterConfig};
@@ -99,8 +99,10 @@ pub struct DemoWorld {
     pub devices: Vec<DemoDevice>,
     /// The network between the transmitter and the receivers.
     pub network: NetworkSpec,
-    /// Playout delay, ms.
+    /// Playout delay at the start, ms.
     pub playout_delay_ms: u32,
+    /// Largest playout delay the transmitter may grow to, ms.
+    pub max_playout_delay_ms: u32,
     /// What happens during the run (at s, device index, action), in time order.
     pub events: Vec<(f64, Option<usize>, EventAction)>,
 }
@@ -177,6 +179,7 @@ pub fn default_world() -> DemoWorld {
             jitter_ms: 0.0,
         },
         playout_delay_ms: DEFAULT_PLAYOUT_DELAY_MS,
+        max_playout_delay_ms: MAX_PLAYOUT_DELAY_MS,
         events: Vec::new(),
     }
 }
@@ -199,6 +202,7 @@ pub fn scenario_world(sc: &Scenario) -> anyhow::Result<DemoWorld> {
             .collect(),
         network: sc.network.clone(),
         playout_delay_ms: sc.playout_delay_ms,
+        max_playout_delay_ms: sc.growth_limit_ms(),
         events: sc.event_actions().map_err(anyhow::Error::msg)?,
     })
 }
@@ -228,7 +232,8 @@ pub struct DemoSystem {
     pub clock: Arc<dyn Clock>,
     /// Local time at which the room started, µs.
     pub start_us: i64,
-    /// Playout delay announced by the transmitter, ms.
+    /// Playout delay the transmitter starts with, ms (see
+    /// [`DemoSystem::playout_delay_now_ms`]).
     pub playout_delay_ms: f64,
     /// What restarts need: the settings and the parts that outlive a process.
     parts: Parts,
@@ -337,7 +342,8 @@ pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<
         state_dir: tx_state,
         codec: cfg.codec,
         playout_delay_ms: world.playout_delay_ms,
-        buffer_seconds: (world.playout_delay_ms as f64 / 1000.0 + 29.0).max(30.0),
+        max_playout_delay_ms: world.max_playout_delay_ms,
+        buffer_seconds: (world.max_playout_delay_ms as f64 / 1000.0 + 29.0).max(30.0),
         ..Default::default()
     };
     let playout_delay_ms = tx_cfg.playout_delay_ms as f64;
@@ -433,6 +439,16 @@ pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<
     })
 }
 
+impl DemoSystem {
+    /// The playout delay in effect, ms: the transmitter's (it grows to fit a device),
+    /// or the start value while a restart has it down.
+    pub fn playout_delay_now_ms(&self) -> f64 {
+        self.tx.as_ref().map_or(self.playout_delay_ms, |t| {
+            t.playout_delay().current_ms() as f64
+        })
+    }
+}
+
 /// Starts one receiver on the room's sink and microphone of its device.
 async fn start_receiver(
     rcfg: &ReceiverConfig,
@@ -469,12 +485,7 @@ pub async fn run_world(cfg: DemoConfig, world: DemoWorld) -> anyhow::Result<Repo
         sys.http_addr.port(),
         sys.broker
     );
-    let (clock, room, start_us, playout_delay_ms) = (
-        sys.clock.clone(),
-        sys.room.clone(),
-        sys.start_us,
-        sys.playout_delay_ms,
-    );
+    let (clock, room, start_us) = (sys.clock.clone(), sys.room.clone(), sys.start_us);
     let mut driver = events::EventDriver::new(events.clone(), sys.devices.len(), start_us);
     let mut log = TruthLog::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -489,7 +500,7 @@ pub async fn run_world(cfg: DemoConfig, world: DemoWorld) -> anyhow::Result<Repo
         let now_us = clock.now_us();
         driver.run_due(&mut sys, now_us).await?;
         let truth = room.drain_truth();
-        log.add(&truth, start_us as f64, playout_delay_ms * 1000.0);
+        log.add(&truth, start_us as f64, sys.playout_delay_now_ms() * 1000.0);
         driver.record(&sys, &truth, now_us);
         if cfg.live_table && printed.is_multiple_of(4) {
             table.print(
@@ -506,7 +517,7 @@ pub async fn run_world(cfg: DemoConfig, world: DemoWorld) -> anyhow::Result<Repo
         }
     }
     let truth = room.drain_truth();
-    log.add(&truth, start_us as f64, playout_delay_ms * 1000.0);
+    log.add(&truth, start_us as f64, sys.playout_delay_now_ms() * 1000.0);
     let end_us = clock.now_us();
     driver.record(&sys, &truth, end_us);
     let totals: Vec<_> = (0..sys.devices.len()).map(|i| sys.totals(i)).collect();
@@ -537,7 +548,7 @@ pub async fn run_world(cfg: DemoConfig, world: DemoWorld) -> anyhow::Result<Repo
         &facts,
         &cfg.audio.display().to_string(),
         duration_s,
-        playout_delay_ms,
+        sys.playout_delay_now_ms(),
     );
     driver.attach(&mut sys, &mut report, end_us, totals);
     drop(sys);

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use syncstream_audio::{Microphone, Sink};
-use syncstream_protocol::codec::{AudioEncoder, CHUNK_FRAMES};
+use syncstream_protocol::codec::AudioEncoder;
 use syncstream_protocol::messages::topics;
 use syncstream_protocol::wire::Frame;
 use syncstream_receiver::drift::DriftConfig;
@@ -40,13 +40,15 @@ use syncstream_receiver::runtime::{
     RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN, STREAM_READ_TIMEOUT,
 };
 use syncstream_room::{ClockModel, Room, BLOCK_FRAMES};
-use syncstream_shared::limits::OffsetLimits;
 use syncstream_shared::profile::DeviceProfile;
 use syncstream_shared::time::{samples_to_us, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
 use syncstream_transmitter::controller::{ControllerConfig, SyncController};
 use syncstream_transmitter::pacer::ChunkProducer;
+use syncstream_transmitter::playout_delay::PlayoutDelay;
 use syncstream_transmitter::rolling_buffer::RollingBuffer;
-use syncstream_transmitter::stream_server::{check_hello, server_hello, EncodedChunk};
+use syncstream_transmitter::stream_server::{
+    check_hello, chunks_for_ms, server_hello, EncodedChunk,
+};
 use syncstream_transmitter::sync_service::SyncService;
 
 use crate::broker::{ClientId, SimBroker};
@@ -248,8 +250,11 @@ struct World {
     epoch_us: i64,
     codec_delay: u32,
     codec: syncstream_protocol::wire::Codec,
-    playout_delay_ms: u32,
-    hello: Bytes,
+    /// The transmitter's playout delay (the production one: it grows when a receiver
+    /// or the controller asks).
+    playout: Arc<PlayoutDelay>,
+    /// The delay the receivers were last sent a hello with, ms.
+    announced_ms: u32,
     history: VecDeque<EncodedChunk>,
     history_len: usize,
     /// The transmitter is down (restarting) until this room time.
@@ -296,6 +301,55 @@ impl World {
     fn tx_up(&self, t: i64) -> bool {
         self.tx_down_until.is_none_or(|u| t >= u)
     }
+
+    /// The transmitter's hello now (its epoch and playout delay).
+    fn hello(&self) -> anyhow::Result<Bytes> {
+        Ok(Bytes::from(
+            server_hello(
+                self.codec,
+                self.codec_delay,
+                self.epoch_us,
+                self.playout.current_ms(),
+            )
+            .encode()?,
+        ))
+    }
+
+    /// The recent chunks a receiver that joins gets: those of the delay in effect.
+    fn backlog(&self) -> Vec<EncodedChunk> {
+        let want = chunks_for_ms(self.playout.current_ms());
+        let skip = self.history.len().saturating_sub(want);
+        self.history.iter().skip(skip).cloned().collect()
+    }
+}
+
+/// The playout delay grew: every served receiver gets a new hello and the backlog of
+/// the new delay, as each stream connection of the real transmitter sends them.
+fn announce_playout_delay(
+    world: &mut World,
+    devices: &mut [SimDevice],
+    t: i64,
+) -> anyhow::Result<()> {
+    let now_ms = world.playout.current_ms();
+    if now_ms == world.announced_ms || !world.tx_up(t) {
+        return Ok(());
+    }
+    world.announced_ms = now_ms;
+    let hello = world.hello()?;
+    let backlog = world.backlog();
+    for (i, dev) in devices.iter_mut().enumerate() {
+        if !dev.served || !dev.stream_open {
+            continue;
+        }
+        let c = dev.connection;
+        let at = world.arrival(i, t, &mut dev.down);
+        world.push(at, Event::DeviceFrame(i, c, hello.clone()));
+        for chunk in &backlog {
+            let at = world.arrival(i, t, &mut dev.down);
+            world.push(at, Event::DeviceFrame(i, c, chunk.frame.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Progress callback: (simulated s, total s).
@@ -309,7 +363,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
     let fs = STREAM_SAMPLE_RATE;
     let origin_us: i64 = 1_000_000_000;
     let epoch_us = origin_us;
-    let playout_delay_us = sc.playout_delay_ms as i64 * 1000;
+    let playout = Arc::new(PlayoutDelay::new(sc.playout_delay_ms, sc.growth_limit_ms()));
     let events = sc.event_actions().map_err(anyhow::Error::msg)?;
     // The transmitter's side: the production pacer, buffer, hello and sync service.
     let mut encoder = AudioEncoder::new(sc.codec, fs, STREAM_CHANNELS)?;
@@ -322,17 +376,15 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         net: DelayModel::new(&sc.network, sc.seed),
         broker: SimBroker::default(),
         broker_run: 1,
-        service: new_service(sc),
+        service: new_service(sc, &playout),
         buffer: RollingBuffer::new(fs, BUFFER_SECONDS, epoch_us),
         epoch_us,
         codec_delay,
         codec: sc.codec,
-        playout_delay_ms: sc.playout_delay_ms,
-        hello: Bytes::from(
-            server_hello(sc.codec, codec_delay, epoch_us, sc.playout_delay_ms).encode()?,
-        ),
+        announced_ms: playout.current_ms(),
+        history_len: chunks_for_ms(playout.max_ms()),
+        playout,
         history: VecDeque::new(),
-        history_len: (sc.playout_delay_ms as usize * fs as usize / 1000) / CHUNK_FRAMES + 2,
         tx_down_until: None,
         outages: Vec::new(),
         persisted: Default::default(),
@@ -465,6 +517,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
             };
             deliver(&mut world, &mut devices, &room, q.at_us, q.event)?;
         }
+        announce_playout_delay(&mut world, &mut devices, t)?;
         // Every node's own timers; the transports' read timeout; microphones around
         // measurements.
         for i in 0..devices.len() {
@@ -513,8 +566,9 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         room.step();
         t += samples_to_us(BLOCK_FRAMES as i64, fs);
         let truth = room.drain_truth();
-        log.add(&truth, origin_us as f64, playout_delay_us as f64);
-        evening.add_truth(&truth, playout_delay_us as f64);
+        let playout_delay_us = world.playout.current_ms() as f64 * 1000.0;
+        log.add(&truth, origin_us as f64, playout_delay_us);
+        evening.add_truth(&truth, playout_delay_us);
         if (t - origin_us) % CLOCK_ERROR_EVERY_US == 0 {
             let samples: Vec<Sample> = devices
                 .iter()
@@ -578,7 +632,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         &facts,
         &sc.audio.display().to_string(),
         sc.duration_s,
-        sc.playout_delay_ms as f64,
+        world.playout.current_ms() as f64,
     );
     let controller = world
         .service
@@ -594,13 +648,14 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
     Ok(report)
 }
 
-/// A fresh sync service with the scenario's limits.
-fn new_service(sc: &Scenario) -> SyncService {
+/// A fresh sync service with the limits of `playout`'s delay, asking it to grow.
+fn new_service(sc: &Scenario, playout: &Arc<PlayoutDelay>) -> SyncService {
+    let _ = sc;
     let controller = Arc::new(Mutex::new(SyncController::new(ControllerConfig {
-        limits: OffsetLimits::for_playout_delay_ms(sc.playout_delay_ms as f64),
+        limits: playout.limits(),
         ..Default::default()
     })));
-    SyncService::new(controller, None)
+    SyncService::new(controller, None).with_playout_delay(playout.clone())
 }
 
 /// Starts device `i`'s receiver process at room time `t`: a new audio engine and node
@@ -812,9 +867,9 @@ fn transmitter_back(
     world.epoch_us = t;
     producer.restart_stream();
     world.buffer = RollingBuffer::new(STREAM_SAMPLE_RATE, BUFFER_SECONDS, t);
-    world.hello = Bytes::from(
-        server_hello(world.codec, world.codec_delay, t, world.playout_delay_ms).encode()?,
-    );
+    // A restarted transmitter starts from its configured playout delay again.
+    world.playout = Arc::new(PlayoutDelay::new(sc.playout_delay_ms, sc.growth_limit_ms()));
+    world.announced_ms = world.playout.current_ms();
     // The counters of the run that ended, for the report.
     let old = world
         .service
@@ -825,7 +880,7 @@ fn transmitter_back(
     for (name, d) in old {
         world.past_counts.entry(name).or_default().add(&d);
     }
-    world.service = new_service(sc);
+    world.service = new_service(sc, &world.playout);
     world
         .broker
         .subscribe(CONTROLLER, &SyncService::subscriptions());
@@ -912,10 +967,10 @@ fn deliver(
                 Ok(hello @ Frame::ClientHello { .. }) => match check_hello(&hello) {
                     Ok(_) => {
                         devices[i].served = true;
-                        let h = world.hello.clone();
+                        let h = world.hello()?;
                         let at = world.arrival(i, at_us, &mut devices[i].down);
                         world.push(at, Event::DeviceFrame(i, c, h));
-                        let backlog: Vec<EncodedChunk> = world.history.iter().cloned().collect();
+                        let backlog = world.backlog();
                         for chunk in backlog {
                             let at = world.arrival(i, at_us, &mut devices[i].down);
                             world.push(at, Event::DeviceFrame(i, c, chunk.frame));
@@ -928,6 +983,16 @@ fn deliver(
                         }
                     }
                 },
+                Ok(Frame::PlayoutDelayRequest { playout_delay_ms }) if devices[i].served => {
+                    // A grant reaches every receiver (announce_playout_delay); a
+                    // refusal this one only.
+                    if let Err(reason) = world.playout.request(&devices[i].name, playout_delay_ms) {
+                        if let Ok(b) = (Frame::Refused { reason }).encode() {
+                            let at = world.arrival(i, at_us, &mut devices[i].down);
+                            world.push(at, Event::DeviceFrame(i, c, Bytes::from(b)));
+                        }
+                    }
+                }
                 _ => {}
             }
         }

@@ -112,7 +112,8 @@ pub struct Report {
     pub audio: String,
     /// Length of the run, s.
     pub duration_s: f64,
-    /// Playout delay, ms.
+    /// Playout delay at the end of the run, ms (it starts at the configured one and
+    /// grows when a device's latency needs more).
     pub playout_delay_ms: f64,
     /// Whether all pairs converged within 1 ms and stayed there.
     pub converged: bool,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::events::{EventAction, EventSpec};
 use serde::Deserialize;
 use syncstream_protocol::wire::Codec;
-use syncstream_shared::limits::{check_playout_delay_ms, OffsetLimits};
+use syncstream_shared::limits::{check_playout_delay_ms, OffsetLimits, MAX_PLAYOUT_DELAY_MS};
 use syncstream_shared::names::check_device_name;
 use syncstream_shared::profile::{DeviceProfile, OutputType};
 
@@ -111,9 +111,13 @@ pub struct Scenario {
     /// Network model.
     #[serde(default)]
     pub network: NetworkSpec,
-    /// Playout delay, ms (100..=10000).
+    /// Playout delay at the start, ms (100..=10000).
     #[serde(default = "default_playout")]
     pub playout_delay_ms: u32,
+    /// Largest playout delay the transmitter may grow to when a device's latency needs
+    /// more, ms (default 10000; `playout_delay_ms` or less keeps the delay fixed).
+    #[serde(default)]
+    pub max_playout_delay_ms: Option<u32>,
     /// Stream codec: `opus` (default) or `pcm`.
     #[serde(default = "default_codec", deserialize_with = "de_codec")]
     pub codec: Codec,
@@ -146,6 +150,15 @@ fn range(field: String, v: f64, lo: f64, hi: f64) -> Result<(), String> {
 }
 
 impl Scenario {
+    /// The largest playout delay of the run, ms: `max_playout_delay_ms` (default and
+    /// at most 10000), not below `playout_delay_ms`.
+    pub fn growth_limit_ms(&self) -> u32 {
+        self.max_playout_delay_ms
+            .unwrap_or(MAX_PLAYOUT_DELAY_MS)
+            .min(MAX_PLAYOUT_DELAY_MS)
+            .max(self.playout_delay_ms)
+    }
+
     /// Loads and checks a scenario; relative paths are resolved against its folder.
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
         let text = std::fs::read(path)
@@ -191,7 +204,15 @@ impl Scenario {
         )?;
         check_playout_delay_ms(self.playout_delay_ms)
             .map_err(|e| format!("playout_delay_ms: {e}"))?;
-        let limits = OffsetLimits::for_playout_delay_ms(self.playout_delay_ms as f64);
+        if let Some(m) = self.max_playout_delay_ms {
+            if m > MAX_PLAYOUT_DELAY_MS {
+                return Err(format!(
+                    "max_playout_delay_ms: {m} ms is more than {MAX_PLAYOUT_DELAY_MS} ms"
+                ));
+            }
+        }
+        // What a device may need: the limits of the largest delay the run may grow to.
+        let limits = OffsetLimits::for_playout_delay_ms(self.growth_limit_ms() as f64);
         if self.devices.is_empty() {
             return Err("devices: at least one device is needed".into());
         }
@@ -243,7 +264,7 @@ impl Scenario {
     /// Errors: an event that is not valid; the message names it (`events[3]`).
     pub fn event_actions(&self) -> Result<Vec<(f64, Option<usize>, EventAction)>, String> {
         let names: Vec<String> = self.devices.iter().map(|d| d.name.clone()).collect();
-        let max_latency = OffsetLimits::for_playout_delay_ms(self.playout_delay_ms as f64).max_ms;
+        let max_latency = OffsetLimits::for_playout_delay_ms(self.growth_limit_ms() as f64).max_ms;
         let mut actions = self
             .events
             .iter()

@@ -173,6 +173,13 @@ pub struct DeviceSync {
     /// Offset history: (report ts_us, applied offset ms).
     #[serde(skip)]
     pub offset_history: VecDeque<(i64, f64)>,
+    /// The offset wanted before it was clamped to the limits, ms (`None` when it fit).
+    #[serde(skip)]
+    unclamped_ms: Option<f64>,
+    /// The limits grew to hold `unclamped_ms`: the next report publishes even if the
+    /// offset did not move.
+    #[serde(skip)]
+    force_publish: bool,
 }
 
 impl DeviceSync {
@@ -197,6 +204,8 @@ impl DeviceSync {
             pending: Vec::new(),
             coarse_pending: Vec::new(),
             offset_history: VecDeque::new(),
+            unclamped_ms: None,
+            force_publish: false,
         }
     }
 }
@@ -249,6 +258,9 @@ pub struct SyncController {
     devices: BTreeMap<String, DeviceSync>,
     /// Manual adjustments, ms, by device (kept across a resync).
     adjust_ms: BTreeMap<String, f64>,
+    /// The last offset wanted above the limits, ms, and its device (taken by
+    /// [`SyncController::take_wanted_above_limits`]).
+    wanted_above_limits: Option<(String, f64)>,
 }
 
 impl SyncController {
@@ -258,6 +270,7 @@ impl SyncController {
             cfg,
             devices: BTreeMap::new(),
             adjust_ms: BTreeMap::new(),
+            wanted_above_limits: None,
         }
     }
 
@@ -337,6 +350,34 @@ impl SyncController {
     /// The limits offsets are clamped to.
     pub fn limits(&self) -> OffsetLimits {
         self.cfg.limits
+    }
+
+    /// Clamps offsets to `limits` from now on (the playout delay changed; see
+    /// `crate::playout_delay`). A device whose offset was clamped to the old limits
+    /// takes the offset it wanted (within the new ones) as its current one, and its
+    /// next report publishes it: the receivers have their new playout delay by then
+    /// (it reaches them on the stream connection at once, the report comes seconds
+    /// later), so the offset is not refused for being above their old limits.
+    pub fn set_limits(&mut self, limits: OffsetLimits) {
+        self.cfg.limits = limits;
+        for dev in self.devices.values_mut() {
+            if let Some(u) = dev.unclamped_ms {
+                let now = limits.clamp(u);
+                if dev.offset_ms.is_some_and(|o| o != now) {
+                    dev.offset_ms = Some(now);
+                    dev.pending.clear();
+                    dev.force_publish = true;
+                }
+                dev.unclamped_ms = (now != u).then_some(u);
+            }
+        }
+    }
+
+    /// The device and offset (ms) of the last accepted report whose offset was above
+    /// the limits (and clamped), once: what a larger playout delay should make room
+    /// for.
+    pub fn take_wanted_above_limits(&mut self) -> Option<(String, f64)> {
+        self.wanted_above_limits.take()
     }
 
     /// The offsets to re-send at controller time `now_us` although no report came:
@@ -595,7 +636,11 @@ impl SyncController {
         let target = r.applied_offset_ms + drift;
         dev.last_target_ms = Some(target);
         if let Some(u) = r.uncertainty_ms {
-            return Self::on_coarse(&cfg, dev, r, target, u, adjust);
+            let d = Self::on_coarse(&cfg, dev, r, target, u, adjust);
+            if matches!(d, Decision::Publish(_)) && target > cfg.limits.max_ms {
+                self.wanted_above_limits = Some((r.device.clone(), target));
+            }
+            return d;
         }
         dev.coarse_pending.clear();
         dev.offset_history.push_back((r.ts_us, r.applied_offset_ms));
@@ -705,6 +750,10 @@ impl SyncController {
             }
         };
         let clamped = cfg.limits.clamp(new_offset);
+        if new_offset > cfg.limits.max_ms {
+            self.wanted_above_limits = Some((r.device.clone(), new_offset));
+        }
+        dev.unclamped_ms = (clamped != new_offset).then_some(new_offset);
         if clamped != new_offset {
             tracing::warn!(
                 device = r.device,
@@ -720,9 +769,10 @@ impl SyncController {
                 .is_none_or(|t| (r.ts_us as f64 - t as f64) / 1e6 >= cfg.refresh_s);
         dev.offset_ms = Some(clamped);
         dev.last_ts_us = Some(r.ts_us);
-        if unchanged && !rate_changed && !refresh_due {
+        if unchanged && !rate_changed && !refresh_due && !dev.force_publish {
             return Decision::Hold;
         }
+        dev.force_publish = false;
         dev.published_rate_ms_per_s = dev.rate_ms_per_s;
         dev.last_publish_ts_us = Some(r.ts_us);
         dev.seq += 1;

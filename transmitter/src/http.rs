@@ -8,8 +8,9 @@
 //!   `x-syncstream-sample-rate`; `format=wav` returns a WAV file instead.
 //!   Errors: 400 for bad parameters, 410 for a span older than the buffer, 425 for a
 //!   span not yet buffered; the body is `{"error": "..."}`.
-//! - `GET /api/v1/status`: JSON with the buffer span, connected receivers and the
-//!   sync controller's per-device state.
+//! - `GET /api/v1/status`: JSON with the buffer span, the playout delay in effect
+//!   (`playout_delay`: `ms`, `max_ms`, and `grown_for`, the device whose output latency
+//!   made it grow), connected receivers and the sync controller's per-device state.
 
 use std::sync::{Arc, Mutex};
 
@@ -154,8 +155,17 @@ async fn status(State(st): State<HttpState>) -> Response {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .snapshot();
+    let playout = st.hub.playout();
+    let grown_for = playout
+        .grown_for()
+        .map(|(device, needed_ms)| serde_json::json!({ "device": device, "needed_ms": needed_ms }));
     Json(serde_json::json!({
         "buffer": { "oldest_us": oldest_us, "newest_us": newest_us, "sample_rate": STREAM_SAMPLE_RATE },
+        "playout_delay": {
+            "ms": playout.current_ms(),
+            "max_ms": playout.max_ms(),
+            "grown_for": grown_for,
+        },
         "receivers": st.hub.clients(),
         "streams": st.streams.list(),
         "devices": devices,

@@ -13,6 +13,7 @@ pub mod history;
 pub mod http;
 pub mod mqtt;
 pub mod pacer;
+pub mod playout_delay;
 pub mod rolling_buffer;
 pub mod source;
 pub mod stream_server;
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use syncstream_protocol::mqtt::BrokerUrl;
 use syncstream_protocol::wire::Codec;
-use syncstream_shared::limits::{check_playout_delay_ms, OffsetLimits};
+use syncstream_shared::limits::{check_playout_delay_ms, OffsetLimits, MAX_PLAYOUT_DELAY_MS};
 use syncstream_shared::time::Clock;
 
 pub use controller::{ControllerConfig, SyncController};
@@ -60,8 +61,12 @@ pub struct TransmitterConfig {
     pub codec: Codec,
     /// Seconds of source audio kept for windows.
     pub buffer_seconds: f64,
-    /// Playout delay announced to receivers, ms.
+    /// Playout delay announced to receivers at start, ms.
     pub playout_delay_ms: u32,
+    /// Largest playout delay it may grow to when a device's output latency needs more,
+    /// ms (at most [`MAX_PLAYOUT_DELAY_MS`], and at most the rolling buffer less 3 s;
+    /// not above `playout_delay_ms`: fixed). See [`playout_delay`].
+    pub max_playout_delay_ms: u32,
     /// Controller tuning (its offset limits are set from `playout_delay_ms`).
     pub controller: ControllerConfig,
     /// Device profiles (`<device>.json`) that the offset history may update; `None`:
@@ -112,6 +117,7 @@ impl Default for TransmitterConfig {
             codec: Codec::Opus,
             buffer_seconds: 30.0,
             playout_delay_ms: 1000,
+            max_playout_delay_ms: MAX_PLAYOUT_DELAY_MS,
             controller: ControllerConfig::default(),
             profiles_dir: None,
             history: history::HistoryConfig::default(),
@@ -150,6 +156,12 @@ impl Transmitter {
     pub fn hub_clients(&self) -> Vec<String> {
         self.hub.clients()
     }
+
+    /// The playout delay every stream announces (it grows to fit a device; see
+    /// [`playout_delay`]).
+    pub fn playout_delay(&self) -> &Arc<playout_delay::PlayoutDelay> {
+        self.hub.playout()
+    }
 }
 
 impl Drop for Transmitter {
@@ -172,6 +184,12 @@ impl TransmitterConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         check_playout_delay_ms(self.playout_delay_ms)
             .map_err(|e| anyhow::anyhow!("--playout-delay-ms: {e}"))?;
+        if self.max_playout_delay_ms > MAX_PLAYOUT_DELAY_MS {
+            anyhow::bail!(
+                "--max-playout-delay-ms: {} ms is more than {MAX_PLAYOUT_DELAY_MS} ms",
+                self.max_playout_delay_ms
+            );
+        }
         if !(self.buffer_seconds.is_finite()
             && (MIN_BUFFER_SECONDS..=MAX_BUFFER_SECONDS).contains(&self.buffer_seconds))
         {
@@ -259,13 +277,19 @@ pub async fn start_streams(
     };
     // Every stream's sample 0 is now: one timeline.
     let epoch_us = clock.now_us();
-    let hub = stream_server::Directory::new();
+    // The delay may grow as far as the rolling buffer still serves the drift
+    // measurements' windows (the delay plus 3 s).
+    let buffer_cap_ms = ((cfg.buffer_seconds - 3.0) * 1000.0).max(0.0) as u32;
+    let playout = Arc::new(playout_delay::PlayoutDelay::new(
+        cfg.playout_delay_ms,
+        cfg.max_playout_delay_ms.min(buffer_cap_ms),
+    ));
+    let hub = stream_server::Directory::new(playout.clone());
     let stream_set = Arc::new(streams::StreamSet::new(
         hub.clone(),
         clock.clone(),
         epoch_us,
         cfg.codec,
-        cfg.playout_delay_ms,
         cfg.buffer_seconds,
     ));
     let first = sources[0].name.clone();
@@ -313,7 +337,8 @@ pub async fn start_streams(
         broker.clone(),
         link.clone(),
         link_events,
-        sync_service::SyncService::new(controller.clone(), keeper),
+        sync_service::SyncService::new(controller.clone(), keeper)
+            .with_playout_delay(playout.clone()),
         clock.clone(),
     )));
     let (control_client, control_events) = control::mqtt::client(&broker);

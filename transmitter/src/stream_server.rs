@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use syncstream_protocol::codec::CHUNK_FRAMES;
 use syncstream_protocol::wire::{Codec, Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use syncstream_shared::names::check_device_name;
 use syncstream_shared::time::{Clock, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
@@ -33,6 +34,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tracing::{debug, info, warn};
+
+use crate::playout_delay::PlayoutDelay;
 
 /// The stream receivers play unless told otherwise (the transmitter's `--source`).
 pub const DEFAULT_STREAM: &str = "default";
@@ -123,35 +126,42 @@ pub struct StreamHub {
     codec: Codec,
     codec_delay_samples: u32,
     epoch_us: i64,
-    playout_delay_ms: u32,
+    playout: Arc<PlayoutDelay>,
     tx: broadcast::Sender<EncodedChunk>,
-    /// Recent chunks, so a receiver that connects can start within its playout delay.
+    /// Recent chunks, so a receiver that connects can start within its playout delay
+    /// (as many as the largest delay it may grow to needs).
     history: Mutex<VecDeque<EncodedChunk>>,
     history_len: usize,
 }
 
+/// Stream chunks that span `playout_delay_ms`, plus two: what a hub keeps and sends a
+/// receiver that joins.
+pub fn chunks_for_ms(playout_delay_ms: u32) -> usize {
+    (playout_delay_ms as usize * STREAM_SAMPLE_RATE as usize / 1000).div_ceil(CHUNK_FRAMES) + 2
+}
+
 impl StreamHub {
     /// The hub of stream `name`, in `codec` (decoder lag `codec_delay_samples`), sample
-    /// 0 at PTS `epoch_us`, announcing `playout_delay_ms`, keeping the last
-    /// `history_chunks` chunks for late joiners.
+    /// 0 at PTS `epoch_us`, announcing the delay of `playout`, keeping enough recent
+    /// chunks for late joiners at the largest delay `playout` may grow to.
     pub fn new(
         name: &str,
         codec: Codec,
         codec_delay_samples: u32,
         epoch_us: i64,
-        playout_delay_ms: u32,
-        history_chunks: usize,
+        playout: Arc<PlayoutDelay>,
     ) -> Arc<Self> {
         let (tx, _) = broadcast::channel(512);
+        let history_len = chunks_for_ms(playout.max_ms());
         Arc::new(Self {
             name: name.to_string(),
             codec,
             codec_delay_samples,
             epoch_us,
-            playout_delay_ms,
+            playout,
             tx,
-            history: Mutex::new(VecDeque::new()),
-            history_len: history_chunks,
+            history: Mutex::new(VecDeque::with_capacity(history_len + 1)),
+            history_len,
         })
     }
 
@@ -169,7 +179,7 @@ impl StreamHub {
             codec: self.codec,
             codec_delay_samples: self.codec_delay_samples,
             epoch_us: self.epoch_us,
-            playout_delay_ms: self.playout_delay_ms,
+            playout_delay_ms: self.playout.current_ms(),
             stream: self.name.clone(),
         }
     }
@@ -196,8 +206,14 @@ impl StreamHub {
         let _ = self.tx.send(chunk);
     }
 
+    /// The recent chunks that span the playout delay in effect (oldest first).
     fn backlog(&self) -> Vec<EncodedChunk> {
-        lock(&self.history).iter().cloned().collect()
+        let want = chunks_for_ms(self.playout.current_ms());
+        let h = lock(&self.history);
+        h.iter()
+            .skip(h.len().saturating_sub(want))
+            .cloned()
+            .collect()
     }
 }
 
@@ -208,6 +224,7 @@ pub type Routes = Arc<BTreeMap<String, String>>;
 /// and the connected receivers. A change of routes reaches every connection, which
 /// switches its receiver when its stream changed ([`Frame::StreamSwitch`]).
 pub struct Directory {
+    playout: Arc<PlayoutDelay>,
     hubs: Mutex<BTreeMap<String, Arc<StreamHub>>>,
     routes: watch::Sender<Routes>,
     clients: Mutex<BTreeMap<String, ClientEntry>>,
@@ -215,14 +232,20 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// An empty directory.
-    pub fn new() -> Arc<Self> {
+    /// An empty directory whose streams share the playout delay `playout`.
+    pub fn new(playout: Arc<PlayoutDelay>) -> Arc<Self> {
         Arc::new(Self {
+            playout,
             hubs: Mutex::new(BTreeMap::new()),
             routes: watch::channel(Routes::default()).0,
             clients: Mutex::new(BTreeMap::new()),
             next_connection: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    /// The playout delay every stream announces.
+    pub fn playout(&self) -> &Arc<PlayoutDelay> {
+        &self.playout
     }
 
     /// Adds (or replaces) a stream's hub.
@@ -422,7 +445,11 @@ async fn handle_client(
         sink.send(Bytes::from(stream.hello().encode()?)).await?;
         let mut live = stream.tx.subscribe();
         let mut last_sent = send_backlog(&mut sink, &stream).await?;
+        let mut delay = dir.playout.subscribe();
+        delay.mark_unchanged();
         let (time_tx, mut time_rx) = mpsc::channel::<(i64, i64)>(64);
+        let (refuse_tx, mut refuse_rx) = mpsc::channel::<String>(1);
+        let (playout, who) = (dir.playout.clone(), device.clone());
         // Reader: time requests (t2 stamped on arrival); silence means the receiver left.
         let reader_clock = clock.clone();
         let reader = async move {
@@ -436,6 +463,14 @@ async fn handle_client(
                 match Frame::decode(&frame) {
                     Ok(Frame::TimeRequest { t1_us }) => {
                         let _ = time_tx.try_send((t1_us, t2));
+                    }
+                    Ok(Frame::PlayoutDelayRequest { playout_delay_ms }) => {
+                        // A grant reaches every connection (this one too) as a new
+                        // hello; a refusal goes to this receiver only.
+                        if let Err(reason) = playout.request(&who, playout_delay_ms) {
+                            warn!(device = who, "{reason}");
+                            let _ = refuse_tx.try_send(reason);
+                        }
                     }
                     Ok(_) => debug!("ignoring an unexpected frame from a receiver"),
                     Err(e) => debug!("malformed frame from a receiver: {e}"),
@@ -453,6 +488,19 @@ async fn handle_client(
                     Some((t1_us, t2_us)) = time_rx.recv() => {
                         let t3_us = clock.now_us();
                         sink.send(Bytes::from(Frame::TimeResponse { t1_us, t2_us, t3_us }.encode()?)).await?;
+                    }
+                    Some(reason) = refuse_rx.recv() => {
+                        sink.send(Bytes::from(Frame::Refused { reason: reason.clone() }.encode()?)).await?;
+                        anyhow::bail!("refused: {reason}");
+                    }
+                    changed = delay.changed() => {
+                        if changed.is_err() { return anyhow::Ok(()); }
+                        // The playout delay grew: the same stream again with the new
+                        // delay, from the chunks its span needs.
+                        let p = *delay.borrow_and_update();
+                        debug!(device = name, playout_delay_ms = p, "new playout delay");
+                        sink.send(Bytes::from(stream.hello().encode()?)).await?;
+                        last_sent = send_backlog(&mut sink, &stream).await?;
                     }
                     changed = routes.changed() => {
                         if changed.is_err() { return anyhow::Ok(()); }

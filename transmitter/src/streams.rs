@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use syncstream_protocol::codec::{AudioEncoder, CHUNK_FRAMES};
+use syncstream_protocol::codec::AudioEncoder;
 use syncstream_protocol::wire::Codec;
 use syncstream_shared::names::check_device_name;
 use syncstream_shared::time::{Clock, STREAM_CHANNELS, STREAM_SAMPLE_RATE};
@@ -72,19 +72,18 @@ pub struct StreamSet {
     clock: Arc<dyn Clock>,
     epoch_us: i64,
     codec: Codec,
-    playout_delay_ms: u32,
     buffer_seconds: f64,
     streams: Mutex<BTreeMap<String, Entry>>,
 }
 
 impl StreamSet {
-    /// No streams yet, on the timeline starting at `epoch_us` (transmitter clock).
+    /// No streams yet, on the timeline starting at `epoch_us` (transmitter clock), with
+    /// the playout delay of `dir` and rolling buffers of `buffer_seconds`.
     pub fn new(
         dir: Arc<Directory>,
         clock: Arc<dyn Clock>,
         epoch_us: i64,
         codec: Codec,
-        playout_delay_ms: u32,
         buffer_seconds: f64,
     ) -> Self {
         Self {
@@ -92,7 +91,6 @@ impl StreamSet {
             clock,
             epoch_us,
             codec,
-            playout_delay_ms,
             buffer_seconds,
             streams: Mutex::new(BTreeMap::new()),
         }
@@ -128,16 +126,12 @@ impl StreamSet {
         let mut encoder = AudioEncoder::new(self.codec, STREAM_SAMPLE_RATE, STREAM_CHANNELS)
             .map_err(|e| start(e.to_string()))?;
         let codec_delay = encoder.delay_samples().map_err(|e| start(e.to_string()))?;
-        let history_chunks = (self.playout_delay_ms as usize * STREAM_SAMPLE_RATE as usize / 1000)
-            / CHUNK_FRAMES
-            + 2;
         let hub = StreamHub::new(
             name,
             self.codec,
             codec_delay,
             self.epoch_us,
-            self.playout_delay_ms,
-            history_chunks,
+            self.dir.playout().clone(),
         );
         let buffer = Arc::new(Mutex::new(RollingBuffer::new(
             STREAM_SAMPLE_RATE,

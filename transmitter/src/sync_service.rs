@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::controller::{Decision, LockState, SyncController};
 use crate::history::ProfileKeeper;
+use crate::playout_delay::PlayoutDelay;
 
 /// Largest payload handled, bytes (a drift report is about 200).
 pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
@@ -37,12 +38,25 @@ pub struct Outgoing {
 pub struct SyncService {
     controller: Arc<Mutex<SyncController>>,
     keeper: Option<ProfileKeeper>,
+    playout: Option<Arc<PlayoutDelay>>,
 }
 
 impl SyncService {
     /// A service around `controller`; with `keeper`, settled offsets update profiles.
     pub fn new(controller: Arc<Mutex<SyncController>>, keeper: Option<ProfileKeeper>) -> Self {
-        Self { controller, keeper }
+        Self {
+            controller,
+            keeper,
+            playout: None,
+        }
+    }
+
+    /// The same, keeping the controller's limits on `playout`'s delay and asking it
+    /// to grow when a device's measured offset does not fit (see
+    /// [`crate::playout_delay`]).
+    pub fn with_playout_delay(mut self, playout: Arc<PlayoutDelay>) -> Self {
+        self.playout = Some(playout);
+        self
     }
 
     /// Topics to subscribe to.
@@ -103,7 +117,21 @@ impl SyncService {
         }
         let (decision, settled) = {
             let mut c = self.lock();
+            if let Some(p) = &self.playout {
+                let limits = p.limits();
+                if c.limits() != limits {
+                    c.set_limits(limits);
+                }
+            }
             let d = c.on_report(&report, now_us);
+            if let (Some(p), Some((dev, offset_ms))) = (&self.playout, c.take_wanted_above_limits())
+            {
+                // The receivers get the new delay at once (a new hello); the next
+                // report is clamped to the new limits.
+                if let Err(e) = p.request_for_offset(&dev, offset_ms) {
+                    warn!("{e}");
+                }
+            }
             let settled = c
                 .device(device)
                 .filter(|s| s.state == LockState::Tracking)

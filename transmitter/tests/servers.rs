@@ -426,3 +426,121 @@ async fn a_group_move_switches_the_stream_on_the_same_connection() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// A receiver that needs a longer playout delay asks on its stream connection: every
+/// connection gets a new hello with the grown delay (the need plus a margin) and the
+/// chunks its span needs; the status shows it and why; a need above the maximum is
+/// refused to that receiver alone, with the numbers.
+#[tokio::test]
+async fn a_playout_delay_request_grows_the_delay_for_every_receiver() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = TransmitterConfig {
+        stream_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        mqtt: MqttMode::Embedded(([127, 0, 0, 1], port).into()),
+        // The delay may grow to the buffer less 3 s: 5 s.
+        buffer_seconds: 8.0,
+        ..Default::default()
+    };
+    let tx = start(cfg, tone(), Arc::new(MonotonicClock)).await.unwrap();
+    // Bounded wait until 2.5 s of audio exist, so a 2.3 s backlog can be full.
+    for _ in 0..1000 {
+        let (_, newest) = tx.buffer.lock().unwrap().span_us();
+        if newest - tx.epoch_us >= 2_500_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (mut kitchen, hello) = hello_as(&tx, "kitchen", 1).await;
+    assert!(
+        matches!(
+            hello,
+            Frame::ServerHello {
+                playout_delay_ms: 1000,
+                ..
+            }
+        ),
+        "{hello:?}"
+    );
+    let (mut cast, hello) = hello_as(&tx, "cast", 2).await;
+    assert!(matches!(
+        hello,
+        Frame::ServerHello {
+            playout_delay_ms: 1000,
+            ..
+        }
+    ));
+    let send = |f: Frame| Bytes::from(f.encode().unwrap());
+    cast.send(send(Frame::PlayoutDelayRequest {
+        playout_delay_ms: 2050,
+    }))
+    .await
+    .unwrap();
+    for (name, conn) in [("kitchen", &mut kitchen), ("cast", &mut cast)] {
+        let mut last_before = None;
+        let delay = loop {
+            match Frame::decode(&conn.next().await.unwrap().unwrap()).unwrap() {
+                Frame::Audio { sample_index, .. } => last_before = Some(sample_index),
+                Frame::ServerHello {
+                    playout_delay_ms,
+                    epoch_us,
+                    ..
+                } => {
+                    assert_eq!(epoch_us, tx.epoch_us, "{name}: the same timeline");
+                    break playout_delay_ms;
+                }
+                other => panic!("{name}: unexpected {other:?}"),
+            }
+        };
+        // 2050 ms and a tenth for wander, rounded up to 100 ms.
+        assert_eq!(delay, 2300, "{name}");
+        let Frame::Audio { sample_index, .. } =
+            Frame::decode(&conn.next().await.unwrap().unwrap()).unwrap()
+        else {
+            panic!("{name}: audio follows the hello")
+        };
+        let last_before = last_before.expect("audio before the new hello");
+        assert!(
+            sample_index + 2200 * 48 <= last_before,
+            "{name}: the backlog spans the new delay: first {sample_index}, newest before \
+             {last_before}"
+        );
+    }
+    let status = status_of(&tx).await;
+    assert_eq!(status["playout_delay"]["ms"], 2300, "{status}");
+    assert_eq!(status["playout_delay"]["max_ms"], 5000, "{status}");
+    assert_eq!(status["playout_delay"]["grown_for"]["device"], "cast");
+    // More than the maximum: refused to the one that asked, with the numbers.
+    cast.send(send(Frame::PlayoutDelayRequest {
+        playout_delay_ms: 6000,
+    }))
+    .await
+    .unwrap();
+    let reason = loop {
+        match Frame::decode(&cast.next().await.unwrap().unwrap()).unwrap() {
+            Frame::Refused { reason } => break reason,
+            Frame::Audio { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(
+        reason.contains("6000") && reason.contains("5000") && reason.contains("--max-playout"),
+        "{reason}"
+    );
+    let status = status_of(&tx).await;
+    assert_eq!(status["playout_delay"]["ms"], 2300, "{status}");
+}
+
+async fn status_of(tx: &Transmitter) -> serde_json::Value {
+    let body = reqwest::get(format!("http://{}/api/v1/status", tx.http_addr))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}

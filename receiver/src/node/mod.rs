@@ -95,6 +95,10 @@ enum Link {
     Down,
     /// Connected, hello sent, waiting for the transmitter's.
     AwaitingHello,
+    /// Connected; the hello's playout delay was too short for this device, a longer
+    /// one was asked for, and the hello that brings it is awaited (audio meanwhile is
+    /// dropped).
+    AwaitingDelay,
     /// Streaming.
     Up,
 }

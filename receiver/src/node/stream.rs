@@ -76,6 +76,7 @@ impl ReceiverNode {
         };
         let up = matches!(self.link, Link::Up);
         let awaiting = matches!(self.link, Link::AwaitingHello);
+        let awaiting_delay = matches!(self.link, Link::AwaitingDelay);
         match frame {
             Frame::ServerHello {
                 protocol_version,
@@ -86,7 +87,7 @@ impl ReceiverNode {
                 epoch_us,
                 playout_delay_ms,
                 stream,
-            } if up || awaiting => {
+            } if up || awaiting || awaiting_delay => {
                 // (A second hello restarts the stream as a first one does.)
                 let hello = Hello {
                     protocol_version,
@@ -106,7 +107,7 @@ impl ReceiverNode {
                 codec_delay_samples,
                 epoch_us,
             } if up => self.on_switch(stream, codec, codec_delay_samples, epoch_us, now_us, io),
-            Frame::Refused { reason } if up || awaiting => {
+            Frame::Refused { reason } if up || awaiting || awaiting_delay => {
                 let reason: String = reason.chars().take(500).collect();
                 warn!(
                     device = self.device,
@@ -242,10 +243,38 @@ impl ReceiverNode {
             }
         };
         let limits = OffsetLimits::for_playout_delay_ms(h.playout_delay_ms as f64);
-        if let Err(e) = limits.check_base_latency(self.profile.base_latency_ms) {
+        if let Err(e) = OffsetLimits::widest().check_base_latency(self.profile.base_latency_ms) {
             let e = format!("profile of {}: {e}", self.device);
             warn!("{e}");
             self.refuse_stream(e, now_us, io);
+            return;
+        }
+        // The device's latency as this receiver knows it: its profile's, or the offset
+        // it last applied (a Cast device measured at 2.6 s). When that does not fit
+        // below the announced playout delay, the transmitter is asked for more and
+        // the next hello is awaited (the transmitter answers every connection with
+        // one, or refuses saying why).
+        let now_tx = self.clock.tx_from_local(now_us as f64).unwrap_or(f64::NAN);
+        let known_ms = self.offset.at_ms(now_tx);
+        let latency_ms = if known_ms.is_finite() {
+            known_ms.max(self.profile.base_latency_ms)
+        } else {
+            self.profile.base_latency_ms
+        };
+        if latency_ms > limits.max_ms {
+            let need = OffsetLimits::playout_delay_needed_ms(latency_ms);
+            let reason = format!(
+                "waiting for the transmitter to grow its playout delay from {} ms to {need} ms \
+                 (this output's latency is {latency_ms:.0} ms)",
+                h.playout_delay_ms
+            );
+            info!(device = self.device, "{reason}");
+            io.stream_send(Frame::PlayoutDelayRequest {
+                playout_delay_ms: need,
+            });
+            self.error = Some(reason);
+            self.link = Link::AwaitingDelay;
+            self.publish_status(now_us, io);
             return;
         }
         let decoder = match AudioDecoder::new(h.codec, h.sample_rate, h.channels) {
@@ -259,6 +288,22 @@ impl ReceiverNode {
         self.decoder = Some(decoder);
         self.stream = h.stream;
         self.limits = limits;
+        if self
+            .params
+            .is_some_and(|old| old.playout_delay_us != params.playout_delay_us)
+        {
+            // The playout delay changed (the transmitter grew it for some device):
+            // until the microphone hears only audio played with the new delay, a
+            // measurement would be off by the change.
+            let now_tx = self.clock.tx_from_local(now_us as f64).unwrap_or(f64::NAN);
+            let latency_ms = Some(self.offset.at_ms(now_tx))
+                .filter(|l| l.is_finite())
+                .map_or(0.0, |l| l.max(0.0));
+            let quiet_ms = self.drift_cfg.window_ms as i64
+                + SWITCH_QUIET_MS.max(latency_ms.min(1e5) as i64 + 500);
+            self.pending = None;
+            self.next_measure_us = self.next_measure_us.max(now_us + quiet_ms * 1000);
+        }
         self.params = Some(params);
         self.log.clear();
         self.played = false;
@@ -419,6 +464,7 @@ fn kind(f: &Frame) -> &'static str {
         Frame::TimeRequest { .. } => "TimeRequest",
         Frame::TimeResponse { .. } => "TimeResponse",
         Frame::StreamSwitch { .. } => "StreamSwitch",
+        Frame::PlayoutDelayRequest { .. } => "PlayoutDelayRequest",
     }
 }
 

@@ -216,23 +216,71 @@ fn a_hello_with_absurd_values_is_refused_with_a_reason() {
 }
 
 #[test]
-fn a_profile_beyond_the_buffer_is_refused_with_its_numbers() {
+fn a_profile_beyond_the_playout_delay_asks_for_more_and_plays_when_it_comes() {
     let mut profile = DeviceProfile::default_for(OutputType::Chromecast);
-    profile.base_latency_ms = 1200.0;
+    profile.base_latency_ms = 2000.0;
     let (mut n, _r, _c) = node_with(profile);
     let mut io = Recorder::default();
     n.on_stream_connected(0, &mut io);
     n.on_stream_frame(&hello(1000), 5, &mut io);
     assert!(!n.connected());
-    let reason = io.last_status().reason.unwrap();
-    for needle in ["1200", "1000 ms", "950 ms", "--playout-delay-ms 1250"] {
+    // It asks for 2000 + 50 ms of headroom, says so, and keeps the connection.
+    assert!(
+        matches!(
+            io.sent.last(),
+            Some(Frame::PlayoutDelayRequest {
+                playout_delay_ms: 2050
+            })
+        ),
+        "{:?}",
+        io.sent
+    );
+    assert!(io.resets.is_empty(), "{:?}", io.resets);
+    let s = io.last_status();
+    let reason = s.reason.unwrap();
+    for needle in ["1000 ms", "2050 ms", "2000 ms"] {
         assert!(reason.contains(needle), "{needle}: {reason}");
     }
-    // With a playout delay that holds it, the same profile plays.
-    n.on_stream_connected(10, &mut io);
-    n.on_stream_frame(&hello(2000), 20, &mut io);
+    // Audio sent meanwhile (with the short delay) is dropped, not a protocol error.
+    let chunk = Frame::Audio {
+        sample_index: 0,
+        frames: 960,
+        payload: vec![0; 960 * 4],
+    };
+    n.on_stream_frame(&chunk.encode().unwrap(), 6, &mut io);
+    assert!(io.resets.is_empty(), "{:?}", io.resets);
+    assert_eq!(n.counters().frames_rejected, 0);
+    // The transmitter grew the delay: the new hello is taken, the error is gone.
+    n.on_stream_frame(&hello(2300), 20, &mut io);
     assert!(n.connected());
-    assert_eq!(io.last_status().state, "connecting");
+    let s = io.last_status();
+    assert_eq!(s.state, "connecting");
+    assert_eq!(s.reason, None);
+    assert_eq!(s.playout_delay_ms, 2300.0);
+}
+
+#[test]
+fn a_profile_beyond_any_playout_delay_is_refused_with_its_numbers() {
+    let mut profile = DeviceProfile::default_for(OutputType::Chromecast);
+    profile.base_latency_ms = 9990.0;
+    let (_, _, control) = realtime::engine(0.0, 48_000);
+    let e = ReceiverNode::new(
+        NodeConfig {
+            device: "cast".into(),
+            instance: 1,
+            profile,
+            drift: DriftConfig::default(),
+            mic_rate_hz: 48_000,
+            persisted: None,
+        },
+        control,
+        0,
+    )
+    .err()
+    .unwrap();
+    for needle in ["9990", "9950 ms"] {
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
 }
 
 #[test]

@@ -201,7 +201,7 @@ impl EventDriver {
         let Some(log) = self.log.as_mut() else {
             return;
         };
-        log.add_truth(truth, sys.playout_delay_ms * 1000.0);
+        log.add_truth(truth, sys.playout_delay_now_ms() * 1000.0);
         if self
             .last_sample_us
             .is_none_or(|t| now_us - t >= OFFSET_SAMPLE_US)

@@ -484,6 +484,31 @@ impl Callback for WSCallback {
     }
 }
 
+/// SYNCSTREAM PATCH: the will handlers, also after a panic elsewhere poisoned the lock
+/// (the map stays consistent: every access is a single insert or remove).
+fn lock_will_handlers(
+    will_handlers: &Mutex<HashMap<String, Sender<AwaitingWill>>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, Sender<AwaitingWill>>> {
+    will_handlers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// SYNCSTREAM PATCH: removes the will handler of `client_id` if it is still `ours`.
+fn remove_will_handler(
+    will_handlers: &Mutex<HashMap<String, Sender<AwaitingWill>>>,
+    client_id: &str,
+    ours: &Sender<AwaitingWill>,
+) {
+    let mut handlers = lock_will_handlers(will_handlers);
+    if handlers
+        .get(client_id)
+        .is_some_and(|current| current.same_channel(ours))
+    {
+        handlers.remove(client_id);
+    }
+}
+
 /// A new network connection should wait for a mqtt connect packet. This should be handled
 /// asynchronously to avoid blocking other new connections while this connection is
 /// waiting for mqtt connect packet. Also this honours connection wait time as per config to prevent
@@ -535,20 +560,23 @@ async fn remote<P: Protocol>(
         client_id = format!("{tenant_id}.{client_id}");
     }
 
-    if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
+    // SYNCSTREAM PATCH (see vendor/rumqttd/README.syncstream.md): the guard is dropped
+    // before the send, and a previous connection whose will task is gone (its link was
+    // refused, e.g. a client id with '/') is not an error. Upstream unwrapped the send
+    // while holding the lock: one such client id poisoned the mutex and every later
+    // connection on the listener panicked.
+    let previous = lock_will_handlers(&will_handlers).remove(&client_id);
+    if let Some(sender) = previous {
         let awaiting_will = if clean_session {
             AwaitingWill::Fire
         } else {
             AwaitingWill::Cancel
         };
-        sender.try_send(awaiting_will).unwrap();
+        let _ = sender.try_send(awaiting_will);
     }
 
     let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
-    will_handlers
-        .lock()
-        .unwrap()
-        .insert(client_id.clone(), will_tx);
+    lock_will_handlers(&will_handlers).insert(client_id.clone(), will_tx.clone());
 
     // Start the link
     let mut link = match RemoteLink::new(
@@ -564,6 +592,8 @@ async fn remote<P: Protocol>(
         Ok(l) => l,
         Err(e) => {
             error!(error=?e, "Remote link error");
+            // SYNCSTREAM PATCH: no will task waits for this connection: forget its handler.
+            remove_will_handler(&will_handlers, &client_id, &will_tx);
             return;
         }
     };
@@ -611,7 +641,8 @@ async fn remote<P: Protocol>(
         Ok(w) => w.is_ok_and(|k| k == AwaitingWill::Fire),
         Err(_) => {
             // no need to keep the sender after timeout
-            will_handlers.lock().unwrap().remove(&client_id);
+            // SYNCSTREAM PATCH: only ours (a newer connection may hold the id by now).
+            remove_will_handler(&will_handlers, &client_id, &will_tx);
             // as will delay interval has passed, publish the will message
             true
         }

@@ -78,7 +78,14 @@ fn broker_works(port: u16, n: usize) -> Result<(), String> {
     let message = format!("hello {n}");
     let mut publish = Command::new("mosquitto_pub");
     publish.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-r"]);
-    publish.args(["-i", &format!("fresh-pub-{n}"), "-t", &topic, "-m", &message]);
+    publish.args([
+        "-i",
+        &format!("fresh-pub-{n}"),
+        "-t",
+        &topic,
+        "-m",
+        &message,
+    ]);
     let out = run_limited(publish, Duration::from_secs(10));
     if !out.status.success() {
         return Err(format!(
@@ -193,7 +200,8 @@ fn session(port: u16, packets: &[Vec<u8>]) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return;
     };
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     for p in packets {
         if s.write_all(p).is_err() {
             return;
@@ -262,7 +270,11 @@ fn odd_client_ids_wills_topics_and_payloads_do_not_stop_the_broker() {
             session(port, &[connect(id, Some(&wills[0]), clean)]);
             session(
                 port,
-                &[vec![connect(id, Some(&wills[0]), clean)], publishes.to_vec()].concat(),
+                &[
+                    vec![connect(id, Some(&wills[0]), clean)],
+                    publishes.to_vec(),
+                ]
+                .concat(),
             );
         }
         n += 1;
@@ -274,7 +286,11 @@ fn odd_client_ids_wills_topics_and_payloads_do_not_stop_the_broker() {
         });
     }
     // Garbage before any CONNECT.
-    for garbage in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0u8; 64], &[0x10, 0xff, 0xff]] {
+    for garbage in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0u8; 64],
+        &[0x10, 0xff, 0xff],
+    ] {
         session(port, &[garbage.to_vec()]);
     }
     broker_works(port, 100).unwrap();

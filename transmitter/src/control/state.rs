@@ -23,6 +23,9 @@ pub const DEFAULT_GROUP: &str = "default";
 pub const MAX_GROUPS: usize = 64;
 /// Most devices remembered.
 pub const MAX_DEVICES: usize = 256;
+/// What was heard from a device not heard from for this long is forgotten, µs (a
+/// day); its settings stay.
+pub const LIVE_EXPIRY_US: i64 = 24 * 3600 * 1_000_000;
 /// A device without a status for this long is offline, µs (statuses come every 5 s).
 pub const ONLINE_TIMEOUT_US: i64 = 15_000_000;
 /// Drift reports kept per device (an hour at one per 2.5 s).
@@ -488,11 +491,19 @@ impl ControlState {
         json!({ "groups": groups })
     }
 
-    /// A device heard from (any message) at `now_us`; `false` when it is new and
-    /// there is no room for it (it is then ignored).
+    /// A device heard from (any message) at `now_us`. At most [`MAX_DEVICES`] are
+    /// kept: a new one makes room by forgetting the one heard from longest ago (so
+    /// made-up devices cannot lock real ones out, and do not pile up). Returns `true`.
     fn heard(&mut self, device: &str, now_us: i64) -> bool {
         if !self.live.contains_key(device) && self.live.len() >= MAX_DEVICES {
-            return false;
+            if let Some(stalest) = self
+                .live
+                .iter()
+                .min_by_key(|(_, l)| l.last_seen_us.unwrap_or(i64::MIN))
+                .map(|(d, _)| d.clone())
+            {
+                self.live.remove(&stalest);
+            }
         }
         self.live
             .entry(device.to_string())
@@ -538,6 +549,24 @@ impl ControlState {
             l.report = Some(report);
         }
         new
+    }
+
+    /// Forgets what was heard from devices not heard from for [`LIVE_EXPIRY_US`] at
+    /// `now_us` (their settings stay); returns their names.
+    pub fn expire(&mut self, now_us: i64) -> Vec<String> {
+        let old: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, l)| {
+                l.last_seen_us
+                    .is_none_or(|t| now_us.saturating_sub(t) > LIVE_EXPIRY_US)
+            })
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in &old {
+            self.live.remove(d);
+        }
+        old
     }
 
     /// The controller published `offset`.
@@ -712,6 +741,60 @@ mod tests {
             h[1].residual_ms, None,
             "doubtful estimates have no residual"
         );
+    }
+
+    /// Issue 14: drift reports and statuses for 2000 made-up devices are not all
+    /// kept; a real device that comes after them is tracked; old ones expire.
+    #[test]
+    fn made_up_devices_are_bounded_and_expire() {
+        let mut s = ControlState::default();
+        let report = |d: &str, t: i64| DriftReport {
+            device: d.into(),
+            drift_ms: Some(0.5),
+            confidence: 0.9,
+            signal_strength_db: -30.0,
+            ts_us: t,
+            applied_offset_ms: 10.0,
+            reason: None,
+            step: false,
+            uncertainty_ms: None,
+        };
+        for k in 0..2000i64 {
+            let d = format!("fake{k}");
+            s.on_report(report(&d, k), k, 0.0);
+            s.on_status(
+                Status {
+                    device: d,
+                    state: "playing".into(),
+                    ..Default::default()
+                },
+                k,
+            );
+        }
+        assert_eq!(s.live.len(), MAX_DEVICES);
+        assert!(s.on_report(report("kitchen", 5000), 5000, 0.0), "new");
+        assert!(s.live.contains_key("kitchen") && s.live.len() == MAX_DEVICES);
+        assert!(!s.live.contains_key("fake0"), "the stalest went");
+        let api = serde_json::to_vec(
+            &s.devices()
+                .iter()
+                .map(|d| s.device_json(d, 5000, false))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert!(api.len() < 200 * 1024, "{} bytes", api.len());
+        // A day later only what was heard since is kept.
+        s.on_status(
+            Status {
+                device: "kitchen".into(),
+                state: "playing".into(),
+                ..Default::default()
+            },
+            LIVE_EXPIRY_US + 10_000,
+        );
+        let gone = s.expire(LIVE_EXPIRY_US + 10_000);
+        assert_eq!(gone.len(), MAX_DEVICES - 1);
+        assert_eq!(s.live.keys().collect::<Vec<_>>(), ["kitchen"]);
     }
 
     #[test]

@@ -28,6 +28,16 @@ pub const MAX_DEVICES: usize = 256;
 pub const LIVE_EXPIRY_US: i64 = 24 * 3600 * 1_000_000;
 /// A device without a status for this long is offline, µs (statuses come every 5 s).
 pub const ONLINE_TIMEOUT_US: i64 = 15_000_000;
+/// Longest text kept from a device's status or report (a reason, a version), chars.
+pub const MAX_TEXT_CHARS: usize = 300;
+
+/// Cuts `text` to [`MAX_TEXT_CHARS`] characters.
+fn cut(text: &mut String) {
+    if let Some((i, _)) = text.char_indices().nth(MAX_TEXT_CHARS) {
+        text.truncate(i);
+    }
+}
+
 /// Drift reports kept per device (an hour at one per 2.5 s).
 pub const HISTORY_REPORTS: usize = 1_500;
 
@@ -512,8 +522,21 @@ impl ControlState {
         true
     }
 
-    /// A receiver's status arrived at `now_us`. Returns whether the device is new.
-    pub fn on_status(&mut self, status: Status, now_us: i64) -> bool {
+    /// A receiver's status arrived at `now_us` (its texts cut to [`MAX_TEXT_CHARS`]).
+    /// Returns whether the device is new.
+    pub fn on_status(&mut self, mut status: Status, now_us: i64) -> bool {
+        for text in [
+            status.reason.as_mut(),
+            Some(&mut status.output),
+            status.version.as_mut(),
+            status.stream.as_mut(),
+            status.group.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            cut(text);
+        }
         let new = !self.live.contains_key(&status.device);
         let device = status.device.clone();
         if !self.heard(&device, now_us) {
@@ -525,9 +548,12 @@ impl ControlState {
         new
     }
 
-    /// A drift report arrived at `now_us`; `adjust_ms` is the device's manual
-    /// adjustment. Returns whether the device is new.
-    pub fn on_report(&mut self, report: DriftReport, now_us: i64, adjust_ms: f64) -> bool {
+    /// A drift report arrived at `now_us` (its reason cut to [`MAX_TEXT_CHARS`]);
+    /// `adjust_ms` is the device's manual adjustment. Returns whether the device is new.
+    pub fn on_report(&mut self, mut report: DriftReport, now_us: i64, adjust_ms: f64) -> bool {
+        if let Some(r) = report.reason.as_mut() {
+            cut(r);
+        }
         let new = !self.live.contains_key(&report.device);
         let device = report.device.clone();
         if !self.heard(&device, now_us) {
@@ -578,8 +604,9 @@ impl ControlState {
 
     /// Targets from a `syncstream/config` push.
     pub fn on_config(&mut self, targets: BTreeMap<String, String>) {
-        for (d, t) in targets {
+        for (d, mut t) in targets {
             if let Some(l) = self.live.get_mut(&d) {
+                cut(&mut t);
                 l.target = Some(t);
             }
         }
@@ -772,6 +799,20 @@ mod tests {
             );
         }
         assert_eq!(s.live.len(), MAX_DEVICES);
+        // Long texts are cut.
+        s.on_status(
+            Status {
+                device: "fake1999".into(),
+                state: "error".into(),
+                reason: Some("ü".repeat(100_000)),
+                version: Some("v".repeat(100_000)),
+                ..Default::default()
+            },
+            2000,
+        );
+        let (st, _) = s.live["fake1999"].status.as_ref().unwrap();
+        assert_eq!(st.reason.as_ref().unwrap().chars().count(), MAX_TEXT_CHARS);
+        assert_eq!(st.version.as_ref().unwrap().len(), MAX_TEXT_CHARS);
         assert!(s.on_report(report("kitchen", 5000), 5000, 0.0), "new");
         assert!(s.live.contains_key("kitchen") && s.live.len() == MAX_DEVICES);
         assert!(!s.live.contains_key("fake0"), "the stalest went");

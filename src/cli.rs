@@ -73,8 +73,8 @@ struct CalibrateArgs {
     /// Folder of device profiles (<device>.json) to update with the measured latencies (live).
     #[arg(long)]
     profiles_dir: Option<PathBuf>,
-    /// Seconds to wait for each device's answer (live).
-    #[arg(long, default_value_t = 20.0)]
+    /// Seconds to wait for each device's answer (live), 0.1 to 3600.
+    #[arg(long, default_value_t = 20.0, value_parser = number_in(0.1, 3600.0, "s"))]
     timeout_s: f64,
     /// Write plots and summary.json into this folder.
     #[arg(long)]
@@ -109,8 +109,12 @@ struct DelayArgs {
     /// The recording (what the microphone heard), starting at the same instant.
     #[arg(long)]
     recording: PathBuf,
-    /// Largest delay searched either way, ms.
-    #[arg(long, default_value_t = 1000.0)]
+    /// Largest delay searched either way, ms (0 to 60000).
+    #[arg(
+        long,
+        default_value_t = 1000.0,
+        value_parser = number_in(0.0, crate::delay_command::MAX_LAG_MS, "ms")
+    )]
     max_lag_ms: f64,
 }
 
@@ -135,11 +139,14 @@ struct TransmitterArgs {
     /// Loop a file source.
     #[arg(long = "loop")]
     loop_file: bool,
-    /// Sample rate of raw PCM on stdin, Hz.
-    #[arg(long, default_value_t = 48_000)]
+    /// Sample rate of raw PCM on stdin, Hz (1000 to 768000).
+    #[arg(long, default_value_t = 48_000, value_parser = clap::value_parser!(u32).range(
+        syncstream_transmitter::source::MIN_SOURCE_RATE_HZ as i64
+            ..=syncstream_transmitter::source::MAX_SOURCE_RATE_HZ as i64
+    ))]
     stdin_rate: u32,
-    /// Channels of raw PCM on stdin.
-    #[arg(long, default_value_t = 2)]
+    /// Channels of raw PCM on stdin (1 to 32).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=32))]
     stdin_channels: u16,
     /// Audio stream listen address.
     #[arg(long, default_value = "0.0.0.0:4953")]
@@ -156,17 +163,27 @@ struct TransmitterArgs {
     /// Stream codec: opus or pcm.
     #[arg(long, default_value = "opus")]
     codec: Codec,
-    /// Playout delay announced to receivers at start, ms.
-    #[arg(long, default_value_t = 1000)]
+    /// Playout delay announced to receivers at start, ms (100 to 10000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(
+        syncstream_shared::limits::MIN_PLAYOUT_DELAY_MS as i64
+            ..=syncstream_shared::limits::MAX_PLAYOUT_DELAY_MS as i64
+    ))]
     playout_delay_ms: u32,
     /// Largest playout delay, ms, the transmitter may grow to by itself when a device's
     /// output latency needs more (a Chromecast buffers seconds); at most 10000, and the
     /// rolling buffer less 3 s. Give the same value as --playout-delay-ms to keep the
     /// delay fixed.
-    #[arg(long, default_value_t = syncstream_shared::limits::MAX_PLAYOUT_DELAY_MS)]
+    #[arg(long, default_value_t = syncstream_shared::limits::MAX_PLAYOUT_DELAY_MS,
+          value_parser = clap::value_parser!(u32).range(
+        0..=syncstream_shared::limits::MAX_PLAYOUT_DELAY_MS as i64
+    ))]
     max_playout_delay_ms: u32,
-    /// Seconds of source audio kept for source windows.
-    #[arg(long, default_value_t = 30.0)]
+    /// Seconds of source audio kept for source windows (1 to 600).
+    #[arg(long, default_value_t = 30.0, value_parser = number_in(
+        syncstream_transmitter::MIN_BUFFER_SECONDS,
+        syncstream_transmitter::MAX_BUFFER_SECONDS,
+        "s"
+    ))]
     buffer_seconds: f64,
     /// Folder of device profiles (<device>.json): a device whose settled offset stays
     /// more than 2 ms from its profile for 10 minutes gets its base_latency_ms updated.
@@ -199,7 +216,7 @@ struct ReceiverArgs {
     #[arg(long)]
     check_mic: bool,
     /// Seconds the microphone check analyses (1 to 60).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = number_in(1.0, 60.0, "s"))]
     check_seconds: f64,
     /// The microphone check plays no test tone.
     #[arg(long)]
@@ -215,10 +232,10 @@ struct ReceiverArgs {
     #[arg(long, default_value = "127.0.0.1")]
     transmitter: String,
     /// Transmitter stream port.
-    #[arg(long, default_value_t = 4953)]
+    #[arg(long, default_value_t = 4953, value_parser = clap::value_parser!(u16).range(1..))]
     stream_port: u16,
     /// Transmitter HTTP port.
-    #[arg(long, default_value_t = 4954)]
+    #[arg(long, default_value_t = 4954, value_parser = clap::value_parser!(u16).range(1..))]
     http_port: u16,
     /// MQTT broker (default: the transmitter's embedded broker).
     #[arg(long)]
@@ -249,8 +266,8 @@ struct DemoArgs {
     /// Audio file to play (default: the clip shipped in assets/audio).
     #[arg(long)]
     audio: Option<PathBuf>,
-    /// Stop after this many seconds (default: run until Ctrl-C).
-    #[arg(long)]
+    /// Stop after this many seconds, 0.1 to 86400 (default: run until Ctrl-C).
+    #[arg(long, value_parser = number_in(0.1, 86_400.0, "s"))]
     duration: Option<f64>,
     /// Write the JSON report here at the end.
     #[arg(long)]
@@ -284,6 +301,26 @@ struct DemoArgs {
     /// (default: a 440 Hz tone named `tone`).
     #[arg(long = "stream")]
     streams: Vec<String>,
+}
+
+/// A command-line parser for a finite number in `lo..=hi` (in `unit`): `inf`, `NaN`
+/// and numbers out of range are refused with the range in the message.
+fn number_in(
+    lo: f64,
+    hi: f64,
+    unit: &'static str,
+) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        let v: f64 = text
+            .trim()
+            .parse()
+            .map_err(|e| format!("'{text}' is not a number: {e}"))?;
+        if v.is_finite() && (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{v} is outside {lo} to {hi} {unit}"))
+        }
+    }
 }
 
 /// Runs the tool; prints errors with their causes and returns a non-zero exit code.

@@ -111,17 +111,11 @@ pub struct TransmitterFile {
 /// Errors: missing or unreadable file, larger than 64 KiB, or invalid TOML / unknown
 /// or ill-typed key (the message names the file, the key and the line).
 pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
-    if meta.len() > MAX_CONFIG_BYTES {
-        anyhow::bail!(
-            "{}: {} bytes, at most {MAX_CONFIG_BYTES}",
-            path.display(),
-            meta.len()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    let text = syncstream_shared::fsutil::read_input_string(
+        path,
+        MAX_CONFIG_BYTES,
+        "the configuration file",
+    )?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 

@@ -9,6 +9,8 @@ use syncstream_dsp::{DelayEstimator, LagSearch};
 
 /// The rate the command works at, Hz (the stream rate).
 pub const COMMAND_RATE_HZ: u32 = 48_000;
+/// Largest `--max-lag-ms`, ms.
+pub const MAX_LAG_MS: f64 = 60_000.0;
 
 /// Decodes `reference` and `recording` (any format symphonia reads; channels mixed
 /// down to mono, resampled to 48 kHz), estimates the delay of the recording against
@@ -20,14 +22,14 @@ pub const COMMAND_RATE_HZ: u32 = 48_000;
 /// is positive when the recording lags the reference.
 ///
 /// Errors name the file and the reason: unreadable or non-audio file, no samples,
-/// non-finite samples; and a `max_lag_ms` that is negative or not finite.
+/// non-finite samples; and a `max_lag_ms` outside 0 to [`MAX_LAG_MS`].
 pub fn run_delay(
     reference: &Path,
     recording: &Path,
     max_lag_ms: f64,
 ) -> anyhow::Result<serde_json::Value> {
-    if !max_lag_ms.is_finite() || max_lag_ms < 0.0 {
-        bail!("--max-lag-ms must be a finite number ≥ 0, not {max_lag_ms}");
+    if !(max_lag_ms.is_finite() && (0.0..=MAX_LAG_MS).contains(&max_lag_ms)) {
+        bail!("--max-lag-ms {max_lag_ms} is outside 0 to {MAX_LAG_MS} ms");
     }
     let ref_audio = decode_file(reference, COMMAND_RATE_HZ)
         .with_context(|| format!("reference {}", reference.display()))?;

@@ -90,8 +90,11 @@ pub fn run(a: ReleaseArgs) -> anyhow::Result<()> {
                     bundle::MAX_BINARY_BYTES
                 );
             }
-            let bin = std::fs::read(&binary)
-                .with_context(|| format!("cannot read the binary {}", binary.display()))?;
+            let bin = syncstream_shared::fsutil::read_input(
+                &binary,
+                bundle::MAX_BINARY_BYTES,
+                "the binary",
+            )?;
             let manifest = bundle::sign(&bin, &version, &target, &key)
                 .with_context(|| format!("cannot sign {}", binary.display()))?;
             std::fs::create_dir_all(&out)
@@ -106,8 +109,11 @@ pub fn run(a: ReleaseArgs) -> anyhow::Result<()> {
             bundle: path,
         } => {
             let key = keys::parse_public(&public_key)?;
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("cannot read the bundle {}", path.display()))?;
+            let bytes = syncstream_shared::fsutil::read_input(
+                &path,
+                bundle::MAX_BUNDLE_BYTES,
+                "the bundle",
+            )?;
             let (manifest, _) = bundle::open(&bytes, &key)
                 .with_context(|| format!("bundle {} refused", path.display()))?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);

@@ -14,6 +14,30 @@ fn syncstream(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// [`syncstream`], killed after `limit` (then it fails with the time in the message).
+fn syncstream_within(args: &[&str], limit: std::time::Duration) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstream"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            return (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (false, format!("still running after {limit:?}"))
+}
+
 #[test]
 fn missing_and_non_audio_files_are_named_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,4 +157,192 @@ fn bad_streams_are_refused_with_the_reason() {
         assert!(!ok, "{args:?} started");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+/// Issue 14: every numeric option is checked when the command line is read: `inf`,
+/// `NaN` and numbers out of range are refused at once, naming the option and giving
+/// the range (`--buffer-seconds 1e12` aborted, `inf` panicked, `NaN` was accepted).
+#[test]
+fn numeric_options_are_checked_with_their_range() {
+    let tx = ["transmitter", "--source", "tone"];
+    for (args, option, range) in [
+        (
+            vec!["--buffer-seconds", "1e12"],
+            "--buffer-seconds",
+            "1 to 600",
+        ),
+        (
+            vec!["--buffer-seconds", "inf"],
+            "--buffer-seconds",
+            "1 to 600",
+        ),
+        (
+            vec!["--buffer-seconds", "NaN"],
+            "--buffer-seconds",
+            "1 to 600",
+        ),
+        (
+            vec!["--buffer-seconds", "0"],
+            "--buffer-seconds",
+            "1 to 600",
+        ),
+        (
+            vec!["--buffer-seconds", "lots"],
+            "--buffer-seconds",
+            "not a number",
+        ),
+        (
+            vec!["--playout-delay-ms", "20"],
+            "--playout-delay-ms",
+            "100..=10000",
+        ),
+        (vec!["--stdin-rate", "0"], "--stdin-rate", "1000..=768000"),
+        (
+            vec!["--stdin-rate", "4000000000"],
+            "--stdin-rate",
+            "1000..=768000",
+        ),
+        (vec!["--stdin-channels", "0"], "--stdin-channels", "1..=32"),
+    ] {
+        let all: Vec<&str> = tx.iter().copied().chain(args.iter().copied()).collect();
+        let (ok, err) = syncstream(&all);
+        assert!(!ok, "{all:?} started");
+        assert!(
+            err.contains(option) && err.contains(range),
+            "{all:?}: {err}"
+        );
+    }
+    for (args, option, range) in [
+        (
+            vec![
+                "delay",
+                "--reference",
+                "a",
+                "--recording",
+                "b",
+                "--max-lag-ms",
+                "1e12",
+            ],
+            "--max-lag-ms",
+            "0 to 60000",
+        ),
+        (
+            vec![
+                "delay",
+                "--reference",
+                "a",
+                "--recording",
+                "b",
+                "--max-lag-ms=-inf",
+            ],
+            "--max-lag-ms",
+            "0 to 60000",
+        ),
+        (
+            vec!["receiver", "--name", "tv", "--check-seconds", "NaN"],
+            "--check-seconds",
+            "1 to 60",
+        ),
+        (
+            vec!["receiver", "--name", "tv", "--stream-port", "0"],
+            "--stream-port",
+            "1..=65535",
+        ),
+        (
+            vec!["demo", "--duration", "inf"],
+            "--duration",
+            "0.1 to 86400",
+        ),
+        (
+            vec![
+                "calibrate",
+                "--mqtt",
+                "mqtt://127.0.0.1:1",
+                "--timeout-s",
+                "1e300",
+            ],
+            "--timeout-s",
+            "0.1 to 3600",
+        ),
+    ] {
+        let (ok, err) = syncstream(&args);
+        assert!(!ok, "{args:?} started");
+        assert!(
+            err.contains(option) && err.contains(range),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// Issue 14: files are read with a size cap, so `/dev/zero` (or a huge file) fails at
+/// once with an error naming the file and the cap instead of eating all memory; a
+/// profiles folder that is a file is refused at start.
+#[test]
+fn outside_files_are_read_with_a_cap() {
+    for (args, what, cap) in [
+        (
+            vec!["receiver", "--name", "tv", "--profile", "/dev/zero"],
+            "profile /dev/zero",
+            "65536 bytes",
+        ),
+        (
+            vec!["sim", "--scenario", "/dev/zero", "--quiet"],
+            "scenario /dev/zero",
+            "1048576 bytes",
+        ),
+        (
+            vec!["calibrate", "--scenario", "/dev/zero", "--quiet"],
+            "scenario /dev/zero",
+            "1048576 bytes",
+        ),
+        (
+            vec!["demo", "--scenario", "/dev/zero", "--quiet"],
+            "scenario /dev/zero",
+            "1048576 bytes",
+        ),
+        (
+            vec!["service", "receiver", "--config", "/dev/zero"],
+            "configuration file /dev/zero",
+            "65536 bytes",
+        ),
+        (
+            vec!["release", "public-key", "--secret", "/dev/zero"],
+            "secret key file /dev/zero",
+            "4096 bytes",
+        ),
+        (
+            vec![
+                "release",
+                "verify",
+                "--public-key",
+                &"0".repeat(64),
+                "/dev/zero",
+            ],
+            "bundle /dev/zero",
+            "bytes",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let (ok, err) = syncstream_within(&args, std::time::Duration::from_secs(20));
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(what) && err.contains(cap), "{args:?}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let (ok, err) = syncstream(&[
+        "transmitter",
+        "--source",
+        "tone",
+        "--profiles-dir",
+        file.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--profiles-dir") && err.contains("not a folder"),
+        "{err}"
+    );
 }

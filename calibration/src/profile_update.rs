@@ -102,7 +102,7 @@ pub fn apply_record(
     let meta = std::fs::metadata(path).map_err(|e| {
         CalibrationError::Profile(syncstream_shared::profile::ProfileError::Read {
             path: path.display().to_string(),
-            source: e,
+            error: e,
         })
     })?;
     if meta.permissions().readonly() {

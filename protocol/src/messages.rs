@@ -355,10 +355,11 @@ pub struct CalibrationResult {
 pub struct Status {
     /// Device name.
     pub device: String,
-    /// `playing`, `starved` (connected or not, the audio ran out), `stopped`,
-    /// `connecting` (no audio yet), `error` (see `reason`) or `offline` (the last will).
+    /// `playing`, `muted` (playing silence: the device or its group is muted),
+    /// `starved` (connected or not, the audio ran out), `stopped`, `connecting` (no
+    /// audio yet), `error` (see `reason`) or `offline` (the last will).
     pub state: String,
-    /// Why the state is `error` or `starved`, in words.
+    /// Why the state is `error`, `starved`, `muted` or `stopped`, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Buffer offset in effect, ms.

@@ -10,7 +10,9 @@
 //! `|rate| × (EXTRAPOLATE_S + DECAY_S)` (20 ms at the largest rate) past its last
 //! update. An incoming offset is checked against the [`OffsetLimits`] of the stream's
 //! playout delay and against the receiver's estimate of transmitter time
-//! ([`OffsetRamp::from_message`]).
+//! ([`OffsetRamp::from_message`]), and its rate is lowered where following it would
+//! carry the offset out of those limits ([`OffsetRamp::bounded`]): whatever the
+//! controller (or anyone on MQTT) sends, the playout never reads outside its buffer.
 
 use syncstream_protocol::messages::BufferOffset;
 use syncstream_shared::limits::{OffsetLimits, MAX_OFFSET_RATE_MS_PER_S};
@@ -80,9 +82,42 @@ impl OffsetRamp {
         self.rate_ms_per_s * fraction
     }
 
+    /// This ramp kept inside `limits` wherever it is followed: the offset is clamped
+    /// into them, and the rate is lowered so that the extrapolated offset stays inside
+    /// for the whole extrapolation (from [`EXTRAPOLATE_S`] before the reference time to
+    /// `EXTRAPOLATE_S + DECAY_S` after it), so the playout never reads outside its
+    /// buffer. A non-finite rate or reference time gives a constant offset.
+    pub fn bounded(self, limits: &OffsetLimits) -> Self {
+        let offset_ms = limits.clamp(self.offset_ms);
+        let rate = self.rate_ms_per_s;
+        if rate == 0.0 || !rate.is_finite() || !self.ref_us.is_finite() {
+            return Self::constant(offset_ms);
+        }
+        // The offset moves at most `rate·(H + τ)` ahead of its reference time and
+        // `rate·H` back before it (see `progress`).
+        let (room_ahead, room_back) = if rate > 0.0 {
+            (limits.max_ms - offset_ms, offset_ms - limits.min_ms)
+        } else {
+            (offset_ms - limits.min_ms, limits.max_ms - offset_ms)
+        };
+        let max_rate = (room_ahead / (EXTRAPOLATE_S + DECAY_S))
+            .min(room_back / EXTRAPOLATE_S)
+            .max(0.0);
+        let rate_ms_per_s = rate.signum() * rate.abs().min(max_rate);
+        if rate_ms_per_s == 0.0 {
+            return Self::constant(offset_ms);
+        }
+        Self {
+            offset_ms,
+            rate_ms_per_s,
+            ref_us: self.ref_us,
+        }
+    }
+
     /// The ramp a controller message asks for, checked: a non-finite offset is an
     /// error; an offset outside `limits` is clamped (the message says so); a rate is
-    /// bounded by [`MAX_OFFSET_RATE_MS_PER_S`]; and a rate whose reference time is
+    /// bounded by [`MAX_OFFSET_RATE_MS_PER_S`] and so that the offset it leads to stays
+    /// within `limits` ([`OffsetRamp::bounded`]); and a rate whose reference time is
     /// unknown, more than [`MAX_REF_DISTANCE_US`] from `now_tx_us` (a retained offset
     /// from long ago, or a forged one), or not given is dropped: the offset is then
     /// held constant. `now_tx_us` is the receiver's estimate of transmitter time now,
@@ -132,11 +167,22 @@ impl OffsetRamp {
                 None => rate = 0.0,
             }
         }
-        let ramp = Self {
+        let asked = Self {
             offset_ms,
             rate_ms_per_s: rate,
             ref_us: if rate == 0.0 { 0.0 } else { ref_us },
         };
+        let ramp = asked.bounded(limits);
+        if ramp.rate_ms_per_s != asked.rate_ms_per_s {
+            notes.push(format!(
+                "rate {} ms/s lowered to {} ms/s: followed for {} s it would leave {} to {} ms",
+                asked.rate_ms_per_s,
+                ramp.rate_ms_per_s,
+                EXTRAPOLATE_S + DECAY_S,
+                limits.min_ms,
+                limits.max_ms
+            ));
+        }
         Ok((ramp, (!notes.is_empty()).then(|| notes.join("; "))))
     }
 }
@@ -198,6 +244,17 @@ mod tests {
         }
         let (r, _) = OffsetRamp::from_message(&msg(5.0, 40.0, 5e9 as i64), &l, now).unwrap();
         assert_eq!(r.rate_ms_per_s, MAX_OFFSET_RATE_MS_PER_S);
+        // A rate that would carry the offset out of the buffer is lowered: the offset
+        // in effect stays inside the limits at every time.
+        for (offset, rate) in [(945.0, 1.0), (-45.0, -1.0), (950.0, 0.5), (-50.0, -0.5)] {
+            let (r, note) =
+                OffsetRamp::from_message(&msg(offset, rate, 5e9 as i64), &l, now).unwrap();
+            assert!(note.unwrap().contains("lowered"), "{offset} {rate}");
+            for k in -100..=100 {
+                let o = r.at_ms(5e9 + k as f64 * 1e6);
+                assert!(l.contains(o), "{offset} {rate} at {k} s: {o}");
+            }
+        }
         // Without clock sync the rate cannot be placed in time.
         let (r, _) = OffsetRamp::from_message(&msg(5.0, 0.2, 5e9 as i64), &l, None).unwrap();
         assert_eq!(r.rate_ms_per_s, 0.0);

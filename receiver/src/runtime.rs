@@ -83,12 +83,13 @@ impl Receiver {
     }
 
     /// Whether the receiver is online and playing (streaming, and its status says
-    /// `playing`), for health checks; the closure can be called from any thread.
+    /// `playing`, or `muted`: muted by the user, it plays silence in sync), for health
+    /// checks; the closure can be called from any thread.
     pub fn health_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
         let snapshot = self.snapshot.clone();
         move || {
             let s = snapshot.borrow();
-            s.connected && s.state == "playing"
+            s.connected && (s.state == "playing" || s.state == "muted")
         }
     }
 

@@ -50,6 +50,25 @@ pub fn read_capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Reads a file the user named, `what` it is (`"scenario"`, `"configuration file"`),
+/// at most `limit` bytes: [`read_capped`] with an error that says what, which file and
+/// why, e.g. `cannot read scenario /dev/zero: larger than the limit of 1048576 bytes`.
+///
+/// Errors: the file cannot be opened or read, or it is longer than `limit` bytes (then
+/// it fails after reading `limit + 1` bytes, so `/dev/zero` or a huge file fails fast).
+pub fn read_input(path: &Path, limit: u64, what: &str) -> anyhow::Result<Vec<u8>> {
+    read_capped(path, limit)
+        .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
+}
+
+/// [`read_input`] of a UTF-8 text file.
+///
+/// Errors: as [`read_input`], or the file is not UTF-8 (named).
+pub fn read_input_string(path: &Path, limit: u64, what: &str) -> anyhow::Result<String> {
+    String::from_utf8(read_input(path, limit, what)?)
+        .map_err(|e| anyhow::anyhow!("{what} {} is not UTF-8 text: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +100,12 @@ mod tests {
             .to_string()
             .contains("99 bytes"));
         assert!(read_capped(Path::new("/dev/zero"), 1 << 16).is_err());
+        let e = read_input(Path::new("/dev/zero"), 1 << 16, "scenario").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read scenario /dev/zero: larger than the limit of 65536 bytes"
+        );
+        let e = read_input(&dir.path().join("none"), 10, "scenario").unwrap_err();
+        assert!(e.to_string().contains("none: No such file"), "{e}");
     }
 }

@@ -93,12 +93,12 @@ pub const SPEED_OF_SOUND_M_S: f64 = 343.0;
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     /// The file could not be read.
-    #[error("cannot read profile {path}: {source}")]
+    #[error("cannot read profile {path}: {error}")]
     Read {
         /// File.
         path: String,
-        /// Cause.
-        source: std::io::Error,
+        /// Cause (a missing file, or one over [`MAX_PROFILE_BYTES`]).
+        error: std::io::Error,
     },
     /// The file is not a valid profile.
     #[error("invalid profile {path}: {reason}")]
@@ -182,10 +182,10 @@ impl DeviceProfile {
 
     /// Loads a profile from a JSON file. Errors name the file and the reason.
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
-        let text = crate::fsutil::read_capped(path, MAX_PROFILE_BYTES).map_err(|source| {
+        let text = crate::fsutil::read_capped(path, MAX_PROFILE_BYTES).map_err(|error| {
             ProfileError::Read {
                 path: path.display().to_string(),
-                source,
+                error,
             }
         })?;
         Self::from_json(&path.display().to_string(), &text)

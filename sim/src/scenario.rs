@@ -149,6 +149,9 @@ fn range(field: String, v: f64, lo: f64, hi: f64) -> Result<(), String> {
     }
 }
 
+/// Largest scenario file, bytes (the shipped ones are a few kB).
+pub const MAX_SCENARIO_BYTES: u64 = 1024 * 1024;
+
 impl Scenario {
     /// The largest playout delay of the run, ms: `max_playout_delay_ms` (default and
     /// at most 10000), not below `playout_delay_ms`.
@@ -159,10 +162,9 @@ impl Scenario {
             .max(self.playout_delay_ms)
     }
 
-    /// Loads and checks a scenario; relative paths are resolved against its folder.
+    /// Loads and checks a scenario (at most [`MAX_SCENARIO_BYTES`]); relative paths are resolved against its folder.
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
-        let text = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("cannot read scenario {}: {e}", path.display()))?;
+        let text = syncstream_shared::fsutil::read_input(path, MAX_SCENARIO_BYTES, "scenario")?;
         let de = &mut serde_json::Deserializer::from_slice(&text);
         let mut s: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();

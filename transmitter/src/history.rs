@@ -74,7 +74,11 @@ struct Run {
     side: f64,
 }
 
-/// Settled-offset history per device; see the module docs.
+/// Most devices whose history (and profile) is kept at once (the controller's bound).
+pub use crate::controller::MAX_DEVICES;
+
+/// Settled-offset history per device, for at most [`MAX_DEVICES`] devices (the one
+/// fed longest ago is forgotten first); see the module docs.
 #[derive(Debug, Default, Clone)]
 pub struct OffsetHistory {
     cfg: HistoryConfig,
@@ -117,6 +121,18 @@ impl OffsetHistory {
             return None;
         }
         let cfg = self.cfg.clone();
+        if !self.runs.contains_key(device) && self.runs.len() >= MAX_DEVICES {
+            // Bounded: the run last fed longest ago makes room (drift reports for
+            // thousands of made-up devices must not all be kept).
+            if let Some(stalest) = self
+                .runs
+                .iter()
+                .min_by_key(|(_, r)| r.samples.back().map_or(i64::MIN, |s| s.0))
+                .map(|(d, _)| d.clone())
+            {
+                self.runs.remove(&stalest);
+            }
+        }
         let run = self.runs.entry(device.to_string()).or_default();
         let dev = offset_ms - base_latency_ms;
         if dev.abs() <= cfg.threshold_ms {
@@ -197,6 +213,10 @@ impl ProfileKeeper {
     ) -> Result<Option<ProfileChange>, String> {
         if device.is_empty() || device.contains(['/', '\\']) || device.starts_with('.') {
             return Err(format!("'{device}' cannot name a profile file"));
+        }
+        if !self.bases.contains_key(device) && self.bases.len() >= MAX_DEVICES {
+            // Bounded: forget one (it is read again from its file if it reports again).
+            self.bases.pop_first();
         }
         let base = match self.bases.get(device) {
             Some(Ok(b)) => *b,
@@ -386,5 +406,22 @@ mod tests {
             r#"{"type":"bluetooth","base_latency_ms":200}"#
         );
         assert!(k.observe("../x", 0, 1.0).is_err());
+    }
+
+    /// Issue 14: settled offsets of thousands of made-up devices are not all kept.
+    #[test]
+    fn histories_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut k = ProfileKeeper::new(dir.path().to_path_buf(), HistoryConfig::default());
+        for n in 0..2000 {
+            let _ = k.observe(&format!("fake{n}"), n, 80.0);
+        }
+        assert!(k.bases.len() <= MAX_DEVICES, "{}", k.bases.len());
+        let mut h = OffsetHistory::new(HistoryConfig::default());
+        for n in 0..2000 {
+            h.observe(&format!("fake{n}"), n, 80.0, 70.0);
+        }
+        assert_eq!(h.runs.len(), MAX_DEVICES);
+        assert!(h.runs.contains_key("fake1999") && !h.runs.contains_key("fake0"));
     }
 }

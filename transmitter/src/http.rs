@@ -11,6 +11,11 @@
 //! - `GET /api/v1/status`: JSON with the buffer span, the playout delay in effect
 //!   (`playout_delay`: `ms`, `max_ms`, and `grown_for`, the device whose output latency
 //!   made it grow), connected receivers and the sync controller's per-device state.
+//!
+//! [`serve`] bounds what a client can hold: a request head must arrive within
+//! [`HEADER_READ_TIMEOUT`] (idle and half-open connections are closed after it) and
+//! hold at most [`MAX_HEADER_BYTES`]; a body at most [`MAX_REQUEST_BODY_BYTES`]; a
+//! request at most [`REQUEST_TIMEOUT`]; at most [`MAX_CONNECTIONS`] connections.
 
 use std::sync::{Arc, Mutex};
 
@@ -171,6 +176,73 @@ async fn status(State(st): State<HttpState>) -> Response {
         "devices": devices,
     }))
     .into_response()
+}
+
+/// How long a client may take to send a request's head; also how long an idle
+/// keep-alive connection (or one that never sends anything) stays open.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a request may take, its body included (a slow body gets 408).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Largest request body, bytes (bigger ones get 413 before they are read); the
+/// control API's own limit ([`crate::control::error::MAX_BODY_BYTES`]) is below it.
+pub const MAX_REQUEST_BODY_BYTES: usize = 256 * 1024;
+/// Largest request head (request line and headers), bytes.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most HTTP connections open at once (WebSockets included); more are closed at once.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// `app` with the request limits: [`MAX_REQUEST_BODY_BYTES`] and [`REQUEST_TIMEOUT`].
+pub fn with_limits(app: Router) -> Router {
+    app.layer(axum::middleware::from_fn(request_timeout))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
+}
+
+async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request took longer than {REQUEST_TIMEOUT:?}"),
+        ),
+    }
+}
+
+/// Serves `app` (see [`with_limits`]) on `listener` over HTTP/1.1 with WebSocket
+/// upgrades, forever: a connection must send each request head within
+/// [`HEADER_READ_TIMEOUT`] (so idle and half-open connections are closed), a head may
+/// hold at most [`MAX_HEADER_BYTES`], and at most [`MAX_CONNECTIONS`] are open.
+///
+/// Errors: none; a failed accept is logged and retried.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors, say: wait a little rather than spin.
+                tracing::warn!("HTTP: cannot accept a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "HTTP: {MAX_CONNECTIONS} connections open; closing a new one");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_header_size(MAX_HEADER_BYTES);
+            if let Err(e) = builder.serve_connection(io, service).with_upgrades().await {
+                tracing::debug!(%peer, "HTTP connection: {e}");
+            }
+        });
+    }
 }
 
 /// The router with every route.

@@ -384,11 +384,10 @@ pub async fn start_streams(
         tokio::spawn(updates::announce(broker.clone(), dir.clone()));
     }
     tasks.push(stream_task);
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app).await {
-            tracing::error!("HTTP server stopped: {e}");
-        }
-    }));
+    tasks.push(tokio::spawn(http::serve(
+        http_listener,
+        http::with_limits(app),
+    )));
 
     tracing::info!(%stream_addr, %http_addr, %broker, "transmitter running");
     Ok(Transmitter {

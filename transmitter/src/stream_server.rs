@@ -39,6 +39,11 @@ use crate::playout_delay::PlayoutDelay;
 
 /// The stream receivers play unless told otherwise (the transmitter's `--source`).
 pub const DEFAULT_STREAM: &str = "default";
+/// Most receivers streaming at once (the controller's bound on devices).
+pub const MAX_RECEIVERS: usize = crate::controller::MAX_DEVICES;
+/// Most stream and clock connections open at once (each receiver has two); more are
+/// closed at once.
+pub const MAX_CONNECTIONS: usize = 4 * MAX_RECEIVERS;
 /// How long a new connection may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A receiver that sends nothing for this long is dropped.
@@ -285,7 +290,8 @@ impl Directory {
 
     /// Registers a receiver that said hello as `device`/`instance` from `peer`.
     ///
-    /// Errors: another instance streams under that name (the message says from where).
+    /// Errors: another instance streams under that name (the message says from where),
+    /// or [`MAX_RECEIVERS`] others stream already.
     fn register(
         &self,
         device: &str,
@@ -293,6 +299,11 @@ impl Directory {
         peer: SocketAddr,
     ) -> Result<(u64, Arc<Notify>), String> {
         let mut clients = lock(&self.clients);
+        if !clients.contains_key(device) && clients.len() >= MAX_RECEIVERS {
+            return Err(format!(
+                "this transmitter already serves {MAX_RECEIVERS} receivers, the most it can"
+            ));
+        }
         if let Some(old) = clients.get(device) {
             if old.instance != instance {
                 return Err(format!(
@@ -342,6 +353,10 @@ pub async fn serve(listener: TcpListener, dir: Arc<Directory>, clock: Arc<dyn Cl
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((sock, peer)) if clients.len() >= MAX_CONNECTIONS => {
+                    warn!(%peer, "{MAX_CONNECTIONS} stream connections open; closing a new one");
+                    drop(sock);
+                }
                 Ok((sock, peer)) => {
                     let _ = sock.set_nodelay(true);
                     let dir = dir.clone();
@@ -581,5 +596,28 @@ async fn serve_clock(
             Ok(_) => debug!("ignoring an unexpected frame on a clock connection"),
             Err(e) => debug!("malformed frame on a clock connection: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: hellos under ever new names cannot register receivers without bound.
+    #[test]
+    fn receivers_are_bounded() {
+        let dir = Directory::new(Arc::new(PlayoutDelay::new(1000, 1000)));
+        let peer: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+        for k in 0..MAX_RECEIVERS {
+            dir.register(&format!("r{k}"), k as u64, peer).unwrap();
+        }
+        let e = dir.register("one-more", 1, peer).unwrap_err();
+        assert!(e.contains(&MAX_RECEIVERS.to_string()), "{e}");
+        // A known receiver reconnecting still gets in; and after one leaves, a new one.
+        dir.register("r3", 3, peer).unwrap();
+        let (connection, _) = dir.register("r4", 4, peer).unwrap();
+        dir.unregister("r4", connection);
+        dir.register("one-more", 1, peer).unwrap();
+        assert_eq!(dir.clients().len(), MAX_RECEIVERS);
     }
 }

@@ -281,4 +281,23 @@ mod tests {
         }
         assert!(s.controller().lock().unwrap().is_empty());
     }
+
+    /// Issue 14: drift reports for 2000 made-up devices (status 276 B → 353 KB before)
+    /// keep at most MAX_DEVICES in the controller, its status stays small, and a real
+    /// device reporting afterwards is tracked.
+    #[test]
+    fn made_up_devices_are_bounded() {
+        let mut s = service();
+        for k in 0..2000i64 {
+            let d = format!("fake{k}");
+            s.on_message(&format!("syncstream/drift/{d}"), &report(&d, 5.0, k), k);
+        }
+        let out = s.on_message("syncstream/drift/tv", &report("tv", 5.0, 3000), 3000);
+        assert_eq!(out.len(), 1, "the real device is answered");
+        let c = s.controller().lock().unwrap();
+        assert_eq!(c.len(), crate::controller::MAX_DEVICES);
+        assert!(c.device("tv").is_some());
+        let status = serde_json::to_vec(&c.snapshot()).unwrap();
+        assert!(status.len() < 128 * 1024, "{} bytes", status.len());
+    }
 }

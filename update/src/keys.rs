@@ -37,8 +37,7 @@ pub fn write_secret(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
 ///
 /// Errors: unreadable, or not 64 hex digits; the error names the path.
 pub fn read_secret(path: &Path) -> anyhow::Result<SigningKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the secret key file {}", path.display()))?;
+    let text = syncstream_shared::fsutil::read_input_string(path, 4096, "the secret key file")?;
     let bytes: [u8; 32] = hex::decode(text.trim())
         .ok()
         .and_then(|b| b.try_into().ok())

@@ -56,6 +56,9 @@ pub const POLL_INTERVAL_US: i64 = 20_000;
 pub const SYNC_INTERVAL_US: i64 = 50_000;
 /// Interval between status publications, µs.
 pub const STATUS_INTERVAL_US: i64 = 5_000_000;
+/// Shortest interval between two status publications made because the state changed
+/// (a receiver at the edge of running dry would otherwise publish every poll), µs.
+pub const STATUS_CHANGE_GAP_US: i64 = 1_000_000;
 /// Seconds of microphone audio kept.
 pub const MIC_HISTORY_S: f64 = 4.0;
 /// How long a source-window request may take, µs.
@@ -128,7 +131,8 @@ pub struct NodeCounters {
 pub struct NodeSnapshot {
     /// Device name.
     pub device: String,
-    /// The status's state (`playing`, `starved`, `connecting`, `stopped`, `error`).
+    /// The status's state (`playing`, `muted`, `starved`, `connecting`, `stopped`,
+    /// `error`).
     pub state: String,
     /// Offset asked for, ms (at its reference time).
     pub offset_ms: f64,
@@ -224,6 +228,8 @@ pub struct ReceiverNode {
     quiet_until_us: i64,
     // Status.
     next_status_us: i64,
+    /// The state last published, and when (local µs).
+    published_state: (&'static str, i64),
     counters: NodeCounters,
 }
 
@@ -292,6 +298,7 @@ impl ReceiverNode {
             tone_running: None,
             quiet_until_us: i64::MIN,
             next_status_us: now_us,
+            published_state: ("", i64::MIN),
             counters: NodeCounters::default(),
         };
         me.audio.send(ToRender::Offset(me.offset));
@@ -390,27 +397,51 @@ impl ReceiverNode {
         }
     }
 
+    /// The status's state: `error` (a refusal, a profile that does not fit, an output
+    /// that cannot play), `stopped` (a stop command), `starved` (the output asks for
+    /// audio the receiver does not have: the stream ran dry or the transmitter is
+    /// gone), `connecting` (nothing played yet), `muted` (the device or its group),
+    /// else `playing`.
+    fn state_name(&self, a: &AudioStatsSnapshot) -> &'static str {
+        if self.error.is_some() || self.output_error.is_some() {
+            "error"
+        } else if self.stopped {
+            "stopped"
+        } else if a.starved && a.frames > 0 && a.underruns > 0 {
+            "starved"
+        } else if !self.played {
+            "connecting"
+        } else if self.muted || self.group_muted {
+            "muted"
+        } else {
+            "playing"
+        }
+    }
+
+    /// The status's state ([`Self::state_name`]) and the reason for it, in words.
+    fn state(&self, a: &AudioStatsSnapshot) -> (&'static str, Option<String>) {
+        let state = self.state_name(a);
+        let reason = match state {
+            "error" => self.error.clone().or_else(|| self.output_error.clone()),
+            "stopped" => Some("stopped by a command".to_string()),
+            "starved" if self.connected() => Some("the audio stream ran dry".to_string()),
+            "starved" => {
+                Some("the transmitter is unreachable; the buffered audio ran out".to_string())
+            }
+            "muted" if self.muted => Some("the device is muted".to_string()),
+            "muted" => Some(format!("its group '{}' is muted", self.group)),
+            _ => None,
+        };
+        (state, reason)
+    }
+
     /// The status published on `syncstream/status/<device>` at local time `now_us`.
     pub fn status(&self, now_us: i64) -> Status {
-        let a = self.audio.stats().snapshot();
-        let (state, reason) = if let Some(e) = self.error.as_ref().or(self.output_error.as_ref()) {
-            ("error", Some(e.clone()))
-        } else if self.stopped {
-            ("stopped", None)
-        } else if a.starved && a.frames > 0 && a.underruns > 0 {
-            (
-                "starved",
-                Some(if self.connected() {
-                    "the audio stream ran dry".to_string()
-                } else {
-                    "the transmitter is unreachable; the buffered audio ran out".to_string()
-                }),
-            )
-        } else if !self.played {
-            ("connecting", None)
-        } else {
-            ("playing", None)
-        };
+        self.status_from(&self.audio.stats().snapshot(), now_us)
+    }
+
+    fn status_from(&self, a: &AudioStatsSnapshot, now_us: i64) -> Status {
+        let (state, reason) = self.state(a);
         Status {
             device: self.device.clone(),
             state: state.into(),
@@ -443,7 +474,11 @@ impl ReceiverNode {
         self.poll_stream(now_us, io);
         self.pump_audio();
         self.poll_measurements(now_us, io);
-        if now_us >= self.next_status_us {
+        let state = self.state_name(&self.audio.stats().snapshot());
+        let (published, at) = self.published_state;
+        if now_us >= self.next_status_us
+            || (state != published && now_us.saturating_sub(at) >= STATUS_CHANGE_GAP_US)
+        {
             self.publish_status(now_us, io);
         }
     }
@@ -477,7 +512,9 @@ impl ReceiverNode {
 
     fn publish_status(&mut self, now_us: i64, io: &mut impl ReceiverIo) {
         self.next_status_us = now_us + STATUS_INTERVAL_US;
-        let s = self.status(now_us);
+        let a = self.audio.stats().snapshot();
+        let s = self.status_from(&a, now_us);
+        self.published_state = (self.state_name(&a), now_us);
         match serde_json::to_vec(&s) {
             Ok(payload) => io.publish(
                 syncstream_protocol::messages::topics::status(&self.device),
@@ -534,12 +571,10 @@ impl ReceiverNode {
         }
     }
 
-    /// Sets the offset (clamped to the stream's limits) and tells the render callback.
+    /// Sets the offset (kept inside the stream's limits with its rate, see
+    /// [`OffsetRamp::bounded`]) and tells the render callback.
     fn set_offset(&mut self, ramp: OffsetRamp) {
-        let ramp = OffsetRamp {
-            offset_ms: self.limits.clamp(ramp.offset_ms),
-            ..ramp
-        };
+        let ramp = ramp.bounded(&self.limits);
         self.offset = ramp;
         self.audio.send(ToRender::Offset(ramp));
     }

@@ -717,3 +717,241 @@ fn a_44_1_khz_microphone_measures_delays_as_exactly_as_a_48_khz_one() {
         }
     }
 }
+
+/// A receiver node playing from a transmitter on the same clock: 20 ms PCM chunks sent
+/// 5 ms after their end, clock-sync requests answered at once (200 µs round trip),
+/// the output rendering 10 ms blocks. Time is simulated (µs).
+struct Playback {
+    n: ReceiverNode,
+    io: Recorder,
+    r: Renderer,
+    _c: Capturer,
+    /// Local time now, µs.
+    t: i64,
+    next_chunk: u64,
+    /// The transmitter sends audio.
+    sending: bool,
+    out: Vec<f32>,
+}
+
+impl Playback {
+    fn new() -> Self {
+        let (n, io, r, c) = streaming();
+        Self {
+            n,
+            io,
+            r,
+            _c: c,
+            t: 10,
+            next_chunk: 0,
+            sending: true,
+            out: vec![0.0; 960],
+        }
+    }
+
+    /// Runs for `seconds` of simulated time.
+    fn run(&mut self, seconds: f64) {
+        let end = self.t + (seconds * 1e6) as i64;
+        while self.t < end {
+            self.step();
+        }
+    }
+
+    /// Runs until `done` holds, for at most `seconds`; returns whether it held.
+    fn run_until(&mut self, seconds: f64, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+        let end = self.t + (seconds * 1e6) as i64;
+        while self.t < end {
+            self.step();
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn step(&mut self) {
+        self.t += 10_000;
+        let t = self.t;
+        if self.sending {
+            while (self.next_chunk as i64 + 1) * 20_000 + 5_000 <= t {
+                let payload: Vec<u8> = (0..3840u32).map(|i| (i * 7 % 251) as u8).collect();
+                let f = Frame::Audio {
+                    sample_index: self.next_chunk * 960,
+                    frames: 960,
+                    payload,
+                };
+                self.n
+                    .on_stream_frame(&f.encode().unwrap(), t, &mut self.io);
+                self.next_chunk += 1;
+            }
+        } else {
+            // A transmitter that comes back sends what it makes from then on.
+            self.next_chunk = (t as u64).saturating_sub(25_000) / 20_000;
+        }
+        self.n.poll(t, &mut self.io);
+        let requests: Vec<i64> = self
+            .io
+            .sent
+            .drain(..)
+            .filter_map(|f| match f {
+                Frame::TimeRequest { t1_us } => Some(t1_us),
+                _ => None,
+            })
+            .collect();
+        for t1 in requests {
+            let answer = Frame::TimeResponse {
+                t1_us: t1,
+                t2_us: t1 + 100,
+                t3_us: t1 + 100,
+            };
+            self.n
+                .on_stream_frame(&answer.encode().unwrap(), t1 + 200, &mut self.io);
+        }
+        self.r.render(&mut self.out, t);
+    }
+
+    fn underruns(&self) -> u64 {
+        self.n.snapshot().audio.underruns
+    }
+
+    fn state(&self) -> String {
+        self.io.last_status().state
+    }
+}
+
+/// Issue 14: `{"offset_ms":5,"rate_ms_per_s":1,"ref_us":-9223372036854775808}` on
+/// `syncstream/buffer_offset/<device>` made a receiver underrun a hundred times a second
+/// while its status said `playing`. Now the rate is dropped (its reference time is
+/// absurd) and any rate is bounded so the offset never leaves the buffer: playout goes
+/// on without an underrun.
+#[test]
+fn a_forged_offset_ramp_does_not_silence_the_receiver() {
+    let mut p = Playback::new();
+    p.run(3.0);
+    assert!(p.n.clock().mapping().is_some(), "clock sync");
+    assert!(p.run_until(6.0, |p| p.state() == "playing"));
+    let before = p.underruns();
+    let topic = topics::buffer_offset("tv");
+    for payload in [
+        &br#"{"offset_ms":5,"rate_ms_per_s":1,"ref_us":-9223372036854775808}"#[..],
+        br#"{"device":"tv","offset_ms":5,"rate_ms_per_s":1,"ref_us":-9223372036854775808}"#,
+    ] {
+        p.n.on_mqtt_message(&topic, payload, p.t, &mut p.io);
+    }
+    assert_eq!(p.n.offset(), OffsetRamp::constant(5.0));
+    // Then a legitimate-looking ramp at the top of the buffer: followed for 20 s at
+    // 1 ms/s it would reach 970 ms, past the 950 ms a 1000 ms playout delay allows.
+    let now_tx = p.n.clock().tx_from_local(p.t as f64).unwrap() as i64;
+    let edge = format!(r#"{{"device":"tv","offset_ms":945,"rate_ms_per_s":1,"ref_us":{now_tx}}}"#);
+    p.n.on_mqtt_message(&topic, edge.as_bytes(), p.t, &mut p.io);
+    let limits = OffsetLimits::for_playout_delay_ms(1000.0);
+    for k in -30..=60 {
+        let o = p.n.offset().at_ms(now_tx as f64 + k as f64 * 1e6);
+        assert!(
+            limits.contains(o),
+            "offset {o} ms at {k} s is outside the buffer"
+        );
+    }
+    // Back to the forged one; the receiver plays on.
+    p.n.on_mqtt_message(
+        &topic,
+        br#"{"device":"tv","offset_ms":5,"rate_ms_per_s":1,"ref_us":-9223372036854775808}"#,
+        p.t,
+        &mut p.io,
+    );
+    p.run(25.0);
+    assert_eq!(p.underruns(), before, "no underrun after the forged offset");
+    let s = p.io.last_status();
+    assert_eq!((s.state.as_str(), s.offset_ms), ("playing", 5.0));
+}
+
+/// Issue 14: the status says what the receiver really does: `starved` (with the
+/// reason) while it runs dry, published within a couple of seconds, `muted`, `stopped`
+/// and `error` with their reasons, and `playing` again when audio comes back.
+#[test]
+fn the_status_tells_the_truth() {
+    let mut p = Playback::new();
+    p.run(3.0);
+    assert_eq!(p.state(), "playing");
+    // The transmitter stops sending (connection up): the 1 s buffer runs out.
+    p.sending = false;
+    let stopped_at = p.t;
+    assert!(
+        p.run_until(5.0, |p| p.state() == "starved"),
+        "no 'starved' status while running dry: {:?}",
+        p.io.last_status()
+    );
+    assert!(
+        p.t - stopped_at < 3_000_000,
+        "starved published {} ms after the audio stopped",
+        (p.t - stopped_at) / 1000
+    );
+    let s = p.io.last_status();
+    assert_eq!(s.reason.as_deref(), Some("the audio stream ran dry"));
+    assert!(s.underruns > 0);
+    // It comes back.
+    p.sending = true;
+    assert!(
+        p.run_until(5.0, |p| p.state() == "playing"),
+        "{:?}",
+        p.io.last_status()
+    );
+    // The transmitter goes away: connection closed, buffer runs out.
+    p.n.on_stream_closed(p.t, "reset by peer", &mut p.io);
+    p.sending = false;
+    assert!(p.run_until(5.0, |p| p.state() == "starved"));
+    assert!(p
+        .io
+        .last_status()
+        .reason
+        .unwrap()
+        .contains("transmitter is unreachable"));
+    // Reconnected and streaming again.
+    p.n.on_stream_connected(p.t, &mut p.io);
+    p.n.on_stream_frame(&hello(1000), p.t, &mut p.io);
+    p.sending = true;
+    assert!(
+        p.run_until(10.0, |p| p.state() == "playing"),
+        "{:?}",
+        p.io.last_status()
+    );
+    // Muted: by command, then by its group.
+    let command = topics::command("tv");
+    p.n.on_mqtt_message(&command, br#"{"cmd":"mute"}"#, p.t, &mut p.io);
+    let s = p.io.last_status();
+    assert_eq!(
+        (s.state.as_str(), s.reason.as_deref(), s.muted),
+        ("muted", Some("the device is muted"), true)
+    );
+    p.n.on_mqtt_message(&command, br#"{"cmd":"unmute"}"#, p.t, &mut p.io);
+    assert_eq!(p.state(), "playing");
+    p.n.on_mqtt_message(
+        &topics::settings("tv"),
+        br#"{"device":"tv","group":"upstairs","stream":"default","volume":1,"muted":false,"group_volume":1,"group_muted":true}"#,
+        p.t,
+        &mut p.io,
+    );
+    let s = p.io.last_status();
+    assert_eq!(
+        (s.state.as_str(), s.reason.as_deref()),
+        ("muted", Some("its group 'upstairs' is muted"))
+    );
+    // Stopped, and started again.
+    p.n.on_mqtt_message(&command, br#"{"cmd":"stop"}"#, p.t, &mut p.io);
+    assert_eq!(p.state(), "stopped");
+    p.run(3.0);
+    assert_eq!(p.state(), "stopped", "a stopped receiver is not starved");
+    p.n.on_mqtt_message(&command, br#"{"cmd":"start"}"#, p.t, &mut p.io);
+    // An output that fails: error, with its reason.
+    p.n.on_output(
+        crate::output::OutputState {
+            error: Some("output hw:1 cannot be opened: busy; retried in 5 s".into()),
+            hardware_volume: false,
+        },
+        p.t,
+        &mut p.io,
+    );
+    let s = p.io.last_status();
+    assert_eq!(s.state, "error");
+    assert!(s.reason.unwrap().contains("hw:1 cannot be opened"));
+}

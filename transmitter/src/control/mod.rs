@@ -561,9 +561,14 @@ impl ControlPlane {
         self.emit(json!({ "type": "streams", "streams": streams["streams"] }));
     }
 
-    /// Every second: a `device` event per known device (the dashboard's liveness).
+    /// Every second: a `device` event per known device (the dashboard's liveness);
+    /// devices not heard from for a day are forgotten ([`state::LIVE_EXPIRY_US`]).
     pub fn tick(&self) {
-        let state = lock(&self.state);
+        let mut state = lock(&self.state);
+        let gone = state.expire(self.now_us());
+        if !gone.is_empty() {
+            tracing::info!("forgot {} device(s) not heard from for a day", gone.len());
+        }
         for d in state.devices() {
             self.emit_device(&state, &d);
         }

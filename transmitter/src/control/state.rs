@@ -23,8 +23,21 @@ pub const DEFAULT_GROUP: &str = "default";
 pub const MAX_GROUPS: usize = 64;
 /// Most devices remembered.
 pub const MAX_DEVICES: usize = 256;
+/// What was heard from a device not heard from for this long is forgotten, µs (a
+/// day); its settings stay.
+pub const LIVE_EXPIRY_US: i64 = 24 * 3600 * 1_000_000;
 /// A device without a status for this long is offline, µs (statuses come every 5 s).
 pub const ONLINE_TIMEOUT_US: i64 = 15_000_000;
+/// Longest text kept from a device's status or report (a reason, a version), chars.
+pub const MAX_TEXT_CHARS: usize = 300;
+
+/// Cuts `text` to [`MAX_TEXT_CHARS`] characters.
+fn cut(text: &mut String) {
+    if let Some((i, _)) = text.char_indices().nth(MAX_TEXT_CHARS) {
+        text.truncate(i);
+    }
+}
+
 /// Drift reports kept per device (an hour at one per 2.5 s).
 pub const HISTORY_REPORTS: usize = 1_500;
 
@@ -488,11 +501,19 @@ impl ControlState {
         json!({ "groups": groups })
     }
 
-    /// A device heard from (any message) at `now_us`; `false` when it is new and
-    /// there is no room for it (it is then ignored).
+    /// A device heard from (any message) at `now_us`. At most [`MAX_DEVICES`] are
+    /// kept: a new one makes room by forgetting the one heard from longest ago (so
+    /// made-up devices cannot lock real ones out, and do not pile up). Returns `true`.
     fn heard(&mut self, device: &str, now_us: i64) -> bool {
         if !self.live.contains_key(device) && self.live.len() >= MAX_DEVICES {
-            return false;
+            if let Some(stalest) = self
+                .live
+                .iter()
+                .min_by_key(|(_, l)| l.last_seen_us.unwrap_or(i64::MIN))
+                .map(|(d, _)| d.clone())
+            {
+                self.live.remove(&stalest);
+            }
         }
         self.live
             .entry(device.to_string())
@@ -501,8 +522,21 @@ impl ControlState {
         true
     }
 
-    /// A receiver's status arrived at `now_us`. Returns whether the device is new.
-    pub fn on_status(&mut self, status: Status, now_us: i64) -> bool {
+    /// A receiver's status arrived at `now_us` (its texts cut to [`MAX_TEXT_CHARS`]).
+    /// Returns whether the device is new.
+    pub fn on_status(&mut self, mut status: Status, now_us: i64) -> bool {
+        for text in [
+            status.reason.as_mut(),
+            Some(&mut status.output),
+            status.version.as_mut(),
+            status.stream.as_mut(),
+            status.group.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            cut(text);
+        }
         let new = !self.live.contains_key(&status.device);
         let device = status.device.clone();
         if !self.heard(&device, now_us) {
@@ -514,9 +548,12 @@ impl ControlState {
         new
     }
 
-    /// A drift report arrived at `now_us`; `adjust_ms` is the device's manual
-    /// adjustment. Returns whether the device is new.
-    pub fn on_report(&mut self, report: DriftReport, now_us: i64, adjust_ms: f64) -> bool {
+    /// A drift report arrived at `now_us` (its reason cut to [`MAX_TEXT_CHARS`]);
+    /// `adjust_ms` is the device's manual adjustment. Returns whether the device is new.
+    pub fn on_report(&mut self, mut report: DriftReport, now_us: i64, adjust_ms: f64) -> bool {
+        if let Some(r) = report.reason.as_mut() {
+            cut(r);
+        }
         let new = !self.live.contains_key(&report.device);
         let device = report.device.clone();
         if !self.heard(&device, now_us) {
@@ -540,6 +577,24 @@ impl ControlState {
         new
     }
 
+    /// Forgets what was heard from devices not heard from for [`LIVE_EXPIRY_US`] at
+    /// `now_us` (their settings stay); returns their names.
+    pub fn expire(&mut self, now_us: i64) -> Vec<String> {
+        let old: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, l)| {
+                l.last_seen_us
+                    .is_none_or(|t| now_us.saturating_sub(t) > LIVE_EXPIRY_US)
+            })
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in &old {
+            self.live.remove(d);
+        }
+        old
+    }
+
     /// The controller published `offset`.
     pub fn on_offset(&mut self, offset: BufferOffset) {
         if let Some(l) = self.live.get_mut(&offset.device) {
@@ -549,8 +604,9 @@ impl ControlState {
 
     /// Targets from a `syncstream/config` push.
     pub fn on_config(&mut self, targets: BTreeMap<String, String>) {
-        for (d, t) in targets {
+        for (d, mut t) in targets {
             if let Some(l) = self.live.get_mut(&d) {
+                cut(&mut t);
                 l.target = Some(t);
             }
         }
@@ -712,6 +768,74 @@ mod tests {
             h[1].residual_ms, None,
             "doubtful estimates have no residual"
         );
+    }
+
+    /// Issue 14: drift reports and statuses for 2000 made-up devices are not all
+    /// kept; a real device that comes after them is tracked; old ones expire.
+    #[test]
+    fn made_up_devices_are_bounded_and_expire() {
+        let mut s = ControlState::default();
+        let report = |d: &str, t: i64| DriftReport {
+            device: d.into(),
+            drift_ms: Some(0.5),
+            confidence: 0.9,
+            signal_strength_db: -30.0,
+            ts_us: t,
+            applied_offset_ms: 10.0,
+            reason: None,
+            step: false,
+            uncertainty_ms: None,
+        };
+        for k in 0..2000i64 {
+            let d = format!("fake{k}");
+            s.on_report(report(&d, k), k, 0.0);
+            s.on_status(
+                Status {
+                    device: d,
+                    state: "playing".into(),
+                    ..Default::default()
+                },
+                k,
+            );
+        }
+        assert_eq!(s.live.len(), MAX_DEVICES);
+        // Long texts are cut.
+        s.on_status(
+            Status {
+                device: "fake1999".into(),
+                state: "error".into(),
+                reason: Some("ü".repeat(100_000)),
+                version: Some("v".repeat(100_000)),
+                ..Default::default()
+            },
+            2000,
+        );
+        let (st, _) = s.live["fake1999"].status.as_ref().unwrap();
+        assert_eq!(st.reason.as_ref().unwrap().chars().count(), MAX_TEXT_CHARS);
+        assert_eq!(st.version.as_ref().unwrap().len(), MAX_TEXT_CHARS);
+        assert!(s.on_report(report("kitchen", 5000), 5000, 0.0), "new");
+        assert!(s.live.contains_key("kitchen") && s.live.len() == MAX_DEVICES);
+        assert!(!s.live.contains_key("fake0"), "the stalest went");
+        let api = serde_json::to_vec(
+            &s.devices()
+                .iter()
+                .map(|d| s.device_json(d, 5000, false))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert!(api.len() < 200 * 1024, "{} bytes", api.len());
+        // A day later only what was heard since is kept.
+        s.on_status(
+            Status {
+                device: "kitchen".into(),
+                state: "playing".into(),
+                ..Default::default()
+            },
+            LIVE_EXPIRY_US + 10_000,
+        );
+        let gone = s.expire(LIVE_EXPIRY_US + 10_000);
+        assert_eq!(gone.len(), MAX_DEVICES - 1);
+        assert_eq!(s.live.keys().collect::<Vec<_>>(), ["kitchen"]);
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod pcm;
 mod pipe;
 mod process;
 mod resample;
+pub use resample::{MAX_SOURCE_RATE_HZ, MIN_SOURCE_RATE_HZ};
 mod tone;
 pub mod uri;
 

@@ -48,6 +48,11 @@ pub fn fold_to_stereo(input: &[f32], channels: usize, out: &mut Vec<f32>) {
     }
 }
 
+/// Lowest source sample rate, Hz.
+pub const MIN_SOURCE_RATE_HZ: u32 = 1_000;
+/// Highest source sample rate, Hz.
+pub const MAX_SOURCE_RATE_HZ: u32 = 768_000;
+
 /// Converts a stream of interleaved stereo blocks at `from_hz` to interleaved
 /// stereo at [`STREAM_SAMPLE_RATE`]. The resampler's delay is trimmed, so output
 /// frame `k` lines up with input time `k / 48 kHz`, and [`StreamResampler::finish`]
@@ -66,9 +71,15 @@ pub struct StreamResampler {
 
 impl StreamResampler {
     /// A converter from stereo at `from_hz` (Hz) to stereo at 48 kHz.
+    ///
+    /// Errors: `from_hz` outside [`MIN_SOURCE_RATE_HZ`]..=[`MAX_SOURCE_RATE_HZ`] (the
+    /// message gives the range), or the resampler cannot be built.
     pub fn new(from_hz: u32) -> anyhow::Result<Self> {
-        if from_hz == 0 {
-            return Err(anyhow!("cannot resample from 0 Hz"));
+        if !(MIN_SOURCE_RATE_HZ..=MAX_SOURCE_RATE_HZ).contains(&from_hz) {
+            return Err(anyhow!(
+                "cannot resample from {from_hz} Hz (sources may have {MIN_SOURCE_RATE_HZ} to \
+                 {MAX_SOURCE_RATE_HZ} Hz)"
+            ));
         }
         let rs = if from_hz == STREAM_SAMPLE_RATE {
             None

@@ -58,6 +58,7 @@ pub const SYNC_INTERVAL_US: i64 = 50_000;
 pub const STATUS_INTERVAL_US: i64 = 5_000_000;
 /// Shortest interval between two status publications made because the state changed
 /// (a receiver at the edge of running dry would otherwise publish every poll), µs.
+/// Every change but the routine start (`connecting` → `playing`) is published so.
 pub const STATUS_CHANGE_GAP_US: i64 = 1_000_000;
 /// Seconds of microphone audio kept.
 pub const MIC_HISTORY_S: f64 = 4.0;
@@ -476,8 +477,11 @@ impl ReceiverNode {
         self.poll_measurements(now_us, io);
         let state = self.state_name(&self.audio.stats().snapshot());
         let (published, at) = self.published_state;
+        // A change is published at once, except the routine start (connecting →
+        // playing), which the next regular status reports.
+        let changed = state != published && !(published == "connecting" && state == "playing");
         if now_us >= self.next_status_us
-            || (state != published && now_us.saturating_sub(at) >= STATUS_CHANGE_GAP_US)
+            || (changed && now_us.saturating_sub(at) >= STATUS_CHANGE_GAP_US)
         {
             self.publish_status(now_us, io);
         }

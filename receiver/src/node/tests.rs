@@ -871,8 +871,9 @@ fn a_forged_offset_ramp_does_not_silence_the_receiver() {
 #[test]
 fn the_status_tells_the_truth() {
     let mut p = Playback::new();
-    p.run(3.0);
-    assert_eq!(p.state(), "playing");
+    // Playing is reported by the regular status (every 5 s).
+    assert!(p.run_until(6.0, |p| p.state() == "playing"));
+    p.run(1.0);
     // The transmitter stops sending (connection up): the 1 s buffer runs out.
     p.sending = false;
     let stopped_at = p.t;

@@ -9,7 +9,15 @@
 
 use std::path::Path;
 
-use syncstream_sim::{run_scenario, Scenario};
+use syncstream_sim::{run_scenario, Report, Scenario};
+
+/// First second (from the start) at which every pair is within 1 ms.
+fn first_in_sync_s(r: &Report) -> usize {
+    r.pairwise_max_per_s
+        .iter()
+        .position(|m| m.is_some_and(|m| m <= 1.0))
+        .expect("the devices never got within 1 ms")
+}
 
 #[test]
 fn a_cast_device_and_a_reconnecting_bluetooth_speaker_stay_in_sync_with_an_analog_one() {
@@ -18,12 +26,7 @@ fn a_cast_device_and_a_reconnecting_bluetooth_speaker_stay_in_sync_with_an_analo
     let s = Scenario::load(&path).unwrap();
     let r = run_scenario(&s, &mut |_, _| {}).unwrap();
     let figures = || serde_json::to_string_pretty(&r.events).unwrap();
-    // First second (from the start) at which every pair is within 1 ms.
-    let first_in_sync = r
-        .pairwise_max_per_s
-        .iter()
-        .position(|m| m.is_some_and(|m| m <= 1.0))
-        .expect("the devices never got within 1 ms");
+    let first_in_sync = first_in_sync_s(&r);
     assert!(
         first_in_sync <= 15,
         "first in sync after {first_in_sync} s: {:?}",
@@ -66,11 +69,7 @@ fn the_playout_delay_grows_for_a_cast_device_and_the_house_syncs() {
     let r = run_scenario(&s, &mut |_, _| {}).unwrap();
     let figures = || serde_json::to_string_pretty(&r.events).unwrap();
     assert_eq!(r.playout_delay_ms, 2900.0);
-    let first_in_sync = r
-        .pairwise_max_per_s
-        .iter()
-        .position(|m| m.is_some_and(|m| m <= 1.0))
-        .expect("the devices never got within 1 ms");
+    let first_in_sync = first_in_sync_s(&r);
     assert!(
         first_in_sync <= 20,
         "first in sync after {first_in_sync} s: {:?}",

@@ -335,19 +335,30 @@ fn announce_playout_delay(
         return Ok(());
     }
     world.announced_ms = now_ms;
-    let hello = world.hello()?;
-    let backlog = world.backlog();
     for (i, dev) in devices.iter_mut().enumerate() {
-        if !dev.served || !dev.stream_open {
-            continue;
+        if dev.served && dev.stream_open {
+            send_hello_and_backlog(world, i, dev, t)?;
         }
-        let c = dev.connection;
+    }
+    Ok(())
+}
+
+/// Sends device `i` on its connection, at `t`, the transmitter's hello and the recent
+/// chunks of the delay in effect (as a stream connection does after a hello or a
+/// growth of the delay).
+fn send_hello_and_backlog(
+    world: &mut World,
+    i: usize,
+    dev: &mut SimDevice,
+    t: i64,
+) -> anyhow::Result<()> {
+    let c = dev.connection;
+    let hello = world.hello()?;
+    let at = world.arrival(i, t, &mut dev.down);
+    world.push(at, Event::DeviceFrame(i, c, hello));
+    for chunk in world.backlog() {
         let at = world.arrival(i, t, &mut dev.down);
-        world.push(at, Event::DeviceFrame(i, c, hello.clone()));
-        for chunk in &backlog {
-            let at = world.arrival(i, t, &mut dev.down);
-            world.push(at, Event::DeviceFrame(i, c, chunk.frame.clone()));
-        }
+        world.push(at, Event::DeviceFrame(i, c, chunk.frame));
     }
     Ok(())
 }
@@ -376,7 +387,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
         net: DelayModel::new(&sc.network, sc.seed),
         broker: SimBroker::default(),
         broker_run: 1,
-        service: new_service(sc, &playout),
+        service: new_service(&playout),
         buffer: RollingBuffer::new(fs, BUFFER_SECONDS, epoch_us),
         epoch_us,
         codec_delay,
@@ -649,8 +660,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
 }
 
 /// A fresh sync service with the limits of `playout`'s delay, asking it to grow.
-fn new_service(sc: &Scenario, playout: &Arc<PlayoutDelay>) -> SyncService {
-    let _ = sc;
+fn new_service(playout: &Arc<PlayoutDelay>) -> SyncService {
     let controller = Arc::new(Mutex::new(SyncController::new(ControllerConfig {
         limits: playout.limits(),
         ..Default::default()
@@ -880,7 +890,7 @@ fn transmitter_back(
     for (name, d) in old {
         world.past_counts.entry(name).or_default().add(&d);
     }
-    world.service = new_service(sc, &world.playout);
+    world.service = new_service(&world.playout);
     world
         .broker
         .subscribe(CONTROLLER, &SyncService::subscriptions());
@@ -967,14 +977,7 @@ fn deliver(
                 Ok(hello @ Frame::ClientHello { .. }) => match check_hello(&hello) {
                     Ok(_) => {
                         devices[i].served = true;
-                        let h = world.hello()?;
-                        let at = world.arrival(i, at_us, &mut devices[i].down);
-                        world.push(at, Event::DeviceFrame(i, c, h));
-                        let backlog = world.backlog();
-                        for chunk in backlog {
-                            let at = world.arrival(i, at_us, &mut devices[i].down);
-                            world.push(at, Event::DeviceFrame(i, c, chunk.frame));
-                        }
+                        send_hello_and_backlog(world, i, &mut devices[i], at_us)?;
                     }
                     Err(reason) => {
                         if let Ok(b) = (Frame::Refused { reason }).encode() {

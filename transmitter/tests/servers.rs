@@ -27,6 +27,11 @@ fn tone() -> syncstream_transmitter::PullAudio {
 }
 
 async fn transmitter() -> Transmitter {
+    transmitter_with_buffer(2.0).await
+}
+
+/// A transmitter of [`tone`] on loopback (embedded broker) keeping `buffer_seconds`.
+async fn transmitter_with_buffer(buffer_seconds: f64) -> Transmitter {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -36,7 +41,7 @@ async fn transmitter() -> Transmitter {
         stream_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         mqtt: MqttMode::Embedded(([127, 0, 0, 1], port).into()),
-        buffer_seconds: 2.0,
+        buffer_seconds,
         ..Default::default()
     };
     start(cfg, tone(), Arc::new(MonotonicClock)).await.unwrap()
@@ -433,20 +438,8 @@ async fn a_group_move_switches_the_stream_on_the_same_connection() {
 /// refused to that receiver alone, with the numbers.
 #[tokio::test]
 async fn a_playout_delay_request_grows_the_delay_for_every_receiver() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = TransmitterConfig {
-        stream_addr: "127.0.0.1:0".parse().unwrap(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        mqtt: MqttMode::Embedded(([127, 0, 0, 1], port).into()),
-        // The delay may grow to the buffer less 3 s: 5 s.
-        buffer_seconds: 8.0,
-        ..Default::default()
-    };
-    let tx = start(cfg, tone(), Arc::new(MonotonicClock)).await.unwrap();
+    // The delay may grow to the buffer less 3 s: 5 s.
+    let tx = transmitter_with_buffer(8.0).await;
     // Bounded wait until 2.5 s of audio exist, so a 2.3 s backlog can be full.
     for _ in 0..1000 {
         let (_, newest) = tx.buffer.lock().unwrap().span_us();

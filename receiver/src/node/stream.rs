@@ -254,13 +254,11 @@ impl ReceiverNode {
         // below the announced playout delay, the transmitter is asked for more and
         // the next hello is awaited (the transmitter answers every connection with
         // one, or refuses saying why).
-        let now_tx = self.clock.tx_from_local(now_us as f64).unwrap_or(f64::NAN);
-        let known_ms = self.offset.at_ms(now_tx);
-        let latency_ms = if known_ms.is_finite() {
-            known_ms.max(self.profile.base_latency_ms)
-        } else {
-            self.profile.base_latency_ms
-        };
+        let latency_ms = self
+            .offset_now_ms(now_us)
+            .map_or(self.profile.base_latency_ms, |o| {
+                o.max(self.profile.base_latency_ms)
+            });
         if latency_ms > limits.max_ms {
             let need = OffsetLimits::playout_delay_needed_ms(latency_ms);
             let reason = format!(
@@ -295,14 +293,11 @@ impl ReceiverNode {
             // The playout delay changed (the transmitter grew it for some device):
             // until the microphone hears only audio played with the new delay, a
             // measurement would be off by the change.
-            let now_tx = self.clock.tx_from_local(now_us as f64).unwrap_or(f64::NAN);
-            let latency_ms = Some(self.offset.at_ms(now_tx))
-                .filter(|l| l.is_finite())
-                .map_or(0.0, |l| l.max(0.0));
-            let quiet_ms = self.drift_cfg.window_ms as i64
-                + SWITCH_QUIET_MS.max(latency_ms.min(1e5) as i64 + 500);
-            self.pending = None;
-            self.next_measure_us = self.next_measure_us.max(now_us + quiet_ms * 1000);
+            let latency_ms = self.offset_now_ms(now_us).map_or(0.0, |l| l.max(0.0));
+            self.skip_measurements_for_new_audio(
+                now_us,
+                SWITCH_QUIET_MS.max(latency_ms.min(1e5) as i64 + 500),
+            );
         }
         self.params = Some(params);
         self.log.clear();
@@ -411,13 +406,28 @@ impl ReceiverNode {
             );
         }
         self.last_epoch_us = Some(params.epoch_us);
-        self.pending = None;
-        let quiet_us = (self.drift_cfg.window_ms as i64 + SWITCH_QUIET_MS) * 1000;
-        self.next_measure_us = self.next_measure_us.max(now_us + quiet_us);
+        self.skip_measurements_for_new_audio(now_us, SWITCH_QUIET_MS);
         self.publish_status(now_us, io);
     }
 
     /// This receiver cannot play the stream: error state, and try again much later.
+    /// The offset in effect at local time `now_us`, ms (`None` before clock sync has a
+    /// mapping and the offset has a rate to follow).
+    fn offset_now_ms(&self, now_us: i64) -> Option<f64> {
+        let now_tx = self.clock.tx_from_local(now_us as f64).unwrap_or(f64::NAN);
+        Some(self.offset.at_ms(now_tx)).filter(|o| o.is_finite())
+    }
+
+    /// The output's audio changes from now on (another stream, another playout
+    /// delay): the measurement in flight is dropped, and the next waits until the
+    /// microphone window holds only the new audio, `output_latency_ms` after it
+    /// reached the output.
+    fn skip_measurements_for_new_audio(&mut self, now_us: i64, output_latency_ms: i64) {
+        self.pending = None;
+        let quiet_us = (self.drift_cfg.window_ms as i64 + output_latency_ms) * 1000;
+        self.next_measure_us = self.next_measure_us.max(now_us + quiet_us);
+    }
+
     fn refuse_stream(&mut self, reason: String, now_us: i64, io: &mut impl ReceiverIo) {
         self.error = Some(reason);
         self.link = Link::Down;

@@ -49,6 +49,23 @@ enum Command {
     Service(crate::service::ServiceArgs),
     /// Release keys and signed update bundles.
     Release(crate::release::ReleaseArgs),
+    /// The pairing key's credentials: the API token, an MQTT user's password, or the
+    /// key itself (to pair a receiver).
+    Key(KeyArgs),
+}
+
+#[derive(Args, Debug)]
+struct KeyArgs {
+    /// What to print: `token` (the HTTP API token), `mqtt-password` (the MQTT password
+    /// of --user, for a mosquitto password file) or `show` (the key, 64 hex digits).
+    #[arg(value_parser = ["token", "mqtt-password", "show"])]
+    what: String,
+    /// The MQTT user name (a receiver's device name, or syncstream-transmitter).
+    #[arg(long, required_if_eq("what", "mqtt-password"))]
+    user: Option<String>,
+    /// The key file (default: $SYNCSTREAM_KEY_FILE, else ~/.config/syncstream/pairing.key).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
 }
 
 #[cfg(feature = "transmitter")]
@@ -58,9 +75,17 @@ struct CalibrateArgs {
     /// Calibrate this simulator scenario's virtual room (JSON; see scenarios/).
     #[arg(long)]
     scenario: Option<PathBuf>,
-    /// Calibrate the live system on this broker (mqtt://host:port).
+    /// Calibrate the live system on this broker (mqtt://host:port); it logs in with the
+    /// pairing key of --key-file when there is one.
     #[arg(long)]
     mqtt: Option<BrokerUrl>,
+    /// The pairing key file (live; default: $SYNCSTREAM_KEY_FILE, else
+    /// ~/.config/syncstream/pairing.key).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The CA (PEM) that an `mqtts://` broker's certificate must chain to.
+    #[arg(long)]
+    mqtt_ca: Option<PathBuf>,
     /// Devices to calibrate, comma-separated (live; default: every device with a status).
     #[arg(long, value_delimiter = ',')]
     devices: Option<Vec<String>>,
@@ -193,6 +218,38 @@ struct TransmitterArgs {
     /// /api/v1/updates/ and announce on syncstream/update.
     #[arg(long)]
     updates_dir: Option<PathBuf>,
+    /// The pairing key file, created on the first start (default: pairing.key in
+    /// --state-dir, else $SYNCSTREAM_KEY_FILE, else ~/.config/syncstream/pairing.key).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Let anyone on the network read the HTTP API (status, devices, the dashboard's
+    /// live view) without the token; changes and the source windows still need it.
+    #[arg(long)]
+    open_read: bool,
+    /// The CA (PEM) that an `mqtts://` broker's certificate must chain to (default:
+    /// the system's roots).
+    #[arg(long)]
+    mqtt_ca: Option<PathBuf>,
+    /// Also listen for MQTT over TLS on this address (embedded broker; e.g.
+    /// 0.0.0.0:8883), with --broker-tls-cert and --broker-tls-key.
+    #[arg(long, requires_all = ["broker_tls_cert", "broker_tls_key"])]
+    broker_tls_listen: Option<SocketAddr>,
+    /// The embedded broker's TLS certificate chain (PEM).
+    #[arg(long, requires = "broker_tls_listen")]
+    broker_tls_cert: Option<PathBuf>,
+    /// The embedded broker's TLS private key (PEM).
+    #[arg(long, requires = "broker_tls_listen")]
+    broker_tls_key: Option<PathBuf>,
+    /// Also serve the API and dashboard over HTTPS on this address (e.g.
+    /// 0.0.0.0:4955), with --https-cert and --https-key.
+    #[arg(long, requires_all = ["https_cert", "https_key"])]
+    https_listen: Option<SocketAddr>,
+    /// The HTTPS certificate chain (PEM).
+    #[arg(long, requires = "https_listen")]
+    https_cert: Option<PathBuf>,
+    /// The HTTPS private key (PEM).
+    #[arg(long, requires = "https_listen")]
+    https_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -228,6 +285,18 @@ struct ReceiverArgs {
     /// it starts where it was instead of from its profile.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The pairing key, 64 hex digits (the transmitter's; see docs/security.md); also
+    /// from the environment variable SYNCSTREAM_KEY.
+    #[arg(long)]
+    key: Option<String>,
+    /// The pairing key's file (default: $SYNCSTREAM_KEY_FILE, else
+    /// ~/.config/syncstream/pairing.key).
+    #[arg(long, conflicts_with = "key")]
+    key_file: Option<PathBuf>,
+    /// The CA (PEM) that an `mqtts://` broker's certificate must chain to (default:
+    /// the system's roots).
+    #[arg(long)]
+    mqtt_ca: Option<PathBuf>,
     /// Transmitter host name or address.
     #[arg(long, default_value = "127.0.0.1")]
     transmitter: String,
@@ -371,6 +440,7 @@ pub fn main() -> ExitCode {
             Command::Calibrate(a) => calibrate(a).await,
             Command::Service(_) => anyhow::bail!("service: nested service command"),
             Command::Release(a) => crate::release::run(a),
+            Command::Key(a) => key(a),
         }
     });
     match result {
@@ -411,6 +481,15 @@ async fn calibrate(a: CalibrateArgs) -> anyhow::Result<()> {
             path.display()
         )
     } else if let Some(broker) = a.mqtt.clone() {
+        let broker = match crate::pairing::receiver_key(None, a.key_file.as_deref()) {
+            Ok(key) => broker.with_key(&key, "syncstream-calibrate"),
+            Err(e) if a.key_file.is_some() => return Err(e),
+            Err(_) => broker,
+        };
+        let broker = match &a.mqtt_ca {
+            Some(ca) => broker.with_ca_file(ca).map_err(anyhow::Error::msg)?,
+            None => broker,
+        };
         if !(a.timeout_s.is_finite() && a.timeout_s > 0.0 && a.timeout_s <= 3600.0) {
             anyhow::bail!(
                 "--timeout-s must be between 0 and 3600 s, got {}",
@@ -444,6 +523,22 @@ async fn calibrate(a: CalibrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `syncstream key`: prints one credential derived from the key file.
+fn key(a: KeyArgs) -> anyhow::Result<()> {
+    let key = crate::pairing::receiver_key(None, a.key_file.as_deref())?;
+    match a.what.as_str() {
+        "token" => println!("{}", key.api_token()),
+        "show" => println!("{}", key.to_text()),
+        _ => {
+            let user = a.user.context("--user is required")?;
+            syncstream_shared::names::check_device_name(&user)
+                .map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+            println!("{}", key.mqtt_password(&user));
+        }
+    }
+    Ok(())
+}
+
 /// `syncstream delay`: one JSON object on standard output.
 fn delay(a: DelayArgs) -> anyhow::Result<()> {
     let v = crate::delay_command::run_delay(&a.reference, &a.recording, a.max_lag_ms)?;
@@ -473,8 +568,23 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
         stream_addr: a.stream_listen,
         http_addr: a.http_listen,
         mqtt: match a.mqtt {
-            Some(url) => syncstream_transmitter::MqttMode::External(url),
+            Some(url) => syncstream_transmitter::MqttMode::External(match &a.mqtt_ca {
+                Some(ca) => url.with_ca_file(ca).map_err(anyhow::Error::msg)?,
+                None => url,
+            }),
             None => syncstream_transmitter::MqttMode::Embedded(a.broker_listen),
+        },
+        broker_tls: match (a.broker_tls_listen, a.broker_tls_cert, a.broker_tls_key) {
+            (Some(listen), Some(cert), Some(key)) => {
+                Some(syncstream_transmitter::BrokerTls { listen, cert, key })
+            }
+            _ => None,
+        },
+        https: match (a.https_listen, a.https_cert, a.https_key) {
+            (Some(listen), Some(cert), Some(key)) => {
+                Some(syncstream_transmitter::HttpsConfig { listen, cert, key })
+            }
+            _ => None,
         },
         codec: a.codec,
         buffer_seconds: a.buffer_seconds,
@@ -482,11 +592,22 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
         max_playout_delay_ms: a.max_playout_delay_ms,
         profiles_dir: a.profiles_dir,
         updates_dir: a.updates_dir,
+        key: {
+            let path =
+                crate::pairing::transmitter_key_file(a.key_file.as_deref(), a.state_dir.as_deref());
+            crate::pairing::transmitter_key(&path)?
+        },
+        open_read: a.open_read,
         state_dir: a.state_dir,
         source_options: opts,
         ..Default::default()
     };
-    let _tx = syncstream_transmitter::start_streams(cfg, sources, clock).await?;
+    let token = cfg.key.api_token();
+    let tx = syncstream_transmitter::start_streams(cfg, sources, clock).await?;
+    tracing::info!(
+        "dashboard: http://<this host>:{}/#token={token} (the API token; `syncstream key token` prints it)",
+        tx.http_addr.port()
+    );
     crate::service::transmitter_running().await // systemd readiness (issue 13); waits for Ctrl-C/SIGTERM
 }
 
@@ -661,10 +782,19 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         },
         clock: clock.clone(),
     })?;
-    let broker = a.mqtt.unwrap_or(BrokerUrl {
-        host: a.transmitter.clone(),
-        port: 1883,
+    let key_text = a.key.clone().or_else(|| {
+        std::env::var("SYNCSTREAM_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
     });
+    let key = crate::pairing::receiver_key(key_text.as_deref(), a.key_file.as_deref())?;
+    let broker = a
+        .mqtt
+        .unwrap_or_else(|| BrokerUrl::new(a.transmitter.clone(), 1883));
+    let broker = match &a.mqtt_ca {
+        Some(ca) => broker.with_ca_file(ca).map_err(anyhow::Error::msg)?,
+        None => broker,
+    };
     let cfg = syncstream_receiver::ReceiverConfig {
         device: name,
         transmitter_host: a.transmitter,
@@ -674,6 +804,7 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         profile,
         drift: Default::default(),
         state_dir: a.state_dir.clone(),
+        key,
     };
     let rx =
         syncstream_receiver::runtime::start_with_output(cfg, output_label, open_output, mic, clock)
@@ -706,6 +837,9 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         seed: scenario.as_ref().map_or(a.seed, |s| s.seed),
         live_table: !a.quiet,
         http_port: a.http_port,
+        key: Some(crate::pairing::transmitter_key(
+            &crate::pairing::transmitter_key_file(None, a.state_dir.as_deref()),
+        )?),
         state_dir: a.state_dir,
         streams: a.streams,
     };

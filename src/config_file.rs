@@ -64,6 +64,12 @@ pub struct ReceiverFile {
     /// Where the receiver keeps its last offset across restarts
     /// (`<device>.state.json`); default: nothing kept.
     pub state_dir: Option<PathBuf>,
+    /// The pairing key file (a copy of the transmitter's `pairing.key`).
+    pub key_file: Option<PathBuf>,
+    /// The pairing key itself, 64 hex digits (instead of `key_file`).
+    pub key: Option<String>,
+    /// The CA (PEM) an `mqtts://` broker's certificate must chain to.
+    pub mqtt_ca: Option<PathBuf>,
     /// Signed updates.
     pub update: Option<UpdateSection>,
 }
@@ -104,6 +110,26 @@ pub struct TransmitterFile {
     pub profiles_dir: Option<PathBuf>,
     /// Signed update bundles to serve and announce.
     pub updates_dir: Option<PathBuf>,
+    /// The pairing key file (default: `pairing.key` in `state_dir`), created on the
+    /// first start.
+    pub key_file: Option<PathBuf>,
+    /// Let anyone on the network read the HTTP API without the token.
+    #[serde(default)]
+    pub open_read: bool,
+    /// The CA (PEM) an `mqtts://` broker's certificate must chain to.
+    pub mqtt_ca: Option<PathBuf>,
+    /// A TLS listener of the embedded broker (`0.0.0.0:8883`), with the two below.
+    pub broker_tls_listen: Option<String>,
+    /// The embedded broker's TLS certificate chain (PEM).
+    pub broker_tls_cert: Option<PathBuf>,
+    /// The embedded broker's TLS private key (PEM).
+    pub broker_tls_key: Option<PathBuf>,
+    /// An HTTPS listener of the API and dashboard (`0.0.0.0:4955`), with the two below.
+    pub https_listen: Option<String>,
+    /// The HTTPS certificate chain (PEM).
+    pub https_cert: Option<PathBuf>,
+    /// The HTTPS private key (PEM).
+    pub https_key: Option<PathBuf>,
 }
 
 /// Reads and parses a TOML file of type `T`.
@@ -168,6 +194,17 @@ impl ReceiverFile {
             "--state-dir",
             self.state_dir.as_ref().map(|p| p.display()),
         );
+        push(
+            &mut a,
+            "--key-file",
+            self.key_file.as_ref().map(|p| p.display()),
+        );
+        push(&mut a, "--key", self.key.as_ref());
+        push(
+            &mut a,
+            "--mqtt-ca",
+            self.mqtt_ca.as_ref().map(|p| p.display()),
+        );
         Ok(a)
     }
 
@@ -223,6 +260,45 @@ impl TransmitterFile {
             &mut a,
             "--updates-dir",
             self.updates_dir.as_ref().map(|p| p.display()),
+        );
+        push(
+            &mut a,
+            "--key-file",
+            self.key_file.as_ref().map(|p| p.display()),
+        );
+        if self.open_read {
+            a.push("--open-read".into());
+        }
+        push(
+            &mut a,
+            "--mqtt-ca",
+            self.mqtt_ca.as_ref().map(|p| p.display()),
+        );
+        push(
+            &mut a,
+            "--broker-tls-listen",
+            self.broker_tls_listen.as_ref(),
+        );
+        push(
+            &mut a,
+            "--broker-tls-cert",
+            self.broker_tls_cert.as_ref().map(|p| p.display()),
+        );
+        push(
+            &mut a,
+            "--broker-tls-key",
+            self.broker_tls_key.as_ref().map(|p| p.display()),
+        );
+        push(&mut a, "--https-listen", self.https_listen.as_ref());
+        push(
+            &mut a,
+            "--https-cert",
+            self.https_cert.as_ref().map(|p| p.display()),
+        );
+        push(
+            &mut a,
+            "--https-key",
+            self.https_key.as_ref().map(|p| p.display()),
         );
         a
     }

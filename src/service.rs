@@ -121,10 +121,16 @@ fn receiver_updates(f: &ReceiverFile) -> anyhow::Result<Option<AgentConfig>> {
     let running = semver::Version::parse(&launcher::running_version()).unwrap_or(own);
     let broker = match &f.mqtt {
         Some(url) => url.parse::<BrokerUrl>().map_err(anyhow::Error::msg)?,
-        None => BrokerUrl {
-            host: f.transmitter.clone(),
-            port: 1883,
-        },
+        None => BrokerUrl::new(f.transmitter.clone(), 1883),
+    };
+    let broker = match &f.mqtt_ca {
+        Some(ca) => broker.with_ca_file(ca).map_err(anyhow::Error::msg)?,
+        None => broker,
+    };
+    // The agent logs in as the receiver does (its pairing key, its device name).
+    let broker = match crate::pairing::receiver_key(f.key.as_deref(), f.key_file.as_deref()) {
+        Ok(key) => broker.with_key(&key, &f.device_name()?),
+        Err(_) => broker,
     };
     Ok(Some(AgentConfig {
         device: f.device_name()?,

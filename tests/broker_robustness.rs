@@ -23,6 +23,8 @@ impl Drop for Killed {
 /// A transmitter (test tone) with its embedded broker on a free port; returns the
 /// process and the broker's port.
 fn transmitter() -> (Killed, u16) {
+    // The key the transmitter process reads (created first, as by a user's first start).
+    common::default_key();
     let (stream, http, mqtt) = (
         common::free_port(),
         common::free_port(),
@@ -76,8 +78,10 @@ fn run_limited(mut cmd: Command, limit: Duration) -> Output {
 fn broker_works(port: u16, n: usize) -> Result<(), String> {
     let topic = format!("syncstream/probe/ok{n}");
     let message = format!("hello {n}");
+    let (user, password) = login();
     let mut publish = Command::new("mosquitto_pub");
     publish.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-r"]);
+    publish.args(["-u", &user, "-P", &password]);
     publish.args([
         "-i",
         &format!("fresh-pub-{n}"),
@@ -96,6 +100,7 @@ fn broker_works(port: u16, n: usize) -> Result<(), String> {
     }
     let mut subscribe = Command::new("mosquitto_sub");
     subscribe.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-C", "1"]);
+    subscribe.args(["-u", &user, "-P", &password]);
     subscribe.args(["-W", "10", "-i", &format!("fresh-sub-{n}"), "-t", &topic]);
     let out = run_limited(subscribe, Duration::from_secs(15));
     let got = String::from_utf8_lossy(&out.stdout);
@@ -115,8 +120,10 @@ fn a_client_id_with_a_slash_and_a_retained_will_does_not_stop_the_broker() {
     broker_works(port, 0).unwrap();
     // The exact case of issue 14, three times.
     for _ in 0..3 {
+        let (user, password) = login();
         let mut evil = Command::new("mosquitto_pub");
         evil.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+        evil.args(["-u", &user, "-P", &password]);
         evil.args(["-i", "evil/id", "--will-topic", "syncstream/status/evil"]);
         evil.args(["--will-payload", "off", "--will-retain"]);
         evil.args(["-t", "syncstream/probe", "-m", "x"]);
@@ -159,11 +166,19 @@ fn packet(first: u8, body: &[u8]) -> Vec<u8> {
 /// A will: topic, payload, QoS, retained.
 struct Will<'a>(&'a [u8], &'a [u8], u8, bool);
 
+/// The login of these clients: user `probe` with the pairing key's password for it
+/// (the broker refuses everyone else before it looks at anything the tests vary).
+fn login() -> (String, String) {
+    ("probe".into(), common::default_key().mqtt_password("probe"))
+}
+
+/// A CONNECT with [`login`].
 fn connect(client_id: &[u8], will: Option<&Will>, clean: bool) -> Vec<u8> {
+    let (user, password) = login();
     let mut body = Vec::new();
     string(b"MQTT", &mut body);
     body.push(4);
-    let mut flags = if clean { 0x02 } else { 0 };
+    let mut flags = 0xc0 | if clean { 0x02 } else { 0 };
     if let Some(w) = will {
         flags |= 0x04 | (w.2 << 3) | if w.3 { 0x20 } else { 0 };
     }
@@ -174,6 +189,8 @@ fn connect(client_id: &[u8], will: Option<&Will>, clean: bool) -> Vec<u8> {
         string(w.0, &mut body);
         string(w.1, &mut body);
     }
+    string(user.as_bytes(), &mut body);
+    string(password.as_bytes(), &mut body);
     packet(0x10, &body)
 }
 

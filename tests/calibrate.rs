@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use rumqttc::{Event, MqttOptions, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 use syncstream_calibration::live::{calibrate_live, LiveOptions};
 use syncstream_calibration::run::CalibrationRun;
 use syncstream_calibration::SignalKind;
@@ -123,8 +123,7 @@ async fn request(
     answer_topic: &str,
     timeout: Duration,
 ) -> Option<Vec<u8>> {
-    let mut o = MqttOptions::new("calibrate-test", broker.host.clone(), broker.port);
-    o.set_keep_alive(Duration::from_secs(5));
+    let o = syncstream_protocol::mqtt::options(broker, "calibrate-test", None);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -162,6 +161,7 @@ async fn start_demo() -> DemoSystem {
         http_port: 0,
         state_dir: None,
         streams: Vec::new(),
+        key: None,
     };
     let sys = start_system(&cfg, default_world()).await.unwrap();
     // Every receiver streaming and playing audio (bounded polling).
@@ -192,8 +192,7 @@ async fn start_demo() -> DemoSystem {
 
 /// Waits (bounded) until a status from each of `names` has been seen on the broker.
 async fn statuses_seen(broker: &BrokerUrl, names: &[String], timeout: Duration) -> bool {
-    let mut o = MqttOptions::new("status-watch", broker.host.clone(), broker.port);
-    o.set_keep_alive(Duration::from_secs(5));
+    let o = syncstream_protocol::mqtt::options(broker, "status-watch", None);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut seen = std::collections::BTreeSet::new();
@@ -417,8 +416,7 @@ fn sc_profile(kind: &str) -> DeviceProfile {
 
 /// Waits for the first message on `topic` (e.g. a retained status), bounded.
 async fn first_message(broker: &BrokerUrl, topic: &str, timeout: Duration) -> Option<Vec<u8>> {
-    let mut o = MqttOptions::new("calibrate-test-wait", broker.host.clone(), broker.port);
-    o.set_keep_alive(Duration::from_secs(5));
+    let o = syncstream_protocol::mqtt::options(broker, "calibrate-test-wait", None);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -443,10 +441,7 @@ async fn a_deaf_microphone_gets_a_clear_error_and_keeps_the_profile() {
     use syncstream_audio::{find_microphone, find_sink, BackendConfig, StreamFormat};
     use syncstream_shared::time::{Clock, MonotonicClock};
     let port = common::embedded_broker();
-    let broker = BrokerUrl {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let broker = BrokerUrl::new("127.0.0.1", port);
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let backend = |channels| BackendConfig {
         device: None,
@@ -470,6 +465,7 @@ async fn a_deaf_microphone_gets_a_clear_error_and_keeps_the_profile() {
             profile: profile.clone(),
             drift: Default::default(),
             state_dir: None,
+            key: common::test_key(),
         },
         sink,
         mic,

@@ -70,6 +70,7 @@ async fn probe_receiver(
         profile: DeviceProfile::default_for(OutputType::Analog),
         drift: Default::default(),
         state_dir: None,
+        key: tx.key.clone(),
     };
     let rx = syncstream_receiver::start(cfg, sink, mic, clock.clone())
         .await

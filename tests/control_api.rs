@@ -89,8 +89,8 @@ async fn the_api_and_mqtt_are_two_doors_to_one_state() {
         ],
     );
     let api = demo.api();
-    let http = reqwest::Client::new();
-    let spy = Spy::start(demo.mqtt).await;
+    let http = demo.http_client();
+    let spy = Spy::start(demo.mqtt, &demo.key).await;
 
     // ---- shapes -------------------------------------------------------------------
     let devices = until("three locked devices", Duration::from_secs(40), || async {
@@ -166,10 +166,13 @@ async fn the_api_and_mqtt_are_two_doors_to_one_state() {
     // ---- the WebSocket: a snapshot, then events for every device each second ------
     {
         use futures::StreamExt;
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/api/v1/ws", demo.http))
-                .await
-                .unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+            "ws://127.0.0.1:{}/api/v1/ws?token={}",
+            demo.http,
+            demo.key.api_token()
+        ))
+        .await
+        .unwrap();
         let first: Value = match ws.next().await.unwrap().unwrap() {
             tokio_tungstenite::tungstenite::Message::Text(t) => serde_json::from_str(&t).unwrap(),
             other => panic!("{other:?}"),
@@ -705,7 +708,7 @@ async fn the_api_and_mqtt_are_two_doors_to_one_state() {
         ],
     );
     let api2 = demo2.api();
-    let spy2 = Spy::start(demo2.mqtt).await;
+    let spy2 = Spy::start(demo2.mqtt, &demo2.key).await;
     until(
         "the state back after the restart",
         Duration::from_secs(30),

@@ -72,12 +72,16 @@ async fn a_person_uses_the_dashboard() {
     let dir = tempfile::tempdir().unwrap();
     let mut demo = DemoProcess::start(dir.path(), &["--duration", "120", "--seed", "6"]);
     let api = demo.api();
-    let http = reqwest::Client::new();
-    let spy = Spy::start(demo.mqtt).await;
+    let http = demo.http_client();
+    let spy = Spy::start(demo.mqtt, &demo.key).await;
     let (_driver, c) = browser(&dir.path().join("profile")).await;
-    c.goto(&format!("http://127.0.0.1:{}/", demo.http))
-        .await
-        .unwrap();
+    c.goto(&format!(
+        "http://127.0.0.1:{}/#token={}",
+        demo.http,
+        demo.key.api_token()
+    ))
+    .await
+    .unwrap();
 
     // Three cards, each with a live drift value (a number of ms, from the WebSocket):
     // once the devices are in sync, within 1 ms.

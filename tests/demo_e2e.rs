@@ -54,6 +54,7 @@ fn config(broker: Option<BrokerUrl>, audio: &str) -> DemoConfig {
         http_port: 0,
         state_dir: None,
         streams: Vec::new(),
+        key: None,
     }
 }
 
@@ -69,10 +70,7 @@ async fn demo_converges_with_the_embedded_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn demo_converges_over_mosquitto_despite_malformed_messages() {
     let broker = common::Mosquitto::start();
-    let url = BrokerUrl {
-        host: "127.0.0.1".into(),
-        port: broker.port,
-    };
+    let url = BrokerUrl::new("127.0.0.1", broker.port);
     // A spy that records which topics carried traffic, and a vandal.
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut opts = MqttOptions::new("spy", "127.0.0.1", broker.port);

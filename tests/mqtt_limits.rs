@@ -10,7 +10,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, Event, Packet, QoS};
 use syncstream_protocol::mqtt::MAX_INCOMING_PACKET_BYTES;
 
 struct Killed(Child);
@@ -58,8 +58,7 @@ fn receiver(port: u16) -> Killed {
 /// one, besides one every 5 s. Midway, sends it an offset on its retained
 /// `buffer_offset` topic. Returns (statuses seen, whether one showed that offset).
 fn watch(port: u16, window: Duration) -> (usize, bool) {
-    let mut opts = MqttOptions::new("watcher", "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
+    let opts = common::mqtt_options("watcher", port, &common::default_key());
     let (client, mut conn) = Client::new(opts, 10);
     client
         .subscribe("syncstream/status/attic", QoS::AtLeastOnce)
@@ -92,6 +91,7 @@ fn watch(port: u16, window: Duration) -> (usize, bool) {
 }
 
 fn check(payload_bytes: usize) {
+    common::default_key(); // the receiver's (anonymous mosquitto lets it in anyway)
     let broker = common::Mosquitto::start();
     let mut config = b"{\"devices\":{},\"pad\":\"".to_vec();
     config.resize(payload_bytes - 2, b'x');

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse::{have_pulseaudio, PulseServer};
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, Event, Packet, QoS};
 use syncstream_audio::{self as audio, BackendConfig, RenderInfo, StreamFormat};
 use syncstream_receiver::mic_check::goertzel_power;
 use syncstream_shared::time::{Clock, MonotonicClock};
@@ -335,8 +335,7 @@ fn a_receiver_waits_for_its_speaker_and_survives_a_reconnect() {
             .spawn()
             .unwrap(),
     );
-    let mut opts = MqttOptions::new("watcher", "127.0.0.1", mqtt);
-    opts.set_keep_alive(Duration::from_secs(5));
+    let opts = common::mqtt_options("watcher", mqtt, &common::default_key());
     let (client, mut conn) = Client::new(opts, 10);
     client
         .subscribe("syncstream/status/speaker", QoS::AtLeastOnce)

@@ -7,7 +7,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, Event, Packet, QoS};
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -67,8 +67,7 @@ fn receiver_status_and_last_will_over_the_embedded_broker() {
         "--mic".into(),
         "null".into(),
     ]);
-    let mut opts = MqttOptions::new("watcher", "127.0.0.1", mqtt);
-    opts.set_keep_alive(Duration::from_secs(5));
+    let opts = common::mqtt_options("watcher", mqtt, &common::default_key());
     let (client, mut conn) = Client::new(opts, 10);
     client
         .subscribe("syncstream/status/attic", QoS::AtLeastOnce)

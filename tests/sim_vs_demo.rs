@@ -34,6 +34,7 @@ async fn the_simulator_and_the_real_time_demo_agree() {
         http_port: 0,
         state_dir: None,
         streams: Vec::new(),
+        key: None,
     };
     let demo = run_world(cfg, scenario_world(&sc).unwrap()).await.unwrap();
     let both = format!(

@@ -130,8 +130,7 @@ type Seen = (
 fn watch_status(port: u16) -> Seen {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let versions = Arc::new(Mutex::new(Vec::new()));
-    let mut opts = rumqttc::MqttOptions::new("upd-test-watch", "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
+    let opts = common::mqtt_options("upd-test-watch", port, &common::default_key());
     let (client, mut conn) = rumqttc::Client::new(opts, 64);
     let update_topic = syncstream_update::status_topic(DEVICE);
     for topic in [update_topic.clone(), format!("syncstream/status/{DEVICE}")] {

@@ -1,11 +1,14 @@
 //! SyncStream's protocols: how the transmitter, the receivers and anyone else talk.
 //!
+//! - [`auth`]: the pairing key and the credentials derived from it (stream handshake,
+//!   MQTT passwords, the API token);
 //! - [`wire`]: the TCP stream between transmitter and receivers (postcard frames behind
 //!   a length prefix: hellos, audio chunks, clock-sync exchanges);
 //! - [`codec`]: the stream's audio codecs (Opus, PCM);
 //! - [`messages`]: the MQTT topics and their JSON payloads;
 //! - [`mqtt`]: broker URLs and an MQTT client driver that survives reconnects.
 
+pub mod auth;
 pub mod codec;
 pub mod messages;
 pub mod mqtt;

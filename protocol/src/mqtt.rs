@@ -11,48 +11,225 @@ use rumqttc::{
 };
 use tracing::{debug, warn};
 
-/// A broker address parsed from `mqtt://host:port` (or `host:port`, or `host`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A broker address parsed from `mqtt://[user[:password]@]host[:port]` (or
+/// `host:port`, or `host`), or `mqtts://…` for MQTT over TLS, with the credentials the
+/// client logs in with.
+#[derive(Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
-    /// Host name or address.
+    /// Host name or address (with TLS, the name the broker's certificate must carry).
     pub host: String,
-    /// TCP port (default 1883).
+    /// TCP port (default 1883, or 8883 with TLS).
     pub port: u16,
+    /// User name to log in with (`None`: anonymous).
+    pub username: Option<String>,
+    /// Password to log in with.
+    pub password: Option<String>,
+    /// MQTT over TLS (`mqtts://`; needs the feature `tls`).
+    pub tls: bool,
+    /// With TLS: the certificates (DER) the broker's must chain to; empty: the
+    /// system's trusted roots. See [`BrokerUrl::with_ca_file`].
+    pub ca_der: Vec<Vec<u8>>,
+}
+
+impl BrokerUrl {
+    /// `host:port`, plain MQTT, no credentials.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            username: None,
+            password: None,
+            tls: false,
+            ca_der: Vec::new(),
+        }
+    }
+
+    /// This URL trusting the certificates of the PEM file `path` (a private CA, or the
+    /// broker's own self-signed certificate) instead of the system's roots. At most
+    /// 1 MiB is read.
+    ///
+    /// Errors: the file cannot be read, holds no certificate, or the URL is not
+    /// `mqtts://` (the message names the file).
+    pub fn with_ca_file(mut self, path: &std::path::Path) -> Result<Self, String> {
+        if !self.tls {
+            return Err(format!(
+                "--mqtt-ca {}: the broker URL {self} is not mqtts://",
+                path.display()
+            ));
+        }
+        self.ca_der = tls::read_certificates(path)?;
+        Ok(self)
+    }
+
+    /// This URL logging in as `username` with the password the pairing `key` derives
+    /// for it ([`crate::auth::PairingKey::mqtt_password`]), unless the URL already
+    /// names a user (credentials given by hand win).
+    pub fn with_key(mut self, key: &crate::auth::PairingKey, username: &str) -> Self {
+        if self.username.is_none() {
+            self.password = Some(key.mqtt_password(username));
+            self.username = Some(username.to_string());
+        }
+        self
+    }
+}
+
+impl std::fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BrokerUrl({self})")
+    }
 }
 
 impl std::str::FromStr for BrokerUrl {
     type Err = String;
-    /// Parses `mqtt://host[:port]`. Errors name the URL and the reason.
+    /// Parses `mqtt://[user[:password]@]host[:port]`. Errors name the URL (without its
+    /// password) and the reason.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .strip_prefix("mqtt://")
-            .or_else(|| s.strip_prefix("tcp://"))
-            .unwrap_or(s);
+        let (tls, rest) = if let Some(r) = s
+            .strip_prefix("mqtts://")
+            .or_else(|| s.strip_prefix("ssl://"))
+        {
+            (true, r)
+        } else {
+            (
+                false,
+                s.strip_prefix("mqtt://")
+                    .or_else(|| s.strip_prefix("tcp://"))
+                    .unwrap_or(s),
+            )
+        };
+        if tls && !cfg!(feature = "tls") {
+            return Err(format!(
+                "MQTT broker URL '{}': this build has no TLS (feature tls; the ARMv6 Pi build has none, see docs/security.md)",
+                s.split('@').next_back().unwrap_or(s)
+            ));
+        }
+        let (login, rest) = match rest.rsplit_once('@') {
+            Some((l, r)) => (Some(l), r),
+            None => (None, rest),
+        };
+        let shown = match login {
+            Some(_) => format!("mqtt://…@{rest}"),
+            None => s.to_string(),
+        };
         let rest = rest.trim_end_matches('/');
         if rest.is_empty() {
-            return Err(format!("MQTT broker URL '{s}' has no host"));
+            return Err(format!("MQTT broker URL '{shown}' has no host"));
         }
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) => (
                 h,
                 p.parse::<u16>()
-                    .map_err(|e| format!("MQTT broker URL '{s}': port '{p}': {e}"))?,
+                    .map_err(|e| format!("MQTT broker URL '{shown}': port '{p}': {e}"))?,
             ),
-            None => (rest, 1883),
+            None => (rest, if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() {
-            return Err(format!("MQTT broker URL '{s}' has no host"));
+            return Err(format!("MQTT broker URL '{shown}' has no host"));
         }
+        let (username, password) = match login {
+            None => (None, None),
+            Some(l) => {
+                let (u, p) = match l.split_once(':') {
+                    Some((u, p)) => (u, Some(p.to_string())),
+                    None => (l, None),
+                };
+                if u.is_empty() {
+                    return Err(format!("MQTT broker URL '{shown}' has an empty user name"));
+                }
+                (Some(u.to_string()), p)
+            }
+        };
         Ok(Self {
             host: host.to_string(),
             port,
+            username,
+            password,
+            tls,
+            ca_der: Vec::new(),
         })
     }
 }
 
 impl std::fmt::Display for BrokerUrl {
+    /// `mqtt[s]://[user@]host:port` (never the password).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mqtt://{}:{}", self.host, self.port)
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        match &self.username {
+            Some(u) => write!(f, "{scheme}://{u}@{}:{}", self.host, self.port),
+            None => write!(f, "{scheme}://{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// TLS for MQTT clients (rustls with the ring provider).
+mod tls {
+    /// The certificates of the PEM file `path`, DER.
+    pub fn read_certificates(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+        let bytes = syncstream_shared::fsutil::read_capped(path, 1 << 20)
+            .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+        #[cfg(feature = "tls")]
+        {
+            use rustls::pki_types::pem::PemObject;
+            let certs: Vec<Vec<u8>> = rustls::pki_types::CertificateDer::pem_slice_iter(&bytes)
+                .filter_map(Result::ok)
+                .map(|c| c.to_vec())
+                .collect();
+            if certs.is_empty() {
+                return Err(format!(
+                    "CA file {}: no PEM certificate in it",
+                    path.display()
+                ));
+            }
+            Ok(certs)
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = bytes;
+            Err(format!(
+                "CA file {}: this build has no TLS (feature tls)",
+                path.display()
+            ))
+        }
+    }
+
+    /// A client configuration trusting `ca_der` (empty: the system's roots), TLS 1.2
+    /// and 1.3, no client certificate; `None` (logged) if rustls refuses its defaults.
+    #[cfg(feature = "tls")]
+    pub fn client_config(ca_der: &[Vec<u8>]) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        let mut roots = rustls::RootCertStore::empty();
+        if ca_der.is_empty() {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!("system certificates: {e}");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "no trusted system certificate: give the broker's CA with --mqtt-ca"
+                );
+            }
+        } else {
+            let (added, ignored) = roots.add_parsable_certificates(
+                ca_der
+                    .iter()
+                    .map(|c| rustls::pki_types::CertificateDer::from(c.clone())),
+            );
+            if ignored > 0 || added == 0 {
+                tracing::warn!("CA certificates: {added} usable, {ignored} not");
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        match rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+        {
+            Ok(b) => Some(std::sync::Arc::new(
+                b.with_root_certificates(roots).with_no_client_auth(),
+            )),
+            Err(e) => {
+                tracing::error!("TLS configuration: {e}");
+                None
+            }
+        }
     }
 }
 
@@ -71,16 +248,38 @@ pub const OVERSIZED_RETRY_FIRST: Duration = Duration::from_secs(60);
 /// Longest time a topic with an oversized message stays unsubscribed before a retry.
 pub const OVERSIZED_RETRY_MAX: Duration = Duration::from_secs(3600);
 
-/// Client options for `url` with `client_id`, a 5 s keep-alive, the packet limits
+/// Client options for `url` (logging in with its credentials, if any) with
+/// `client_id`, a 5 s keep-alive, the packet limits
 /// above and an optional last will `(topic, payload)` (published retained, QoS 1).
 pub fn options(
     url: &BrokerUrl,
     client_id: &str,
     last_will: Option<(String, Vec<u8>)>,
 ) -> MqttOptions {
-    let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
+    #[cfg(feature = "tls")]
+    let tls_config = url.tls.then(|| tls::client_config(&url.ca_der)).flatten();
+    // Never in clear to a TLS broker: without a TLS configuration (rustls refused
+    // its defaults, logged), a port nothing listens on.
+    #[cfg(feature = "tls")]
+    let port = if url.tls && tls_config.is_none() {
+        0
+    } else {
+        url.port
+    };
+    #[cfg(not(feature = "tls"))]
+    let port = url.port;
+    let mut o = MqttOptions::new(client_id, url.host.clone(), port);
     o.set_keep_alive(Duration::from_secs(5));
     o.set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES);
+    if let Some(user) = &url.username {
+        o.set_credentials(user.clone(), url.password.clone().unwrap_or_default());
+    }
+    #[cfg(feature = "tls")]
+    if let Some(c) = tls_config {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(c),
+        ));
+    }
     if let Some((topic, payload)) = last_will {
         o.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
     }
@@ -376,11 +575,7 @@ mod tests {
 
     /// A client that is never connected (its event loop is kept, so requests queue).
     fn client() -> (AsyncClient, EventLoop) {
-        let url = BrokerUrl {
-            host: "127.0.0.1".into(),
-            port: 1,
-        };
-        connect(&url, "t", None)
+        connect(&BrokerUrl::new("127.0.0.1", 1), "t", None)
     }
 
     /// Simulates rumqttc sending the queued subscribes with packet ids from `first`.
@@ -460,11 +655,21 @@ mod tests {
     fn parses_broker_urls() {
         assert_eq!(
             "mqtt://h:1234".parse::<BrokerUrl>().unwrap(),
-            BrokerUrl {
-                host: "h".into(),
-                port: 1234
-            }
+            BrokerUrl::new("h", 1234)
         );
+        let u: BrokerUrl = "mqtt://kitchen:s3cret@h:1".parse().unwrap();
+        assert_eq!(u.username.as_deref(), Some("kitchen"));
+        assert_eq!(u.password.as_deref(), Some("s3cret"));
+        assert_eq!(u.to_string(), "mqtt://kitchen@h:1");
+        assert!(!format!("{u:?}").contains("s3cret"));
+        let e = "mqtt://:pw@h:x".parse::<BrokerUrl>().unwrap_err();
+        assert!(!e.contains("pw"), "{e}");
+        // Credentials given by hand win over the key's.
+        let key = crate::auth::PairingKey::parse(&"ab".repeat(32)).unwrap();
+        assert_eq!(u.clone().with_key(&key, "x"), u);
+        let k = BrokerUrl::new("h", 1).with_key(&key, "hall");
+        assert_eq!(k.username.as_deref(), Some("hall"));
+        assert!(key.check_mqtt_password("hall", k.password.as_deref().unwrap()));
         assert_eq!("h".parse::<BrokerUrl>().unwrap().port, 1883);
         assert!("mqtt://h:x"
             .parse::<BrokerUrl>()

@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 /// Version of this protocol; a peer with another version is refused. Version 2 added
 /// the hello's `instance`, the [`Frame::Refused`] answer and clock-sync connections
 /// ([`Frame::ClockHello`]); version 3 named streams (the hello's `stream`) and
-/// [`Frame::StreamSwitch`].
-pub const PROTOCOL_VERSION: u16 = 3;
+/// [`Frame::StreamSwitch`]; version 4 the mutual challenge-response of
+/// [`crate::auth::StreamAuth`] (the hellos' `client_nonce`, [`Frame::AuthChallenge`],
+/// [`Frame::AuthResponse`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest encoded frame, bytes.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
@@ -56,6 +58,9 @@ pub enum Frame {
         /// process replaces its old connection, another process with the same name is
         /// refused.
         instance: u64,
+        /// Fresh random nonce of this connection's handshake
+        /// ([`crate::auth::StreamAuth`]).
+        client_nonce: crate::auth::Nonce,
     },
     /// Receiver → transmitter, first frame of a second connection that carries only
     /// clock-sync exchanges: answers on it are not queued behind audio chunks (TCP
@@ -68,6 +73,23 @@ pub enum Frame {
         device: String,
         /// The receiver process's instance (as in its `ClientHello`).
         instance: u64,
+        /// Fresh random nonce of this connection's handshake.
+        client_nonce: crate::auth::Nonce,
+    },
+    /// Transmitter → receiver, answer to either hello: the transmitter's half of the
+    /// handshake ([`crate::auth::StreamAuth`]). The receiver checks `server_proof` and
+    /// answers with an [`Frame::AuthResponse`].
+    AuthChallenge {
+        /// Fresh random nonce of the transmitter.
+        server_nonce: crate::auth::Nonce,
+        /// HMAC-SHA256 proving the transmitter holds the pairing key.
+        server_proof: crate::auth::Proof,
+    },
+    /// Receiver → transmitter, answer to an [`Frame::AuthChallenge`]: proof that the
+    /// receiver holds the pairing key. Nothing else is served before it passes.
+    AuthResponse {
+        /// HMAC-SHA256 over both nonces, the device and the instance.
+        proof: crate::auth::Proof,
     },
     /// Transmitter → receiver, instead of a `ServerHello`: the receiver is not served
     /// (its name is in use by another receiver, or invalid), and why. The connection
@@ -206,7 +228,13 @@ mod tests {
                 protocol_version: 2,
                 device: "tv".into(),
                 instance: 7,
+                client_nonce: [3; 16],
             },
+            Frame::AuthChallenge {
+                server_nonce: [1; 16],
+                server_proof: [2; 32],
+            },
+            Frame::AuthResponse { proof: [9; 32] },
             Frame::Refused {
                 reason: "name in use".into(),
             },
@@ -214,6 +242,7 @@ mod tests {
                 protocol_version: 2,
                 device: "tv".into(),
                 instance: 7,
+                client_nonce: [4; 16],
             },
             Frame::ServerHello {
                 protocol_version: 1,

@@ -125,6 +125,10 @@ impl MicRecorder {
 pub const TRACKING_MAX_SPREAD_US: f64 = 250.0;
 /// The same while acquiring, where a measurement only has to be right to 1 ms, µs.
 pub const ACQUIRING_MAX_SPREAD_US: f64 = 500.0;
+/// While tracking, how far (ms, beyond a fixed 100 ms) the output latency may be from
+/// the offset for the span the playout must have been settled over: the offset was
+/// measured; a latency that moved further is a step, reported as one.
+pub const TRACKING_LATENCY_MARGIN_MS: f64 = 50.0;
 
 /// A measurement ready to be analysed once its source window is fetched.
 #[derive(Debug, Clone)]
@@ -204,14 +208,27 @@ pub fn plan(
     // playout must have followed one offset (no jump) closely enough for one delay to
     // describe the window, and its mean error is taken off the offset: what counts is
     // the offset really in effect, whether or not playout had caught up with it.
+    //
+    // The span checked is where the heard sound may have left the DAC: the window moved
+    // back by the latency, widened by how far the latency may be from the offset
+    // (while acquiring, a fifth of the offset: a profile may be that far off; while
+    // tracking, the offset was measured, and a latency that moved by more is a step the
+    // detector reports whatever the span). So a correction made after the heard sound
+    // left the DAC (a long-latency output's window is recorded seconds later) does not
+    // hold the next measurement back.
     let window_us = window_us as i64;
     let lead_us = ((offset_ms.max(0.0) + mic_delay_ms) * 1000.0) as i64;
-    let margin_us = ((100.0 + 0.2 * offset_ms.abs()) * 1000.0) as i64;
+    let uncertainty_ms = if tracking {
+        TRACKING_LATENCY_MARGIN_MS
+    } else {
+        0.2 * offset_ms.abs()
+    };
+    let margin_us = ((100.0 + uncertainty_ms) * 1000.0) as i64;
     let span = playout
         .log
         .error_over(
             rec_start_local - lead_us - margin_us,
-            rec_start_local + window_us,
+            (rec_start_local + window_us - lead_us + margin_us).min(rec_start_local + window_us),
         )
         .ok_or(NotReady::NotSettled)?;
     let max_spread_us = if tracking {

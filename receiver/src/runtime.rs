@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use rumqttc::QoS;
 use syncstream_audio::{Microphone, Sink};
+use syncstream_protocol::auth::StreamAuth;
 use syncstream_protocol::mqtt::{self, BrokerUrl};
 use syncstream_protocol::wire::{Frame, MAX_FRAME_BYTES};
 use syncstream_shared::profile::DeviceProfile;
@@ -66,6 +67,10 @@ pub struct ReceiverConfig {
     /// Folder where the receiver keeps its state across restarts (its last offset, in
     /// `<device>.state.json`); `None`: nothing is kept.
     pub state_dir: Option<std::path::PathBuf>,
+    /// The pairing key (the transmitter's): the stream handshake, the MQTT login (as
+    /// the device name, unless `broker` names a user) and the source windows' API
+    /// token all derive from it (see [`syncstream_protocol::auth`]).
+    pub key: syncstream_protocol::auth::PairingKey,
 }
 
 /// A running receiver; dropping it stops the audio devices and the tasks.
@@ -374,6 +379,7 @@ pub async fn start_with_output(
             drift: cfg.drift.clone(),
             mic_rate_hz: mic.sample_rate(),
             persisted,
+            key: cfg.key.clone(),
         },
         control,
         clock.now_us(),
@@ -393,20 +399,20 @@ pub async fn start_with_output(
         ctl_rx,
         clock.clone(),
     )));
-    let clock_hello = Frame::ClockHello {
-        protocol_version: syncstream_protocol::wire::PROTOCOL_VERSION,
-        device: cfg.device.clone(),
-        instance: node.instance(),
-    };
     tasks.push(tokio::spawn(clock_transport(
         addr,
-        clock_hello,
+        ClockLogin {
+            auth: StreamAuth::new(cfg.key.clone()),
+            device: cfg.device.clone(),
+            instance: node.instance(),
+        },
         events_tx.clone(),
         clock.clone(),
     )));
 
+    let broker = cfg.broker.clone().with_key(&cfg.key, &cfg.device);
     let (client, eventloop) = mqtt::connect(
-        &cfg.broker,
+        &broker,
         &format!("syncstream-rx-{}", cfg.device),
         Some(node.mqtt_last_will()),
     );
@@ -438,6 +444,7 @@ pub async fn start_with_output(
         mqtt: client,
         http: reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
+            .default_headers(api_headers(&cfg.key))
             .build()
             .unwrap_or_default(),
         http_base: format!("http://{}:{}", cfg.transmitter_host, cfg.http_port),
@@ -549,9 +556,84 @@ async fn stream_transport(
 /// The clock-sync connection: says its hello, hands its write half to the node's task,
 /// stamps every answer with its arrival time; reconnects every 2 s while it cannot
 /// connect (clock sync then runs on the stream connection).
+/// Who the clock connection logs in as.
+struct ClockLogin {
+    auth: StreamAuth,
+    device: String,
+    instance: u64,
+}
+
+/// Headers of every request to the transmitter's HTTP API (source windows): its token.
+fn api_headers(key: &syncstream_protocol::auth::PairingKey) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.api_token())) {
+        h.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    h
+}
+
+/// Writes one length-prefixed frame.
+async fn write_frame(w: &mut tokio::net::tcp::OwnedWriteHalf, f: &Frame) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let Ok(b) = f.encode() else { return false };
+    let mut bytes = (b.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&b);
+    w.write_all(&bytes).await.is_ok()
+}
+
+/// The clock connection's hello and handshake; `Err` says why it failed.
+async fn clock_handshake(
+    login: &ClockLogin,
+    frames: &mut tokio_util::codec::FramedRead<
+        tokio::net::tcp::OwnedReadHalf,
+        LengthDelimitedCodec,
+    >,
+    write_half: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> Result<(), String> {
+    let client_nonce = syncstream_protocol::auth::nonce();
+    let hello = Frame::ClockHello {
+        protocol_version: syncstream_protocol::wire::PROTOCOL_VERSION,
+        device: login.device.clone(),
+        instance: login.instance,
+        client_nonce,
+    };
+    if !write_frame(write_half, &hello).await {
+        return Err("cannot send the hello".into());
+    }
+    let first = match tokio::time::timeout(STREAM_READ_TIMEOUT, frames.next()).await {
+        Ok(Some(Ok(b))) => b,
+        _ => return Err("no answer to the hello".into()),
+    };
+    match Frame::decode(&first) {
+        Ok(Frame::AuthChallenge {
+            server_nonce,
+            server_proof,
+        }) => {
+            let answer = login.auth.respond(
+                &client_nonce,
+                &server_nonce,
+                &server_proof,
+                &login.device,
+                login.instance,
+            )?;
+            if write_frame(write_half, &answer).await {
+                Ok(())
+            } else {
+                Err("cannot send the handshake answer".into())
+            }
+        }
+        Ok(Frame::Refused { reason }) => Err(format!(
+            "refused: {}",
+            reason.chars().take(500).collect::<String>()
+        )),
+        Ok(_) => Err("the transmitter did not answer with a challenge".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 async fn clock_transport(
     addr: String,
-    hello: Frame,
+    login: ClockLogin,
     events: mpsc::UnboundedSender<Event>,
     clock: Arc<dyn Clock>,
 ) {
@@ -560,34 +642,28 @@ async fn clock_transport(
         {
             let _ = sock.set_nodelay(true);
             let (read_half, mut write_half) = sock.into_split();
-            let hello_sent = match hello.encode() {
-                Ok(b) => {
-                    use tokio::io::AsyncWriteExt;
-                    let mut bytes = (b.len() as u32).to_be_bytes().to_vec();
-                    bytes.extend_from_slice(&b);
-                    write_half.write_all(&bytes).await.is_ok()
-                }
-                Err(_) => false,
-            };
-            if hello_sent {
-                let codec = LengthDelimitedCodec::builder()
-                    .max_frame_length(MAX_FRAME_BYTES)
-                    .new_codec();
-                let mut stream = tokio_util::codec::FramedRead::new(read_half, codec);
-                if events.send(Event::ClockUp(write_half)).is_err() {
-                    return;
-                }
-                while let Ok(Some(Ok(bytes))) =
-                    tokio::time::timeout(STREAM_READ_TIMEOUT, stream.next()).await
-                {
-                    let at = clock.now_us();
-                    if events.send(Event::ClockFrame(bytes.freeze(), at)).is_err() {
+            let codec = LengthDelimitedCodec::builder()
+                .max_frame_length(MAX_FRAME_BYTES)
+                .new_codec();
+            let mut stream = tokio_util::codec::FramedRead::new(read_half, codec);
+            match clock_handshake(&login, &mut stream, &mut write_half).await {
+                Ok(()) => {
+                    if events.send(Event::ClockUp(write_half)).is_err() {
+                        return;
+                    }
+                    while let Ok(Some(Ok(bytes))) =
+                        tokio::time::timeout(STREAM_READ_TIMEOUT, stream.next()).await
+                    {
+                        let at = clock.now_us();
+                        if events.send(Event::ClockFrame(bytes.freeze(), at)).is_err() {
+                            return;
+                        }
+                    }
+                    if events.send(Event::ClockDown).is_err() {
                         return;
                     }
                 }
-                if events.send(Event::ClockDown).is_err() {
-                    return;
-                }
+                Err(why) => warn!(device = login.device, "clock connection: {why}"),
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;

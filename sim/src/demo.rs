@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use syncstream_protocol::auth::PairingKey;
 use syncstream_protocol::mqtt::BrokerUrl;
 use syncstream_protocol::wire::Codec;
 use syncstream_receiver::drift::DriftConfig;
@@ -58,6 +59,9 @@ pub struct DemoConfig {
     /// More streams (Snapcast-style URIs) beside `default` (the audio file); empty:
     /// [`DEMO_EXTRA_STREAM`].
     pub streams: Vec<String>,
+    /// The system's pairing key (`None`: a fresh random one for this run). The
+    /// `syncstream demo` command uses the transmitter's (so real receivers can join).
+    pub key: Option<PairingKey>,
 }
 
 impl DemoConfig {
@@ -74,6 +78,7 @@ impl DemoConfig {
             http_port: 0,
             state_dir: None,
             streams: Vec::new(),
+            key: None,
         }
     }
 }
@@ -218,8 +223,11 @@ fn free_port() -> anyhow::Result<u16> {
 pub struct DemoSystem {
     /// The transmitter (`None` while a `transmitter_restart` event has it down).
     pub tx: Option<syncstream_transmitter::Transmitter>,
-    /// The MQTT broker (reached directly, not through the modelled network).
+    /// The MQTT broker (reached directly, not through the modelled network), with a
+    /// login of its own (user `demo`, the key's password for it) for observers.
     pub broker: BrokerUrl,
+    /// The system's pairing key.
+    pub key: PairingKey,
     /// The transmitter's HTTP address (dashboard, API, source windows).
     pub http_addr: SocketAddr,
     /// One receiver per device, in `devices` order (`None` while it restarts).
@@ -310,15 +318,16 @@ pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let silence = SilenceSwitch::default();
     let sources = demo_sources(cfg, &silence)?;
+    let key = match &cfg.key {
+        Some(k) => k.clone(),
+        None => PairingKey::generate()?,
+    };
     let broker = match &cfg.broker {
         Some(url) => url.clone(),
         None => {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            syncstream_transmitter::broker::start_embedded_broker(addr)?;
-            BrokerUrl {
-                host: "127.0.0.1".into(),
-                port: addr.port(),
-            }
+            syncstream_transmitter::broker::start_embedded_broker(addr, Some(key.clone()))?;
+            BrokerUrl::new("127.0.0.1", addr.port())
         }
     };
     let has_events = !world.events.is_empty();
@@ -340,6 +349,7 @@ pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<
         },
         mqtt: MqttMode::External(broker.clone()),
         state_dir: tx_state,
+        key: key.clone(),
         codec: cfg.codec,
         playout_delay_ms: world.playout_delay_ms,
         max_playout_delay_ms: world.max_playout_delay_ms,
@@ -391,6 +401,7 @@ pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<
                 BrokerUrl {
                     host: "127.0.0.1".into(),
                     port: b.addr().port(),
+                    ..broker.clone()
                 },
             ),
             _ => (tx.stream_addr.port(), tx.http_addr.port(), broker.clone()),
@@ -404,6 +415,7 @@ pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<
             profile: d.profile.clone(),
             drift: DriftConfig::default(),
             state_dir: state.as_ref().map(|s| s.path().join("receivers")),
+            key: key.clone(),
         };
         // The device's own crystal, as the room models it.
         let device_clock = ModelClock::new(clock.clone(), d.room.clock);
@@ -417,7 +429,8 @@ pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<
     let n = world.devices.len();
     Ok(DemoSystem {
         tx: Some(tx),
-        broker,
+        broker: broker.with_key(&key, "demo"),
+        key,
         http_addr,
         receivers,
         room,
@@ -481,9 +494,12 @@ pub async fn run_world(cfg: DemoConfig, world: DemoWorld) -> anyhow::Result<Repo
     let events = world.events.clone();
     let mut sys = start_system(&cfg, world).await?;
     eprintln!(
-        "dashboard and API: http://127.0.0.1:{}/ (MQTT broker {})",
+        "dashboard: http://127.0.0.1:{}/#token={} (API token {}; MQTT broker mqtt://{}:{})",
         sys.http_addr.port(),
-        sys.broker
+        sys.key.api_token(),
+        sys.key.api_token(),
+        sys.broker.host,
+        sys.broker.port
     );
     let (clock, room, start_us) = (sys.clock.clone(), sys.room.clone(), sys.start_us);
     let mut driver = events::EventDriver::new(events.clone(), sys.devices.len(), start_us);

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use syncstream_audio::{Microphone, Sink};
+use syncstream_protocol::auth::{Nonce, PairingKey, StreamAuth};
 use syncstream_protocol::codec::AudioEncoder;
 use syncstream_protocol::messages::topics;
 use syncstream_protocol::wire::Frame;
@@ -47,7 +48,7 @@ use syncstream_transmitter::pacer::ChunkProducer;
 use syncstream_transmitter::playout_delay::PlayoutDelay;
 use syncstream_transmitter::rolling_buffer::RollingBuffer;
 use syncstream_transmitter::stream_server::{
-    check_hello, chunks_for_ms, server_hello, EncodedChunk,
+    check_hello, chunks_for_ms, server_hello, EncodedChunk, Hello,
 };
 use syncstream_transmitter::sync_service::SyncService;
 
@@ -199,6 +200,9 @@ struct SimDevice {
     backoff_us: i64,
     /// The transmitter has accepted its hello and streams to it.
     served: bool,
+    /// The hello the transmitter challenged and its server nonce, until the
+    /// receiver's answer passes.
+    handshake: Option<(Hello, Nonce)>,
     /// Room time of the last frame that reached it on the stream connection.
     last_frame_us: i64,
     up: InOrder,
@@ -323,6 +327,13 @@ impl World {
     }
 }
 
+/// The simulated system's pairing key: the transmitter's handshake and the nodes'
+/// are the production ones ([`StreamAuth`]), under one fixed key.
+fn sim_key() -> PairingKey {
+    // 64 hex digits: always a key.
+    PairingKey::parse(&"51".repeat(32)).expect("a valid key")
+}
+
 /// The playout delay grew: every served receiver gets a new hello and the backlog of
 /// the new delay, as each stream connection of the real transmitter sends them.
 fn announce_playout_delay(
@@ -437,6 +448,7 @@ pub fn run_scenario(sc: &Scenario, progress: Progress<'_>) -> anyhow::Result<Rep
             connecting: false,
             backoff_us: RECONNECT_BACKOFF_MIN.as_micros() as i64,
             served: false,
+            handshake: None,
             last_frame_us: origin_us,
             up: InOrder::default(),
             down: InOrder::default(),
@@ -700,6 +712,7 @@ fn start_receiver(
             drift,
             mic_rate_hz: STREAM_SAMPLE_RATE,
             persisted: dev.io.persisted,
+            key: sim_key(),
         },
         control,
         dev.local(t),
@@ -730,6 +743,7 @@ fn close_stream(
     }
     dev.stream_open = false;
     dev.served = false;
+    dev.handshake = None;
     let local = dev.local(t);
     if let Some(n) = dev.node.as_mut() {
         n.on_stream_closed(local, why, &mut dev.io);
@@ -855,6 +869,7 @@ fn receiver_gone(world: &mut World, devices: &mut [SimDevice], i: usize, t: i64)
     let _ = dev.mic.stop();
     dev.stream_open = false;
     dev.served = false;
+    dev.handshake = None;
     dev.connecting = false;
     dev.io.effects.clear();
     if dev.mqtt_session != 0 {
@@ -974,18 +989,45 @@ fn deliver(
                     let at = world.arrival(i, at_us + SERVER_HOLD_US, &mut devices[i].down);
                     world.push(at, Event::DeviceFrame(i, c, answer));
                 }
-                Ok(hello @ Frame::ClientHello { .. }) => match check_hello(&hello) {
-                    Ok(_) => {
-                        devices[i].served = true;
-                        send_hello_and_backlog(world, i, &mut devices[i], at_us)?;
+                Ok(hello @ Frame::ClientHello { .. }) => {
+                    let answer = match check_hello(&hello) {
+                        Ok(h) => {
+                            let auth = StreamAuth::new(sim_key());
+                            let (challenge, server_nonce) =
+                                auth.challenge(&h.client_nonce, &h.device, h.instance);
+                            devices[i].handshake = Some((h, server_nonce));
+                            challenge
+                        }
+                        Err(reason) => Frame::Refused { reason },
+                    };
+                    if let Ok(b) = answer.encode() {
+                        let at = world.arrival(i, at_us, &mut devices[i].down);
+                        world.push(at, Event::DeviceFrame(i, c, Bytes::from(b)));
                     }
-                    Err(reason) => {
-                        if let Ok(b) = (Frame::Refused { reason }).encode() {
-                            let at = world.arrival(i, at_us, &mut devices[i].down);
-                            world.push(at, Event::DeviceFrame(i, c, Bytes::from(b)));
+                }
+                Ok(Frame::AuthResponse { proof }) => {
+                    if let Some((h, server_nonce)) = devices[i].handshake.take() {
+                        let auth = StreamAuth::new(sim_key());
+                        match auth.check_response(
+                            &h.client_nonce,
+                            &server_nonce,
+                            &proof,
+                            &h.device,
+                            h.instance,
+                        ) {
+                            Ok(()) => {
+                                devices[i].served = true;
+                                send_hello_and_backlog(world, i, &mut devices[i], at_us)?;
+                            }
+                            Err(reason) => {
+                                if let Ok(b) = (Frame::Refused { reason }).encode() {
+                                    let at = world.arrival(i, at_us, &mut devices[i].down);
+                                    world.push(at, Event::DeviceFrame(i, c, Bytes::from(b)));
+                                }
+                            }
                         }
                     }
-                },
+                }
                 Ok(Frame::PlayoutDelayRequest { playout_delay_ms }) if devices[i].served => {
                     // A grant reaches every receiver (announce_playout_delay); a
                     // refusal this one only.
@@ -1068,6 +1110,7 @@ fn deliver(
             }
             dev.stream_open = true;
             dev.served = false;
+            dev.handshake = None;
             dev.connection += 1;
             dev.last_frame_us = at_us;
             dev.up = InOrder::default();

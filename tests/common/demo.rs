@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde_json::Value;
 
 /// A running `syncstream demo`; killed on drop.
@@ -20,6 +20,8 @@ pub struct DemoProcess {
     pub started: Instant,
     /// Its output (stdout and stderr).
     pub log: PathBuf,
+    /// Its pairing key (`pairing.key` in its `--state-dir`, else the default file).
+    pub key: syncstream_protocol::auth::PairingKey,
 }
 
 impl DemoProcess {
@@ -32,6 +34,14 @@ impl DemoProcess {
 
     /// As [`DemoProcess::start`], on HTTP port `http`.
     pub fn start_on(dir: &Path, http: u16, extra: &[&str]) -> DemoProcess {
+        let key_file = extra
+            .iter()
+            .position(|a| *a == "--state-dir")
+            .and_then(|i| extra.get(i + 1))
+            .map(|d| Path::new(d).join(syncstream_protocol::auth::KEY_FILE_NAME))
+            .unwrap_or_else(syncstream_protocol::auth::default_key_file);
+        // Made before the demo starts (it would make the same), so it is known now.
+        let (key, _) = syncstream_protocol::auth::PairingKey::load_or_create(&key_file).unwrap();
         let log = dir.join(format!("demo-{http}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_syncstream"))
@@ -51,8 +61,10 @@ impl DemoProcess {
             mqtt: 0,
             started,
             log,
+            key,
         };
-        // The demo prints "dashboard and API: http://127.0.0.1:P/ (MQTT broker mqtt://127.0.0.1:M)".
+        // The demo prints "dashboard: http://127.0.0.1:P/#token=T (API token T; MQTT broker
+        // mqtt://127.0.0.1:M)".
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = std::fs::read_to_string(&me.log).unwrap_or_default();
@@ -78,6 +90,19 @@ impl DemoProcess {
     /// Base URL of the API.
     pub fn api(&self) -> String {
         format!("http://127.0.0.1:{}/api/v1", self.http)
+    }
+
+    /// An HTTP client that sends the API token.
+    pub fn http_client(&self) -> reqwest::Client {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.key.api_token()).parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .default_headers(h)
+            .build()
+            .unwrap()
     }
 
     /// Seconds since the process started.
@@ -175,10 +200,9 @@ pub struct Spy {
 }
 
 impl Spy {
-    /// Connects to the broker on `port` and subscribes.
-    pub async fn start(port: u16) -> Spy {
-        let mut opts = MqttOptions::new(format!("spy-{}", super::free_port()), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(5));
+    /// Connects to the broker on `port` (logging in with `key`) and subscribes.
+    pub async fn start(port: u16, key: &syncstream_protocol::auth::PairingKey) -> Spy {
+        let mut opts = super::mqtt_options(&format!("spy-{}", super::free_port()), port, key);
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut ev) = AsyncClient::new(opts, 100);
         client

@@ -19,14 +19,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Starts the embedded rumqttd broker on a free port, waits until it accepts
-/// connections and returns the port.
+/// Starts the embedded rumqttd broker on a free port without logins (the tests of
+/// what travels over MQTT; the login itself is tested in tests/security.rs), waits
+/// until it accepts connections and returns the port.
 pub fn embedded_broker() -> u16 {
     let port = free_port();
-    syncstream_transmitter::broker::start_embedded_broker(std::net::SocketAddr::from((
-        [127, 0, 0, 1],
-        port,
-    )))
+    syncstream_transmitter::broker::start_embedded_broker(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        None,
+    )
     .unwrap();
     assert!(wait_for_port(port, Duration::from_secs(10)));
     port
@@ -56,14 +57,17 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts `mosquitto` (must be installed: `.ci/run` installs it).
     pub fn start() -> Mosquitto {
+        Self::start_with(|port| {
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        })
+    }
+
+    /// Starts `mosquitto` with the configuration `config(port)` (on a free port).
+    pub fn start_with(config: impl Fn(u16) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
+        std::fs::write(&conf, config(port)).unwrap();
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
@@ -136,4 +140,33 @@ impl JitterProxy {
     pub fn cut(&self) {
         self.proxy.cut();
     }
+}
+
+/// The pairing key of in-process systems in tests (processes started by the tests
+/// use the default key file, as a user's would).
+pub fn test_key() -> syncstream_protocol::auth::PairingKey {
+    syncstream_protocol::auth::PairingKey::parse(&"7e".repeat(32)).unwrap()
+}
+
+/// The default pairing key file's key (created if missing), as the `syncstream`
+/// processes a test starts find it: a test creates it before it starts them, so no
+/// receiver starts before its transmitter made the key.
+pub fn default_key() -> syncstream_protocol::auth::PairingKey {
+    let path = syncstream_protocol::auth::default_key_file();
+    syncstream_protocol::auth::PairingKey::load_or_create(&path)
+        .unwrap()
+        .0
+}
+
+/// MQTT options for a test's own client of a broker whose logins come from `key`
+/// (user `test-observer`).
+pub fn mqtt_options(
+    client_id: &str,
+    port: u16,
+    key: &syncstream_protocol::auth::PairingKey,
+) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_credentials("test-observer", key.mqtt_password("test-observer"));
+    o
 }

@@ -39,13 +39,39 @@ function toast(msg) {
   toast.timer = setTimeout(() => t.classList.remove("show"), 4000);
 }
 
+// ---- the API token ----------------------------------------------------------------
+// The transmitter prints the dashboard's address with "#token=…"; the token is kept in
+// this browser (localStorage) and taken out of the address bar. Without it, or when it
+// is refused, the sign-in form asks for it (`syncstream key token` prints it).
+
+const TOKEN_KEY = "syncstream-token";
+function takeTokenFromAddress() {
+  const m = /(?:^#|&)token=([0-9a-fA-F]+)/.exec(location.hash);
+  if (m) {
+    localStorage.setItem(TOKEN_KEY, m[1]);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
+const token = () => localStorage.getItem(TOKEN_KEY) || "";
+const authHeaders = () => (token() ? { authorization: "Bearer " + token() } : {});
+
+function showSignIn(message) {
+  const f = $("#signin");
+  $("#signin-message").textContent = message;
+  f.hidden = false;
+  $("input", f).focus();
+}
+
 async function api(method, path, body) {
+  const headers = authHeaders();
+  if (body !== undefined) headers["content-type"] = "application/json";
   const r = await fetch("/api/v1" + path, {
     method,
-    headers: body === undefined ? {} : { "content-type": "application/json" },
+    headers,
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const j = await r.json().catch(() => ({}));
+  if (r.status === 401) showSignIn(j.error || "This dashboard needs the API token.");
   if (!r.ok) {
     toast(j.error || `${method} ${path}: ${r.status}`);
     throw new Error(j.error || r.statusText);
@@ -56,9 +82,18 @@ async function api(method, path, body) {
 // ---- live connection ------------------------------------------------------------
 
 let backoff = 500;
-function connect() {
+async function connect() {
+  // A WebSocket cannot say why it was refused: ask the API first.
+  const probe = await fetch("/api/v1/sync", { headers: authHeaders() }).catch(() => null);
+  if (probe && probe.status === 401) {
+    const j = await probe.json().catch(() => ({}));
+    setLink(false);
+    showSignIn(j.error || "This dashboard needs the API token.");
+    return;
+  }
   const proto = location.protocol === "https:" ? "wss://" : "ws://";
-  const ws = new WebSocket(proto + location.host + "/api/v1/ws");
+  const q = token() ? "?token=" + encodeURIComponent(token()) : "";
+  const ws = new WebSocket(proto + location.host + "/api/v1/ws" + q);
   ws.onopen = () => { setLink(true); backoff = 500; };
   ws.onmessage = (e) => { try { onEvent(JSON.parse(e.data)); } catch (err) { console.error(err); } };
   ws.onclose = () => {
@@ -431,6 +466,17 @@ $("#new-stream").addEventListener("submit", (e) => {
 $("#cal-start").addEventListener("click", () =>
   api("POST", "/calibrate", { simultaneous: $("#cal-simultaneous").checked }).catch(() => {}));
 
+$("#signin").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const t = e.target.elements["token"].value.trim();
+  if (!t) return;
+  localStorage.setItem(TOKEN_KEY, t);
+  e.target.hidden = true;
+  e.target.reset();
+  connect();
+});
+
 setInterval(drawHeatmap, 1000);
 window.addEventListener("resize", () => { for (const n of S.cards.keys()) drawSpark(n); });
+takeTokenFromAddress();
 connect();

@@ -229,19 +229,30 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router) {
             tracing::warn!(%peer, "HTTP: {MAX_CONNECTIONS} connections open; closing a new one");
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let app = app.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_header_size(MAX_HEADER_BYTES);
-            if let Err(e) = builder.serve_connection(io, service).with_upgrades().await {
-                tracing::debug!(%peer, "HTTP connection: {e}");
-            }
+            serve_connection(stream, app, peer).await;
         });
+    }
+}
+
+/// Serves one accepted connection (`io`: TCP, or TLS over it) from `peer` with `app`:
+/// HTTP/1.1 with WebSocket upgrades, [`HEADER_READ_TIMEOUT`] per request head, heads of
+/// at most [`MAX_HEADER_BYTES`]. Returns when the connection closes.
+pub async fn serve_connection<I>(io: I, app: Router, peer: std::net::SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let io = hyper_util::rt::TokioIo::new(io);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES);
+    if let Err(e) = builder.serve_connection(io, service).with_upgrades().await {
+        tracing::debug!(%peer, "HTTP connection: {e}");
     }
 }
 

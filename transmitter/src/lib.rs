@@ -11,6 +11,9 @@ pub mod controller_store;
 pub mod dashboard;
 pub mod history;
 pub mod http;
+pub mod http_auth;
+#[cfg(feature = "https")]
+pub mod https;
 pub mod mqtt;
 pub mod pacer;
 pub mod playout_delay;
@@ -48,6 +51,30 @@ pub enum MqttMode {
     External(BrokerUrl),
 }
 
+/// A TLS listener of the embedded broker: where, and the broker's certificate chain
+/// and private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerTls {
+    /// Listen address (MQTT over TLS, conventionally port 8883).
+    pub listen: SocketAddr,
+    /// The certificate chain, PEM (the server's first).
+    pub cert: std::path::PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+/// The HTTPS listener of the API and dashboard: where, and the server's certificate
+/// chain and private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsConfig {
+    /// Listen address (e.g. `0.0.0.0:4955`).
+    pub listen: SocketAddr,
+    /// The certificate chain, PEM (the server's first).
+    pub cert: std::path::PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
 /// Transmitter settings.
 #[derive(Debug, Clone)]
 pub struct TransmitterConfig {
@@ -82,6 +109,22 @@ pub struct TransmitterConfig {
     pub state_dir: Option<std::path::PathBuf>,
     /// Options for streams added through the control API.
     pub source_options: source::SourceOptions,
+    /// The pairing key: receivers must prove it on the stream port, MQTT clients log
+    /// in with passwords derived from it (the embedded broker checks them; the
+    /// transmitter's own clients log in as
+    /// [`syncstream_protocol::auth::TRANSMITTER_MQTT_USER`] unless the external
+    /// broker's URL names a user), and the HTTP API takes its token
+    /// ([`http_auth`]). The default is a fresh random key.
+    pub key: syncstream_protocol::auth::PairingKey,
+    /// Whether the HTTP API's reads (not the source windows) are open without the
+    /// token.
+    pub open_read: bool,
+    /// A TLS listener of the embedded broker besides its plain one (needs the feature
+    /// `broker-tls`); ignored with an external broker.
+    pub broker_tls: Option<BrokerTls>,
+    /// An HTTPS listener of the API and dashboard besides the plain one (needs the
+    /// feature `https`).
+    pub https: Option<HttpsConfig>,
 }
 
 /// A source for one named stream.
@@ -124,6 +167,13 @@ impl Default for TransmitterConfig {
             updates_dir: None,
             state_dir: None,
             source_options: source::SourceOptions::default(),
+            // Only if the operating system's random source fails, which nothing can
+            // run without.
+            key: syncstream_protocol::auth::PairingKey::generate()
+                .expect("the system's random source works"),
+            open_read: false,
+            broker_tls: None,
+            https: None,
         }
     }
 }
@@ -135,8 +185,10 @@ pub struct Transmitter {
     pub stream_addr: SocketAddr,
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
-    /// The broker in use.
+    /// The broker in use (with the transmitter's login).
     pub broker: BrokerUrl,
+    /// The pairing key (receivers need it; the API token derives from it).
+    pub key: syncstream_protocol::auth::PairingKey,
     /// Controller state.
     pub controller: Arc<Mutex<SyncController>>,
     /// The rolling buffer of the first stream.
@@ -262,19 +314,21 @@ pub async fn start_streams(
         ),
         #[cfg(feature = "embedded-broker")]
         MqttMode::Embedded(addr) => {
-            broker::start_embedded_broker(*addr)?;
+            broker::start_embedded_broker_tls(
+                *addr,
+                Some(cfg.key.clone()),
+                cfg.broker_tls.as_ref(),
+            )?;
             let host = if addr.ip().is_unspecified() {
                 "127.0.0.1".to_string()
             } else {
                 addr.ip().to_string()
             };
-            BrokerUrl {
-                host,
-                port: addr.port(),
-            }
+            BrokerUrl::new(host, addr.port())
         }
         MqttMode::External(url) => url.clone(),
-    };
+    }
+    .with_key(&cfg.key, syncstream_protocol::auth::TRANSMITTER_MQTT_USER);
     // Every stream's sample 0 is now: one timeline.
     let epoch_us = clock.now_us();
     // The delay may grow as far as the rolling buffer still serves the drift
@@ -313,6 +367,7 @@ pub async fn start_streams(
     let stream_task = tokio::spawn(stream_server::serve(
         stream_listener,
         hub.clone(),
+        Arc::new(syncstream_protocol::auth::StreamAuth::new(cfg.key.clone())),
         clock.clone(),
     ));
 
@@ -384,16 +439,34 @@ pub async fn start_streams(
         tokio::spawn(updates::announce(broker.clone(), dir.clone()));
     }
     tasks.push(stream_task);
-    tasks.push(tokio::spawn(http::serve(
-        http_listener,
-        http::with_limits(app),
-    )));
+    let app = http::with_limits(http_auth::protect(
+        app,
+        http_auth::ApiAccess::new(cfg.key.clone(), cfg.open_read),
+    ));
+    if let Some(h) = &cfg.https {
+        #[cfg(feature = "https")]
+        {
+            let acceptor = https::acceptor(&h.cert, &h.key)?;
+            let listener = tokio::net::TcpListener::bind(h.listen)
+                .await
+                .with_context(|| format!("cannot listen for HTTPS on {}", h.listen))?;
+            tracing::info!(addr = %h.listen, "HTTPS listening");
+            tasks.push(tokio::spawn(https::serve(listener, app.clone(), acceptor)));
+        }
+        #[cfg(not(feature = "https"))]
+        anyhow::bail!(
+            "this build has no HTTPS (feature https): cannot listen on {}",
+            h.listen
+        );
+    }
+    tasks.push(tokio::spawn(http::serve(http_listener, app)));
 
     tracing::info!(%stream_addr, %http_addr, %broker, "transmitter running");
     Ok(Transmitter {
         stream_addr,
         http_addr,
         broker,
+        key: cfg.key.clone(),
         controller,
         buffer,
         epoch_us,

@@ -2,7 +2,8 @@
 //! receiver over TCP and answers their clock-sync requests (see
 //! [`syncstream_protocol::wire`] for the protocol).
 //!
-//! A connection must say hello within [`HELLO_TIMEOUT`], in a frame of at most
+//! A connection must say hello and pass the pairing-key handshake
+//! ([`StreamAuth`]) within [`HELLO_TIMEOUT`], in a frame of at most
 //! [`MAX_INBOUND_FRAME_BYTES`] (receivers send only hellos and clock-sync requests),
 //! with a valid device name. A name that another receiver process (another `instance`)
 //! is streaming under is refused with a [`Frame::Refused`] that says so; the same
@@ -26,6 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use syncstream_protocol::auth::StreamAuth;
 use syncstream_protocol::codec::CHUNK_FRAMES;
 use syncstream_protocol::wire::{Codec, Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use syncstream_shared::names::check_device_name;
@@ -79,27 +81,72 @@ pub fn server_hello(
     }
 }
 
-/// A receiver's hello, checked: its device name and process instance.
+/// Which connection a hello opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloKind {
+    /// A stream connection ([`Frame::ClientHello`]): audio and clock sync.
+    Stream,
+    /// A clock-sync connection ([`Frame::ClockHello`]).
+    Clock,
+}
+
+/// A receiver's hello, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Which connection it opens.
+    pub kind: HelloKind,
+    /// The device name (valid).
+    pub device: String,
+    /// The receiver process's instance.
+    pub instance: u64,
+    /// The nonce for the handshake.
+    pub client_nonce: syncstream_protocol::auth::Nonce,
+}
+
+/// A receiver's hello, checked: its kind, device name, process instance and nonce.
 ///
 /// Errors: not a hello, another protocol version, or an invalid name; the message is
 /// what the receiver is told.
-pub fn check_hello(frame: &Frame) -> Result<(String, u64), String> {
-    match frame {
+pub fn check_hello(frame: &Frame) -> Result<Hello, String> {
+    let (kind, protocol_version, device, instance, client_nonce) = match frame {
         Frame::ClientHello {
             protocol_version,
             device,
             instance,
-        } => {
-            if *protocol_version != PROTOCOL_VERSION {
-                return Err(format!(
-                    "protocol version {protocol_version}; this transmitter speaks {PROTOCOL_VERSION}"
-                ));
-            }
-            check_device_name(device).map_err(|e| e.to_string())?;
-            Ok((device.clone(), *instance))
-        }
-        _ => Err("the first frame must be a ClientHello".into()),
+            client_nonce,
+        } => (
+            HelloKind::Stream,
+            protocol_version,
+            device,
+            instance,
+            client_nonce,
+        ),
+        Frame::ClockHello {
+            protocol_version,
+            device,
+            instance,
+            client_nonce,
+        } => (
+            HelloKind::Clock,
+            protocol_version,
+            device,
+            instance,
+            client_nonce,
+        ),
+        _ => return Err("the first frame must be a ClientHello".into()),
+    };
+    if *protocol_version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {protocol_version}; this transmitter speaks {PROTOCOL_VERSION}"
+        ));
     }
+    check_device_name(device).map_err(|e| e.to_string())?;
+    Ok(Hello {
+        kind,
+        device: device.clone(),
+        instance: *instance,
+        client_nonce: *client_nonce,
+    })
 }
 
 /// An encoded audio chunk ready to send.
@@ -348,7 +395,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Accepts receivers on `listener` until the future is dropped; the connections are
 /// owned by it, so dropping it (a transmitter that stops) ends every one of them.
-pub async fn serve(listener: TcpListener, dir: Arc<Directory>, clock: Arc<dyn Clock>) {
+///
+/// Every connection must pass the pairing-key handshake `auth` (see
+/// [`syncstream_protocol::auth::StreamAuth`]) before anything is served on it.
+pub async fn serve(
+    listener: TcpListener,
+    dir: Arc<Directory>,
+    auth: Arc<StreamAuth>,
+    clock: Arc<dyn Clock>,
+) {
     let mut clients = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -360,9 +415,10 @@ pub async fn serve(listener: TcpListener, dir: Arc<Directory>, clock: Arc<dyn Cl
                 Ok((sock, peer)) => {
                     let _ = sock.set_nodelay(true);
                     let dir = dir.clone();
+                    let auth = auth.clone();
                     let clock = clock.clone();
                     clients.spawn(async move {
-                        if let Err(e) = handle_client(sock, peer, dir, clock).await {
+                        if let Err(e) = handle_client(sock, peer, dir, auth, clock).await {
                             info!(%peer, "stream client left: {e:#}");
                         }
                     });
@@ -377,10 +433,27 @@ pub async fn serve(listener: TcpListener, dir: Arc<Directory>, clock: Arc<dyn Cl
     }
 }
 
+/// Sends a [`Frame::Refused`] with `reason` (best effort) and fails with it.
+async fn refuse<S>(sink: &mut S, what: &str, reason: String) -> anyhow::Result<()>
+where
+    S: futures::Sink<Bytes, Error = std::io::Error> + Unpin,
+{
+    let _ = sink
+        .send(Bytes::from(
+            Frame::Refused {
+                reason: reason.clone(),
+            }
+            .encode()?,
+        ))
+        .await;
+    anyhow::bail!("{what} refused: {reason}")
+}
+
 async fn handle_client(
     sock: TcpStream,
     peer: SocketAddr,
     dir: Arc<Directory>,
+    auth: Arc<StreamAuth>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
     let (read_half, write_half) = sock.into_split();
@@ -389,66 +462,56 @@ async fn handle_client(
         .new_codec();
     let mut frames = FramedRead::new(read_half, inbound);
     let mut sink = FramedWrite::new(write_half, frame_codec());
-    let first = tokio::time::timeout(HELLO_TIMEOUT, frames.next())
+    // The hello and the handshake together must fit in HELLO_TIMEOUT.
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let first = tokio::time::timeout_at(deadline, frames.next())
         .await
         .map_err(|_| anyhow::anyhow!("no hello within {HELLO_TIMEOUT:?}"))?
         .context("closed before its hello")??;
-    let first = Frame::decode(&first).map_err(|e| e.to_string());
-    if let Ok(Frame::ClockHello {
-        protocol_version,
-        device,
-        ..
-    }) = &first
+    let hello = match Frame::decode(&first)
+        .map_err(|e| e.to_string())
+        .and_then(|f| check_hello(&f))
     {
-        let ok = if *protocol_version != PROTOCOL_VERSION {
-            Err(format!(
-                "protocol version {protocol_version}; this transmitter speaks {PROTOCOL_VERSION}"
-            ))
-        } else {
-            check_device_name(device).map_err(|e| e.to_string())
-        };
-        if let Err(reason) = ok {
-            let _ = sink
-                .send(Bytes::from(
-                    Frame::Refused {
-                        reason: reason.clone(),
-                    }
-                    .encode()?,
-                ))
-                .await;
-            anyhow::bail!("clock connection refused: {reason}");
-        }
+        Ok(h) => h,
+        Err(reason) => return refuse(&mut sink, "hello", reason).await,
+    };
+    let (challenge, server_nonce) =
+        auth.challenge(&hello.client_nonce, &hello.device, hello.instance);
+    sink.send(Bytes::from(challenge.encode()?)).await?;
+    let answer = tokio::time::timeout_at(deadline, frames.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("no handshake answer within {HELLO_TIMEOUT:?}"))?
+        .context("closed during the handshake")??;
+    let checked = match Frame::decode(&answer) {
+        Ok(Frame::AuthResponse { proof }) => auth.check_response(
+            &hello.client_nonce,
+            &server_nonce,
+            &proof,
+            &hello.device,
+            hello.instance,
+        ),
+        Ok(_) => Err("the answer to an AuthChallenge must be an AuthResponse".into()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(reason) = checked {
+        warn!(%peer, device = hello.device, "{reason}");
+        return refuse(&mut sink, "handshake", reason).await;
+    }
+    let Hello {
+        kind,
+        device,
+        instance,
+        ..
+    } = hello;
+    if kind == HelloKind::Clock {
         debug!(%peer, device, "clock-sync connection");
         return serve_clock(frames, sink, clock).await;
     }
-    let checked = first.and_then(|f| check_hello(&f));
-    let (device, instance) = match checked {
-        Ok(v) => v,
-        Err(reason) => {
-            let _ = sink
-                .send(Bytes::from(
-                    Frame::Refused {
-                        reason: reason.clone(),
-                    }
-                    .encode()?,
-                ))
-                .await;
-            anyhow::bail!("refused: {reason}");
-        }
-    };
     let (connection, kick) = match dir.register(&device, instance, peer) {
         Ok(v) => v,
         Err(reason) => {
             warn!(%peer, device, "{reason}");
-            let _ = sink
-                .send(Bytes::from(
-                    Frame::Refused {
-                        reason: reason.clone(),
-                    }
-                    .encode()?,
-                ))
-                .await;
-            anyhow::bail!("refused: {reason}");
+            return refuse(&mut sink, "receiver", reason).await;
         }
     };
     info!(%peer, device, "receiver connected");

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use syncstream_protocol::auth::PairingKey;
 use syncstream_shared::time::MonotonicClock;
 use syncstream_transmitter::http::{HEADER_READ_TIMEOUT, MAX_REQUEST_BODY_BYTES};
 use syncstream_transmitter::{start, MqttMode, Transmitter, TransmitterConfig};
@@ -19,6 +20,24 @@ fn silence() -> syncstream_transmitter::PullAudio {
     })
 }
 
+/// The pairing key of these transmitters.
+fn key() -> PairingKey {
+    PairingKey::parse(&"4d".repeat(32)).unwrap()
+}
+
+/// An HTTP client that sends the API token.
+fn api_client() -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", key().api_token()).parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
 async fn transmitter() -> Transmitter {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -30,6 +49,7 @@ async fn transmitter() -> Transmitter {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         mqtt: MqttMode::Embedded(([127, 0, 0, 1], port).into()),
         buffer_seconds: 2.0,
+        key: key(),
         ..Default::default()
     };
     start(cfg, silence(), Arc::new(MonotonicClock))
@@ -51,7 +71,9 @@ async fn closed_by(s: &mut TcpStream, deadline: Instant) -> bool {
 }
 
 async fn get_status(tx: &Transmitter) -> reqwest::StatusCode {
-    reqwest::get(format!("http://{}/api/v1/status", tx.http_addr))
+    api_client()
+        .get(format!("http://{}/api/v1/status", tx.http_addr))
+        .send()
         .await
         .map(|r| r.status())
         .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
@@ -76,9 +98,11 @@ async fn half_open_slow_and_idle_connections_are_closed() {
     }
     // A keep-alive connection that made one request and then sits idle.
     let mut idle = TcpStream::connect(tx.http_addr).await.unwrap();
-    idle.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let request = format!(
+        "GET /api/v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        key().api_token()
+    );
+    idle.write_all(request.as_bytes()).await.unwrap();
     let mut head = [0u8; 12];
     idle.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
@@ -112,7 +136,7 @@ async fn half_open_slow_and_idle_connections_are_closed() {
 #[tokio::test]
 async fn oversized_bodies_and_heads_are_refused() {
     let tx = transmitter().await;
-    let client = reqwest::Client::new();
+    let client = api_client();
     let r = client
         .put(format!("http://{}/api/v1/devices/tv/volume", tx.http_addr))
         .body(vec![b' '; MAX_REQUEST_BODY_BYTES + 1])

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use syncstream_protocol::auth::{PairingKey, StreamAuth};
 use syncstream_protocol::wire::{Frame, PROTOCOL_VERSION};
 use syncstream_shared::time::{Clock, MonotonicClock};
 use syncstream_transmitter::stream_server::frame_codec;
@@ -26,6 +27,65 @@ fn tone() -> syncstream_transmitter::PullAudio {
     })
 }
 
+/// The pairing key of the transmitters in these tests.
+fn key() -> PairingKey {
+    PairingKey::parse(&"3c".repeat(32)).unwrap()
+}
+
+/// An HTTP client that sends the API token.
+fn api_client() -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", key().api_token()).parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
+type Conn = Framed<tokio::net::TcpStream, tokio_util::codec::LengthDelimitedCodec>;
+
+/// Says hello on `framed` as `device`/`instance`, passes the handshake under `key`
+/// and returns the transmitter's next frame (its hello, or a refusal).
+async fn login(framed: &mut Conn, device: &str, instance: u64, key: PairingKey) -> Frame {
+    let auth = StreamAuth::new(key);
+    let client_nonce = syncstream_protocol::auth::nonce();
+    let hello = Frame::ClientHello {
+        protocol_version: PROTOCOL_VERSION,
+        device: device.into(),
+        instance,
+        client_nonce,
+    };
+    framed
+        .send(Bytes::from(hello.encode().unwrap()))
+        .await
+        .unwrap();
+    let first = Frame::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+    let Frame::AuthChallenge {
+        server_nonce,
+        server_proof,
+    } = first
+    else {
+        return first;
+    };
+    let answer = auth
+        .respond(
+            &client_nonce,
+            &server_nonce,
+            &server_proof,
+            device,
+            instance,
+        )
+        .unwrap_or(Frame::AuthResponse { proof: [0; 32] });
+    framed
+        .send(Bytes::from(answer.encode().unwrap()))
+        .await
+        .unwrap();
+    Frame::decode(&framed.next().await.unwrap().unwrap()).unwrap()
+}
+
 async fn transmitter() -> Transmitter {
     transmitter_with_buffer(2.0).await
 }
@@ -42,6 +102,7 @@ async fn transmitter_with_buffer(buffer_seconds: f64) -> Transmitter {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         mqtt: MqttMode::Embedded(([127, 0, 0, 1], port).into()),
         buffer_seconds,
+        key: key(),
         ..Default::default()
     };
     start(cfg, tone(), Arc::new(MonotonicClock)).await.unwrap()
@@ -51,7 +112,7 @@ async fn transmitter_with_buffer(buffer_seconds: f64) -> Transmitter {
 async fn windows_in_the_buffer_are_served_and_others_refused() {
     let tx = transmitter().await;
     let base = format!("http://{}", tx.http_addr);
-    let http = reqwest::Client::new();
+    let http = api_client();
     // Wait (bounded) until 300 ms of audio are buffered.
     let mut newest = 0;
     for _ in 0..200 {
@@ -160,16 +221,20 @@ async fn stream_handshake_audio_and_clock_sync() {
         assert!(bad.next().await.is_none_or(|r| r.is_err()));
     }
 
-    let hello = Frame::ClientHello {
-        protocol_version: PROTOCOL_VERSION,
-        device: "probe".into(),
-        instance: 1,
-    };
-    framed
-        .send(Bytes::from(hello.encode().unwrap()))
+    // A receiver with another pairing key is refused, saying why, and gets no audio.
+    let stranger = tokio::net::TcpStream::connect(tx.stream_addr)
         .await
         .unwrap();
-    let first = Frame::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+    let mut stranger = Framed::new(stranger, frame_codec());
+    let other = PairingKey::parse(&"01".repeat(32)).unwrap();
+    let answer = login(&mut stranger, "probe", 9, other).await;
+    assert!(
+        matches!(answer, Frame::Refused { ref reason } if reason.contains("not paired")),
+        "{answer:?}"
+    );
+    assert!(stranger.next().await.is_none_or(|r| r.is_err()));
+
+    let first = login(&mut framed, "probe", 1, key()).await;
     let Frame::ServerHello {
         epoch_us,
         sample_rate,
@@ -234,16 +299,7 @@ async fn hello_as(
         .await
         .unwrap();
     let mut framed = Framed::new(sock, frame_codec());
-    let hello = Frame::ClientHello {
-        protocol_version: PROTOCOL_VERSION,
-        device: device.into(),
-        instance,
-    };
-    framed
-        .send(Bytes::from(hello.encode().unwrap()))
-        .await
-        .unwrap();
-    let first = Frame::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+    let first = login(&mut framed, device, instance, key()).await;
     (framed, first)
 }
 
@@ -302,6 +358,7 @@ async fn invalid_names_and_silent_connections_are_refused() {
         protocol_version: PROTOCOL_VERSION,
         device: huge,
         instance: 1,
+        client_nonce: [0; 16],
     };
     let _ = framed.send(Bytes::from(hello.encode().unwrap())).await;
     assert!(
@@ -335,6 +392,7 @@ async fn a_group_move_switches_the_stream_on_the_same_connection() {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         mqtt: MqttMode::Embedded(([127, 0, 0, 1], port).into()),
         buffer_seconds: 2.0,
+        key: key(),
         ..Default::default()
     };
     let sources = vec![
@@ -353,16 +411,7 @@ async fn a_group_move_switches_the_stream_on_the_same_connection() {
         .await
         .unwrap();
     let mut framed = Framed::new(sock, frame_codec());
-    let hello = Frame::ClientHello {
-        protocol_version: PROTOCOL_VERSION,
-        device: "kitchen".into(),
-        instance: 1,
-    };
-    framed
-        .send(Bytes::from(hello.encode().unwrap()))
-        .await
-        .unwrap();
-    let first = Frame::decode(&framed.next().await.unwrap().unwrap()).unwrap();
+    let first = login(&mut framed, "kitchen", 1, key()).await;
     assert!(
         matches!(first, Frame::ServerHello { ref stream, .. } if stream == "default"),
         "{first:?}"
@@ -373,7 +422,7 @@ async fn a_group_move_switches_the_stream_on_the_same_connection() {
         "syncstream/status/kitchen",
         br#"{"device":"kitchen","state":"playing"}"#,
     );
-    let http = reqwest::Client::new();
+    let http = api_client();
     let base = format!("http://{}/api/v1", tx.http_addr);
     let r = http
         .put(format!("{base}/groups/up"))
@@ -529,7 +578,9 @@ async fn a_playout_delay_request_grows_the_delay_for_every_receiver() {
 }
 
 async fn status_of(tx: &Transmitter) -> serde_json::Value {
-    let body = reqwest::get(format!("http://{}/api/v1/status", tx.http_addr))
+    let body = api_client()
+        .get(format!("http://{}/api/v1/status", tx.http_addr))
+        .send()
         .await
         .unwrap()
         .bytes()

@@ -90,6 +90,9 @@ pub struct NodeConfig {
     pub mic_rate_hz: u32,
     /// What the last run of this receiver kept (its offset); `None` on a first start.
     pub persisted: Option<PersistedState>,
+    /// The pairing key: the stream handshake proves it (see
+    /// [`syncstream_protocol::auth::StreamAuth`]).
+    pub key: syncstream_protocol::auth::PairingKey,
 }
 
 /// The stream connection's state.
@@ -97,7 +100,11 @@ pub struct NodeConfig {
 enum Link {
     /// No connection.
     Down,
-    /// Connected, hello sent, waiting for the transmitter's.
+    /// Connected, hello sent, waiting for the transmitter's challenge (nothing else is
+    /// accepted before it: a transmitter that cannot prove the pairing key is not
+    /// played from).
+    AwaitingChallenge,
+    /// The challenge passed and was answered; waiting for the transmitter's hello.
     AwaitingHello,
     /// Connected; the hello's playout delay was too short for this device, a longer
     /// one was asked for, and the hello that brings it is awaited (audio meanwhile is
@@ -163,6 +170,9 @@ pub struct NodeSnapshot {
 pub struct ReceiverNode {
     device: String,
     instance: u64,
+    /// The stream handshake, and this connection's nonce in it.
+    auth: syncstream_protocol::auth::StreamAuth,
+    client_nonce: syncstream_protocol::auth::Nonce,
     profile: DeviceProfile,
     drift_cfg: DriftConfig,
     audio: AudioControl,
@@ -254,6 +264,8 @@ impl ReceiverNode {
         let mut me = Self {
             device: cfg.device,
             instance: cfg.instance,
+            auth: syncstream_protocol::auth::StreamAuth::new(cfg.key),
+            client_nonce: [0; syncstream_protocol::auth::NONCE_BYTES],
             offset: OffsetRamp::constant(start_offset_ms),
             persisted_offset_ms: cfg.persisted.map(|p| p.offset_ms),
             profile: cfg.profile,

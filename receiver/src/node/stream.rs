@@ -34,12 +34,14 @@ pub const SWITCH_QUIET_MS: i64 = 1_000;
 impl ReceiverNode {
     /// The stream connection opened: sends the hello.
     pub fn on_stream_connected(&mut self, _now_us: i64, io: &mut impl ReceiverIo) {
-        self.link = Link::AwaitingHello;
+        self.link = Link::AwaitingChallenge;
         self.outstanding.clear();
+        self.client_nonce = syncstream_protocol::auth::nonce();
         io.stream_send(Frame::ClientHello {
             protocol_version: PROTOCOL_VERSION,
             device: self.device.clone(),
             instance: self.instance,
+            client_nonce: self.client_nonce,
         });
     }
 
@@ -67,7 +69,7 @@ impl ReceiverNode {
             Err(e) => {
                 self.counters.frames_rejected += 1;
                 warn!(device = self.device, "{e}");
-                if matches!(self.link, Link::AwaitingHello) {
+                if matches!(self.link, Link::AwaitingHello | Link::AwaitingChallenge) {
                     io.stream_reset("malformed hello", REFUSED_RETRY_US);
                     self.link = Link::Down;
                 }
@@ -75,6 +77,7 @@ impl ReceiverNode {
             }
         };
         let up = matches!(self.link, Link::Up);
+        let challenged = matches!(self.link, Link::AwaitingChallenge);
         let awaiting = matches!(self.link, Link::AwaitingHello);
         let awaiting_delay = matches!(self.link, Link::AwaitingDelay);
         match frame {
@@ -101,13 +104,35 @@ impl ReceiverNode {
                 };
                 self.on_hello(hello, now_us, io);
             }
+            Frame::AuthChallenge {
+                server_nonce,
+                server_proof,
+            } if challenged => match self.auth.respond(
+                &self.client_nonce,
+                &server_nonce,
+                &server_proof,
+                &self.device,
+                self.instance,
+            ) {
+                Ok(answer) => {
+                    self.link = Link::AwaitingHello;
+                    io.stream_send(answer);
+                }
+                Err(reason) => {
+                    warn!(device = self.device, "{reason}");
+                    self.error = Some(reason);
+                    self.link = Link::Down;
+                    io.stream_reset("transmitter not paired", REFUSED_RETRY_US);
+                    self.publish_status(now_us, io);
+                }
+            },
             Frame::StreamSwitch {
                 stream,
                 codec,
                 codec_delay_samples,
                 epoch_us,
             } if up => self.on_switch(stream, codec, codec_delay_samples, epoch_us, now_us, io),
-            Frame::Refused { reason } if up || awaiting || awaiting_delay => {
+            Frame::Refused { reason } if up || awaiting || awaiting_delay || challenged => {
                 let reason: String = reason.chars().take(500).collect();
                 warn!(
                     device = self.device,
@@ -118,11 +143,12 @@ impl ReceiverNode {
                 io.stream_reset("refused", REFUSED_RETRY_US);
                 self.publish_status(now_us, io);
             }
-            other if awaiting => {
+            other if awaiting || challenged => {
                 self.counters.frames_rejected += 1;
                 warn!(
                     device = self.device,
-                    "expected the transmitter's hello, got {}",
+                    "expected the transmitter's {}, got {}",
+                    if challenged { "challenge" } else { "hello" },
                     kind(&other)
                 );
                 self.link = Link::Down;
@@ -468,6 +494,8 @@ fn kind(f: &Frame) -> &'static str {
     match f {
         Frame::ClientHello { .. } => "ClientHello",
         Frame::ClockHello { .. } => "ClockHello",
+        Frame::AuthChallenge { .. } => "AuthChallenge",
+        Frame::AuthResponse { .. } => "AuthResponse",
         Frame::ServerHello { .. } => "ServerHello",
         Frame::Refused { .. } => "Refused",
         Frame::Audio { .. } => "Audio",

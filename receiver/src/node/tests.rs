@@ -67,6 +67,7 @@ fn node_with(profile: DeviceProfile) -> (ReceiverNode, Renderer, Capturer) {
             drift: DriftConfig::default(),
             mic_rate_hz: 48_000,
             persisted: None,
+            key: test_key(),
         },
         control,
         0,
@@ -77,6 +78,69 @@ fn node_with(profile: DeviceProfile) -> (ReceiverNode, Renderer, Capturer) {
 
 fn node() -> (ReceiverNode, Renderer, Capturer) {
     node_with(DeviceProfile::default_for(OutputType::Hdmi))
+}
+
+fn test_key() -> syncstream_protocol::auth::PairingKey {
+    syncstream_protocol::auth::PairingKey::parse(&"7e".repeat(32)).unwrap()
+}
+
+/// The transmitter's challenge to the last hello `io` sent, under `key`.
+fn challenge(io: &Recorder, key: syncstream_protocol::auth::PairingKey) -> Vec<u8> {
+    let Some(Frame::ClientHello {
+        device,
+        instance,
+        client_nonce,
+        ..
+    }) = io
+        .sent
+        .iter()
+        .rev()
+        .find(|f| matches!(f, Frame::ClientHello { .. }))
+    else {
+        panic!("no hello sent: {:?}", io.sent)
+    };
+    let (frame, _) =
+        syncstream_protocol::auth::StreamAuth::new(key).challenge(client_nonce, device, *instance);
+    frame.encode().unwrap()
+}
+
+/// The stream connection opens and the transmitter's challenge (test key) is answered.
+fn connect(n: &mut ReceiverNode, now_us: i64, io: &mut Recorder) {
+    n.on_stream_connected(now_us, io);
+    let c = challenge(io, test_key());
+    n.on_stream_frame(&c, now_us, io);
+    assert!(
+        matches!(io.sent.last(), Some(Frame::AuthResponse { .. })),
+        "{:?}",
+        io.sent.last()
+    );
+}
+
+#[test]
+fn a_transmitter_that_skips_the_challenge_or_has_another_key_is_not_played() {
+    // A hello without the challenge first: dropped, the connection reset.
+    let (mut n, _r, _c) = node();
+    let mut io = Recorder::default();
+    n.on_stream_connected(0, &mut io);
+    n.on_stream_frame(&hello(1000), 5, &mut io);
+    assert!(!n.connected());
+    assert_eq!(io.resets.len(), 1);
+    // A challenge under another key: no answer, an error status saying why.
+    let (mut n, _r, _c) = node();
+    let mut io = Recorder::default();
+    n.on_stream_connected(0, &mut io);
+    let other = syncstream_protocol::auth::PairingKey::parse(&"01".repeat(32)).unwrap();
+    n.on_stream_frame(&challenge(&io, other), 5, &mut io);
+    assert!(!io
+        .sent
+        .iter()
+        .any(|f| matches!(f, Frame::AuthResponse { .. })));
+    assert_eq!(io.resets.len(), 1);
+    let s = io.last_status();
+    assert_eq!(s.state, "error");
+    assert!(s.reason.unwrap().contains("pairing key"));
+    n.on_stream_frame(&hello(1000), 10, &mut io);
+    assert!(!n.connected());
 }
 
 fn hello(playout_delay_ms: u32) -> Vec<u8> {
@@ -98,7 +162,7 @@ fn hello(playout_delay_ms: u32) -> Vec<u8> {
 fn streaming() -> (ReceiverNode, Recorder, Renderer, Capturer) {
     let (mut n, r, c) = node();
     let mut io = Recorder::default();
-    n.on_stream_connected(0, &mut io);
+    connect(&mut n, 0, &mut io);
     assert!(matches!(
         io.sent[0],
         Frame::ClientHello { ref device, instance: 42, .. } if device == "tv"
@@ -120,6 +184,7 @@ fn invalid_names_are_refused() {
                 drift: DriftConfig::default(),
                 mic_rate_hz: 48_000,
                 persisted: None,
+                key: test_key(),
             },
             control,
             0,
@@ -201,7 +266,7 @@ fn a_hello_with_absurd_values_is_refused_with_a_reason() {
     ] {
         let (mut n, _r, _c) = node();
         let mut io = Recorder::default();
-        n.on_stream_connected(0, &mut io);
+        connect(&mut n, 0, &mut io);
         n.on_stream_frame(&frame.encode().unwrap(), 5, &mut io);
         assert!(!n.connected(), "{field}");
         assert_eq!(io.resets.len(), 1, "{field}");
@@ -221,7 +286,7 @@ fn a_profile_beyond_the_playout_delay_asks_for_more_and_plays_when_it_comes() {
     profile.base_latency_ms = 2000.0;
     let (mut n, _r, _c) = node_with(profile);
     let mut io = Recorder::default();
-    n.on_stream_connected(0, &mut io);
+    connect(&mut n, 0, &mut io);
     n.on_stream_frame(&hello(1000), 5, &mut io);
     assert!(!n.connected());
     // It asks for 2000 + 50 ms of headroom, says so, and keeps the connection.
@@ -272,6 +337,7 @@ fn a_profile_beyond_any_playout_delay_is_refused_with_its_numbers() {
             drift: DriftConfig::default(),
             mic_rate_hz: 48_000,
             persisted: None,
+            key: test_key(),
         },
         control,
         0,
@@ -287,7 +353,7 @@ fn a_profile_beyond_any_playout_delay_is_refused_with_its_numbers() {
 fn a_refusal_is_shown_and_retried_later() {
     let (mut n, _r, _c) = node();
     let mut io = Recorder::default();
-    n.on_stream_connected(0, &mut io);
+    connect(&mut n, 0, &mut io);
     let refused = Frame::Refused {
         reason: "a receiver named 'tv' is already streaming from 10.0.0.5:4000".into(),
     };
@@ -630,6 +696,7 @@ fn node_with_mic(mic_rate_hz: u32) -> (ReceiverNode, Renderer, Capturer) {
             drift: DriftConfig::default(),
             mic_rate_hz,
             persisted: None,
+            key: test_key(),
         },
         control,
         0,
@@ -908,7 +975,7 @@ fn the_status_tells_the_truth() {
         .unwrap()
         .contains("transmitter is unreachable"));
     // Reconnected and streaming again.
-    p.n.on_stream_connected(p.t, &mut p.io);
+    connect(&mut p.n, p.t, &mut p.io);
     p.n.on_stream_frame(&hello(1000), p.t, &mut p.io);
     p.sending = true;
     assert!(

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod demo;
+pub mod procs;
+pub mod watch;
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -56,8 +58,13 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts `mosquitto` (must be installed: `.ci/run` installs it).
     pub fn start() -> Mosquitto {
+        Self::start_on(free_port())
+    }
+
+    /// Starts `mosquitto` on `port`, without persistence (a restart loses every
+    /// retained message).
+    pub fn start_on(port: u16) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -80,6 +87,15 @@ impl Mosquitto {
             port,
             _dir: dir,
         }
+    }
+
+    /// Kills it (SIGKILL) and starts a new one on the same port: every connection
+    /// drops and the retained messages are gone. `down` is how long it stays away.
+    pub fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        *self = Self::start_on(self.port);
     }
 }
 
@@ -135,5 +151,11 @@ impl JitterProxy {
     /// Drops every connection open now (new ones are accepted again).
     pub fn cut(&self) {
         self.proxy.cut();
+    }
+
+    /// A network outage of `d` from now: nothing crosses in either direction until it
+    /// ends (connections stay open unless an end gives up on them).
+    pub fn hold_for(&self, d: Duration) {
+        self.proxy.hold_for(d);
     }
 }

@@ -551,6 +551,87 @@ fn silent_stream_connections_and_half_open_http_while_a_receiver_plays() {
     );
 }
 
+/// The server-side sockets of the transmitter's HTTP port `port` whose peer is one of
+/// `clients` (local ports) and that are still established (from /proc/net/tcp: a
+/// client that never reads cannot see the server close).
+fn established_from(port: u16, clients: &[u16]) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port_of = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && port_of(f[1]) == Some(port)
+                && port_of(f[2]).is_some_and(|p| clients.contains(&p))
+                && f[3] == "01"
+        })
+        .count()
+}
+
+#[test]
+fn http_clients_that_never_read_their_answers_are_dropped() {
+    use std::io::Write;
+    let rig = Rig::start("stall", false, false, &["stall-a"], &[10.0]);
+    let settled = rig.playing(
+        "stall-a",
+        Instant::now(),
+        Duration::from_secs(10),
+        "settled",
+    );
+    let underruns = settled.json["underruns"].as_u64().unwrap();
+    let rss_before = rig.tx.proc.rss_kb();
+    // Each asks for 40 source windows of 2 s (15 MB) and never reads a byte.
+    let path = format!(
+        "/api/v1/window?start_us={}&duration_ms=2000",
+        rig.tx.now_us() - 3_000_000
+    );
+    let head = common::procs::request_head(&path, false).repeat(40);
+    let start = Instant::now();
+    let conns: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", rig.tx.opts.http_port)).unwrap();
+            s.write_all(head.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let ports: Vec<u16> = conns
+        .iter()
+        .map(|c| c.local_addr().unwrap().port())
+        .collect();
+    let http = rig.tx.opts.http_port;
+    assert!(established_from(http, &ports) > 0);
+    let dropped = poll(Duration::from_secs(40), || {
+        (established_from(http, &ports) == 0).then(|| start.elapsed())
+    });
+    let rss_after = rig.tx.proc.rss_kb();
+    println!(
+        "clients that never read: dropped after {:?}; transmitter RSS {rss_before} -> {rss_after} kB",
+        dropped.map(|d| d.as_secs_f64())
+    );
+    let dropped = dropped.unwrap_or_else(|| {
+        rig.fail(&format!(
+            "{} of 10 connections that never read are still open after 40 s",
+            established_from(http, &ports)
+        ))
+    });
+    assert!(dropped < Duration::from_secs(30), "{dropped:?}");
+    // The receiver played on meanwhile.
+    let after = rig.playing(
+        "stall-a",
+        Instant::now(),
+        Duration::from_secs(10),
+        "afterwards",
+    );
+    assert_eq!(after.json["underruns"].as_u64(), Some(underruns));
+    drop(conns);
+}
+
 #[test]
 fn a_flood_of_drift_reports_for_2000_made_up_devices() {
     let rig = Rig::start("flood", false, false, &["flood-a"], &[10.0]);

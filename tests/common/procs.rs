@@ -217,7 +217,7 @@ impl Transmitter {
         me
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let ports = [
             self.opts.http_port,
             self.opts.stream_port,
@@ -230,6 +230,13 @@ impl Transmitter {
                 self.proc.log_tail(30)
             );
         }
+        // Its own ports, not another's: it answers and still runs.
+        let answered = poll(Duration::from_secs(10), || self.status().ok());
+        assert!(
+            answered.is_some() && self.proc.running(),
+            "the transmitter did not start:\n{}",
+            self.proc.log_tail(30)
+        );
     }
 
     /// Starts it again with the same options (after [`Proc::kill9`]).
@@ -346,17 +353,21 @@ impl Receiver {
     }
 }
 
+/// The head of a `GET path` request to the transmitter's HTTP server (the headers
+/// every request of the tests carries), keeping the connection open unless `close`.
+pub fn request_head(path: &str, close: bool) -> String {
+    let connection = if close { "close" } else { "keep-alive" };
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: {connection}\r\n\r\n")
+}
+
 /// `GET path` on 127.0.0.1:`port` over a fresh HTTP/1.1 connection; the body of a 200.
 pub fn http_get(port: u16, path: &str) -> Result<Vec<u8>, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    s.write_all(request_head(path, true).as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).map_err(|e| e.to_string())?;
     let split = resp

@@ -657,11 +657,45 @@ fn a_flood_of_drift_reports_for_2000_made_up_devices() {
             false,
         );
     }
-    // The real device is measured again in the middle of it (right behind the
-    // flood's reports): its new offset must not be lost.
-    let real_answered = rig.set_offset("flood-a", target, target + 2.0) - start;
-    // The controller got through the flood (the last made-up device is tracked).
-    poll(Duration::from_secs(60), || {
+    // The real device is measured again right behind the flood's reports (the
+    // controller answers it while its answers to the flood still queue): its new
+    // offset must not be lost.
+    let real = json!({
+        "device": "flood-a", "drift_ms": 2.0, "confidence": 0.995,
+        "signal_strength_db": -30.0, "ts_us": now, "applied_offset_ms": target,
+    });
+    rig.watch.publish(
+        "syncstream/drift/flood-a",
+        real.to_string().into_bytes(),
+        false,
+    );
+    let real_answered = rig
+        .watch
+        .wait(
+            &offset_topic("flood-a"),
+            start,
+            Duration::from_secs(30),
+            |o| {
+                o["offset_ms"]
+                    .as_f64()
+                    .is_some_and(|v| close(v, target + 2.0))
+            },
+        )
+        .unwrap_or_else(|| rig.fail("flood-a: its new offset was lost in the flood"))
+        .at
+        - start;
+    // The controller got through the flood, and its answers were not dropped: the
+    // last made-up device got its offset too (before the outbox, the answers at the
+    // end of such a burst found the MQTT client's queue full and were lost).
+    rig.watch
+        .wait(
+            &offset_topic("ghost-1999"),
+            start,
+            Duration::from_secs(60),
+            |_| true,
+        )
+        .unwrap_or_else(|| rig.fail("the last made-up device's answer was lost"));
+    poll(Duration::from_secs(10), || {
         let (v, _) = rig.tx.status().ok()?;
         v["devices"].get("ghost-1999").map(|_| ())
     })

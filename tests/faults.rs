@@ -2,7 +2,8 @@
 //! broker killed and restarted without persistence, the transmitter killed (-9) and
 //! restarted, the transmitter paused (SIGSTOP) for 5 s, a receiver's network cut for
 //! 10 s, 50 stream connections that never say hello and 200 half-open HTTP connections
-//! while a receiver plays, a flood of drift reports for 2000 made-up devices, and the
+//! while a receiver plays, HTTP clients that never read their answers, a flood of
+//! drift reports for 2000 made-up devices, and the
 //! state that survives a restart of everything (controller offsets in
 //! `controller.json`, each receiver's own in `<device>.state.json`).
 //!

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod demo;
+pub mod procs;
+pub mod watch;
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -57,15 +59,25 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts `mosquitto` (must be installed: `.ci/run` installs it).
     pub fn start() -> Mosquitto {
-        Self::start_with(|port| {
+        Self::start_on(free_port())
+    }
+
+    /// Starts `mosquitto` on `port`, without persistence (a restart loses every
+    /// retained message).
+    pub fn start_on(port: u16) -> Mosquitto {
+        Self::start_on_with(port, |port| {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         })
     }
 
     /// Starts `mosquitto` with the configuration `config(port)` (on a free port).
     pub fn start_with(config: impl Fn(u16) -> String) -> Mosquitto {
+        Self::start_on_with(free_port(), config)
+    }
+
+    /// Starts `mosquitto` on `port` with the configuration `config(port)`.
+    pub fn start_on_with(port: u16, config: impl Fn(u16) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(&conf, config(port)).unwrap();
         let child = Command::new("mosquitto")
@@ -84,6 +96,15 @@ impl Mosquitto {
             port,
             _dir: dir,
         }
+    }
+
+    /// Kills it (SIGKILL) and starts a new one on the same port: every connection
+    /// drops and the retained messages are gone. `down` is how long it stays away.
+    pub fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        *self = Self::start_on(self.port);
     }
 }
 
@@ -139,6 +160,12 @@ impl JitterProxy {
     /// Drops every connection open now (new ones are accepted again).
     pub fn cut(&self) {
         self.proxy.cut();
+    }
+
+    /// A network outage of `d` from now: nothing crosses in either direction until it
+    /// ends (connections stay open unless an end gives up on them).
+    pub fn hold_for(&self, d: Duration) {
+        self.proxy.hold_for(d);
     }
 }
 

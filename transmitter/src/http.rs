@@ -15,7 +15,8 @@
 //! [`serve`] bounds what a client can hold: a request head must arrive within
 //! [`HEADER_READ_TIMEOUT`] (idle and half-open connections are closed after it) and
 //! hold at most [`MAX_HEADER_BYTES`]; a body at most [`MAX_REQUEST_BODY_BYTES`]; a
-//! request at most [`REQUEST_TIMEOUT`]; at most [`MAX_CONNECTIONS`] connections.
+//! request at most [`REQUEST_TIMEOUT`]; an answer the client stops reading at most
+//! [`WRITE_STALL_TIMEOUT`] without progress; at most [`MAX_CONNECTIONS`] connections.
 
 use std::sync::{Arc, Mutex};
 
@@ -190,6 +191,98 @@ pub const MAX_REQUEST_BODY_BYTES: usize = 256 * 1024;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Most HTTP connections open at once (WebSockets included); more are closed at once.
 pub const MAX_CONNECTIONS: usize = 512;
+/// How long a write to a client may make no progress (it stopped reading: its
+/// windows of seconds of audio, pipelined, would otherwise hold a connection slot and
+/// their buffers for ever) before the connection is closed (issue 14).
+pub const WRITE_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection whose writes fail with `TimedOut` once one has waited
+/// [`WRITE_STALL_TIMEOUT`] without the client taking a byte; any progress restarts
+/// the clock. Reads pass through.
+struct StallGuard<T> {
+    io: T,
+    /// Runs while a write waits (`None`: the last write made progress).
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> StallGuard<T> {
+    fn new(io: T) -> Self {
+        Self { io, stalled: None }
+    }
+
+    /// `poll` of a write made progress (or failed): the clock stops. It waits: the
+    /// clock runs, and once it ran out the write fails.
+    fn watch<R>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        poll: std::task::Poll<std::io::Result<R>>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        use std::future::Future;
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT)));
+        match timer.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {WRITE_STALL_TIMEOUT:?}"),
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallGuard<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallGuard<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let poll = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
 
 /// `app` with the request limits: [`MAX_REQUEST_BODY_BYTES`] and [`REQUEST_TIMEOUT`].
 pub fn with_limits(app: Router) -> Router {
@@ -210,7 +303,8 @@ async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Ne
 /// Serves `app` (see [`with_limits`]) on `listener` over HTTP/1.1 with WebSocket
 /// upgrades, forever: a connection must send each request head within
 /// [`HEADER_READ_TIMEOUT`] (so idle and half-open connections are closed), a head may
-/// hold at most [`MAX_HEADER_BYTES`], and at most [`MAX_CONNECTIONS`] are open.
+/// hold at most [`MAX_HEADER_BYTES`], a client that stops reading is dropped after
+/// [`WRITE_STALL_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are open.
 ///
 /// Errors: none; a failed accept is logged and retried.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) {
@@ -239,13 +333,14 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router) {
 
 /// Serves one accepted connection (`io`: TCP, or TLS over it) from `peer` with `app`:
 /// HTTP/1.1 with WebSocket upgrades, [`HEADER_READ_TIMEOUT`] per request head, heads of
-/// at most [`MAX_HEADER_BYTES`]. Returns when the connection closes.
+/// at most [`MAX_HEADER_BYTES`], dropped when the client stops reading for
+/// [`WRITE_STALL_TIMEOUT`]. Returns when the connection closes.
 pub async fn serve_connection<I>(io: I, app: Router, peer: std::net::SocketAddr)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper_util::service::TowerToHyperService::new(app);
-    let io = hyper_util::rt::TokioIo::new(io);
+    let io = hyper_util::rt::TokioIo::new(StallGuard::new(io));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())

@@ -198,6 +198,9 @@ pub struct ReceiverNode {
     hardware_volume: bool,
     // Playout as asked for (the render callback has the same).
     offset: OffsetRamp,
+    /// The offset is the controller's: one it sent, or the one kept from an earlier
+    /// run (`<device>.state.json`, itself the controller's). A profile from
+    /// `syncstream/config` then no longer replaces it.
     offset_from_controller: bool,
     /// The offset last handed to [`ReceiverIo::persist`], ms.
     persisted_offset_ms: Option<f64>,
@@ -246,7 +249,8 @@ pub struct ReceiverNode {
 
 impl ReceiverNode {
     /// A node for `cfg` at local time `now_us`, owning the control side of its audio
-    /// engine; the offset starts at the profile's base latency.
+    /// engine; the offset starts at the one kept from an earlier run (`cfg.persisted`),
+    /// else at the profile's base latency.
     ///
     /// Errors: an invalid device name or profile (the message says why).
     pub fn new(cfg: NodeConfig, audio: AudioControl, now_us: i64) -> Result<Self, String> {
@@ -254,11 +258,11 @@ impl ReceiverNode {
         cfg.profile
             .validate()
             .map_err(|e| format!("profile of {}: {e}", cfg.device))?;
-        let start_offset_ms = cfg
+        let kept_offset_ms = cfg
             .persisted
             .map(|p| p.offset_ms)
-            .filter(|o| OffsetLimits::widest().contains(*o))
-            .unwrap_or(cfg.profile.base_latency_ms);
+            .filter(|o| OffsetLimits::widest().contains(*o));
+        let start_offset_ms = kept_offset_ms.unwrap_or(cfg.profile.base_latency_ms);
         let mic_in = MicResampler::new(cfg.mic_rate_hz)
             .map_err(|e| format!("microphone of {}: {e}", cfg.device))?;
         let mut me = Self {
@@ -286,7 +290,7 @@ impl ReceiverNode {
             error: None,
             output_error: None,
             hardware_volume: false,
-            offset_from_controller: false,
+            offset_from_controller: kept_offset_ms.is_some(),
             last_epoch_us: None,
             volume: 1.0,
             muted: false,

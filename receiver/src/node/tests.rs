@@ -1023,3 +1023,31 @@ fn the_status_tells_the_truth() {
     assert_eq!(s.state, "error");
     assert!(s.reason.unwrap().contains("hw:1 cannot be opened"));
 }
+
+/// Issue 14, state that survives: a receiver restarted with the offset it kept (the
+/// controller's) stays there when the retained `syncstream/config` brings its profile
+/// again; one without a kept offset takes the profile's.
+#[test]
+fn a_kept_offset_is_not_replaced_by_the_profile_of_a_config_push() {
+    let config = br#"{"devices":{"tv":{"type":"hdmi","base_latency_ms":70}}}"#;
+    for (kept, want) in [(Some(61.25), 61.25), (None, 70.0)] {
+        let profile = DeviceProfile::default_for(OutputType::Hdmi);
+        let (_, _, control) = realtime::engine(profile.base_latency_ms, 48_000);
+        let mut n = ReceiverNode::new(
+            NodeConfig {
+                device: "tv".into(),
+                instance: 42,
+                profile,
+                drift: DriftConfig::default(),
+                mic_rate_hz: 48_000,
+                persisted: kept.map(|offset_ms| PersistedState { offset_ms }),
+            },
+            control,
+            0,
+        )
+        .unwrap();
+        let mut io = Recorder::default();
+        n.on_mqtt_message("syncstream/config", config, 10, &mut io);
+        assert_eq!(n.status(20).offset_ms, want, "kept {kept:?}");
+    }
+}

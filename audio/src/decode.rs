@@ -86,9 +86,33 @@ impl AudioFileReader {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let file = File::open(path)
             .with_context(|| format!("cannot open audio file {}", path.display()))?;
-        let mss = MediaSourceStream::new(Box::new(file), Default::default());
+        Self::from_source(
+            path,
+            Box::new(file),
+            path.extension().and_then(|e| e.to_str()),
+        )
+    }
+
+    /// Reads an audio file held in memory; `name` stands for it in errors and
+    /// `extension` (`"ogg"`, `"wav"`, ...) is a hint for the format probe. Never panics.
+    ///
+    /// Errors: as [`AudioFileReader::open`], naming `name`.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>, extension: Option<&str>) -> anyhow::Result<Self> {
+        Self::from_source(
+            Path::new(name),
+            Box::new(std::io::Cursor::new(bytes)),
+            extension,
+        )
+    }
+
+    fn from_source(
+        path: &Path,
+        source: Box<dyn symphonia::core::io::MediaSource>,
+        extension: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mss = MediaSourceStream::new(source, Default::default());
         let mut hint = Hint::new();
-        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+        if let Some(ext) = extension {
             hint.with_extension(ext);
         }
         let format = symphonia::default::get_probe()
@@ -209,7 +233,32 @@ pub fn resample(channels: &[Vec<f32>], from_hz: u32, to_hz: u32) -> anyhow::Resu
 /// Errors (naming the file): unreadable or non-audio file, an empty file (no
 /// samples), or samples that are not finite.
 pub fn decode_file(path: &Path, target_rate_hz: u32) -> anyhow::Result<DecodedAudio> {
-    let mut reader = AudioFileReader::open(path)?;
+    decode_all(AudioFileReader::open(path)?, path, target_rate_hz)
+}
+
+/// Decodes a whole audio file held in memory and resamples it to `target_rate_hz`, as
+/// [`decode_file`] does; `name` stands for the file in errors, `extension` is a hint
+/// for the format probe. Never panics.
+///
+/// Errors: as [`decode_file`].
+pub fn decode_bytes(
+    name: &str,
+    bytes: Vec<u8>,
+    extension: Option<&str>,
+    target_rate_hz: u32,
+) -> anyhow::Result<DecodedAudio> {
+    decode_all(
+        AudioFileReader::from_bytes(name, bytes, extension)?,
+        Path::new(name),
+        target_rate_hz,
+    )
+}
+
+fn decode_all(
+    mut reader: AudioFileReader,
+    path: &Path,
+    target_rate_hz: u32,
+) -> anyhow::Result<DecodedAudio> {
     let mut interleaved = Vec::new();
     let mut block = Vec::new();
     while reader.next_block(&mut block)? {

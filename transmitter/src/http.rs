@@ -285,3 +285,39 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/status", get(status))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_queries_parse_or_name_the_problem() {
+        let q =
+            WindowRequest::parse("start_us=-5&duration_ms=100&format=wav&stream=radio").unwrap();
+        assert_eq!(
+            q,
+            WindowRequest {
+                start_us: -5,
+                duration_ms: 100,
+                wav: true,
+                stream: Some("radio".into())
+            }
+        );
+        assert!(
+            !WindowRequest::parse("duration_ms=1&start_us=0")
+                .unwrap()
+                .wav
+        );
+        for (query, needle) in [
+            ("", "start_us is required"),
+            ("start_us=1", "duration_ms is required"),
+            ("start_us=x&duration_ms=1", "start_us"),
+            ("start_us=1&duration_ms=-1", "duration_ms"),
+            ("start_us=1&duration_ms=1&format=mp3", "format 'mp3'"),
+            ("start_us=1&start_us=2&duration_ms=1", "query"),
+        ] {
+            let e = WindowRequest::parse(query).unwrap_err();
+            assert!(e.contains(needle), "{query}: {e}");
+        }
+    }
+}

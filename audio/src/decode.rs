@@ -86,9 +86,33 @@ impl AudioFileReader {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let file = File::open(path)
             .with_context(|| format!("cannot open audio file {}", path.display()))?;
-        let mss = MediaSourceStream::new(Box::new(file), Default::default());
+        Self::from_source(
+            path,
+            Box::new(file),
+            path.extension().and_then(|e| e.to_str()),
+        )
+    }
+
+    /// Reads an audio file held in memory; `name` stands for it in errors and
+    /// `extension` (`"ogg"`, `"wav"`, ...) is a hint for the format probe. Never panics.
+    ///
+    /// Errors: as [`AudioFileReader::open`], naming `name`.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>, extension: Option<&str>) -> anyhow::Result<Self> {
+        Self::from_source(
+            Path::new(name),
+            Box::new(std::io::Cursor::new(bytes)),
+            extension,
+        )
+    }
+
+    fn from_source(
+        path: &Path,
+        source: Box<dyn symphonia::core::io::MediaSource>,
+        extension: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mss = MediaSourceStream::new(source, Default::default());
         let mut hint = Hint::new();
-        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+        if let Some(ext) = extension {
             hint.with_extension(ext);
         }
         let format = symphonia::default::get_probe()
@@ -204,12 +228,41 @@ pub fn resample(channels: &[Vec<f32>], from_hz: u32, to_hz: u32) -> anyhow::Resu
         .collect())
 }
 
+/// Largest sample magnitude a decoded file may hold (full scale is 1.0; a float file
+/// can hold anything, and samples near `f32::MAX` overflow the resampler).
+pub const MAX_SAMPLE_MAGNITUDE: f32 = 1.0e6;
+
 /// Decodes a whole file and resamples it to `target_rate_hz`.
 ///
 /// Errors (naming the file): unreadable or non-audio file, an empty file (no
-/// samples), or samples that are not finite.
+/// samples), or samples that are not finite or beyond ±[`MAX_SAMPLE_MAGNITUDE`].
 pub fn decode_file(path: &Path, target_rate_hz: u32) -> anyhow::Result<DecodedAudio> {
-    let mut reader = AudioFileReader::open(path)?;
+    decode_all(AudioFileReader::open(path)?, path, target_rate_hz)
+}
+
+/// Decodes a whole audio file held in memory and resamples it to `target_rate_hz`, as
+/// [`decode_file`] does; `name` stands for the file in errors, `extension` is a hint
+/// for the format probe. Never panics.
+///
+/// Errors: as [`decode_file`].
+pub fn decode_bytes(
+    name: &str,
+    bytes: Vec<u8>,
+    extension: Option<&str>,
+    target_rate_hz: u32,
+) -> anyhow::Result<DecodedAudio> {
+    decode_all(
+        AudioFileReader::from_bytes(name, bytes, extension)?,
+        Path::new(name),
+        target_rate_hz,
+    )
+}
+
+fn decode_all(
+    mut reader: AudioFileReader,
+    path: &Path,
+    target_rate_hz: u32,
+) -> anyhow::Result<DecodedAudio> {
     let mut interleaved = Vec::new();
     let mut block = Vec::new();
     while reader.next_block(&mut block)? {
@@ -225,12 +278,28 @@ pub fn decode_file(path: &Path, target_rate_hz: u32) -> anyhow::Result<DecodedAu
             path.display()
         );
     }
+    // A float file may hold anything: samples near f32::MAX overflow the resampler's
+    // FFT (rubato panicked on the infinities; found by the fuzzer).
+    if let Some(s) = interleaved.iter().find(|s| s.abs() > MAX_SAMPLE_MAGNITUDE) {
+        bail!(
+            "{} contains a sample of {s}, beyond ±{MAX_SAMPLE_MAGNITUDE} (full scale is ±1)",
+            path.display()
+        );
+    }
     let frames = interleaved.len() / ch;
     let planar: Vec<Vec<f32>> = (0..ch)
         .map(|c| (0..frames).map(|i| interleaved[i * ch + c]).collect())
         .collect();
     let channels = resample(&planar, reader.sample_rate, target_rate_hz)
         .with_context(|| format!("resampling {}", path.display()))?;
+    // Defence in depth: what the resampler gives must be finite too.
+    if channels.iter().flatten().any(|s| !s.is_finite()) {
+        bail!(
+            "{}: resampled to {target_rate_hz} Hz, its samples are not finite numbers \
+             (samples far beyond full scale)",
+            path.display()
+        );
+    }
     Ok(DecodedAudio {
         sample_rate: target_rate_hz,
         channels,
@@ -269,6 +338,18 @@ mod tests {
             decode_file(&dir.path().join("missing.wav"), 48_000).unwrap_err()
         );
         assert!(e.contains("missing.wav"), "{e}");
+        // Found by the fuzzer (fuzz/corpus/decode/resampled-not-finite-*): finite float
+        // samples near f32::MAX became infinities in the resampler, which panicked.
+        let huge = dir.path().join("huge.wav");
+        write_wav_f32(
+            &huge,
+            44_100,
+            1,
+            &[3.0e38, -3.0e38, 3.0e38, 1.0e38].repeat(64),
+        )
+        .unwrap();
+        let e = format!("{:#}", decode_file(&huge, 48_000).unwrap_err());
+        assert!(e.contains("huge.wav") && e.contains("beyond"), "{e}");
         let empty = dir.path().join("empty.wav");
         write_wav_f32(&empty, 48_000, 1, &[]).unwrap();
         let e = format!("{:#}", decode_file(&empty, 48_000).unwrap_err());

@@ -99,7 +99,16 @@ pub enum EstimateError {
     /// A search range that is empty or not finite.
     #[error("invalid lag search range: {0}")]
     BadSearch(String),
+    /// Finite samples so far beyond full scale (RMS above [`MAX_LEVEL_DBFS`]) that the
+    /// correlation would overflow.
+    #[error("{0} is far beyond full scale (RMS level above {MAX_LEVEL_DBFS} dBFS)")]
+    TooLoud(&'static str),
 }
+
+/// Highest RMS level of a reference or recording the estimator accepts, dBFS (full
+/// scale is ±1: +120 dBFS is an RMS of 10⁶). Louder signals overflowed the f32
+/// correlation into a NaN delay (found by fuzzing, `fuzz/corpus/delay/`).
+pub const MAX_LEVEL_DBFS: f64 = 120.0;
 
 /// Reusable estimator: keeps FFT plans and scratch buffers between calls, so that
 /// estimates of the same size allocate nothing (except the `reason` text of an
@@ -454,7 +463,8 @@ impl DelayEstimator {
     /// Estimates the delay of `recording` against `reference` (both mono, at the
     /// estimator's rate) within `search`.
     ///
-    /// Errors: empty or non-finite input, a zero sample rate, or a search range that
+    /// Errors: empty or non-finite input, input louder than [`MAX_LEVEL_DBFS`], a zero
+    /// sample rate, or a search range that
     /// is empty, not finite, or outside the lags where the two signals overlap
     /// (`−reference.len() < lag < recording.len()`). A recording with nothing to find
     /// is not an error: it gives `delay_ms: None` with the reason.
@@ -475,6 +485,12 @@ impl DelayEstimator {
             mean_and_level(reference).ok_or(EstimateError::NotFinite("reference"))?;
         let (rec_mean, signal_strength_db) =
             mean_and_level(recording).ok_or(EstimateError::NotFinite("recording"))?;
+        if ref_db > MAX_LEVEL_DBFS {
+            return Err(EstimateError::TooLoud("reference"));
+        }
+        if signal_strength_db > MAX_LEVEL_DBFS {
+            return Err(EstimateError::TooLoud("recording"));
+        }
         if self.sample_rate == 0 {
             return Err(EstimateError::BadSearch("sample rate of 0 Hz".into()));
         }
@@ -958,6 +974,31 @@ mod tests {
         rec[4800..].copy_from_slice(&r[..48_000 - 4800]); // 100 ms
         let est = e.estimate(&r, &rec, &LagSearch::symmetric(50.0)).unwrap();
         assert_eq!(est.delay_ms, None, "{est:?}");
+    }
+
+    #[test]
+    fn samples_far_beyond_full_scale_are_an_error_not_a_nan_delay() {
+        // Found by fuzzing (fuzz/corpus/delay/nan-delay-*): finite samples near 1e35
+        // overflowed the f32 correlation into `delay_ms: Some(NaN)`.
+        let mut e = DelayEstimator::new(48_000);
+        let r = white_noise(2048, 3, 1.0e35);
+        let rec: Vec<f32> = [vec![0.0; 40], r[..2008].to_vec()].concat();
+        assert_eq!(
+            e.estimate(&r, &rec, &LagSearch::symmetric(5.0)),
+            Err(EstimateError::TooLoud("reference"))
+        );
+        let quiet = white_noise(2048, 4, 0.1);
+        assert_eq!(
+            e.estimate(&quiet, &rec, &LagSearch::symmetric(5.0)),
+            Err(EstimateError::TooLoud("recording"))
+        );
+        // Loud but sane (+100 dBFS) still gives a finite delay.
+        let loud: Vec<f32> = rec.iter().map(|v| v * 1e-30).collect();
+        let r_loud: Vec<f32> = r.iter().map(|v| v * 1e-30).collect();
+        let est = e
+            .estimate(&r_loud, &loud, &LagSearch::symmetric(5.0))
+            .unwrap();
+        assert!(est.delay_ms.is_none_or(f64::is_finite), "{est:?}");
     }
 
     #[test]

@@ -342,11 +342,28 @@ pub struct CalibrationResult {
     pub error: Option<String>,
     /// When asked for (`include_ir`): the impulse response from 10 ms before to 60 ms
     /// after the direct sound, 48 kHz samples (path gain).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "finite_f32s"
+    )]
     pub ir: Option<Vec<f32>>,
     /// Delay of `ir[0]` after the signal's sample 0, samples at 48 kHz (fractional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ir_origin_samples: Option<f64>,
+}
+
+/// An optional list of f32 that must all be finite: JSON numbers beyond ±3.4e38 become
+/// infinities as f32, which serialize as `null` (found by fuzzing: a calibration
+/// result the transmitter passes on would no longer parse).
+fn finite_f32s<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::Error> {
+    let v = Option::<Vec<f32>>::deserialize(d)?;
+    if let Some(x) = v.iter().flatten().find(|x| !x.is_finite()) {
+        return Err(serde::de::Error::custom(format!(
+            "{x} is not a finite 32-bit number"
+        )));
+    }
+    Ok(v)
 }
 
 /// Receiver state published (retained) on `syncstream/status/<device>`. The MQTT last
@@ -489,6 +506,19 @@ mod tests {
             assert!(e.to_string().contains("syncstream/command/x"), "{e}");
         }
         assert!(parse::<DriftReport>("t", br#"{"device":"x","drift_ms":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn calibration_results_with_infinite_ir_samples_are_refused() {
+        // Found by fuzzing (fuzz/corpus/mqtt/ir-not-finite-*): 1e39 parsed as an f32
+        // infinity, serialized as null, and what the transmitter passed on no longer
+        // parsed.
+        let e = parse::<CalibrationResult>("t", br#"{"device":"tv","ir":[0.5,1e39]}"#).unwrap_err();
+        assert!(e.to_string().contains("ir"), "{e}");
+        let ok: CalibrationResult = parse("t", br#"{"device":"tv","ir":[0.5,-1.0]}"#).unwrap();
+        assert_eq!(ok.ir, Some(vec![0.5, -1.0]));
+        let back = serde_json::to_vec(&ok).unwrap();
+        assert_eq!(parse::<CalibrationResult>("t", &back).unwrap(), ok);
     }
 
     #[test]

@@ -165,16 +165,29 @@ impl Scenario {
     /// Loads and checks a scenario (at most [`MAX_SCENARIO_BYTES`]); relative paths are resolved against its folder.
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
         let text = syncstream_shared::fsutil::read_input(path, MAX_SCENARIO_BYTES, "scenario")?;
-        let de = &mut serde_json::Deserializer::from_slice(&text);
+        Self::from_json(
+            &path.display().to_string(),
+            &text,
+            path.parent().unwrap_or(Path::new(".")),
+        )
+    }
+
+    /// Parses and checks a scenario from JSON `text`; `name` (the file, for
+    /// [`Scenario::load`]) is used in errors, relative paths (audio, RIRs, profile
+    /// files) are resolved against `base`. Never panics.
+    ///
+    /// Errors: JSON that is not a scenario (naming the field), or a scenario that
+    /// [`Scenario::validate`] refuses.
+    pub fn from_json(name: &str, text: &[u8], base: &Path) -> anyhow::Result<Scenario> {
+        let de = &mut serde_json::Deserializer::from_slice(text);
         let mut s: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             if field == "." {
-                anyhow::anyhow!("scenario {}: {}", path.display(), e.inner())
+                anyhow::anyhow!("scenario {name}: {}", e.inner())
             } else {
-                anyhow::anyhow!("scenario {}: {field}: {}", path.display(), e.inner())
+                anyhow::anyhow!("scenario {name}: {field}: {}", e.inner())
             }
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
         s.audio = base.join(&s.audio);
         for d in &mut s.devices {
             if let Some(r) = &d.rir {
@@ -185,7 +198,7 @@ impl Scenario {
             }
         }
         s.validate()
-            .map_err(|e| anyhow::anyhow!("scenario {}: {e}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("scenario {name}: {e}"))?;
         Ok(s)
     }
 

@@ -20,7 +20,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -52,6 +52,59 @@ struct WindowQuery {
     stream: Option<String>,
 }
 
+/// A parsed `GET /api/v1/window` query (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowRequest {
+    /// PTS the window starts at, µs (transmitter clock).
+    pub start_us: i64,
+    /// Length of the window, ms (not checked here: the rolling buffer allows
+    /// 1..=[`crate::rolling_buffer::MAX_WINDOW_MS`]).
+    pub duration_ms: u64,
+    /// `format=wav`: a WAV file instead of raw little-endian f32 samples.
+    pub wav: bool,
+    /// The stream asked for (`None`: [`DEFAULT_STREAM`]).
+    pub stream: Option<String>,
+}
+
+impl WindowRequest {
+    /// Parses the raw query string of a window request (`start_us=...&duration_ms=...`,
+    /// URL-encoded, without the `?`). Never panics.
+    ///
+    /// Errors (the text of the 400 answer): a query that is not URL-encoded pairs, a
+    /// missing or non-integer `start_us` or `duration_ms`, or a `format` other than
+    /// `f32` or `wav`.
+    pub fn parse(query: &str) -> Result<Self, String> {
+        let q: WindowQuery =
+            serde_urlencoded::from_str(query).map_err(|e| format!("query: {e}"))?;
+        let start_us = match q.start_us.as_deref().map(str::parse::<i64>) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => return Err(format!("start_us: {e}")),
+            None => return Err("start_us is required (µs, transmitter clock)".into()),
+        };
+        let duration_ms = match q.duration_ms.as_deref().map(str::parse::<u64>) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => return Err(format!("duration_ms: {e}")),
+            None => return Err("duration_ms is required".into()),
+        };
+        let wav = match q.format.as_deref() {
+            None | Some("f32") => false,
+            Some("wav") => true,
+            Some(other) => {
+                return Err(format!(
+                    "format '{}' (expected f32 or wav)",
+                    other.chars().take(64).collect::<String>()
+                ))
+            }
+        };
+        Ok(Self {
+            start_us,
+            duration_ms,
+            wav,
+            stream: q.stream,
+        })
+    }
+}
+
 fn error(status: StatusCode, msg: impl ToString) -> Response {
     (
         status,
@@ -60,32 +113,12 @@ fn error(status: StatusCode, msg: impl ToString) -> Response {
         .into_response()
 }
 
-async fn window(State(st): State<HttpState>, Query(q): Query<WindowQuery>) -> Response {
-    let start_us = match q.start_us.as_deref().map(str::parse::<i64>) {
-        Some(Ok(v)) => v,
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("start_us: {e}")),
-        None => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "start_us is required (µs, transmitter clock)",
-            )
-        }
+async fn window(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Response {
+    let q = match WindowRequest::parse(query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let duration_ms = match q.duration_ms.as_deref().map(str::parse::<u64>) {
-        Some(Ok(v)) => v,
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("duration_ms: {e}")),
-        None => return error(StatusCode::BAD_REQUEST, "duration_ms is required"),
-    };
-    let wav = match q.format.as_deref() {
-        None | Some("f32") => false,
-        Some("wav") => true,
-        Some(other) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("format '{other}' (expected f32 or wav)"),
-            )
-        }
-    };
+    let (start_us, duration_ms, wav) = (q.start_us, q.duration_ms, q.wav);
     let name = q.stream.as_deref().unwrap_or(DEFAULT_STREAM);
     let Some(buffer) = st.streams.buffer(name) else {
         return error(
@@ -357,4 +390,40 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/window", get(window))
         .route("/api/v1/status", get(status))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_queries_parse_or_name_the_problem() {
+        let q =
+            WindowRequest::parse("start_us=-5&duration_ms=100&format=wav&stream=radio").unwrap();
+        assert_eq!(
+            q,
+            WindowRequest {
+                start_us: -5,
+                duration_ms: 100,
+                wav: true,
+                stream: Some("radio".into())
+            }
+        );
+        assert!(
+            !WindowRequest::parse("duration_ms=1&start_us=0")
+                .unwrap()
+                .wav
+        );
+        for (query, needle) in [
+            ("", "start_us is required"),
+            ("start_us=1", "duration_ms is required"),
+            ("start_us=x&duration_ms=1", "start_us"),
+            ("start_us=1&duration_ms=-1", "duration_ms"),
+            ("start_us=1&duration_ms=1&format=mp3", "format 'mp3'"),
+            ("start_us=1&start_us=2&duration_ms=1", "query"),
+        ] {
+            let e = WindowRequest::parse(query).unwrap_err();
+            assert!(e.contains(needle), "{query}: {e}");
+        }
+    }
 }

@@ -1041,6 +1041,7 @@ fn a_kept_offset_is_not_replaced_by_the_profile_of_a_config_push() {
                 drift: DriftConfig::default(),
                 mic_rate_hz: 48_000,
                 persisted: kept.map(|offset_ms| PersistedState { offset_ms }),
+                key: test_key(),
             },
             control,
             0,

@@ -41,28 +41,36 @@ use super::ControlPlane;
 
 type Plane = State<Arc<ControlPlane>>;
 
-#[derive(Deserialize)]
+/// Body of `PUT /api/v1/devices/{name}/adjust`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AdjustBody {
-    manual_adjust_ms: f64,
+pub struct AdjustBody {
+    /// Manual trim, ms (the control plane checks ±500).
+    pub manual_adjust_ms: f64,
 }
 
-#[derive(Deserialize)]
+/// Body of `PUT /api/v1/devices/{name}/volume`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct VolumeBody {
-    volume: f64,
+pub struct VolumeBody {
+    /// Linear volume (the control plane checks 0..=1).
+    pub volume: f64,
 }
 
-#[derive(Deserialize)]
+/// Body of `PUT /api/v1/devices/{name}/mute`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MuteBody {
-    muted: bool,
+pub struct MuteBody {
+    /// Muted or not.
+    pub muted: bool,
 }
 
-#[derive(Deserialize)]
+/// Body of `PUT /api/v1/streams/{name}`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StreamBody {
-    uri: String,
+pub struct StreamBody {
+    /// The stream's URI (checked by `StreamUri::parse` when the stream opens).
+    pub uri: String,
 }
 
 fn answer(r: Result<Value, ApiError>) -> Response {
@@ -72,8 +80,11 @@ fn answer(r: Result<Value, ApiError>) -> Response {
     }
 }
 
-/// A body that may be empty (then `T::default()`).
-fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+/// Parses a body that may be empty or only whitespace (then `T::default()`), else as
+/// [`parse_body`] does.
+///
+/// Errors: a 400 naming the field, as [`parse_body`].
+pub fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {

@@ -772,13 +772,17 @@ pub const CALIBRATE_TOPIC: &str = "syncstream/calibrate";
 
 /// A request on `syncstream/stream/<name>`: `{"uri":"pipe:///tmp/radio"}` adds a
 /// stream as `PUT /api/v1/streams/<name>` does, `{"delete":true}` removes it.
+/// A request on `syncstream/stream/<name>` (the MQTT door of `PUT` and `DELETE
+/// /api/v1/streams/<name>`): `{"uri":"pipe:///tmp/radio"}` or `{"delete":true}`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StreamRequest {
+pub struct StreamRequest {
+    /// The stream's URI, to add or replace it.
     #[serde(default)]
-    uri: Option<String>,
+    pub uri: Option<String>,
+    /// Remove the stream.
     #[serde(default)]
-    delete: bool,
+    pub delete: bool,
 }
 
 /// Span of report history in the WebSocket snapshot, µs.

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use anyhow::anyhow;
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Indexing, Resampler};
+use syncstream_audio::decode::MAX_SAMPLE_MAGNITUDE;
 use syncstream_shared::time::STREAM_SAMPLE_RATE;
 
 /// Input frames per resampler call.
@@ -17,9 +18,17 @@ const CH: usize = 2;
 /// Appends `frames` of `input` (interleaved, `channels` channels) to `out` as
 /// interleaved stereo: mono is duplicated; two or more channels fold to
 /// left = mean of the even channels, right = mean of the odd channels (the
-/// convention of `DecodedAudio::stereo_interleaved`). Non-finite samples become 0.
+/// convention of `DecodedAudio::stereo_interleaved`). Non-finite samples become 0,
+/// samples beyond ±[`MAX_SAMPLE_MAGNITUDE`] are clamped to it (a float file or pipe may
+/// hold anything; samples near `f32::MAX` overflowed the resampler, which panicked).
 pub fn fold_to_stereo(input: &[f32], channels: usize, out: &mut Vec<f32>) {
-    let clean = |v: f32| if v.is_finite() { v } else { 0.0 };
+    let clean = |v: f32| {
+        if v.is_finite() {
+            v.clamp(-MAX_SAMPLE_MAGNITUDE, MAX_SAMPLE_MAGNITUDE)
+        } else {
+            0.0
+        }
+    };
     match channels {
         0 => {}
         1 => {
@@ -227,6 +236,25 @@ impl StreamResampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_far_beyond_full_scale_are_clamped_not_a_panic() {
+        // Found with the decoder fuzz target: ±3e38 overflowed the FFT resampler
+        // ("Imaginary part of first value was non-zero", a panic in rubato).
+        let mut stereo = Vec::new();
+        fold_to_stereo(
+            &[3.0e38, -3.0e38, f32::NAN, 0.5].repeat(2048),
+            1,
+            &mut stereo,
+        );
+        assert!(stereo.iter().all(|v| v.abs() <= MAX_SAMPLE_MAGNITUDE));
+        let mut rs = StreamResampler::new(44_100).unwrap();
+        rs.push(&stereo).unwrap();
+        rs.finish().unwrap();
+        let mut out = vec![0.0; rs.available()];
+        rs.pop(&mut out);
+        assert!(!out.is_empty() && out.iter().all(|v| v.is_finite()));
+    }
 
     fn sine(rate: u32, freq: f32, frames: usize) -> Vec<f32> {
         (0..frames)

@@ -65,15 +65,23 @@ fn transmitter(state: &Path, extra: &[&str]) -> Tx {
 /// A receiver process (null output and microphone) of `tx` as `name` with `key_args`,
 /// logging into `log`.
 fn receiver(tx: &Tx, name: &str, key_args: &[&str], log: &Path) -> Killed {
+    let mqtt = format!("mqtt://127.0.0.1:{}", tx.mqtt);
+    receiver_at((tx.stream, tx.http), &mqtt, name, key_args, log)
+}
+
+/// A receiver process (null output and microphone) of the transmitter on 127.0.0.1
+/// at `(stream, http)` ports, on the broker `mqtt`, as `name` with `extra` arguments,
+/// logging into `log`.
+fn receiver_at(ports: (u16, u16), mqtt: &str, name: &str, extra: &[&str], log: &Path) -> Killed {
     let out = std::fs::File::create(log).unwrap();
     Killed(
         Command::new(BIN)
             .args(["receiver", "--name", name, "--transmitter", "127.0.0.1"])
-            .args(["--stream-port", &tx.stream.to_string()])
-            .args(["--http-port", &tx.http.to_string()])
-            .args(["--mqtt", &format!("mqtt://127.0.0.1:{}", tx.mqtt)])
+            .args(["--stream-port", &ports.0.to_string()])
+            .args(["--http-port", &ports.1.to_string()])
+            .args(["--mqtt", mqtt])
             .args(["--output", "null", "--mic", "null"])
-            .args(key_args)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -422,21 +430,11 @@ fn mqtt_over_tls_on_the_embedded_broker() {
     let kf = key_file.to_str().unwrap();
     // A receiver on mqtts:// trusting the test CA: it logs in and plays.
     let log = dir.path().join("rx.log");
-    let mut rx = Command::new(BIN);
-    rx.args(["receiver", "--name", "den", "--transmitter", "127.0.0.1"])
-        .args(["--stream-port", &tx.stream.to_string()])
-        .args(["--http-port", &tx.http.to_string()])
-        .args(["--mqtt", &format!("mqtts://127.0.0.1:{tls_port}")])
-        .arg("--mqtt-ca")
-        .arg(&ca)
-        .args(["--output", "null", "--mic", "null", "--key-file", kf]);
-    let out = std::fs::File::create(&log).unwrap();
-    let _rx = Killed(
-        rx.stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap(),
-    );
+    let mqtts = format!("mqtts://127.0.0.1:{tls_port}");
+    let ca_arg = ca.to_str().unwrap();
+    let ports = (tx.stream, tx.http);
+    let trusting = ["--mqtt-ca", ca_arg, "--key-file", kf];
+    let _rx = receiver_at(ports, &mqtts, "den", &trusting, &log);
     assert!(
         wait_for_status(tx.mqtt, &key, "den", "playing"),
         "no status over TLS:\n{}",
@@ -454,19 +452,7 @@ fn mqtt_over_tls_on_the_embedded_broker() {
     assert!(status.contains("\"den\""), "{status}");
     // Without the CA (the system's roots do not trust it), no login: the log says why.
     let log2 = dir.path().join("rx2.log");
-    let out = std::fs::File::create(&log2).unwrap();
-    let _untrusting = Killed(
-        Command::new(BIN)
-            .args(["receiver", "--name", "attic", "--transmitter", "127.0.0.1"])
-            .args(["--stream-port", &tx.stream.to_string()])
-            .args(["--http-port", &tx.http.to_string()])
-            .args(["--mqtt", &format!("mqtts://127.0.0.1:{tls_port}")])
-            .args(["--output", "null", "--mic", "null", "--key-file", kf])
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap(),
-    );
+    let _untrusting = receiver_at(ports, &mqtts, "attic", &["--key-file", kf], &log2);
     eventually(
         "a certificate error in the log",
         Duration::from_secs(30),
@@ -566,27 +552,8 @@ fn mosquitto_with_tls_passwords_and_the_documented_acl() {
     );
     assert!(common::wait_for_port(stream, Duration::from_secs(20)));
     let log = dir.path().join("rx.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let _rx = Killed(
-        Command::new(BIN)
-            .args([
-                "receiver",
-                "--name",
-                "kitchen",
-                "--transmitter",
-                "127.0.0.1",
-            ])
-            .args(["--stream-port", &stream.to_string()])
-            .args(["--http-port", &http.to_string()])
-            .args(["--mqtt", &url, "--key-file", kf])
-            .arg("--mqtt-ca")
-            .arg(&ca)
-            .args(["--output", "null", "--mic", "null"])
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap(),
-    );
+    let extra = ["--key-file", kf, "--mqtt-ca", ca.to_str().unwrap()];
+    let _rx = receiver_at((stream, http), &url, "kitchen", &extra, &log);
     // The transmitter's user reads everything: the receiver's status arrives.
     let tx_password = key.mqtt_password("syncstream-transmitter");
     let status = tls_sub(

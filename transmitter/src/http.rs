@@ -341,25 +341,39 @@ async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Ne
 ///
 /// Errors: none; a failed accept is logged and retried.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) {
+    accept_loop(listener, "HTTP", move |stream, peer| {
+        serve_connection(stream, app.clone(), peer)
+    })
+    .await
+}
+
+/// Accepts connections on `listener` forever and runs `handle` on each in a task of
+/// its own, at most [`MAX_CONNECTIONS`] at once (more are closed at once); `what`
+/// names the service in logs. A failed accept is logged and retried after 100 ms.
+pub async fn accept_loop<F, Fut>(listener: tokio::net::TcpListener, what: &'static str, handle: F)
+where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors, say: wait a little rather than spin.
-                tracing::warn!("HTTP: cannot accept a connection: {e}");
+                tracing::warn!("{what}: cannot accept a connection: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "HTTP: {MAX_CONNECTIONS} connections open; closing a new one");
+            tracing::warn!(%peer, "{what}: {MAX_CONNECTIONS} connections open; closing a new one");
             continue;
         };
-        let app = app.clone();
+        let connection = handle(stream, peer);
         tokio::spawn(async move {
             let _slot = slot;
-            serve_connection(stream, app, peer).await;
+            connection.await;
         });
     }
 }

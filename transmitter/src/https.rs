@@ -13,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::http::{serve_connection, HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
+use crate::http::{accept_loop, serve_connection, HEADER_READ_TIMEOUT};
 
 pub use crate::HttpsConfig;
 
@@ -60,28 +60,15 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 ///
 /// Errors: none; failed accepts and handshakes are logged.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router, tls: TlsAcceptor) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("HTTPS: cannot accept a connection: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "HTTPS: {MAX_CONNECTIONS} connections open; closing a new one");
-            continue;
-        };
+    accept_loop(listener, "HTTPS", move |stream, peer| {
         let (app, tls) = (app.clone(), tls.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
+        async move {
             match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
                 Ok(Ok(stream)) => serve_connection(stream, app, peer).await,
                 Ok(Err(e)) => tracing::debug!(%peer, "HTTPS handshake: {e}"),
                 Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
             }
-        });
-    }
+        }
+    })
+    .await
 }

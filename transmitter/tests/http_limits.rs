@@ -3,39 +3,24 @@
 //! that sit idle after a request are closed after the header timeout, while the API
 //! keeps answering; bodies over the limit are refused before they are read.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use syncstream_protocol::auth::PairingKey;
 use syncstream_shared::time::MonotonicClock;
 use syncstream_transmitter::http::{HEADER_READ_TIMEOUT, MAX_REQUEST_BODY_BYTES};
 use syncstream_transmitter::{start, MqttMode, Transmitter, TransmitterConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use common::{api_client, key};
+
 fn silence() -> syncstream_transmitter::PullAudio {
     Box::new(|out: &mut [f32]| {
         out.fill(0.0);
         Ok(out.len() / 2)
     })
-}
-
-/// The pairing key of these transmitters.
-fn key() -> PairingKey {
-    PairingKey::parse(&"4d".repeat(32)).unwrap()
-}
-
-/// An HTTP client that sends the API token.
-fn api_client() -> reqwest::Client {
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {}", key().api_token()).parse().unwrap(),
-    );
-    reqwest::Client::builder()
-        .default_headers(h)
-        .build()
-        .unwrap()
 }
 
 async fn transmitter() -> Transmitter {

@@ -1,12 +1,16 @@
 //! The transmitter's servers over real sockets: source windows over HTTP (good and bad
 //! requests) and the audio stream's handshake, audio and clock-sync answers.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use syncstream_protocol::auth::{PairingKey, StreamAuth};
+
+use common::{api_client, key};
 use syncstream_protocol::wire::{Frame, PROTOCOL_VERSION};
 use syncstream_shared::time::{Clock, MonotonicClock};
 use syncstream_transmitter::stream_server::frame_codec;
@@ -25,24 +29,6 @@ fn tone() -> syncstream_transmitter::PullAudio {
         }
         Ok(out.len() / 2)
     })
-}
-
-/// The pairing key of the transmitters in these tests.
-fn key() -> PairingKey {
-    PairingKey::parse(&"3c".repeat(32)).unwrap()
-}
-
-/// An HTTP client that sends the API token.
-fn api_client() -> reqwest::Client {
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {}", key().api_token()).parse().unwrap(),
-    );
-    reqwest::Client::builder()
-        .default_headers(h)
-        .build()
-        .unwrap()
 }
 
 type Conn = Framed<tokio::net::TcpStream, tokio_util::codec::LengthDelimitedCodec>;

@@ -43,16 +43,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$TX" transmitter --source "$CLIP" --loop --stream-listen 127.0.0.1:"$STREAM" \
+# One pairing key for both sides (the transmitter creates it), and the MQTT monitor
+# logs in with the password derived from it, as every client must.
+KEY=$WORK/pairing.key
+"$TX" transmitter --key-file "$KEY" --source "$CLIP" --loop --stream-listen 127.0.0.1:"$STREAM" \
     --http-listen 127.0.0.1:"$HTTP" --broker-listen 127.0.0.1:"$MQTT" > "$WORK/transmitter.log" 2>&1 &
 pids+=($!)
 wait_port "$MQTT" 20 || { tail -20 "$WORK/transmitter.log" >&2; exit 1; }
 wait_port "$HTTP" 20 || exit 1
-mosquitto_sub -h 127.0.0.1 -p "$MQTT" -v -t "syncstream/drift/$DEVICE" -t "syncstream/status/$DEVICE" \
+MONITOR_PW=$("$TX" key mqtt-password --user qemu-monitor --key-file "$KEY")
+mosquitto_sub -h 127.0.0.1 -p "$MQTT" -u qemu-monitor -P "$MONITOR_PW" -v -t "syncstream/drift/$DEVICE" -t "syncstream/status/$DEVICE" \
     > "$WORK/mqtt.log" 2>&1 &
 pids+=($!)
 
-qemu-arm -cpu arm1176 "$RX" receiver --name "$DEVICE" --transmitter 127.0.0.1 \
+qemu-arm -cpu arm1176 "$RX" receiver --name "$DEVICE" --key-file "$KEY" --transmitter 127.0.0.1 \
     --stream-port "$STREAM" --http-port "$HTTP" --mqtt "mqtt://127.0.0.1:$MQTT" \
     --output wav --output-device "$WORK/out.wav" --mic wav --mic-device "$CLIP" \
     > "$WORK/receiver.log" 2>&1 &

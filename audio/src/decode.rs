@@ -139,8 +139,12 @@ impl AudioFileReader {
             .make_audio_decoder(params, &AudioDecoderOptions::default())
             .map_err(|e| anyhow!("{}: unsupported codec: {e}", path.display()))?;
         let track_id = track.id;
-        if sample_rate == 0 {
-            bail!("{} states a sample rate of 0 Hz", path.display());
+        if !(MIN_SAMPLE_RATE_HZ..=MAX_SAMPLE_RATE_HZ).contains(&sample_rate) {
+            bail!(
+                "{} states a sample rate of {sample_rate} Hz (expected \
+                 {MIN_SAMPLE_RATE_HZ} to {MAX_SAMPLE_RATE_HZ} Hz)",
+                path.display()
+            );
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -232,10 +236,23 @@ pub fn resample(channels: &[Vec<f32>], from_hz: u32, to_hz: u32) -> anyhow::Resu
 /// can hold anything, and samples near `f32::MAX` overflow the resampler).
 pub const MAX_SAMPLE_MAGNITUDE: f32 = 1.0e6;
 
+/// Lowest sample rate a file may state, Hz.
+pub const MIN_SAMPLE_RATE_HZ: u32 = 1_000;
+/// Highest sample rate a file may state, Hz (the highest in use is 768 kHz). Found by
+/// the fuzzer: 2 kB of Matroska stating 4 294 967 295 Hz made the resampler plan a
+/// 286-million-point FFT and fill 4 GB.
+pub const MAX_SAMPLE_RATE_HZ: u32 = 768_000;
+
+/// Most samples (all channels) a whole-file decode holds: 15 minutes of 48 kHz
+/// stereo (345 MB of f32); a longer file is streamed (the transmitter's `--source`),
+/// and a few kilobytes of a malformed container cannot fill the memory.
+pub const MAX_DECODED_SAMPLES: usize = 15 * 60 * 48_000 * 2;
+
 /// Decodes a whole file and resamples it to `target_rate_hz`.
 ///
 /// Errors (naming the file): unreadable or non-audio file, an empty file (no
-/// samples), or samples that are not finite or beyond ±[`MAX_SAMPLE_MAGNITUDE`].
+/// samples), more than [`MAX_DECODED_SAMPLES`], or samples that are not finite or
+/// beyond ±[`MAX_SAMPLE_MAGNITUDE`].
 pub fn decode_file(path: &Path, target_rate_hz: u32) -> anyhow::Result<DecodedAudio> {
     decode_all(AudioFileReader::open(path)?, path, target_rate_hz)
 }
@@ -266,6 +283,13 @@ fn decode_all(
     let mut interleaved = Vec::new();
     let mut block = Vec::new();
     while reader.next_block(&mut block)? {
+        if interleaved.len() + block.len() > MAX_DECODED_SAMPLES {
+            bail!(
+                "{} decodes to more than {MAX_DECODED_SAMPLES} samples (15 minutes of 48 kHz \
+                 stereo): too long to load whole (stream it with the transmitter's --source)",
+                path.display()
+            );
+        }
         interleaved.extend_from_slice(&block);
     }
     let ch = reader.channels.max(1);
@@ -354,5 +378,19 @@ mod tests {
         write_wav_f32(&empty, 48_000, 1, &[]).unwrap();
         let e = format!("{:#}", decode_file(&empty, 48_000).unwrap_err());
         assert!(e.contains("no audio"), "{e}");
+    }
+
+    /// Found by the fuzzer (fuzz/corpus/decode/absurd-rate-mkv-6eb6e695; its first
+    /// byte picks the "mkv" hint): 2 kB of Matroska stating 4 294 967 295 Hz made the
+    /// resampler fill 4 GB.
+    #[test]
+    fn an_absurd_sample_rate_is_an_error_not_all_memory() {
+        let input = include_bytes!("../../fuzz/corpus/decode/absurd-rate-mkv-6eb6e695");
+        let e = decode_bytes("absurd.mkv", input[1..].to_vec(), Some("mkv"), 48_000).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("absurd.mkv") && e.contains("4294967295 Hz"),
+            "{e}"
+        );
     }
 }

@@ -103,6 +103,9 @@ pub enum EstimateError {
     /// correlation would overflow.
     #[error("{0} is far beyond full scale (RMS level above {MAX_LEVEL_DBFS} dBFS)")]
     TooLoud(&'static str),
+    /// A weighting with a parameter out of its range (`ScotBeta`'s β must be in 0..=1).
+    #[error("invalid weighting: {0}")]
+    BadWeighting(String),
 }
 
 /// Highest RMS level of a reference or recording the estimator accepts, dBFS (full
@@ -493,6 +496,15 @@ impl DelayEstimator {
         }
         if self.sample_rate == 0 {
             return Err(EstimateError::BadSearch("sample rate of 0 Hz".into()));
+        }
+        // Found by fuzzing (fuzz/corpus/delay/nan-beta-e1c8b7f0): β = NaN weighted
+        // every bin NaN and gave `delay_ms: Some(NaN)` at full confidence.
+        if let Weighting::ScotBeta(beta) = self.gcc.weighting {
+            if !(0.0..=1.0).contains(&beta) {
+                return Err(EstimateError::BadWeighting(format!(
+                    "SCOT-β with β = {beta} (expected 0 to 1)"
+                )));
+            }
         }
         if !(search.min_lag_ms.is_finite() && search.max_lag_ms.is_finite())
             || search.min_lag_ms > search.max_lag_ms
@@ -999,6 +1011,28 @@ mod tests {
             .estimate(&r_loud, &loud, &LagSearch::symmetric(5.0))
             .unwrap();
         assert!(est.delay_ms.is_none_or(f64::is_finite), "{est:?}");
+    }
+
+    #[test]
+    fn a_scot_beta_outside_0_to_1_is_an_error_not_a_nan_delay() {
+        // Found by fuzzing (fuzz/corpus/delay/nan-beta-e1c8b7f0): β = NaN gave
+        // `delay_ms: Some(NaN)` at confidence 1.
+        let r = white_noise(4096, 5, 0.1);
+        let rec: Vec<f32> = [vec![0.0; 48], r[..4048].to_vec()].concat();
+        for beta in [f32::NAN, -0.1, 1.5, f32::INFINITY] {
+            let mut e = DelayEstimator::new(48_000).with_weighting(Weighting::ScotBeta(beta));
+            let err = e
+                .estimate(&r, &rec, &LagSearch::symmetric(5.0))
+                .unwrap_err();
+            assert!(
+                matches!(err, EstimateError::BadWeighting(_)),
+                "β {beta}: {err}"
+            );
+        }
+        let mut e = DelayEstimator::new(48_000).with_weighting(Weighting::ScotBeta(0.7));
+        let est = e.estimate(&r, &rec, &LagSearch::symmetric(5.0)).unwrap();
+        let d = est.delay_ms.expect("a delay with β = 0.7");
+        assert!((d - 1.0).abs() < 0.05, "{est:?}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use syncstream_audio::decode::{decode_bytes, AudioFileReader};
+use syncstream_audio::decode::{decode_bytes, AudioFileReader, MAX_DECODED_SAMPLES};
 use syncstream_transmitter::source::{fold_to_stereo, StreamResampler};
 
 const HINTS: [Option<&str>; 8] = [
@@ -53,7 +53,14 @@ fn stream(file: &[u8], hint: Option<&str>) {
     };
     let (mut block, mut stereo) = (Vec::new(), Vec::new());
     let mut out = vec![0.0f32; 4096];
+    // A file may decode without end (a malformed container): the transmitter would
+    // play it as an endless source; here it stops where a whole-file decode would.
+    let mut total = 0usize;
     while let Ok(true) = reader.next_block(&mut block) {
+        total += block.len();
+        if total > MAX_DECODED_SAMPLES {
+            return;
+        }
         stereo.clear();
         fold_to_stereo(&block, reader.channels.max(1), &mut stereo);
         if rs.push(&stereo).is_err() {

@@ -4,6 +4,12 @@
 #
 # usage: qemu-run.sh ARMV6_SYNCSTREAM HOST_SYNCSTREAM SECONDS WORKDIR
 #
+# Environment (tools/arm_cost/receiver_cost.sh uses them): QEMU_RUN_EMULATOR, the
+# command that runs the receiver (default `qemu-arm -cpu arm1176`; `qemu-x86_64` for
+# an x86-64 receiver); QEMU_RUN_PLUGIN, a `-plugin` argument for it (e.g. the
+# instruction counter of tools/arm_cost); QEMU_RUN_MIC, the microphone's file (default:
+# the clip).
+#
 # Starts `HOST_SYNCSTREAM transmitter` (embedded MQTT broker, the music clip in
 # assets/audio looped, Opus) on loopback ports, then the ARMv6 receiver under qemu with
 # a WAV sink and, as its microphone, the same clip from a WAV file (there is no room
@@ -46,7 +52,7 @@ trap cleanup EXIT
 # One pairing key for both sides (the transmitter creates it), and the MQTT monitor
 # logs in with the password derived from it, as every client must.
 KEY=$WORK/pairing.key
-"$TX" transmitter --key-file "$KEY" --source "$CLIP" --loop --stream-listen 127.0.0.1:"$STREAM" \
+RUST_LOG=info,syncstream_transmitter::http=debug "$TX" transmitter --key-file "$KEY" --source "$CLIP" --loop --stream-listen 127.0.0.1:"$STREAM" \
     --http-listen 127.0.0.1:"$HTTP" --broker-listen 127.0.0.1:"$MQTT" > "$WORK/transmitter.log" 2>&1 &
 pids+=($!)
 wait_port "$MQTT" 20 || { tail -20 "$WORK/transmitter.log" >&2; exit 1; }
@@ -56,9 +62,12 @@ mosquitto_sub -h 127.0.0.1 -p "$MQTT" -u qemu-monitor -P "$MONITOR_PW" -v -t "sy
     > "$WORK/mqtt.log" 2>&1 &
 pids+=($!)
 
-qemu-arm -cpu arm1176 "$RX" receiver --name "$DEVICE" --key-file "$KEY" --transmitter 127.0.0.1 \
+read -r -a EMULATOR <<< "${QEMU_RUN_EMULATOR:-qemu-arm -cpu arm1176}"
+PLUGIN=()
+[[ -n ${QEMU_RUN_PLUGIN:-} ]] && PLUGIN=(-plugin "$QEMU_RUN_PLUGIN")
+"${EMULATOR[@]}" "${PLUGIN[@]}" "$RX" receiver --name "$DEVICE" --key-file "$KEY" --transmitter 127.0.0.1 \
     --stream-port "$STREAM" --http-port "$HTTP" --mqtt "mqtt://127.0.0.1:$MQTT" \
-    --output wav --output-device "$WORK/out.wav" --mic wav --mic-device "$CLIP" \
+    --output wav --output-device "$WORK/out.wav" --mic wav --mic-device "${QEMU_RUN_MIC:-$CLIP}" \
     > "$WORK/receiver.log" 2>&1 &
 QPID=$!
 pids+=("$QPID")
@@ -91,7 +100,7 @@ n = max(0, (len(data) - 44) // 4)
 samples = struct.unpack(f"<{n}f", data[44:44 + 4 * n]) if n else ()
 played_s = n / 2 / 48000
 loud = sum(1 for s in samples if abs(s) > 1e-3)
-print(f"qemu run: {seconds:.0f} s, WAV sink holds {played_s:.1f} s of audio, "
+print(f"qemu run: {seconds:.0f} s, WAV sink holds {played_s:.2f} s of audio, "
       f"{100 * loud / max(1, n):.0f} % of samples non-silent")
 if played_s < seconds - 8 or loud < n * 0.2:
     fail.append("the WAV sink did not get the stream")
@@ -112,6 +121,13 @@ print(f"drift reports over MQTT: {len(drifts)} ({len(estimated)} with an estimat
 if drifts:
     print(f"last drift report: {json.dumps(drifts[-1])}")
 print(f"peak RSS of the qemu-arm process (receiver + emulator): {hwm / 1024:.1f} MiB")
+# Source windows the receiver fetched over HTTP (the transmitter logs each one).
+import re
+windows = [re.sub(r"\x1b\[[0-9;]*m", "", line)
+           for line in open(os.path.join(work, "transmitter.log"), errors="replace")
+           if "source window served" in line]
+window_bytes = sum(int(m.group(1)) for w in windows for m in [re.search(r"bytes=(\d+)", w)] if m)
+print(f"source windows fetched over HTTP: {len(windows)}, {window_bytes} bytes")
 if not drifts:
     fail.append("no drift report on MQTT")
 if "playing" not in states:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2030,SC2031  # PATH is changed on purpose in a subshell only
-# Count how many ARMv6 instructions one delay estimate (syncstream_shared::dsp::
+# Count how many ARMv6 instructions one delay estimate (syncstream_dsp::
 # DelayEstimator) costs on a Raspberry Pi Zero W (ARM1176JZF-S, VFPv2, no NEON).
 #
 # What it does, on Debian 12 (bookworm) as root:
@@ -114,7 +114,7 @@ cross_build() {
         export "CMAKE_TOOLCHAIN_FILE_$low=$HERE/armv6-toolchain.cmake"
         # alsa-sys finds the target's libasound through pkg-config
         export PKG_CONFIG_ALLOW_CROSS=1 PKG_CONFIG_LIBDIR=/usr/lib/$gcc/pkgconfig
-        "$CARGO" build --release --locked -p syncstream-shared --example eval_delay \
+        "$CARGO" build --release --locked -p syncstream-dsp --example eval_delay \
             --example fft_scalar_cost --target "$triple" -Zbuild-std=std,panic_abort >&2
     )
 }
@@ -124,35 +124,13 @@ if [[ $ARMEL == 1 ]]; then
 fi
 log "building the host (x86-64) eval_delay with the same compiler"
 PATH="$RUSTBIN:$PATH" RUSTC=$RUSTC RUSTDOC=$RUSTDOC \
-    "$CARGO" build --release --locked -p syncstream-shared --example eval_delay >&2
+    "$CARGO" build --release --locked -p syncstream-dsp --example eval_delay >&2
 HOST_BIN=$CARGO_TARGET_DIR/release/examples
 
 # ---- 3. the counting plugin -----------------------------------------------------------
-QEMU_SRC_VER=$(dpkg-query -W -f='${source:Version}' qemu-user)
-HDR_DIR=$WORK/qemu-$QEMU_SRC_VER
-if [[ ! -f $HDR_DIR/qemu-plugin.h ]]; then
-    if ! apt-cache showsrc qemu 2>/dev/null | grep -q '^Package: qemu'; then
-        log "adding deb-src entries for Debian's own archives (for qemu-plugin.h)"
-        for f in /etc/apt/sources.list.d/*.sources; do
-            grep -q 'debian.org' "$f" || continue
-            sed 's/^Types: deb$/Types: deb-src/' "$f"
-            echo
-        done > /etc/apt/sources.list.d/arm-cost-deb-src.sources
-        if [[ -f /etc/apt/sources.list ]]; then
-            sed -n 's/^deb \(.*debian\.org.*\)/deb-src \1/p' /etc/apt/sources.list \
-                > /etc/apt/sources.list.d/arm-cost-deb-src.list
-        fi
-        apt-get update -qq || true
-    fi
-    log "fetching qemu $QEMU_SRC_VER sources for include/qemu/qemu-plugin.h"
-    mkdir -p "$HDR_DIR/src"
-    (cd "$HDR_DIR/src" && apt-get source --download-only "qemu=$QEMU_SRC_VER" >&2)
-    tar -xJf "$HDR_DIR"/src/qemu_*.orig.tar.xz -C "$HDR_DIR" --strip-components=3 \
-        --wildcards '*/include/qemu/qemu-plugin.h'
-    rm -rf "$HDR_DIR/src"
-fi
-gcc -O2 -Wall -Wextra -shared -fPIC -I "$HDR_DIR" -o "$WORK/libinsn_profile.so" \
-    "$HERE/insn_profile.c"
+# shellcheck source=tools/arm_cost/plugin.sh
+source "$HERE/plugin.sh"
+build_insn_plugin "$WORK"
 
 # prof OUT SYSROOT CPU PROGRAM ARGS...: run an ARM program under qemu, counting
 # instructions into $WORK/OUT.

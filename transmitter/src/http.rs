@@ -142,8 +142,18 @@ async fn window(State(st): State<HttpState>, RawQuery(query): RawQuery) -> Respo
     let body = if wav {
         wav_bytes(&samples)
     } else {
-        samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+        samples
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect::<Vec<u8>>()
     };
+    // Counted by tools/arm_cost/receiver_cost.sh (measurement traffic per receiver).
+    tracing::debug!(
+        bytes = body.len(),
+        start_us,
+        duration_ms,
+        "source window served"
+    );
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(

@@ -9,7 +9,10 @@
 //! is streaming under is refused with a [`Frame::Refused`] that says so; the same
 //! process reconnecting replaces its old connection. A connection that sends nothing
 //! for [`IDLE_TIMEOUT`] (receivers ask the time 20 times a second) is dropped, so a
-//! receiver that vanished does not hold its name.
+//! receiver that vanished does not hold its name. A receiver that stops taking audio
+//! (a write blocked for [`WRITE_STALL_TIMEOUT`], or a full broadcast backlog of 512
+//! chunks) is dropped: every chunk is encoded once and broadcast, and each connection
+//! writes on its own task, so a slow receiver never delays the others.
 //!
 //! A connection that opens with a [`Frame::ClockHello`] carries clock-sync exchanges
 //! only ([`serve_clock`]): answered at once, never queued behind audio.
@@ -50,6 +53,16 @@ pub const MAX_CONNECTIONS: usize = 4 * MAX_RECEIVERS;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A receiver that sends nothing for this long is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A write to a receiver that cannot finish for this long (the receiver stopped
+/// reading, or its link is too slow for the stream, so the kernel's socket buffers
+/// are full) drops the receiver: its backlog is bounded by those buffers, and the
+/// other receivers never wait for it (each has its own task). It can reconnect.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The kernel send buffer of each connection, bytes (Linux doubles it for its own
+/// book-keeping): about 2 s of the 128 kbit/s Opus stream, far more than any
+/// hiccup of a working link needs. With the receiver's own receive buffer (128 KiB by
+/// default) it bounds what a stalled receiver holds before [`WRITE_STALL_TIMEOUT`].
+pub const SEND_BUFFER_BYTES: usize = 32 * 1024;
 /// Largest frame a receiver may send, bytes.
 pub const MAX_INBOUND_FRAME_BYTES: usize = 4096;
 
@@ -414,6 +427,9 @@ pub async fn serve(
                 }
                 Ok((sock, peer)) => {
                     let _ = sock.set_nodelay(true);
+                    // A fixed send buffer (no autotuning up to megabytes): a receiver
+                    // that stops reading blocks the writes after seconds, not minutes.
+                    let _ = socket2::SockRef::from(&sock).set_send_buffer_size(SEND_BUFFER_BYTES);
                     let dir = dir.clone();
                     let auth = auth.clone();
                     let clock = clock.clone();
@@ -520,7 +536,7 @@ async fn handle_client(
         let mut stream = dir
             .route(&device)
             .context("the transmitter has no stream")?;
-        sink.send(Bytes::from(stream.hello().encode()?)).await?;
+        send_within(&mut sink, Bytes::from(stream.hello().encode()?)).await?;
         let mut live = stream.tx.subscribe();
         let mut last_sent = send_backlog(&mut sink, &stream).await?;
         let mut delay = dir.playout.subscribe();
@@ -565,10 +581,10 @@ async fn handle_client(
                     biased;
                     Some((t1_us, t2_us)) = time_rx.recv() => {
                         let t3_us = clock.now_us();
-                        sink.send(Bytes::from(Frame::TimeResponse { t1_us, t2_us, t3_us }.encode()?)).await?;
+                        send_within(&mut sink, Bytes::from(Frame::TimeResponse { t1_us, t2_us, t3_us }.encode()?)).await?;
                     }
                     Some(reason) = refuse_rx.recv() => {
-                        sink.send(Bytes::from(Frame::Refused { reason: reason.clone() }.encode()?)).await?;
+                        send_within(&mut sink, Bytes::from(Frame::Refused { reason: reason.clone() }.encode()?)).await?;
                         anyhow::bail!("refused: {reason}");
                     }
                     changed = delay.changed() => {
@@ -577,7 +593,7 @@ async fn handle_client(
                         // delay, from the chunks its span needs.
                         let p = *delay.borrow_and_update();
                         debug!(device = name, playout_delay_ms = p, "new playout delay");
-                        sink.send(Bytes::from(stream.hello().encode()?)).await?;
+                        send_within(&mut sink, Bytes::from(stream.hello().encode()?)).await?;
                         last_sent = send_backlog(&mut sink, &stream).await?;
                     }
                     changed = routes.changed() => {
@@ -587,7 +603,7 @@ async fn handle_client(
                             info!(device = name, from = stream.name, to = next.name, "switching stream");
                             stream = next;
                             live = stream.tx.subscribe();
-                            sink.send(Bytes::from(stream.switch_frame().encode()?)).await?;
+                            send_within(&mut sink, Bytes::from(stream.switch_frame().encode()?)).await?;
                             last_sent = send_backlog(&mut sink, &stream).await?;
                         }
                     }
@@ -595,9 +611,11 @@ async fn handle_client(
                         Ok(c) => {
                             if last_sent.is_some_and(|l| c.sample_index <= l) { continue; }
                             last_sent = Some(c.sample_index);
-                            sink.send(c.frame).await?;
+                            send_within(&mut sink, c.frame).await?;
                         }
-                        Err(broadcast::error::RecvError::Lagged(n)) => warn!("receiver too slow, skipped {n} chunks"),
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            anyhow::bail!("the receiver is too slow for the stream ({n} chunks behind): dropped")
+                        }
                         Err(broadcast::error::RecvError::Closed) => return anyhow::Ok(()),
                     },
                 }
@@ -614,18 +632,42 @@ async fn handle_client(
     result
 }
 
+/// Sends `frame`, or fails when the receiver has not taken it within
+/// [`WRITE_STALL_TIMEOUT`].
+async fn send_within(
+    sink: &mut FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>,
+    frame: Bytes,
+) -> anyhow::Result<()> {
+    match tokio::time::timeout(WRITE_STALL_TIMEOUT, sink.send(frame)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => anyhow::bail!(
+            "the receiver took nothing for {WRITE_STALL_TIMEOUT:?} (stopped reading, or too slow): dropped"
+        ),
+    }
+}
+
 /// Sends `stream`'s recent chunks; returns the sample index of the last one.
+///
+/// Errors: the connection failed, or stalled for [`WRITE_STALL_TIMEOUT`].
 async fn send_backlog(
     sink: &mut FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>,
     stream: &StreamHub,
 ) -> anyhow::Result<Option<u64>> {
-    let mut last_sent = None;
-    for c in stream.backlog() {
-        sink.feed(c.frame.clone()).await?;
-        last_sent = Some(c.sample_index);
+    let send = async {
+        let mut last_sent = None;
+        for c in stream.backlog() {
+            sink.feed(c.frame.clone()).await?;
+            last_sent = Some(c.sample_index);
+        }
+        SinkExt::<Bytes>::flush(sink).await?;
+        anyhow::Ok(last_sent)
+    };
+    match tokio::time::timeout(WRITE_STALL_TIMEOUT, send).await {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!(
+            "the receiver took no backlog for {WRITE_STALL_TIMEOUT:?} (stopped reading, or too slow): dropped"
+        ),
     }
-    SinkExt::<Bytes>::flush(sink).await?;
-    Ok(last_sent)
 }
 
 /// A clock-sync connection: answers every `TimeRequest` at once (t2 stamped on
@@ -646,15 +688,12 @@ async fn serve_clock(
         match Frame::decode(&frame) {
             Ok(Frame::TimeRequest { t1_us }) => {
                 let t3_us = clock.now_us();
-                sink.send(Bytes::from(
-                    Frame::TimeResponse {
-                        t1_us,
-                        t2_us,
-                        t3_us,
-                    }
-                    .encode()?,
-                ))
-                .await?;
+                let answer = Frame::TimeResponse {
+                    t1_us,
+                    t2_us,
+                    t3_us,
+                };
+                send_within(&mut sink, Bytes::from(answer.encode()?)).await?;
             }
             Ok(_) => debug!("ignoring an unexpected frame on a clock connection"),
             Err(e) => debug!("malformed frame on a clock connection: {e}"),

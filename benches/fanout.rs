@@ -30,6 +30,12 @@
 //! on), each until the transmitter drops it (or 60 s), and prints when that happened
 //! and whether the 10 others lost or received late any chunk meanwhile.
 //!
+//! "to t2 p99" is the transmitter's side of the clock reply delay: from a request's
+//! sending (t1) to the transmitter stamping its arrival (t2), through this receiver's
+//! clock offset (fitted on the lowest round trips: loopback, accurate to a few µs).
+//! The round trip adds this process's own wake-up to read the answer, which 200
+//! receivers sharing one CPU here delay, as one real receiver on its own Pi does not.
+//!
 //! Figures, not assertions: the README quotes them.
 
 use std::io::Write as _;
@@ -74,6 +80,10 @@ struct Stats {
     measuring: AtomicBool,
     /// Clock-sync reply delays, µs.
     rtt_us: Mutex<Vec<i64>>,
+    /// Request to the transmitter's t2 stamp (t2 − t1 − clock offset), µs: the
+    /// transmitter's side of the reply delay (loopback, its wake-up and queueing),
+    /// without this process's own wake-up to read the answer.
+    uplink_us: Mutex<Vec<i64>>,
     /// Chunk ages at arrival: arrival minus the chunk's PTS, µs (transmitter clock;
     /// the receivers play it at PTS + playout delay).
     lead_us: Mutex<Vec<i64>>,
@@ -198,6 +208,8 @@ async fn clock_task(
                     }
                     if stats.measuring.load(Ordering::Relaxed) {
                         stats.rtt_us.lock().unwrap().push(rtt);
+                        let offset = view.offset_us.load(Ordering::Relaxed);
+                        stats.uplink_us.lock().unwrap().push(t2_us - t1_us - offset);
                     }
                 }
             }
@@ -486,6 +498,7 @@ struct Row {
     hwm_mib: f64,
     rtt_p50_us: i64,
     rtt_p99_us: i64,
+    uplink_p99_us: i64,
     chunks: u64,
     kbit_s_each: f64,
     expected_chunks: u64,
@@ -601,6 +614,7 @@ async fn run(
     }
     drop(tx);
     let mut rtt = std::mem::take(&mut *stats.rtt_us.lock().unwrap());
+    let mut uplink = std::mem::take(&mut *stats.uplink_us.lock().unwrap());
     let mut lead = std::mem::take(&mut *stats.lead_us.lock().unwrap());
     let lead_p50 = percentile(&mut lead, 0.5);
     let late = lead.iter().filter(|&&l| l > lead_p50 + CHUNK_US).count();
@@ -611,6 +625,7 @@ async fn run(
         hwm_mib: hwm,
         rtt_p50_us: percentile(&mut rtt, 0.5),
         rtt_p99_us: percentile(&mut rtt, 0.99),
+        uplink_p99_us: percentile(&mut uplink, 0.99),
         chunks: stats.chunks.load(Ordering::Relaxed),
         kbit_s_each: stats.bytes.load(Ordering::Relaxed) as f64 * 8.0 / 1000.0 / span_s / n as f64,
         expected_chunks: (n as f64 * span_s * 1e6 / CHUNK_US as f64) as u64,
@@ -656,13 +671,14 @@ fn main() -> anyhow::Result<()> {
         warmup.as_secs()
     );
     println!(
-        "{:>4} {:>9} {:>8} {:>8} {:>10} {:>10} {:>15} {:>7} {:>5} {:>9} {:>8} {:>8} {:>5} {:>14}",
+        "{:>4} {:>9} {:>8} {:>8} {:>10} {:>10} {:>12} {:>15} {:>7} {:>5} {:>9} {:>8} {:>8} {:>5} {:>14}",
         "N",
         "CPU %",
         "RSS MiB",
         "peak",
         "clock p50",
         "clock p99",
+        "to t2 p99",
         "chunks",
         "kbit/s",
         "late",
@@ -688,13 +704,14 @@ fn main() -> anyhow::Result<()> {
         }
         let r = rt.block_on(run(clock_rt.handle(), n, warmup, measure, stall))?;
         println!(
-            "{:>4} {:>8.1}% {:>8.1} {:>8.1} {:>7} µs {:>7} µs {:>7}/{:<7} {:>7.0} {:>5} {:>6.0} ms {:>8} {:>8} {:>5} {:>14}",
+            "{:>4} {:>8.1}% {:>8.1} {:>8.1} {:>7} µs {:>7} µs {:>9} µs {:>7}/{:<7} {:>7.0} {:>5} {:>6.0} ms {:>8} {:>8} {:>5} {:>14}",
             r.n,
             r.cpu_pct,
             r.rss_mib,
             r.hwm_mib,
             r.rtt_p50_us,
             r.rtt_p99_us,
+            r.uplink_p99_us,
             r.chunks,
             r.expected_chunks,
             r.kbit_s_each,

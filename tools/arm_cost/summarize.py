@@ -100,16 +100,16 @@ def main():
             tops.append((label, total, top))
 
     print("## ARMv6 (arm1176jzf-s) instructions per steady-state estimate\n")
-    print("| setting | ARMv6 total | rustfft | realfft | syncstream_shared | core/std/alloc "
+    print("| setting | ARMv6 total | rustfft | realfft | syncstream_dsp | core/std/alloc "
           "| shared libs (libc, libm) | other | x86-64 (valgrind) | delay_ms ARM | delay_ms x86 |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, total, bc, arm, x86, x86_n in rows:
-        fixed = {"rustfft", "realfft", "syncstream_shared", "(shared libraries)"}
+        fixed = {"rustfft", "realfft", "syncstream_dsp", "(shared libraries)"}
         rt = sum(v for k, v in bc.items() if k in ("core", "std", "alloc"))
         other = total - sum(bc[k] for k in fixed) - rt
         pct = lambda v: f"{m(v)} ({100 * v / total:.0f} %)"
         print(f"| {label} | {m(total)} | {pct(bc['rustfft'])} | {pct(bc['realfft'])} "
-              f"| {pct(bc['syncstream_shared'])} | {pct(rt)} | {pct(bc['(shared libraries)'])} "
+              f"| {pct(bc['syncstream_dsp'])} | {pct(rt)} | {pct(bc['(shared libraries)'])} "
               f"| {pct(other)} | {m(x86_n) if x86_n is not None else '-'} "
               f"| {delay(arm)} | {delay(x86)} |")
     if fft_rows:

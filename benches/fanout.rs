@@ -95,10 +95,28 @@ struct Stats {
     lost: AtomicU64,
 }
 
-/// One receiver's view of the transmitter clock: offset (µs) of the lowest round trip.
-struct ClockView {
+/// One receiver of the benchmark: where it connects, who it is, its view of the
+/// transmitter clock, and the figures it adds to.
+struct BenchReceiver {
+    addr: String,
+    auth: StreamAuth,
+    device: String,
+    instance: u64,
+    /// Transmitter clock minus ours, µs, from the exchange with the lowest round trip.
     offset_us: AtomicI64,
     best_rtt_us: AtomicI64,
+    stats: Arc<Stats>,
+}
+
+impl BenchReceiver {
+    /// Now on the transmitter's clock, µs.
+    fn transmitter_now_us(&self) -> i64 {
+        now_us() + self.offset_us.load(Ordering::Relaxed)
+    }
+
+    fn measuring(&self) -> bool {
+        self.stats.measuring.load(Ordering::Relaxed)
+    }
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -176,15 +194,8 @@ async fn login(
 }
 
 /// The clock-sync connection: a request every 50 ms, answers timed.
-async fn clock_task(
-    addr: String,
-    auth: StreamAuth,
-    device: String,
-    instance: u64,
-    view: Arc<ClockView>,
-    stats: Arc<Stats>,
-) -> anyhow::Result<()> {
-    let (mut r, mut w) = login(&addr, &auth, &device, instance, true).await?;
+async fn clock_task(rx: Arc<BenchReceiver>) -> anyhow::Result<()> {
+    let (mut r, mut w) = login(&rx.addr, &rx.auth, &rx.device, rx.instance, true).await?;
     let mut tick = tokio::time::interval(CLOCK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent = 0u64;
@@ -201,15 +212,15 @@ async fn clock_task(
                 if let Frame::TimeResponse { t1_us, t2_us, t3_us } = f? {
                     let t4 = now_us();
                     let rtt = (t4 - t1_us) - (t3_us - t2_us);
-                    if rtt < view.best_rtt_us.load(Ordering::Relaxed) {
-                        view.best_rtt_us.store(rtt, Ordering::Relaxed);
-                        view.offset_us
+                    if rtt < rx.best_rtt_us.load(Ordering::Relaxed) {
+                        rx.best_rtt_us.store(rtt, Ordering::Relaxed);
+                        rx.offset_us
                             .store(((t2_us - t1_us) + (t3_us - t4)) / 2, Ordering::Relaxed);
                     }
-                    if stats.measuring.load(Ordering::Relaxed) {
-                        stats.rtt_us.lock().unwrap().push(rtt);
-                        let offset = view.offset_us.load(Ordering::Relaxed);
-                        stats.uplink_us.lock().unwrap().push(t2_us - t1_us - offset);
+                    if rx.measuring() {
+                        rx.stats.rtt_us.lock().unwrap().push(rtt);
+                        let offset = rx.offset_us.load(Ordering::Relaxed);
+                        rx.stats.uplink_us.lock().unwrap().push(t2_us - t1_us - offset);
                     }
                 }
             }
@@ -218,15 +229,9 @@ async fn clock_task(
 }
 
 /// The stream connection: reads every chunk and notes its lead.
-async fn stream_task(
-    addr: String,
-    auth: StreamAuth,
-    device: String,
-    instance: u64,
-    view: Arc<ClockView>,
-    stats: Arc<Stats>,
-) -> anyhow::Result<()> {
-    let (mut r, mut w) = login(&addr, &auth, &device, instance, false).await?;
+async fn stream_task(rx: Arc<BenchReceiver>) -> anyhow::Result<()> {
+    let (mut r, mut w) = login(&rx.addr, &rx.auth, &rx.device, rx.instance, false).await?;
+    let stats = &rx.stats;
     let mut epoch_us = None;
     let mut keepalive = tokio::time::interval(CLOCK_INTERVAL * KEEPALIVE_EVERY as u32);
     loop {
@@ -235,7 +240,7 @@ async fn stream_task(
             f = next_frame(&mut r) => match f? {
                 Frame::ServerHello { epoch_us: e, .. } => epoch_us = Some(e),
                 Frame::Audio { sample_index, payload, .. } => {
-                    if !stats.measuring.load(Ordering::Relaxed) {
+                    if !rx.measuring() {
                         continue;
                     }
                     stats.chunks.fetch_add(1, Ordering::Relaxed);
@@ -244,8 +249,7 @@ async fn stream_task(
                     stats.bytes.fetch_add(payload.len() as u64 + 13, Ordering::Relaxed);
                     if let Some(e) = epoch_us {
                         let pts = e + (sample_index as f64 * 1e6 / RATE_HZ) as i64;
-                        let now_tx = now_us() + view.offset_us.load(Ordering::Relaxed);
-                        stats.lead_us.lock().unwrap().push(now_tx - pts);
+                        stats.lead_us.lock().unwrap().push(rx.transmitter_now_us() - pts);
                     }
                 }
                 Frame::Refused { reason } => bail!("refused: {reason}"),
@@ -256,35 +260,31 @@ async fn stream_task(
 }
 
 /// The MQTT side: status, offsets, a drift report every 2.5 s.
-async fn mqtt_task(
-    url: BrokerUrl,
-    device: String,
-    view: Arc<ClockView>,
-    stats: Arc<Stats>,
-    phase: Duration,
-) -> anyhow::Result<()> {
+async fn mqtt_task(rx: Arc<BenchReceiver>, url: BrokerUrl, phase: Duration) -> anyhow::Result<()> {
     let (client, events) = connect(
         &url,
-        &device,
-        Some((topics::status(&device), br#"{"state":"offline"}"#.to_vec())),
+        &rx.device,
+        Some((
+            topics::status(&rx.device),
+            br#"{"state":"offline"}"#.to_vec(),
+        )),
     );
     tokio::select! {
-        r = publish_reports(client, device, view, stats.clone(), phase) => r,
-        r = count_offsets(events, stats) => r,
+        r = publish_reports(client, &rx, phase) => r,
+        r = count_offsets(events, &rx.stats) => r,
     }
 }
 
 async fn publish_reports(
     c: rumqttc::AsyncClient,
-    dev: String,
-    view: Arc<ClockView>,
-    stats: Arc<Stats>,
+    rx: &BenchReceiver,
     phase: Duration,
 ) -> anyhow::Result<()> {
-    c.subscribe(topics::buffer_offset(&dev), QoS::AtLeastOnce)
+    let dev = &rx.device;
+    c.subscribe(topics::buffer_offset(dev), QoS::AtLeastOnce)
         .await?;
     let status = format!(r#"{{"device":"{dev}","state":"playing"}}"#);
-    c.publish(topics::status(&dev), QoS::AtLeastOnce, true, status)
+    c.publish(topics::status(dev), QoS::AtLeastOnce, true, status)
         .await?;
     tokio::time::sleep(phase).await;
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
@@ -298,19 +298,19 @@ async fn publish_reports(
             drift_ms: Some(if n.is_multiple_of(2) { 0.004 } else { -0.004 }),
             confidence: 0.9,
             signal_strength_db: -32.0,
-            ts_us: now_us() + view.offset_us.load(Ordering::Relaxed),
+            ts_us: rx.transmitter_now_us(),
             ..Default::default()
         };
         let payload = serde_json::to_vec(&report)?;
-        c.publish(topics::drift(&dev), QoS::AtMostOnce, false, payload)
+        c.publish(topics::drift(dev), QoS::AtMostOnce, false, payload)
             .await?;
-        if stats.measuring.load(Ordering::Relaxed) {
-            stats.reports.fetch_add(1, Ordering::Relaxed);
+        if rx.measuring() {
+            rx.stats.reports.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-async fn count_offsets(mut events: rumqttc::EventLoop, stats: Arc<Stats>) -> anyhow::Result<()> {
+async fn count_offsets(mut events: rumqttc::EventLoop, stats: &Stats) -> anyhow::Result<()> {
     loop {
         if let Event::Incoming(Packet::Publish(_)) = events.poll().await? {
             if stats.measuring.load(Ordering::Relaxed) {
@@ -343,6 +343,21 @@ fn tcp_state(sock: &impl std::os::fd::AsRawFd) -> u8 {
             &mut len,
         );
         info.tcpi_state
+    }
+}
+
+/// Runs one of a receiver's tasks; its end (always an error) counts as a lost
+/// connection, and is printed when it came before the measurement.
+async fn counting_loss(
+    rx: Arc<BenchReceiver>,
+    what: &'static str,
+    task: impl std::future::Future<Output = anyhow::Result<()>>,
+) {
+    if let Err(e) = task.await {
+        if !rx.measuring() {
+            eprintln!("{}: {what} ended before the measurement: {e:#}", rx.device);
+        }
+        rx.stats.lost.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -529,55 +544,31 @@ async fn run(
     for i in 0..n {
         let device = format!("bench-{i:03}");
         let instance = 1000 + i as u64;
-        let view = Arc::new(ClockView {
+        let rx = Arc::new(BenchReceiver {
+            addr: addr.clone(),
+            auth: auth.clone(),
+            device: device.clone(),
+            instance,
             offset_us: AtomicI64::new(0),
             best_rtt_us: AtomicI64::new(i64::MAX),
+            stats: stats.clone(),
         });
-        let st = stats.clone();
-        let on_loss =
-            move |r: anyhow::Result<()>, st: Arc<Stats>, what: &'static str, d: String| {
-                if let Err(e) = r {
-                    if !st.measuring.load(Ordering::Relaxed) {
-                        eprintln!("{d}: {what} ended before the measurement: {e:#}");
-                    }
-                    st.lost.fetch_add(1, Ordering::Relaxed);
-                }
-            };
-        let (a, au, d, v) = (addr.clone(), auth.clone(), device.clone(), view.clone());
-        let s2 = st.clone();
-        // On their own thread, as each real receiver's clock sync runs in a process
-        // of its own: the round trip is then the transmitter's, not the queue of
-        // 200 receivers' audio reads in this process.
-        tasks.push(clock_rt.spawn(async move {
-            on_loss(
-                clock_task(a, au, d.clone(), instance, v, s2.clone()).await,
-                s2,
-                "clock",
-                d,
-            )
-        }));
-        let (a, au, d, v) = (addr.clone(), auth.clone(), device.clone(), view.clone());
-        let s2 = st.clone();
-        tasks.push(tokio::spawn(async move {
-            on_loss(
-                stream_task(a, au, d.clone(), instance, v, s2.clone()).await,
-                s2,
-                "stream",
-                d,
-            )
-        }));
+        // The clock connections on their own thread, as each real receiver's clock
+        // sync runs in a process of its own: the round trip is then the
+        // transmitter's, not the queue of 200 receivers' audio reads in this process.
+        tasks.push(clock_rt.spawn(counting_loss(rx.clone(), "clock", clock_task(rx.clone()))));
+        tasks.push(tokio::spawn(counting_loss(
+            rx.clone(),
+            "stream",
+            stream_task(rx.clone()),
+        )));
         let url = BrokerUrl::new("127.0.0.1", tx.mqtt).with_key(&tx.key, &device);
         let phase = REPORT_INTERVAL.mul_f64(i as f64 / n as f64);
-        let s2 = st.clone();
-        let d = device.clone();
-        tasks.push(tokio::spawn(async move {
-            on_loss(
-                mqtt_task(url, d.clone(), view, s2.clone(), phase).await,
-                s2,
-                "mqtt",
-                d,
-            )
-        }));
+        tasks.push(tokio::spawn(counting_loss(
+            rx.clone(),
+            "mqtt",
+            mqtt_task(rx, url, phase),
+        )));
     }
     let stalled = stall.map(|how| {
         tokio::spawn(stalled_receiver(

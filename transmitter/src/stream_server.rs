@@ -632,18 +632,27 @@ async fn handle_client(
     result
 }
 
-/// Sends `frame`, or fails when the receiver has not taken it within
-/// [`WRITE_STALL_TIMEOUT`].
+/// `write`, or an error when the receiver has not taken it within
+/// [`WRITE_STALL_TIMEOUT`] (`what` names it in the error).
+async fn within_stall_timeout<T>(
+    what: &str,
+    write: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(WRITE_STALL_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the receiver took no {what} for {WRITE_STALL_TIMEOUT:?} (stopped reading, or too slow): dropped"
+            ))
+        })
+}
+
+/// Sends `frame` within [`WRITE_STALL_TIMEOUT`].
 async fn send_within(
     sink: &mut FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>,
     frame: Bytes,
 ) -> anyhow::Result<()> {
-    match tokio::time::timeout(WRITE_STALL_TIMEOUT, sink.send(frame)).await {
-        Ok(r) => Ok(r?),
-        Err(_) => anyhow::bail!(
-            "the receiver took nothing for {WRITE_STALL_TIMEOUT:?} (stopped reading, or too slow): dropped"
-        ),
-    }
+    within_stall_timeout("frame", async { Ok(sink.send(frame).await?) }).await
 }
 
 /// Sends `stream`'s recent chunks; returns the sample index of the last one.
@@ -653,21 +662,16 @@ async fn send_backlog(
     sink: &mut FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>,
     stream: &StreamHub,
 ) -> anyhow::Result<Option<u64>> {
-    let send = async {
+    within_stall_timeout("backlog", async {
         let mut last_sent = None;
         for c in stream.backlog() {
             sink.feed(c.frame.clone()).await?;
             last_sent = Some(c.sample_index);
         }
         SinkExt::<Bytes>::flush(sink).await?;
-        anyhow::Ok(last_sent)
-    };
-    match tokio::time::timeout(WRITE_STALL_TIMEOUT, send).await {
-        Ok(r) => r,
-        Err(_) => anyhow::bail!(
-            "the receiver took no backlog for {WRITE_STALL_TIMEOUT:?} (stopped reading, or too slow): dropped"
-        ),
-    }
+        Ok(last_sent)
+    })
+    .await
 }
 
 /// A clock-sync connection: answers every `TimeRequest` at once (t2 stamped on

@@ -201,9 +201,10 @@ impl Rig {
             .unwrap_or_default()
     }
 
-    /// Asserts that a newcomer on the broker gets, retained, each receiver's offset
-    /// `targets[i]` and a `playing` status.
-    fn assert_retained(&self, port: u16, targets: &[f64]) {
+    /// Asserts that a newcomer on the rig's broker gets, retained, each receiver's
+    /// offset `targets[i]` and a `playing` status.
+    fn assert_retained(&self, targets: &[f64]) {
+        let port = self.broker.as_ref().expect("a rig with a broker").port;
         let names = self.names();
         let mut topics: Vec<String> = names.iter().map(|d| offset_topic(d)).collect();
         topics.extend(names.iter().map(|d| status_topic(d)));
@@ -261,9 +262,7 @@ fn broker_killed_and_restarted_without_persistence() {
         rig.set_offset(d, p, t);
     }
     let before: Vec<u64> = names.iter().map(|d| rig.underruns(d)).collect();
-    let broker = rig.broker.as_mut().unwrap();
-    let port = broker.port;
-    broker.restart(Duration::from_secs(2));
+    rig.broker.as_mut().unwrap().restart(Duration::from_secs(2));
     let back = Instant::now();
     // The controller republishes the offsets it holds, every receiver its status.
     let t = rig.recovered(
@@ -272,7 +271,7 @@ fn broker_killed_and_restarted_without_persistence() {
         &targets,
         "after the broker restart",
     );
-    rig.assert_retained(port, &targets);
+    rig.assert_retained(&targets);
     let offsets_back = back.elapsed();
     report("broker restart", "statuses back", t);
     report(
@@ -341,7 +340,7 @@ fn transmitter_killed_and_restarted() {
     for d in &names {
         assert!(receivers.contains(d), "{d} is not connected: {receivers}");
     }
-    rig.assert_retained(rig.broker.as_ref().unwrap().port, &targets);
+    rig.assert_retained(&targets);
 }
 
 #[test]
@@ -373,7 +372,7 @@ fn transmitter_paused_for_5_s() {
     assert!(t < Duration::from_secs(20), "{t:?}");
     let o = rig.controller_offsets();
     assert!(o[0].1.is_some_and(|v| close(v, targets[0])), "{o:?}");
-    rig.assert_retained(rig.broker.as_ref().unwrap().port, &targets);
+    rig.assert_retained(&targets);
 }
 
 #[test]
@@ -442,7 +441,7 @@ fn a_receivers_network_cut_for_10_s() {
     );
     report("network cut 10 s", "receiver playing at its offset", t);
     assert!(t < Duration::from_secs(30), "{t:?}");
-    rig.assert_retained(rig.broker.as_ref().unwrap().port, &targets);
+    rig.assert_retained(&targets);
     // The other receiver did not notice.
     rig.playing("cut-b", back, Duration::from_secs(10), "after the cut");
     assert_eq!(rig.underruns("cut-b"), other_before, "cut-b had underruns");
@@ -776,7 +775,7 @@ fn state_survives_a_restart_of_broker_transmitter_and_receivers() {
         &targets,
         "after broker + transmitter",
     );
-    rig.assert_retained(port, &targets);
+    rig.assert_retained(&targets);
     report(
         "broker + transmitter restart",
         "receivers playing at their offsets",
@@ -827,7 +826,7 @@ fn state_survives_a_restart_of_broker_transmitter_and_receivers() {
         &targets,
         "after everything restarted",
     );
-    rig.assert_retained(port, &targets);
+    rig.assert_retained(&targets);
     report(
         "everything restarted",
         "receivers playing at their offsets",

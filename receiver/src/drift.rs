@@ -326,6 +326,9 @@ pub struct DriftOutcome {
     /// Set when the device's own sound was found where it belongs while tracking,
     /// for [`OwnSound::observe`].
     pub observation: Option<Observation>,
+    /// The source window or the recording was silent (a pause in the programme):
+    /// nothing could be measured anywhere.
+    pub silent: bool,
 }
 
 /// What a window measured in sync shows of the device's own sound.
@@ -410,6 +413,7 @@ pub fn analyze(
         }
     };
     let mut search_wide = !m.tracking;
+    let mut silent = false;
     if m.tracking {
         // The narrow search on the part of the source window it needs (as a narrow
         // window would have been fetched).
@@ -425,7 +429,7 @@ pub fn analyze(
             min_lag_ms: centre - m.track_margin_ms,
             max_lag_ms: centre + m.track_margin_ms,
             expected_lag_ms: Some(centre),
-            gate_ms: None,
+            gate_ms: Some(GATE_MS),
         };
         match estimator.estimate(narrow_ref, &recording, &search) {
             Ok(est) => {
@@ -451,7 +455,7 @@ pub fn analyze(
                     _ => {
                         // Silence or a silent source gives nothing anywhere: no need
                         // to look further.
-                        let silent = est.signal_strength_db < syncstream_dsp::delay::SILENCE_DBFS
+                        silent = est.signal_strength_db < syncstream_dsp::delay::SILENCE_DBFS
                             || est.reason.as_deref().is_some_and(|r| r.contains("silent"));
                         fill(&mut report, &est);
                         if est.delay_ms.is_some() {
@@ -489,6 +493,7 @@ pub fn analyze(
     DriftOutcome {
         report,
         observation,
+        silent,
     }
 }
 
@@ -563,6 +568,42 @@ mod tests {
         assert_eq!(x[0], 150.0);
         m.push(&[0.0; 480], 99_000_000);
         assert!(m.latest(500).is_none());
+    }
+
+    /// A device in sync but turned down 30 dB, beside a neighbour 15 dB louder than it
+    /// and 8 ms later: the tracking measurement still finds its own sound where it
+    /// belongs (the 3 ms gate) instead of taking the louder neighbour for it.
+    #[test]
+    fn a_quiet_own_sound_beside_a_louder_neighbour_is_still_measured() {
+        let fs = 48_000u32;
+        let source = syncstream_testkit::white_noise(10 * fs as usize, 7, 0.5);
+        let noise = syncstream_testkit::white_noise(2 * fs as usize, 8, 0.0005);
+        let margin = (0.4 * fs as f64) as usize; // 400 ms: the recording starts there
+        let neighbour_lag = (0.008 * fs as f64) as usize;
+        let recording: Vec<f32> = (0..2 * fs as usize)
+            .map(|n| {
+                0.0316 * source[n + margin] + 0.18 * source[n + margin - neighbour_lag] + noise[n]
+            })
+            .collect();
+        let m = Measurement {
+            recording,
+            rec_start_tx_us: 400_000.0,
+            ref_start_us: 0,
+            ref_duration_ms: 2800,
+            margin_ms: 400.0,
+            track_margin_ms: 60.0,
+            tracking: true,
+            applied_offset_ms: 0.0,
+            mic_delay_ms: 0.0,
+            playout_delay_us: 0,
+            clock_rate: 0.0,
+        };
+        let mut estimator = DelayEstimator::new(fs);
+        let reference = &source[..(2.8 * fs as f64) as usize];
+        let out = analyze(&mut estimator, "bt", &m, reference, 0, &OwnSound::default());
+        let drift = out.report.drift_ms.expect("an estimate");
+        assert!(drift.abs() < 0.05, "{:?}", out.report);
+        assert!(out.observation.is_some(), "{out:?}");
     }
 
     /// A device 37.5 ms late is measured as +37.5 ms from music-like noise.

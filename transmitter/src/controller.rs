@@ -24,7 +24,11 @@
 //!   as strong as usual, elsewhere (`receiver/src/own_sound.rs`). A target between
 //!   `agree_ms` and `outlier_ms` from the prediction is a small step, not a drift to
 //!   learn: two such reports in a row that agree move the offset to them, the rate
-//!   kept. Otherwise the offset moves a fraction `gain` (α) of the
+//!   kept; but the first such report after `gap_s` without one used (the device was
+//!   muted, the programme silent, the own sound masked) is taken whole when it is at
+//!   `lock_confidence`: over an unmeasured span the prediction's
+//!   error grows with the span (a Kalman filter's gain goes to 1 as the predicted
+//!   variance grows), so one confident measurement is worth more than it. Otherwise the offset moves a fraction `gain` (α) of the
 //!   way to the target and the rate a fraction `velocity_gain` (β) of the residual per
 //!   second, bounded by `max_rate_ms_per_s`; a device whose latency drifts steadily
 //!   (Bluetooth, Cast buffers adapting) is followed without lag, as an offset plus a
@@ -95,6 +99,11 @@ pub struct ControllerConfig {
     pub max_rate_ms_per_s: f64,
     /// An offset with a rate is re-sent at least this often, s of report time.
     pub refresh_s: f64,
+    /// After this long without a used report (a mute, a silence, a noise burst), a
+    /// report of at least `lock_confidence` between `agree_ms` and `outlier_ms` from
+    /// the prediction is taken whole instead of waiting for a second, s of report time: the prediction carried across an unmeasured
+    /// span is worth less than one confident measurement.
+    pub gap_s: f64,
 }
 
 impl Default for ControllerConfig {
@@ -113,6 +122,7 @@ impl Default for ControllerConfig {
             velocity_gain: 0.3,
             max_rate_ms_per_s: 0.5,
             refresh_s: 5.0,
+            gap_s: 8.0,
         }
     }
 }
@@ -712,6 +722,18 @@ impl SyncController {
                             "outlier: {target:.3} ms against the predicted {current:.3} ms"
                         ));
                     }
+                } else if (target - current).abs() > cfg.agree_ms
+                    && dt_s >= cfg.gap_s
+                    && r.confidence >= cfg.lock_confidence
+                {
+                    // The first measurement after an unmeasured span: the prediction
+                    // carried across it is worth less than this report.
+                    dev.pending.clear();
+                    dev.used += 1;
+                    let residual = target - current;
+                    dev.rate_ms_per_s = (dev.rate_ms_per_s + cfg.velocity_gain * residual / dt_s)
+                        .clamp(-cfg.max_rate_ms_per_s, cfg.max_rate_ms_per_s);
+                    target
                 } else if (target - current).abs() > cfg.agree_ms {
                     // A small step (a millisecond or two: wander is far slower): not a
                     // drift rate to learn. Two reports in a row that agree move the
@@ -1044,6 +1066,33 @@ mod tests {
         );
         // Without the rate a 0.2 ms/s drift leaves 0.5 ms behind per report.
         assert!(residuals[1] > 0.2);
+    }
+
+    /// After an unmeasured span (a mute) a confident report 1.8 ms from the
+    /// prediction is followed at once; the same report without the span, or less
+    /// confident, waits for a second that agrees.
+    #[test]
+    fn the_first_confident_report_after_a_gap_is_taken_whole() {
+        let at = |drift: f64, conf: f64, ts_s: i64| DriftReport {
+            ts_us: ts_s * 1_000_000,
+            ..report(Some(drift), conf, 40.0)
+        };
+        let locked = || {
+            let mut c = SyncController::new(ControllerConfig::default());
+            on(&mut c, at(0.0, 0.995, 0));
+            assert_eq!(c.device("tv").unwrap().offset_ms, Some(40.0));
+            c
+        };
+        let mut c = locked();
+        assert_eq!(offset(on(&mut c, at(1.8, 0.995, 30))), 41.8);
+        let mut c = locked();
+        assert!(matches!(
+            on(&mut c, at(1.8, 0.995, 3)),
+            Decision::Ignored(_)
+        ));
+        let mut c = locked();
+        assert!(matches!(on(&mut c, at(1.8, 0.9, 30)), Decision::Ignored(_)));
+        assert!((offset(on(&mut c, at(1.8, 0.9, 31))) - 41.8).abs() < 1e-9);
     }
 
     #[test]

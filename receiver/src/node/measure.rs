@@ -22,7 +22,8 @@ pub const FOLLOW_UP_ABOVE_MS: f64 = 1.0;
 /// audio with the last one).
 pub const FOLLOW_UP_AFTER_MS: i64 = 1000;
 /// Follow-ups in a row at most for one kind of report (no estimate, moved, weak),
-/// before the normal interval resumes.
+/// before the normal interval resumes. A silent programme is followed up for as long
+/// as it lasts, so that the first window after the pause is measured at once.
 pub const MAX_FOLLOW_UPS: u32 = 2;
 
 impl ReceiverNode {
@@ -179,7 +180,7 @@ impl ReceiverNode {
                     self.follow_ups = 0;
                 }
                 self.last_class = class;
-                if class != 0 && self.follow_ups < MAX_FOLLOW_UPS {
+                if class != 0 && (self.follow_ups < MAX_FOLLOW_UPS || outcome.silent) {
                     self.follow_ups += 1;
                     self.next_measure_us =
                         self.next_measure_us.min(now_us + FOLLOW_UP_AFTER_MS * 1000);

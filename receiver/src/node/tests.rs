@@ -1052,3 +1052,55 @@ fn a_kept_offset_is_not_replaced_by_the_profile_of_a_config_push() {
         assert_eq!(n.status(20).offset_ms, want, "kept {kept:?}");
     }
 }
+
+/// While the programme is silent the node looks again every second for as long as the
+/// pause lasts (the first window after it is measured at once); other reports without
+/// an estimate get two follow-ups, then the normal interval.
+#[test]
+fn a_silent_programme_is_followed_up_every_second_while_it_lasts() {
+    use crate::drift::DriftOutcome;
+    use syncstream_dsp::DelayEstimator;
+    use syncstream_protocol::messages::DriftReport;
+    let done = |silent: bool| JobDone::Drift {
+        outcome: DriftOutcome {
+            report: DriftReport {
+                device: "tv".into(),
+                drift_ms: None,
+                confidence: 0.0,
+                signal_strength_db: -200.0,
+                ts_us: 0,
+                applied_offset_ms: 0.0,
+                reason: Some(
+                    if silent {
+                        "the reference is silent"
+                    } else {
+                        "noise"
+                    }
+                    .into(),
+                ),
+                step: false,
+                uncertainty_ms: None,
+            },
+            observation: None,
+            silent,
+        },
+        estimator: Box::new(DelayEstimator::new(48_000)),
+    };
+    let interval_us = DriftConfig::default().interval_ms as i64 * 1000;
+    for silent in [true, false] {
+        let (mut n, _r, _c) = node();
+        let mut io = Recorder::default();
+        n.tracking = true;
+        for k in 0..6i64 {
+            let now_us = k * interval_us;
+            n.next_measure_us = now_us + interval_us;
+            n.on_job_done(done(silent), now_us, &mut io);
+            let expected = if silent || k < measure::MAX_FOLLOW_UPS as i64 {
+                now_us + measure::FOLLOW_UP_AFTER_MS * 1000
+            } else {
+                now_us + interval_us
+            };
+            assert_eq!(n.next_measure_us, expected, "silent {silent}, report {k}");
+        }
+    }
+}

@@ -26,13 +26,14 @@
 //!   learn: two such reports in a row that agree move the offset to them, the rate
 //!   kept; but the first such report after `gap_s` without one used (the device was
 //!   muted, the programme silent, the own sound masked) is taken whole when it is at
-//!   `lock_confidence`: over an unmeasured span the prediction's
-//!   error grows with the span (a Kalman filter's gain goes to 1 as the predicted
-//!   variance grows), so one confident measurement is worth more than it. Otherwise the offset moves a fraction `gain` (α) of the
-//!   way to the target and the rate a fraction `velocity_gain` (β) of the residual per
-//!   second, bounded by `max_rate_ms_per_s`; a device whose latency drifts steadily
-//!   (Bluetooth, Cast buffers adapting) is followed without lag, as an offset plus a
-//!   rate that the receiver applies continuously. Changes below `deadband_ms` are not
+//!   `lock_confidence`: over an unmeasured span the prediction's error grows with the
+//!   span (a Kalman filter's gain goes to 1 as the predicted variance grows), so one
+//!   confident measurement is worth more than it. Otherwise the offset moves a
+//!   fraction `gain` (α) of the way to the target and the rate a fraction
+//!   `velocity_gain` (β) of the residual per second, bounded by `max_rate_ms_per_s`;
+//!   a device whose latency drifts steadily (Bluetooth, Cast buffers adapting) is
+//!   followed without lag, as an offset plus a rate that the receiver applies
+//!   continuously. Changes below `deadband_ms` are not
 //!   sent, but an offset with a rate is re-sent every `refresh_s` of report time, since
 //!   receivers stop extrapolating a rate that is not refreshed.
 //! - A manual adjustment per device (`manual_adjust_ms`, positive: the device sounds
@@ -101,8 +102,9 @@ pub struct ControllerConfig {
     pub refresh_s: f64,
     /// After this long without a used report (a mute, a silence, a noise burst), a
     /// report of at least `lock_confidence` between `agree_ms` and `outlier_ms` from
-    /// the prediction is taken whole instead of waiting for a second, s of report time: the prediction carried across an unmeasured
-    /// span is worth less than one confident measurement.
+    /// the prediction is taken whole instead of waiting for a second, s of report
+    /// time: the prediction carried across an unmeasured span is worth less than one
+    /// confident measurement.
     pub gap_s: f64,
 }
 
@@ -691,6 +693,7 @@ impl SyncController {
                 }
             }
             LockState::Tracking => {
+                let after_gap = dt_s >= cfg.gap_s && r.confidence >= cfg.lock_confidence;
                 if (target - current).abs() > cfg.outlier_ms
                     && r.step
                     && r.confidence >= cfg.lock_confidence
@@ -722,19 +725,7 @@ impl SyncController {
                             "outlier: {target:.3} ms against the predicted {current:.3} ms"
                         ));
                     }
-                } else if (target - current).abs() > cfg.agree_ms
-                    && dt_s >= cfg.gap_s
-                    && r.confidence >= cfg.lock_confidence
-                {
-                    // The first measurement after an unmeasured span: the prediction
-                    // carried across it is worth less than this report.
-                    dev.pending.clear();
-                    dev.used += 1;
-                    let residual = target - current;
-                    dev.rate_ms_per_s = (dev.rate_ms_per_s + cfg.velocity_gain * residual / dt_s)
-                        .clamp(-cfg.max_rate_ms_per_s, cfg.max_rate_ms_per_s);
-                    target
-                } else if (target - current).abs() > cfg.agree_ms {
+                } else if (target - current).abs() > cfg.agree_ms && !after_gap {
                     // A small step (a millisecond or two: wander is far slower): not a
                     // drift rate to learn. Two reports in a row that agree move the
                     // offset there at once, its rate kept.
@@ -767,7 +758,13 @@ impl SyncController {
                             + cfg.velocity_gain * residual / dt_s)
                             .clamp(-cfg.max_rate_ms_per_s, cfg.max_rate_ms_per_s);
                     }
-                    current + cfg.gain * residual
+                    // The first report beyond `agree_ms` after an unmeasured span is
+                    // taken whole: the prediction carried across it is worth less.
+                    if after_gap && residual.abs() > cfg.agree_ms {
+                        target
+                    } else {
+                        current + cfg.gain * residual
+                    }
                 }
             }
         };

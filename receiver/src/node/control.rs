@@ -10,9 +10,6 @@ use tracing::{info, warn};
 
 use super::{Job, ReceiverIo, ReceiverNode, MAX_MQTT_PAYLOAD};
 
-/// After an unmute or a start, measurements wait this long (their window must hold the
-/// device's own sound again), µs.
-pub const QUIET_AFTER_SOUND_US: i64 = 2_500_000;
 /// Microphone audio a `check_mic` command judges: the last 3 s the node holds, ms.
 pub const MIC_CHECK_MS: u64 = 3_000;
 use crate::offset::OffsetRamp;
@@ -218,7 +215,9 @@ impl ReceiverNode {
             Command::Start => {
                 self.stopped = false;
                 self.audio.send(ToRender::Stopped(false));
-                self.quiet_until_us = self.quiet_until_us.max(now_us + QUIET_AFTER_SOUND_US);
+                // Even if it was silent for less than a poll: the next measurement
+                // waits for a window of its sound (`measure.rs`).
+                self.was_silent = true;
             }
             Command::Mute => {
                 self.muted = true;
@@ -227,7 +226,9 @@ impl ReceiverNode {
             Command::Unmute => {
                 self.muted = false;
                 self.send_gain();
-                self.quiet_until_us = self.quiet_until_us.max(now_us + QUIET_AFTER_SOUND_US);
+                // Even if it was silent for less than a poll: the next measurement
+                // waits for a window of its sound (`measure.rs`).
+                self.was_silent = true;
             }
             Command::Volume { value } => {
                 if !(value.is_finite() && (0.0..=1.0).contains(&value)) {

@@ -25,6 +25,9 @@ pub const FOLLOW_UP_AFTER_MS: i64 = 1000;
 /// before the normal interval resumes. A silent programme is followed up for as long
 /// as it lasts, so that the first window after the pause is measured at once.
 pub const MAX_FOLLOW_UPS: u32 = 2;
+/// When a silent output sounds again, its first measurement waits this much beyond a
+/// window and its output latency, ms (a fade-in, the latency not yet corrected).
+pub const RESUME_MARGIN_MS: i64 = 100;
 
 impl ReceiverNode {
     /// Starts due measurements and finishes test tones whose recording is over.
@@ -36,6 +39,22 @@ impl ReceiverNode {
                 self.pending = None;
             }
         }
+        let silent = self.silent();
+        if self.was_silent && !silent {
+            // Sound again (unmuted, volume up, output back): the first measurement
+            // comes as soon as the microphone window can hold only the new sound, not
+            // at the next regular time, up to an interval later.
+            let latency_ms = self
+                .offset_now_ms(now_us)
+                .unwrap_or(self.offset.offset_ms)
+                .max(0.0)
+                + self.profile.mic_delay_ms().max(0.0);
+            self.pending = None;
+            self.next_measure_us = now_us
+                + (self.drift_cfg.window_ms as i64 + latency_ms.ceil() as i64 + RESUME_MARGIN_MS)
+                    * 1000;
+        }
+        self.was_silent = silent;
         if now_us < self.next_measure_us {
             return;
         }

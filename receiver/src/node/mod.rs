@@ -236,6 +236,10 @@ pub struct ReceiverNode {
     follow_ups: u32,
     /// The kind of the last report, for the follow-ups.
     last_class: u8,
+    /// Whether the output was silent (muted, stopped, …) at the last poll, or was just
+    /// unmuted or started: when it sounds, the next measurement comes as soon as a
+    /// window holds its sound, and no sooner or later.
+    was_silent: bool,
     // Test tones.
     tone: Option<ToneSession>,
     tone_running: Option<Option<String>>,
@@ -311,6 +315,7 @@ impl ReceiverNode {
             own_sound: OwnSound::default(),
             follow_ups: 0,
             last_class: 0,
+            was_silent: false,
             tone: None,
             tone_running: None,
             quiet_until_us: i64::MIN,

@@ -436,10 +436,9 @@ impl ReceiverNode {
         self.publish_status(now_us, io);
     }
 
-    /// This receiver cannot play the stream: error state, and try again much later.
     /// The offset in effect at local time `now_us`, ms (`None` before clock sync has a
     /// mapping and the offset has a rate to follow).
-    fn offset_now_ms(&self, now_us: i64) -> Option<f64> {
+    pub(super) fn offset_now_ms(&self, now_us: i64) -> Option<f64> {
         let now_tx = self.clock.tx_from_local(now_us as f64).unwrap_or(f64::NAN);
         Some(self.offset.at_ms(now_tx)).filter(|o| o.is_finite())
     }
@@ -454,6 +453,7 @@ impl ReceiverNode {
         self.next_measure_us = self.next_measure_us.max(now_us + quiet_us);
     }
 
+    /// This receiver cannot play the stream: error state, and try again much later.
     fn refuse_stream(&mut self, reason: String, now_us: i64, io: &mut impl ReceiverIo) {
         self.error = Some(reason);
         self.link = Link::Down;

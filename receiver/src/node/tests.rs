@@ -627,6 +627,41 @@ fn settings_from_the_control_plane_are_checked() {
     assert_eq!(n.counters().mqtt_rejected, before + 4);
 }
 
+/// An unmute: the next measurement comes when a window can hold only the device's
+/// sound again (a window plus its output latency and a margin after the unmute), not
+/// at the next regular time; a mute and unmute between two polls counts too.
+#[test]
+fn after_an_unmute_the_first_measurement_waits_for_one_window_of_sound() {
+    let (mut n, mut io, _r, _c) = streaming();
+    let cmd = |n: &mut ReceiverNode, io: &mut Recorder, c: &[u8], at: i64| {
+        n.on_mqtt_message(&topics::command("tv"), c, at, io)
+    };
+    let latency_us = (n.offset().offset_ms * 1000.0) as i64;
+    let window_us = DriftConfig::default().window_ms as i64 * 1000;
+    let expected = |at: i64| {
+        let lo = at + window_us + latency_us + measure::RESUME_MARGIN_MS * 1000;
+        lo..lo + 2_000 // rounding up of the latency and the microphone's distance
+    };
+    cmd(&mut n, &mut io, br#"{"cmd":"mute"}"#, 1_000_000);
+    for t in (1_100_000..20_000_000).step_by(100_000) {
+        n.poll(t, &mut io);
+    }
+    cmd(&mut n, &mut io, br#"{"cmd":"unmute"}"#, 20_000_000);
+    n.poll(20_000_000, &mut io);
+    assert!(
+        expected(20_000_000).contains(&n.next_measurement_us()),
+        "{} not in {:?}",
+        n.next_measurement_us(),
+        expected(20_000_000)
+    );
+    // Muted and unmuted again before the node polled.
+    n.poll(30_000_000, &mut io);
+    cmd(&mut n, &mut io, br#"{"cmd":"mute"}"#, 30_000_001);
+    cmd(&mut n, &mut io, br#"{"cmd":"unmute"}"#, 30_000_002);
+    n.poll(30_000_003, &mut io);
+    assert!(expected(30_000_003).contains(&n.next_measurement_us()));
+}
+
 /// `check_mic`: with no microphone audio yet the answer says so; with 4 s of a tone it
 /// runs the check as a job and publishes the report, naming the device.
 #[test]

@@ -11,18 +11,26 @@
 # device. The scenario is `scenarios/five-devices-1h.json` with `rir` set on every
 # device. Prints the simulator's own summary and the wall time; writes the report to
 # $CARGO_TARGET_DIR/sim_rir/report.json.
+#
+#   RIR_TAIL_AMPLITUDE=0.25 bash scripts/sim-hour-rir.sh 1200
+#
+# gives every tail that amplitude instead (single tail samples 2 ms after the direct
+# path as loud as a quarter of it: a room far more reverberant at the microphone than
+# its distance allows, where a reflection's correlation peak can outgrow the direct
+# path's; docs/scaling.md), with the report in $CARGO_TARGET_DIR/sim_rir_tail/.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-WORK=$CARGO_TARGET_DIR/sim_rir
+WORK=$CARGO_TARGET_DIR/sim_rir${RIR_TAIL_AMPLITUDE:+_tail}
 SECONDS_OF_AUDIO=${1:-3600}
 mkdir -p "$WORK"
 
 (cd "$ROOT" && cargo build --release -p syncstream --bin syncstream)
 
-python3 - "$ROOT/scenarios/five-devices-1h.json" "$WORK" "$SECONDS_OF_AUDIO" <<'EOF'
+python3 - "$ROOT/scenarios/five-devices-1h.json" "$WORK" "$SECONDS_OF_AUDIO" "${RIR_TAIL_AMPLITUDE:-}" <<'EOF'
 import json, math, os, random, struct, sys, wave
 src, work, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+tail_amplitude = float(sys.argv[4]) if sys.argv[4] else None
 s = json.load(open(src))
 s["audio"] = os.path.normpath(os.path.join(os.path.dirname(src), s["audio"]))
 s["duration_s"] = seconds
@@ -44,7 +52,7 @@ for k, d in enumerate(s["devices"]):
     a = math.sqrt(tail_energy * 6 * math.log(10) / (fs * rt60))
     for i in range(onset + 96, n):
         t = (i - onset) / fs
-        x[i] = a * rng.gauss(0.0, 1.0) * 10 ** (-3.0 * t / rt60)
+        x[i] = (tail_amplitude or a) * rng.gauss(0.0, 1.0) * 10 ** (-3.0 * t / rt60)
     path = os.path.join(work, f"rir-{d['name']}.wav")
     with wave.open(path + ".tmp", "wb") as w:
         w.setnchannels(1)

@@ -172,6 +172,11 @@ pub struct Diagnostics {
     pub others_len: usize,
 }
 
+/// With a gate ([`LagSearch::gate_ms`]), a peak within this of the expected lag keeps
+/// the choice against a later, higher one while it stands out of the noise
+/// ([`crate::peak::choose_peak_within`]), ms.
+pub const EXPECTED_HOLD_MS: f64 = 0.5;
+
 /// Other peaks kept per estimate in [`Diagnostics::others`].
 pub const MAX_OTHER_PEAKS: usize = 4;
 
@@ -596,8 +601,9 @@ impl DelayEstimator {
             .gate_ms
             .filter(|g| g.is_finite() && *g >= 0.0)
             .map(|g| to_samples(g) / if two_stage { f as f64 } else { 1.0 });
+        let hold = to_samples(EXPECTED_HOLD_MS) / if two_stage { f as f64 } else { 1.0 };
         let gated = match (expected, gate) {
-            (Some(e), Some(g)) => choose_peak_within(values, e, g, floor),
+            (Some(e), Some(g)) => choose_peak_within(values, e, g, hold, floor),
             _ => None,
         };
         let Some(peak) = gated.or_else(|| choose_peak(values, expected, window, floor)) else {

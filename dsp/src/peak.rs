@@ -37,6 +37,11 @@ pub const REFLECTION_WINDOW_MS: f64 = 30.0;
 /// With an expected lag, peaks at least this share of the highest are candidates.
 pub const EXPECTED_PEAK_RATIO: f32 = 0.5;
 
+/// Within a gate, a peak still standing where the sound was expected keeps the choice
+/// against a later, higher one when it is at least this share of it
+/// ([`choose_peak_within`]).
+pub const HOLD_PEAK_RATIO: f32 = 0.2;
+
 /// A peak of the sampled correlation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Peak {
@@ -120,9 +125,20 @@ pub fn choose_peak(
 /// caller that knows where the peak it wants must be, and that it may be weaker than
 /// others elsewhere: among the local maxima there that reach `floor`, the one nearest
 /// `expected` of those at least [`EXPECTED_PEAK_RATIO`] of the highest there (so a
-/// reflection just after the direct path does not win by a little height). `None`
-/// when no local maximum there reaches `floor`.
-pub fn choose_peak_within(values: &[f32], expected: f64, gate: f64, floor: f32) -> Option<Peak> {
+/// reflection just after the direct path does not win by a little height). When that
+/// one lies more than `hold` indices after `expected` while a local maximum within
+/// `hold` of `expected` still reaches `floor` and [`HOLD_PEAK_RATIO`] of the highest,
+/// the latter wins: a reflection cannot come before the direct path, so a later peak
+/// that outgrew the one where the sound was is a reflection (a reverberant room's
+/// tail), not a step of the latency (after a real step nothing is left where the
+/// sound was). `None` when no local maximum there reaches `floor`.
+pub fn choose_peak_within(
+    values: &[f32],
+    expected: f64,
+    gate: f64,
+    hold: f64,
+    floor: f32,
+) -> Option<Peak> {
     if !(expected.is_finite() && gate.is_finite()) || values.is_empty() {
         return None;
     }
@@ -143,6 +159,16 @@ pub fn choose_peak_within(values: &[f32], expected: f64, gate: f64, floor: f32) 
                 .abs()
                 .total_cmp(&(b as f64 - expected).abs())
         })?;
+    let held = (index as f64 > expected + hold)
+        .then(|| {
+            candidates()
+                .filter(|&i| {
+                    (i as f64 - expected).abs() <= hold && values[i] >= HOLD_PEAK_RATIO * top
+                })
+                .max_by(|&a, &b| values[a].total_cmp(&values[b]))
+        })
+        .flatten();
+    let index = held.unwrap_or(index);
     Some(Peak {
         index,
         value: values[index],
@@ -306,14 +332,41 @@ mod tests {
         assert_eq!(choose_peak(&[], None, 0, 0.0), None);
         // Within a gate: the weaker peak near the expected index wins.
         let v = [0.0, 0.3, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
-        assert_eq!(choose_peak_within(&v, 1.4, 1.0, 0.1).unwrap().index, 1);
+        assert_eq!(choose_peak_within(&v, 1.4, 1.0, 0.5, 0.1).unwrap().index, 1);
         // Within the gate, a slightly higher reflection after it does not win.
         let r = [0.0, 0.0, 0.8, 0.0, 1.0, 0.0, 0.0];
-        assert_eq!(choose_peak_within(&r, 2.0, 3.0, 0.1).unwrap().index, 2);
-        assert_eq!(choose_peak_within(&v, 1.4, 1.0, 0.5), None);
-        assert_eq!(choose_peak_within(&v, f64::NAN, 1.0, 0.1), None);
-        assert_eq!(choose_peak_within(&v, 100.0, 1.0, 0.1), None);
+        assert_eq!(choose_peak_within(&r, 2.0, 3.0, 0.5, 0.1).unwrap().index, 2);
+        assert_eq!(choose_peak_within(&v, 1.4, 1.0, 0.5, 0.5), None);
+        assert_eq!(choose_peak_within(&v, f64::NAN, 1.0, 0.5, 0.1), None);
+        assert_eq!(choose_peak_within(&v, 100.0, 1.0, 0.5, 0.1), None);
         assert_eq!(choose_peak(&[-1.0, -0.5], None, 0, 0.0), None);
+    }
+
+    /// A reverberant tail sample that outgrew the direct path where the sound was is a
+    /// reflection: the direct path keeps the choice while it stands out of the noise
+    /// at a fifth of the tail's height; gone (a real step later), the later peak wins.
+    #[test]
+    fn a_later_peak_does_not_win_while_the_one_where_the_sound_was_stands() {
+        let mut v = [0.0f32; 12];
+        v[2] = 0.3; // the direct path, where the sound was expected
+        v[6] = 1.0; // a tail sample, later and higher
+        assert_eq!(choose_peak_within(&v, 2.0, 6.0, 0.5, 0.1).unwrap().index, 2);
+        // Below a fifth of the tail's height, or under the noise floor: not held.
+        v[2] = 0.15;
+        assert_eq!(choose_peak_within(&v, 2.0, 6.0, 0.5, 0.1).unwrap().index, 6);
+        v[2] = 0.3;
+        assert_eq!(
+            choose_peak_within(&v, 2.0, 6.0, 0.5, 0.35).unwrap().index,
+            6
+        );
+        // The latency stepped later: nothing left where the sound was.
+        v[2] = 0.0;
+        assert_eq!(choose_peak_within(&v, 2.0, 6.0, 0.5, 0.1).unwrap().index, 6);
+        // An earlier choice (the latency came sooner) is never held back.
+        let mut w = [0.0f32; 12];
+        w[2] = 1.0;
+        w[6] = 0.3;
+        assert_eq!(choose_peak_within(&w, 6.0, 6.0, 0.5, 0.1).unwrap().index, 2);
     }
 
     #[test]

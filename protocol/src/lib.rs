@@ -6,10 +6,13 @@
 //!   a length prefix: hellos, audio chunks, clock-sync exchanges);
 //! - [`codec`]: the stream's audio codecs (Opus, PCM);
 //! - [`messages`]: the MQTT topics and their JSON payloads;
-//! - [`mqtt`]: broker URLs and an MQTT client driver that survives reconnects.
+//! - [`mqtt`]: broker URLs and an MQTT client driver that survives reconnects;
+//! - [`snapcast`]: Snapcast's binary stream protocol (for joining a snapserver as a
+//!   client): headers, message bodies, an incremental decoder, codec headers.
 
 pub mod auth;
 pub mod codec;
 pub mod messages;
 pub mod mqtt;
+pub mod snapcast;
 pub mod wire;

@@ -11,6 +11,8 @@
 //!   [`playout`] (scheduling, in the render callback), [`resampler`] (drift-free
 //!   reading), [`offset`] (the buffer offset over time), [`playout_log`] (what playout
 //!   did), [`drift`] (measurement), [`test_tone`] (calibration).
+//! - [`snapcast`]: joining a Snapcast server as a client (clock sync, connection); not
+//!   wired into the runtime yet.
 
 pub mod clock_sync;
 pub mod drift;
@@ -27,6 +29,7 @@ pub mod realtime;
 pub mod reference;
 pub mod resampler;
 pub mod runtime;
+pub mod snapcast;
 pub mod test_tone;
 
 pub use runtime::{start, Receiver, ReceiverConfig};

@@ -49,10 +49,11 @@ impl ReceiverNode {
                 .unwrap_or(self.offset.offset_ms)
                 .max(0.0)
                 + self.profile.mic_delay_ms().max(0.0);
-            self.pending = None;
-            self.next_measure_us = now_us
-                + (self.drift_cfg.window_ms as i64 + latency_ms.ceil() as i64 + RESUME_MARGIN_MS)
-                    * 1000;
+            self.next_measure_us = now_us;
+            self.skip_measurements_for_new_audio(
+                now_us,
+                latency_ms.ceil() as i64 + RESUME_MARGIN_MS,
+            );
         }
         self.was_silent = silent;
         if now_us < self.next_measure_us {

@@ -444,10 +444,10 @@ impl ReceiverNode {
     }
 
     /// The output's audio changes from now on (another stream, another playout
-    /// delay): the measurement in flight is dropped, and the next waits until the
+    /// delay, sound again after a mute): the measurement in flight is dropped, and the next waits until the
     /// microphone window holds only the new audio, `output_latency_ms` after it
     /// reached the output.
-    fn skip_measurements_for_new_audio(&mut self, now_us: i64, output_latency_ms: i64) {
+    pub(super) fn skip_measurements_for_new_audio(&mut self, now_us: i64, output_latency_ms: i64) {
         self.pending = None;
         let quiet_us = (self.drift_cfg.window_ms as i64 + output_latency_ms) * 1000;
         self.next_measure_us = self.next_measure_us.max(now_us + quiet_us);

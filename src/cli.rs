@@ -306,9 +306,16 @@ struct ReceiverArgs {
     /// Transmitter HTTP port.
     #[arg(long, default_value_t = 4954, value_parser = clap::value_parser!(u16).range(1..))]
     http_port: u16,
-    /// MQTT broker (default: the transmitter's embedded broker).
+    /// MQTT broker (default: the transmitter's embedded broker; with --snapserver,
+    /// none).
     #[arg(long)]
     mqtt: Option<BrokerUrl>,
+    /// Play from a Snapcast server instead of a SyncStream transmitter: its host, and
+    /// its stream port if not 1704 (`HOST[:PORT]`). The receiver joins as a client
+    /// named --name, follows the server's volume, mute and latency, and corrects its
+    /// own output latency from its microphone (docs/snapcast.md).
+    #[arg(long, value_parser = snapserver_addr)]
+    snapserver: Option<String>,
     /// Device profile (JSON); default: an analog profile.
     #[arg(long)]
     profile: Option<PathBuf>,
@@ -706,6 +713,28 @@ fn list_devices(outputs: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--snapserver`: `HOST` or `HOST:PORT` (port 1..=65535, default 1704); an IPv6
+/// address goes in brackets with a port (`[::1]:1704`).
+fn snapserver_addr(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty: give the Snapcast server's host, e.g. snapserver.local".into());
+    }
+    if s.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(format!("[{s}]:1704"));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.ends_with(':') => {
+            match port.parse::<u16>() {
+                Ok(p) if p > 0 => Ok(s.to_string()),
+                _ => Err(format!("port '{port}' is not a number from 1 to 65535")),
+            }
+        }
+        Some(_) => Err(format!("'{s}' has no host before the port")),
+        None => Ok(format!("{s}:1704")),
+    }
+}
+
 async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
     if a.list_devices || a.list_microphones {
         return list_devices(a.list_devices);
@@ -787,13 +816,20 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
             .ok()
             .filter(|k| !k.is_empty())
     });
-    let key = crate::pairing::receiver_key(key_text.as_deref(), a.key_file.as_deref())?;
-    let broker = a
-        .mqtt
-        .unwrap_or_else(|| BrokerUrl::new(a.transmitter.clone(), 1883));
-    let broker = match &a.mqtt_ca {
-        Some(ca) => broker.with_ca_file(ca).map_err(anyhow::Error::msg)?,
-        None => broker,
+    // From a Snapcast server without a broker the key protects nothing.
+    let key = if a.snapserver.is_some() && a.mqtt.is_none() && key_text.is_none() {
+        syncstream_protocol::auth::PairingKey::generate()?
+    } else {
+        crate::pairing::receiver_key(key_text.as_deref(), a.key_file.as_deref())?
+    };
+    let broker = match (a.mqtt, &a.snapserver) {
+        (Some(b), _) => Some(b),
+        (None, Some(_)) => None,
+        (None, None) => Some(BrokerUrl::new(a.transmitter.clone(), 1883)),
+    };
+    let broker = match (&a.mqtt_ca, broker) {
+        (Some(ca), Some(b)) => Some(b.with_ca_file(ca).map_err(anyhow::Error::msg)?),
+        (_, b) => b,
     };
     let cfg = syncstream_receiver::ReceiverConfig {
         device: name,
@@ -801,6 +837,7 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         stream_port: a.stream_port,
         http_port: a.http_port,
         broker,
+        snapserver: a.snapserver.clone(),
         profile,
         drift: Default::default(),
         state_dir: a.state_dir.clone(),

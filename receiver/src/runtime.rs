@@ -58,8 +58,12 @@ pub struct ReceiverConfig {
     pub stream_port: u16,
     /// Transmitter HTTP port.
     pub http_port: u16,
-    /// MQTT broker.
-    pub broker: BrokerUrl,
+    /// MQTT broker; `None`: no MQTT (a receiver playing from a Snapcast server can do
+    /// without: it corrects itself).
+    pub broker: Option<BrokerUrl>,
+    /// Play from this Snapcast server's stream port (`HOST:PORT`) instead of the
+    /// transmitter (see [`crate::snapcast`]); the transmitter fields are then unused.
+    pub snapserver: Option<String>,
     /// Device profile (initial offset = its base latency).
     pub profile: DeviceProfile,
     /// Drift detector settings.
@@ -126,6 +130,10 @@ enum Event {
     ClockUp(tokio::net::tcp::OwnedWriteHalf),
     ClockFrame(Bytes, i64),
     ClockDown,
+    /// An event of the Snapcast connection and the local time it was handed on, µs.
+    Snap(crate::snapcast::Event, i64),
+    /// The Snapcast connection ended, and why.
+    SnapDown(String),
     MqttConnected,
     MqttMessage(String, Bytes),
     Window(u64, Result<Window, String>),
@@ -146,7 +154,8 @@ struct TokioIo {
     stream_out: Option<mpsc::Sender<Bytes>>,
     clock_out: Option<tokio::net::tcp::OwnedWriteHalf>,
     stream_ctl: mpsc::UnboundedSender<StreamCtl>,
-    mqtt: rumqttc::AsyncClient,
+    /// `None` without a broker: publications are dropped.
+    mqtt: Option<rumqttc::AsyncClient>,
     http: reqwest::Client,
     http_base: String,
     events: mpsc::UnboundedSender<Event>,
@@ -195,10 +204,8 @@ impl ReceiverIo for TokioIo {
     }
 
     fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
-        if let Err(e) = self
-            .mqtt
-            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
-        {
+        let Some(mqtt) = &self.mqtt else { return };
+        if let Err(e) = mqtt.try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload) {
             debug!("cannot publish on {topic}: {e}");
         }
     }
@@ -392,56 +399,78 @@ pub async fn start_with_output(
     let (events_tx, events_rx) = mpsc::unbounded_channel::<Event>();
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<StreamCtl>();
     let mut tasks = Vec::new();
-    let addr = format!("{}:{}", cfg.transmitter_host, cfg.stream_port);
-    tasks.push(tokio::spawn(stream_transport(
-        addr.clone(),
-        events_tx.clone(),
-        ctl_rx,
-        clock.clone(),
-    )));
-    tasks.push(tokio::spawn(clock_transport(
-        addr,
-        ClockLogin {
-            auth: StreamAuth::new(cfg.key.clone()),
-            device: cfg.device.clone(),
-            instance: node.instance(),
-        },
-        events_tx.clone(),
-        clock.clone(),
-    )));
-
-    let broker = cfg.broker.clone().with_key(&cfg.key, &cfg.device);
-    let (client, eventloop) = mqtt::connect(
-        &broker,
-        &format!("syncstream-rx-{}", cfg.device),
-        Some(node.mqtt_last_will()),
-    );
-    {
-        let events = events_tx.clone();
-        let events2 = events_tx.clone();
-        let subs = node.mqtt_subscriptions();
-        let client2 = client.clone();
-        tasks.push(tokio::spawn(async move {
-            mqtt::drive(
-                client2,
-                eventloop,
-                subs,
-                |_| {
-                    let _ = events.send(Event::MqttConnected);
-                },
-                |p| {
-                    let _ = events2.send(Event::MqttMessage(p.topic.clone(), p.payload.clone()));
-                },
-            )
-            .await
-        }));
+    if let Some(server) = &cfg.snapserver {
+        node.play_from_snapserver();
+        tasks.push(tokio::spawn(snap_transport(
+            crate::snapcast::ConnectionConfig {
+                server: server.clone(),
+                hello: syncstream_protocol::snapcast::Hello::syncstream(
+                    &cfg.device,
+                    SNAPCAST_MAC,
+                    &cfg.device,
+                    env!("CARGO_PKG_VERSION"),
+                ),
+            },
+            events_tx.clone(),
+            clock.clone(),
+        )));
+    } else {
+        let addr = format!("{}:{}", cfg.transmitter_host, cfg.stream_port);
+        tasks.push(tokio::spawn(stream_transport(
+            addr.clone(),
+            events_tx.clone(),
+            ctl_rx,
+            clock.clone(),
+        )));
+        tasks.push(tokio::spawn(clock_transport(
+            addr,
+            ClockLogin {
+                auth: StreamAuth::new(cfg.key.clone()),
+                device: cfg.device.clone(),
+                instance: node.instance(),
+            },
+            events_tx.clone(),
+            clock.clone(),
+        )));
     }
+
+    let mqtt_client = match &cfg.broker {
+        None => None,
+        Some(broker) => {
+            let broker = broker.clone().with_key(&cfg.key, &cfg.device);
+            let (client, eventloop) = mqtt::connect(
+                &broker,
+                &format!("syncstream-rx-{}", cfg.device),
+                Some(node.mqtt_last_will()),
+            );
+            let events = events_tx.clone();
+            let events2 = events_tx.clone();
+            let subs = node.mqtt_subscriptions();
+            let client2 = client.clone();
+            tasks.push(tokio::spawn(async move {
+                mqtt::drive(
+                    client2,
+                    eventloop,
+                    subs,
+                    |_| {
+                        let _ = events.send(Event::MqttConnected);
+                    },
+                    |p| {
+                        let _ =
+                            events2.send(Event::MqttMessage(p.topic.clone(), p.payload.clone()));
+                    },
+                )
+                .await
+            }));
+            Some(client)
+        }
+    };
     let io = TokioIo {
         state_file,
         stream_out: None,
         clock_out: None,
         stream_ctl: ctl_tx,
-        mqtt: client,
+        mqtt: mqtt_client,
         http: reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
             .default_headers(api_headers(&cfg.key))
@@ -512,6 +541,8 @@ async fn run_node(
             Some(Event::ClockUp(out)) => io.clock_out = Some(out),
             Some(Event::ClockFrame(bytes, at)) => node.on_clock_frame(&bytes, at),
             Some(Event::ClockDown) => io.clock_out = None,
+            Some(Event::Snap(e, at)) => node.on_snap_event(e, at, &mut io),
+            Some(Event::SnapDown(why)) => node.on_snap_closed(now, &why, &mut io),
             Some(Event::MqttConnected) => node.on_mqtt_connected(now, &mut io),
             Some(Event::MqttMessage(topic, payload)) => {
                 node.on_mqtt_message(&topic, &payload, now, &mut io)
@@ -549,6 +580,54 @@ async fn stream_transport(
         let wait = retry_after.unwrap_or(backoff).max(backoff);
         debug!("stream from {addr}: {reason}; next try in {wait:?}");
         tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+    }
+}
+
+/// The MAC address a SyncStream receiver gives a Snapcast server (it has no use for
+/// it; the client id is the device name).
+pub const SNAPCAST_MAC: &str = "00:00:00:00:00:00";
+/// Events of the Snapcast connection waiting for the node's task.
+const SNAP_EVENTS: usize = 256;
+
+/// The Snapcast connection: runs it (see [`crate::snapcast::connection::run`]), hands
+/// its events on stamped with their local time, reconnects with backoff as the stream
+/// transport does.
+async fn snap_transport(
+    config: crate::snapcast::ConnectionConfig,
+    events: mpsc::UnboundedSender<Event>,
+    clock: Arc<dyn Clock>,
+) {
+    let mut backoff = RECONNECT_BACKOFF_MIN;
+    loop {
+        let started = std::time::Instant::now();
+        let (tx, mut rx) = mpsc::channel(SNAP_EVENTS);
+        let connection = crate::snapcast::run(config.clone(), clock.clone(), tx);
+        tokio::pin!(connection);
+        let error = loop {
+            tokio::select! {
+                e = &mut connection => break e,
+                Some(e) = rx.recv() => {
+                    if events.send(Event::Snap(e, clock.now_us())).is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        while let Ok(e) = rx.try_recv() {
+            let _ = events.send(Event::Snap(e, clock.now_us()));
+        }
+        if events.send(Event::SnapDown(error.to_string())).is_err() {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = RECONNECT_BACKOFF_MIN;
+        }
+        debug!(
+            "snapcast server {}: {error}; next try in {backoff:?}",
+            config.server
+        );
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
     }
 }

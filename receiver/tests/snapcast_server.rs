@@ -7,17 +7,16 @@
 //! newest chunk's timestamp just behind the server's "now", and the client listed with
 //! its Hello in the server's JSON-RPC `Server.GetStatus`.
 //!
-//! Needs `snapserver` on the PATH (CI: `apt-get install snapserver`); without it the
-//! test is skipped, except under `CI` where it fails.
+//! Needs `snapserver` on the PATH (scripts/setup.sh installs it); without it the test
+//! fails.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use syncstream_protocol::snapcast::{Hello, SampleFormat, StreamCodec};
 use syncstream_receiver::snapcast::{run, ConnectionConfig, Event};
 use syncstream_shared::time::{Clock, MonotonicClock};
+use syncstream_testkit::snapserver::{have_snapserver, write_pcm_s16, SnapSource, Snapserver};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -28,124 +27,33 @@ const RATE: u32 = 48_000;
 /// reopen at the file's end, which restarts the timestamps, does not come into it).
 const SOURCE_SECONDS: u32 = 20;
 
-fn need_snapserver() -> bool {
-    let found = Command::new("snapserver")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if found {
-        return true;
-    }
+/// A snapserver streaming a looped PCM source of a 440 Hz sine at −10 dBFS, and the
+/// folder of its source file.
+fn start_snapserver() -> (Snapserver, tempfile::TempDir) {
     assert!(
-        std::env::var_os("CI").is_none(),
-        "snapserver is not installed (CI must `apt-get install snapserver`)"
+        have_snapserver(),
+        "snapserver is not installed (scripts/setup.sh installs it: apt-get install snapserver)"
     );
-    println!("SKIPPED: snapserver is not installed");
-    false
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The snapserver child; killed when dropped.
-struct Snapserver {
-    child: Child,
-    dir: tempfile::TempDir,
-    stream_port: u16,
-    http_port: u16,
-}
-
-impl Drop for Snapserver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Snapserver {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-}
-
-/// Raw interleaved s16le stereo: a 440 Hz sine at −10 dBFS.
-fn write_sine(path: &Path) {
-    let frames = RATE * SOURCE_SECONDS;
-    let mut bytes = Vec::with_capacity(frames as usize * 4);
-    for i in 0..frames {
-        let v = 0.316 * (2.0 * std::f64::consts::PI * 440.0 * i as f64 / RATE as f64).sin();
-        let s = (v * i16::MAX as f64).round() as i16;
-        bytes.extend_from_slice(&s.to_le_bytes());
-        bytes.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn start_snapserver() -> Snapserver {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let sine = dir.path().join("sine.raw");
-    write_sine(&sine);
-    let (stream_port, tcp_port, http_port) = (free_port(), free_port(), free_port());
-    let config = format!(
-        "[server]\nthreads = 1\ndatadir = {data}\n\
-         [http]\nenabled = true\nbind_to_address = 127.0.0.1\nport = {http_port}\n\
-         [tcp]\nenabled = true\nbind_to_address = 127.0.0.1\nport = {tcp_port}\n\
-         [stream]\nbind_to_address = 127.0.0.1\nport = {stream_port}\n\
-         source = file://{sine}?name=default&sampleformat=48000:16:2&codec=pcm\n\
-         buffer = 1000\nchunk_ms = 20\ncodec = pcm\nsampleformat = 48000:16:2\n\
-         [logging]\nsink = file:{log}\nfilter = *:debug\n",
-        data = data.display(),
-        sine = sine.display(),
-        log = dir.path().join("server.log").display(),
-    );
-    let conf_path = dir.path().join("snapserver.conf");
-    std::fs::write(&conf_path, config).unwrap();
-    let child = Command::new("snapserver")
-        .arg("-c")
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start snapserver");
-    Snapserver {
-        child,
-        dir,
-        stream_port,
-        http_port,
-    }
-}
-
-/// Waits until `port` accepts connections (the server is up), at most `within`.
-async fn wait_listening(server: &mut Snapserver, port: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("snapserver exited ({status}); log:\n{}", server.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "snapserver: port {port} not listening after {within:?}; log:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let sine: Vec<f32> = (0..RATE * SOURCE_SECONDS)
+        .flat_map(|i| {
+            let v = 0.316 * (2.0 * std::f64::consts::PI * 440.0 * i as f64 / RATE as f64).sin();
+            [v as f32; 2]
+        })
+        .collect();
+    let file = dir.path().join("sine.raw");
+    write_pcm_s16(&file, &sine).unwrap();
+    let server = Snapserver::start(
+        &[SnapSource {
+            name: "default".into(),
+            file,
+            codec: "pcm".into(),
+        }],
+        1000,
+    )
+    .unwrap();
+    // (The server reads the file while it runs: the folder lives as long.)
+    (server, dir)
 }
 
 /// `Server.GetStatus` over HTTP POST /jsonrpc.
@@ -176,14 +84,9 @@ fn find_client<'a>(status: &'a serde_json::Value, id: &str) -> Option<&'a serde_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_a_real_snapserver() {
-    if !need_snapserver() {
-        return;
-    }
-    let mut server = start_snapserver();
+    let (server, _source_dir) = start_snapserver();
     let stream_port = server.stream_port;
     let http_port = server.http_port;
-    wait_listening(&mut server, stream_port, Duration::from_secs(10)).await;
-    wait_listening(&mut server, http_port, Duration::from_secs(10)).await;
 
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let (tx, mut rx) = mpsc::channel(1024);
@@ -231,6 +134,7 @@ async fn joins_a_real_snapserver() {
                 sample_us,
                 diff_us: d,
                 rtt_us,
+                ..
             } => {
                 assert!(
                     (0..100_000).contains(&rtt_us),

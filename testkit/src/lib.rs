@@ -1,6 +1,8 @@
 //! Deterministic test material shared by unit tests, integration tests, benchmarks and
 //! the evaluation harness, so every one of them builds its signals and files the same way.
 
+pub mod snapserver;
+
 use std::path::Path;
 
 use rand::rngs::StdRng;

@@ -6,7 +6,9 @@
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod control;
-pub mod controller;
+/// The sync controller (its own crate, `syncstream-controller`, since a receiver playing
+/// from a Snapcast server runs one for itself).
+pub use syncstream_controller as controller;
 pub mod controller_store;
 pub mod dashboard;
 pub mod history;

@@ -6,7 +6,7 @@
 use syncstream_protocol::messages::{
     parse, topics, BufferOffset, Command, ConfigPush, DeviceSettings,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Job, ReceiverIo, ReceiverNode, MAX_MQTT_PAYLOAD};
 
@@ -173,11 +173,32 @@ impl ReceiverNode {
             warn!("offset on {topic} names device '{}'; ignored", o.device);
             return;
         }
+        if self.snap.is_some() {
+            // Playing from a Snapcast server, this receiver is its own controller.
+            debug!(
+                device = self.device,
+                "offset on {topic} ignored: the receiver corrects itself"
+            );
+            return;
+        }
+        self.apply_offset(&o, topic, now_us, io);
+    }
+
+    /// Applies a buffer offset from a controller (`from` names it in the log): the
+    /// transmitter's over MQTT, or the receiver's own when it plays from a Snapcast
+    /// server. An offset that cannot be applied is counted and logged.
+    pub(super) fn apply_offset(
+        &mut self,
+        o: &BufferOffset,
+        from: &str,
+        now_us: i64,
+        io: &mut impl ReceiverIo,
+    ) {
         let now_tx = self.clock.tx_from_local(now_us as f64);
-        match OffsetRamp::from_message(&o, &self.limits, now_tx) {
+        match OffsetRamp::from_message(o, &self.limits, now_tx) {
             Ok((ramp, note)) => {
                 if let Some(note) = note {
-                    warn!(device = self.device, "offset on {topic}: {note}");
+                    warn!(device = self.device, "offset from {from}: {note}");
                 }
                 self.set_offset(ramp);
                 self.offset_from_controller = true;
@@ -192,7 +213,7 @@ impl ReceiverNode {
             }
             Err(e) => {
                 self.counters.mqtt_rejected += 1;
-                warn!(device = self.device, "offset on {topic} ignored: {e}");
+                warn!(device = self.device, "offset from {from} ignored: {e}");
             }
         }
     }

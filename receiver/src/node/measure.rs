@@ -212,6 +212,7 @@ impl ReceiverNode {
                     Ok(payload) => io.publish(topics::drift(&self.device), payload, false),
                     Err(e) => warn!("cannot encode a drift report: {e}"),
                 }
+                self.correct_locally(&report, now_us, io);
             }
             JobDone::Tone(result) => {
                 let run_id = self.tone_running.take().flatten();

@@ -15,14 +15,17 @@
 //! every [`POLL_INTERVAL_US`].
 //!
 //! Modules: [`io`] (the trait and its messages), `stream` (the stream connection),
-//! `control` (MQTT), `measure` (drift and test tones).
+//! `control` (MQTT), `measure` (drift and test tones), `snapcast` (playing from a
+//! Snapcast server instead of a transmitter).
 
 mod control;
 pub mod io;
 mod measure;
+mod snapcast;
 mod stream;
 
 pub use io::{Job, JobDone, PersistedState, ReceiverIo, Window, WindowRequest};
+pub use snapcast::{snapcast_gain, snapcast_playout_delay_ms, SNAPCAST_STREAM};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -249,6 +252,8 @@ pub struct ReceiverNode {
     /// The state last published, and when (local µs).
     published_state: (&'static str, i64),
     counters: NodeCounters,
+    /// Playing from a Snapcast server (see `snapcast`): what that needs.
+    snap: Option<Box<snapcast::SnapSource>>,
 }
 
 impl ReceiverNode {
@@ -322,6 +327,7 @@ impl ReceiverNode {
             next_status_us: now_us,
             published_state: ("", i64::MIN),
             counters: NodeCounters::default(),
+            snap: None,
         };
         me.audio.send(ToRender::Offset(me.offset));
         Ok(me)

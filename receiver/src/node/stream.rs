@@ -463,7 +463,8 @@ impl ReceiverNode {
 
     /// Sends due clock-sync requests.
     pub(super) fn poll_stream(&mut self, now_us: i64, io: &mut impl ReceiverIo) {
-        if !matches!(self.link, Link::Up) {
+        // (A Snapcast connection makes its own Time exchanges.)
+        if !matches!(self.link, Link::Up) || self.snap.is_some() {
             return;
         }
         if now_us >= self.next_sync_us {

@@ -38,8 +38,11 @@ use super::clock::ServerClock;
 pub const QUICK_SYNCS: u32 = 50;
 /// Wait after a reply before the next quick exchange (snapclient: 100 µs).
 pub const QUICK_SYNC_GAP: Duration = Duration::from_micros(100);
-/// Interval of the exchanges after the quick ones (snapclient: 1 s).
-pub const SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// Interval of the exchanges after the quick ones (snapclient: 1 s). SyncStream's clock
+/// filter ([`crate::clock_sync`]) fits the offset *and* the rate over a window of
+/// exchanges, and the clean ones (no queueing) decide it: ten a second give it enough
+/// of them (a Time exchange is 60 bytes each way).
+pub const SYNC_PERIOD: Duration = Duration::from_millis(100);
 /// A Time reply later than this ends the connection (snapclient: 2 s, then reconnects).
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for the TCP connection to open.
@@ -83,6 +86,10 @@ pub enum Event {
         diff_us: i64,
         /// Round trip of the exchange on the client clock, µs.
         rtt_us: i64,
+        /// The exchange's four timestamps as NTP names them (RFC 5905, 8): request
+        /// sent (client clock), request received (server clock: `t1 + c2s`), reply
+        /// sent (server clock), reply received (client clock), µs.
+        t_us: [i64; 4],
     },
 }
 
@@ -251,6 +258,7 @@ async fn run_inner(
                             let c2s_us = latency.to_micros();
                             let s2c_us = received_us - msg.sent.to_micros();
                             let rtt_us = received_us - p.sent_us;
+                            let t_us = [p.sent_us, p.sent_us.saturating_add(c2s_us), msg.sent.to_micros(), received_us];
                             let sample_us = server_clock.add_exchange(received_us, c2s_us, s2c_us);
                             let diff_us = server_clock.diff_us().unwrap_or(sample_us);
                             pending = None;
@@ -260,7 +268,7 @@ async fn run_inner(
                             } else {
                                 SYNC_PERIOD
                             };
-                            if events.send(Event::TimeSync { sample_us, diff_us, rtt_us }).await.is_err() {
+                            if events.send(Event::TimeSync { sample_us, diff_us, rtt_us, t_us }).await.is_err() {
                                 return ConnectionError::EventsClosed;
                             }
                         }

@@ -365,7 +365,7 @@ impl SyncController {
     }
 
     /// Clamps offsets to `limits` from now on (the playout delay changed; see
-    /// `crate::playout_delay`). A device whose offset was clamped to the old limits
+    /// the transmitter's `playout_delay`). A device whose offset was clamped to the old limits
     /// takes the offset it wanted (within the new ones) as its current one, and its
     /// next report publishes it: the receivers have their new playout delay by then
     /// (it reaches them on the stream connection at once, the report comes seconds

@@ -208,3 +208,194 @@ async fn joins_a_real_snapserver() {
     assert!(!connection.is_finished(), "the connection ended on its own");
     connection.abort();
 }
+
+/// A server that answers each connection with one kind of bad input, in turn; counts
+/// the connections it got.
+async fn bad_server(listener: tokio::net::TcpListener, connections: Arc<std::sync::atomic::AtomicU32>) {
+    use syncstream_protocol::snapcast::{Body, CodecHeader, Message, ServerSettings, Timeval, WireChunk};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let settings = Message::new(Body::ServerSettings(ServerSettings::default()))
+        .encode()
+        .unwrap();
+    let pcm_header = {
+        // RIFF/WAVE, 48000:16:2.
+        let mut w = Vec::new();
+        w.extend_from_slice(b"RIFF");
+        w.extend_from_slice(&36u32.to_le_bytes());
+        w.extend_from_slice(b"WAVEfmt ");
+        w.extend_from_slice(&16u32.to_le_bytes());
+        w.extend_from_slice(&1u16.to_le_bytes());
+        w.extend_from_slice(&2u16.to_le_bytes());
+        w.extend_from_slice(&48_000u32.to_le_bytes());
+        w.extend_from_slice(&192_000u32.to_le_bytes());
+        w.extend_from_slice(&4u16.to_le_bytes());
+        w.extend_from_slice(&16u16.to_le_bytes());
+        w.extend_from_slice(b"data");
+        w.extend_from_slice(&0u32.to_le_bytes());
+        Message::new(Body::CodecHeader(CodecHeader {
+            codec: "pcm".into(),
+            payload: w,
+        }))
+        .encode()
+        .unwrap()
+    };
+    // A header (26 bytes) that announces `size` payload bytes of type `t`.
+    let header = |t: u16, size: u32| {
+        let mut h = vec![0u8; 26];
+        h[0..2].copy_from_slice(&t.to_le_bytes());
+        h[22..26].copy_from_slice(&size.to_le_bytes());
+        h
+    };
+    let mut k = 0u32;
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
+        connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut hello = [0u8; 512];
+        let _ = socket.read(&mut hello).await;
+        let bad: Vec<u8> = match k % 5 {
+            // Truncated: a ServerSettings announcing 100 bytes, 10 sent, then closed.
+            0 => [header(3, 100), vec![b'{'; 10]].concat(),
+            // Absurd size: 4 GB of a WireChunk.
+            1 => header(2, u32::MAX),
+            // An unknown codec.
+            2 => [
+                settings.clone(),
+                Message::new(Body::CodecHeader(CodecHeader {
+                    codec: "mp3".into(),
+                    payload: vec![1, 2, 3],
+                }))
+                .encode()
+                .unwrap(),
+            ]
+            .concat(),
+            // Absurd timestamps and a chunk of half a frame, then garbage JSON.
+            3 => [
+                settings.clone(),
+                pcm_header.clone(),
+                Message::new(Body::WireChunk(WireChunk {
+                    timestamp: Timeval {
+                        sec: i32::MIN,
+                        usec: -999_999,
+                    },
+                    payload: vec![0; 960 * 4],
+                }))
+                .encode()
+                .unwrap(),
+                Message::new(Body::WireChunk(WireChunk {
+                    timestamp: Timeval { sec: 100, usec: 0 },
+                    payload: vec![0; 3],
+                }))
+                .encode()
+                .unwrap(),
+                [header(3, 4), b"{{{{".to_vec()].concat(),
+            ]
+            .concat(),
+            // Random bytes.
+            _ => syncstream_testkit::white_noise(2_000, u64::from(k), 1.0)
+                .iter()
+                .map(|v| (v * 127.0) as i8 as u8)
+                .collect(),
+        };
+        let _ = socket.write_all(&bad).await;
+        let _ = socket.flush().await;
+        k += 1;
+        // Closed when dropped (after the receiver had the bytes: it reads until it
+        // fails on them, or sees the close).
+        drop(socket);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_from_a_server_is_logged_and_reconnected_never_a_panic() {
+    // The log, kept to check its lines (the receiver's tasks run on every worker
+    // thread: the subscriber is the process's; no other test here sets one).
+    let log = LogBuffer::default();
+    let writer = log.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish(),
+    )
+    .expect("the only global subscriber of this test binary");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    tokio::spawn(bad_server(listener, connections.clone()));
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
+    let backend = |channels| syncstream_audio::BackendConfig {
+        device: None,
+        format: syncstream_audio::StreamFormat {
+            sample_rate: RATE,
+            channels,
+        },
+        clock: clock.clone(),
+    };
+    let rx = syncstream_receiver::start(
+        syncstream_receiver::ReceiverConfig {
+            device: "bad-server".into(),
+            transmitter_host: String::new(),
+            stream_port: 0,
+            http_port: 0,
+            broker: None,
+            snapserver: Some(format!("127.0.0.1:{port}")),
+            profile: syncstream_shared::profile::DeviceProfile::default_for(
+                syncstream_shared::profile::OutputType::Analog,
+            ),
+            drift: Default::default(),
+            state_dir: None,
+            key: syncstream_protocol::auth::PairingKey::generate().unwrap(),
+        },
+        syncstream_audio::null::open_sink(&backend(2)).unwrap(),
+        syncstream_audio::null::open_microphone(&backend(1)).unwrap(),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    // Every kind twice: each ends its connection and the receiver connects again
+    // (backoff 0.2 s doubling to 2 s).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while connections.load(std::sync::atomic::Ordering::SeqCst) < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the receiver stopped reconnecting after {} connections: {:?}",
+            connections.load(std::sync::atomic::Ordering::SeqCst),
+            rx.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = rx.snapshot();
+    // The bad chunks were refused (not played), and the unknown codec named.
+    assert!(s.counters.frames_rejected >= 2, "{:?}", s.counters);
+    let log = log.text();
+    for line in [
+        "snapcast connection ended",
+        "unknown codec \"mp3\"",
+        "4294967295",
+    ] {
+        assert!(log.contains(line), "no log line with {line:?}:\n{log}");
+    }
+}
+
+/// A log writer into memory.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

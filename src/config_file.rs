@@ -43,8 +43,12 @@ fn default_health_timeout_s() -> u64 {
 pub struct ReceiverFile {
     /// Device name (MQTT topics); default: the host name.
     pub name: Option<String>,
-    /// Transmitter host name or address.
+    /// Transmitter host name or address (needed unless `snapserver` is set).
+    #[serde(default)]
     pub transmitter: String,
+    /// Play from this Snapcast server (`HOST[:PORT]`) instead of a transmitter
+    /// (docs/snapcast.md).
+    pub snapserver: Option<String>,
     /// Transmitter stream port (4953).
     pub stream_port: Option<u16>,
     /// Transmitter HTTP port (4954).
@@ -176,7 +180,13 @@ impl ReceiverFile {
     pub fn to_args(&self) -> anyhow::Result<Vec<String>> {
         let mut a = Vec::new();
         push(&mut a, "--name", Some(self.device_name()?));
-        push(&mut a, "--transmitter", Some(&self.transmitter));
+        match (&self.snapserver, self.transmitter.trim().is_empty()) {
+            (Some(server), _) => push(&mut a, "--snapserver", Some(server)),
+            (None, false) => push(&mut a, "--transmitter", Some(&self.transmitter)),
+            (None, true) => anyhow::bail!(
+                "the receiver's configuration names neither a transmitter nor a snapserver"
+            ),
+        }
         push(&mut a, "--stream-port", self.stream_port);
         push(&mut a, "--http-port", self.http_port);
         push(&mut a, "--mqtt", self.mqtt.as_ref());
@@ -345,6 +355,20 @@ mod tests {
                 "/s"
             ]
         );
+    }
+
+    #[test]
+    fn a_receiver_file_with_a_snapserver_needs_no_transmitter() {
+        let (_d, p) = write("name = \"tv\"\nsnapserver = \"music.local\"\n");
+        let f: ReceiverFile = load(&p).unwrap();
+        let args = f.to_args().unwrap();
+        let at = args.iter().position(|a| a == "--snapserver").unwrap();
+        assert_eq!(args[at + 1], "music.local");
+        assert!(!args.contains(&"--transmitter".to_string()));
+        let (_d, p) = write("name = \"tv\"\n");
+        let f: ReceiverFile = load(&p).unwrap();
+        let e = f.to_args().unwrap_err().to_string();
+        assert!(e.contains("neither a transmitter nor a snapserver"), "{e}");
     }
 
     #[test]

@@ -49,7 +49,7 @@ echo "fuzz: built in $(($(date +%s) - start)) s"
 # the delay estimator) are bounded so that millions of runs stay feasible.
 max_len() {
     case $1 in
-        decode) echo 16384 ;;
+        decode | snapcast) echo 16384 ;;
         delay) echo 16425 ;; # header + 2 × 2048 f32 samples (fuzz_targets/delay.rs)
         scenario) echo 16384 ;;
         *) echo 4096 ;;

@@ -211,8 +211,13 @@ async fn joins_a_real_snapserver() {
 
 /// A server that answers each connection with one kind of bad input, in turn; counts
 /// the connections it got.
-async fn bad_server(listener: tokio::net::TcpListener, connections: Arc<std::sync::atomic::AtomicU32>) {
-    use syncstream_protocol::snapcast::{Body, CodecHeader, Message, ServerSettings, Timeval, WireChunk};
+async fn bad_server(
+    listener: tokio::net::TcpListener,
+    connections: Arc<std::sync::atomic::AtomicU32>,
+) {
+    use syncstream_protocol::snapcast::{
+        Body, CodecHeader, Message, ServerSettings, Timeval, WireChunk,
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let settings = Message::new(Body::ServerSettings(ServerSettings::default()))
         .encode()

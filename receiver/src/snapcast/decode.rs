@@ -9,9 +9,10 @@
 //!   `claxon`; each chunk holds whole FLAC frames, decoded by `claxon`'s frame reader.
 //! - Ogg Vorbis: the CodecHeader holds the Ogg pages of the three Vorbis headers, each
 //!   chunk whole Ogg pages of audio packets; the `ogg` crate's push parser splits pages
-//!   into packets (a packet may continue on the next chunk's page) and `lewton`
-//!   decodes them. Vorbis output lags its input by the overlap of two blocks; snapclient
-//!   plays it so too.
+//!   into packets (a packet may continue on the next chunk's page) and symphonia's
+//!   Vorbis decoder decodes them (it bounds a codebook's size; `lewton` reserved what a
+//!   header claimed and aborted on a hostile one, found by fuzzing). Vorbis output lags
+//!   its input by the overlap of two blocks; snapclient plays it so too.
 //!
 //! A SyncStream receiver plays 48 kHz stereo (the transmitter's format too); a server
 //! stream in another format is refused with the `sampleformat` it needs.
@@ -43,9 +44,9 @@ pub enum SnapDecoder {
 /// An Ogg Vorbis stream's decoder state.
 pub struct Vorbis {
     packets: ogg::reading::BasePacketReader,
-    ident: lewton::header::IdentHeader,
-    setup: lewton::header::SetupHeader,
-    previous: lewton::audio::PreviousWindowRight,
+    decoder: Box<dyn symphonia::core::codecs::audio::AudioDecoder>,
+    /// Decoded samples of one packet (reused).
+    samples: Vec<f32>,
 }
 
 /// Pushes the whole Ogg pages in `bytes` into `reader` one by one (RFC 3533: a 27-byte
@@ -151,26 +152,39 @@ impl SnapDecoder {
                         .pop_front()
                         .ok_or_else(|| format!("the Ogg codec header has no Vorbis {what} header"))
                 };
-                let ident = lewton::header::read_header_ident(&next("identification")?)
-                    .map_err(|e| format!("Vorbis identification header: {e}"))?;
-                lewton::header::read_header_comment(&next("comment")?)
-                    .map_err(|e| format!("Vorbis comment header: {e}"))?;
-                let setup = lewton::header::read_header_setup(
-                    &next("setup")?,
-                    ident.audio_channels,
-                    (ident.blocksize_0, ident.blocksize_1),
-                )
-                .map_err(|e| format!("Vorbis setup header: {e}"))?;
+                let ident = next("identification")?;
+                // Vorbis I, 4.2.2: type 1, "vorbis", version 0, channels (byte 11),
+                // sample rate (bytes 12..16, little-endian).
+                if ident.len() < 30 || !ident.starts_with(b"\x01vorbis") {
+                    return Err("the Vorbis identification header is not one".into());
+                }
+                let rate_hz = u32::from_le_bytes([ident[12], ident[13], ident[14], ident[15]]);
                 fits(&SampleFormat {
-                    rate_hz: ident.audio_sample_rate,
+                    rate_hz,
                     bits: 16,
-                    channels: u16::from(ident.audio_channels),
+                    channels: u16::from(ident[11]),
                 })?;
+                if !next("comment")?.starts_with(b"\x03vorbis") {
+                    return Err("the Vorbis comment header is not one".into());
+                }
+                let setup = next("setup")?;
+                let mut extra = ident;
+                extra.extend_from_slice(&setup);
+                let mut params = symphonia::core::codecs::audio::AudioCodecParameters::new();
+                params
+                    .for_codec(symphonia::core::codecs::audio::well_known::CODEC_ID_VORBIS)
+                    .with_sample_rate(rate_hz)
+                    .with_extra_data(extra.into_boxed_slice());
+                let decoder = symphonia::default::get_codecs()
+                    .make_audio_decoder(
+                        &params,
+                        &symphonia::core::codecs::audio::AudioDecoderOptions::default(),
+                    )
+                    .map_err(|e| format!("Vorbis headers: {e}"))?;
                 Ok(SnapDecoder::Vorbis(Box::new(Vorbis {
                     packets,
-                    ident,
-                    setup,
-                    previous: lewton::audio::PreviousWindowRight::new(),
+                    decoder,
+                    samples: Vec::with_capacity(2 * MAX_CHUNK_FRAMES),
                 })))
             }
         }
@@ -186,7 +200,7 @@ impl SnapDecoder {
         match self {
             SnapDecoder::Pcm(f) => {
                 let frame_bytes = f.frame_bytes();
-                if payload.len() % frame_bytes != 0 {
+                if !payload.len().is_multiple_of(frame_bytes) {
                     return Err(format!(
                         "PCM chunk of {} bytes is not a whole number of {frame_bytes}-byte frames",
                         payload.len()
@@ -248,20 +262,30 @@ impl SnapDecoder {
             SnapDecoder::Vorbis(v) => {
                 let Vorbis {
                     packets,
-                    ident,
-                    setup,
-                    previous,
+                    decoder,
+                    samples,
                 } = &mut **v;
                 push_ogg_pages(packets, payload, |packet| {
-                    let decoded: lewton::samples::InterleavedSamples<f32> =
-                        lewton::audio::read_audio_packet_generic(ident, setup, &packet, previous)
-                            .map_err(|e| format!("Vorbis packet: {e}"))?;
-                    if out.len() / 2 + decoded.samples.len() / 2 > MAX_CHUNK_FRAMES {
+                    let packet = symphonia::core::packet::Packet::new(
+                        0,
+                        symphonia::core::units::Timestamp::new(0),
+                        symphonia::core::units::Duration::new(0),
+                        packet,
+                    );
+                    let decoded = decoder
+                        .decode(&packet)
+                        .map_err(|e| format!("Vorbis packet: {e}"))?;
+                    if decoded.spec().channels().count() != usize::from(STREAM_CHANNELS) {
+                        return Err("a Vorbis packet of another channel count".into());
+                    }
+                    samples.clear();
+                    decoded.copy_to_vec_interleaved(samples);
+                    if out.len() / 2 + samples.len() / 2 > MAX_CHUNK_FRAMES {
                         return Err(format!(
                             "Vorbis chunk longer than {MAX_CHUNK_FRAMES} frames"
                         ));
                     }
-                    out.extend_from_slice(&decoded.samples);
+                    out.extend_from_slice(samples);
                     Ok(())
                 })?;
                 Ok(out.len() / 2)

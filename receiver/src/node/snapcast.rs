@@ -132,17 +132,7 @@ impl ReceiverNode {
             }
             Event::TimeSync { t_us, .. } => {
                 let [t1, t2, t3, t4] = t_us;
-                match self.clock.add_exchange(t1, t2, t3, t4) {
-                    Ok(()) => {
-                        if let Some(m) = self.clock.mapping() {
-                            self.audio.send(ToRender::Clock(m));
-                        }
-                    }
-                    Err(e) => {
-                        self.counters.exchanges_rejected += 1;
-                        debug!(device = self.device, "snapcast Time exchange: {e}");
-                    }
-                }
+                self.add_clock_exchange(t1, t2, t3, t4);
             }
         }
     }

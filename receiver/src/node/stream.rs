@@ -245,7 +245,14 @@ impl ReceiverNode {
             return;
         };
         self.outstanding.remove(k);
-        match self.clock.add_exchange(t1_us, t2_us, t3_us, now_us) {
+        self.add_clock_exchange(t1_us, t2_us, t3_us, now_us);
+    }
+
+    /// One four-timestamp clock-sync exchange (µs; t1 and t4 local, t2 and t3 the
+    /// transmitter's or the Snapcast server's): into clock sync, and the new mapping to
+    /// the render callback; an exchange clock sync refuses is counted and logged.
+    pub(super) fn add_clock_exchange(&mut self, t1_us: i64, t2_us: i64, t3_us: i64, t4_us: i64) {
+        match self.clock.add_exchange(t1_us, t2_us, t3_us, t4_us) {
             Ok(()) => {
                 if let Some(m) = self.clock.mapping() {
                     self.audio.send(ToRender::Clock(m));
@@ -253,7 +260,7 @@ impl ReceiverNode {
             }
             Err(e) => {
                 self.counters.exchanges_rejected += 1;
-                debug!(device = self.device, "{e}");
+                debug!(device = self.device, "clock-sync exchange: {e}");
             }
         }
     }

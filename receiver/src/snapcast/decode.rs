@@ -49,6 +49,14 @@ pub struct Vorbis {
     samples: Vec<f32>,
 }
 
+/// Runs a third-party decoder's `f` so that a panic in it (a decoder's own assertion
+/// on hostile input: symphonia's Vorbis codebook reader asserts codeword lengths of at
+/// most 32 bits, found by fuzzing) is an error naming `what`, not the receiver's end.
+fn contained<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(format!("{what}: the decoder failed on this input")))
+}
+
 /// Pushes the whole Ogg pages in `bytes` into `reader` one by one (RFC 3533: a 27-byte
 /// header, the segment table, the body; the CRC is checked), handing each packet
 /// completed to `packet` (the reader holds one page at a time).
@@ -175,12 +183,14 @@ impl SnapDecoder {
                     .for_codec(symphonia::core::codecs::audio::well_known::CODEC_ID_VORBIS)
                     .with_sample_rate(rate_hz)
                     .with_extra_data(extra.into_boxed_slice());
-                let decoder = symphonia::default::get_codecs()
-                    .make_audio_decoder(
-                        &params,
-                        &symphonia::core::codecs::audio::AudioDecoderOptions::default(),
-                    )
-                    .map_err(|e| format!("Vorbis headers: {e}"))?;
+                let decoder = contained("Vorbis headers", || {
+                    symphonia::default::get_codecs()
+                        .make_audio_decoder(
+                            &params,
+                            &symphonia::core::codecs::audio::AudioDecoderOptions::default(),
+                        )
+                        .map_err(|e| format!("Vorbis headers: {e}"))
+                })?;
                 Ok(SnapDecoder::Vorbis(Box::new(Vorbis {
                     packets,
                     decoder,
@@ -194,8 +204,19 @@ impl SnapDecoder {
     /// f32 in −1..1) and returns the number of frames.
     ///
     /// Errors: a PCM chunk that is not a whole number of frames or is longer than
-    /// [`MAX_CHUNK_FRAMES`], a corrupt Opus packet.
+    /// [`MAX_CHUNK_FRAMES`], a corrupt packet or frame, samples that are not finite.
     pub fn decode(&mut self, payload: &[u8], out: &mut Vec<f32>) -> Result<usize, String> {
+        let frames = self.decode_unchecked(payload, out)?;
+        // A hostile stream can make a decoder compute infinities (found by fuzzing):
+        // they must not reach the output or the measurements.
+        if !out.iter().all(|s| s.is_finite()) {
+            out.clear();
+            return Err("the chunk decodes to samples that are not finite".into());
+        }
+        Ok(frames)
+    }
+
+    fn decode_unchecked(&mut self, payload: &[u8], out: &mut Vec<f32>) -> Result<usize, String> {
         out.clear();
         match self {
             SnapDecoder::Pcm(f) => {
@@ -272,14 +293,17 @@ impl SnapDecoder {
                         symphonia::core::units::Duration::new(0),
                         packet,
                     );
-                    let decoded = decoder
-                        .decode(&packet)
-                        .map_err(|e| format!("Vorbis packet: {e}"))?;
-                    if decoded.spec().channels().count() != usize::from(STREAM_CHANNELS) {
-                        return Err("a Vorbis packet of another channel count".into());
-                    }
-                    samples.clear();
-                    decoded.copy_to_vec_interleaved(samples);
+                    contained("Vorbis packet", || {
+                        let decoded = decoder
+                            .decode(&packet)
+                            .map_err(|e| format!("Vorbis packet: {e}"))?;
+                        if decoded.spec().channels().count() != usize::from(STREAM_CHANNELS) {
+                            return Err("a Vorbis packet of another channel count".into());
+                        }
+                        samples.clear();
+                        decoded.copy_to_vec_interleaved(&mut *samples);
+                        Ok(())
+                    })?;
                     if out.len() / 2 + samples.len() / 2 > MAX_CHUNK_FRAMES {
                         return Err(format!(
                             "Vorbis chunk longer than {MAX_CHUNK_FRAMES} frames"

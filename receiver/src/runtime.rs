@@ -567,20 +567,39 @@ async fn stream_transport(
     mut ctl: mpsc::UnboundedReceiver<StreamCtl>,
     clock: Arc<dyn Clock>,
 ) {
-    let mut backoff = RECONNECT_BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     loop {
         let started = std::time::Instant::now();
         let (reason, retry_after) = session(&addr, &events, &mut ctl, clock.as_ref()).await;
         if events.send(Event::StreamDown(reason.clone())).is_err() {
             return;
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            backoff = RECONNECT_BACKOFF_MIN;
-        }
-        let wait = retry_after.unwrap_or(backoff).max(backoff);
+        let wait = backoff.after(started).max(retry_after.unwrap_or_default());
         debug!("stream from {addr}: {reason}; next try in {wait:?}");
         tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+    }
+}
+
+/// The wait before reconnecting: [`RECONNECT_BACKOFF_MIN`], doubling after every
+/// attempt up to [`RECONNECT_BACKOFF_MAX`], and back to the minimum after a connection
+/// that lasted over 10 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(RECONNECT_BACKOFF_MIN)
+    }
+}
+
+impl Backoff {
+    /// The wait after a connection attempt made at `started`.
+    fn after(&mut self, started: std::time::Instant) -> Duration {
+        if started.elapsed() > Duration::from_secs(10) {
+            self.0 = RECONNECT_BACKOFF_MIN;
+        }
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(RECONNECT_BACKOFF_MAX);
+        wait
     }
 }
 
@@ -598,7 +617,7 @@ async fn snap_transport(
     events: mpsc::UnboundedSender<Event>,
     clock: Arc<dyn Clock>,
 ) {
-    let mut backoff = RECONNECT_BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     loop {
         let started = std::time::Instant::now();
         let (tx, mut rx) = mpsc::channel(SNAP_EVENTS);
@@ -620,15 +639,12 @@ async fn snap_transport(
         if events.send(Event::SnapDown(error.to_string())).is_err() {
             return;
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            backoff = RECONNECT_BACKOFF_MIN;
-        }
+        let wait = backoff.after(started);
         debug!(
-            "snapcast server {}: {error}; next try in {backoff:?}",
+            "snapcast server {}: {error}; next try in {wait:?}",
             config.server
         );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -50,10 +50,8 @@ pub const CONTIGUOUS_SLACK_SAMPLES: i64 = 2;
 pub(super) struct SnapSource {
     /// The node's own sync controller.
     controller: SyncController,
-    /// The latest ServerSettings.
-    settings: Option<ServerSettings>,
-    /// The codec of the latest CodecHeader.
-    codec: Option<StreamCodec>,
+    /// The playout delay of the latest ServerSettings, ms.
+    playout_delay_ms: Option<u32>,
     decoder: Option<SnapDecoder>,
     /// Source sample index where the last chunk ended.
     next_index: Option<i64>,
@@ -90,8 +88,7 @@ impl ReceiverNode {
     pub fn play_from_snapserver(&mut self) {
         self.snap = Some(Box::new(SnapSource {
             controller: SyncController::new(ControllerConfig::default()),
-            settings: None,
-            codec: None,
+            playout_delay_ms: None,
             decoder: None,
             next_index: None,
         }));
@@ -108,7 +105,6 @@ impl ReceiverNode {
     pub fn on_snap_closed(&mut self, now_us: i64, why: &str, io: &mut impl ReceiverIo) {
         if let Some(snap) = self.snap.as_mut() {
             snap.decoder = None;
-            snap.codec = None;
             snap.next_index = None;
         }
         self.on_stream_closed(now_us, why, io);
@@ -141,9 +137,8 @@ impl ReceiverNode {
         let Some(snap) = self.snap.as_mut() else {
             return;
         };
-        let old = snap.settings.replace(s);
-        let delay_changed =
-            old.is_none_or(|o| snapcast_playout_delay_ms(&o) != snapcast_playout_delay_ms(&s));
+        let delay_ms = snapcast_playout_delay_ms(&s);
+        let delay_changed = snap.playout_delay_ms.replace(delay_ms) != Some(delay_ms);
         let restart = delay_changed && snap.decoder.is_some();
         self.volume = snapcast_gain(s.volume);
         self.muted = s.muted;
@@ -176,7 +171,6 @@ impl ReceiverNode {
         match SnapDecoder::new(&codec, header) {
             Ok(d) => {
                 snap.decoder = Some(d);
-                snap.codec = Some(codec);
                 self.error = None;
                 info!(device = self.device, ?codec, "snapcast stream");
                 self.start_snap_stream(now_us, io);
@@ -184,7 +178,6 @@ impl ReceiverNode {
             Err(e) => {
                 warn!(device = self.device, "cannot play the snapcast stream: {e}");
                 snap.decoder = None;
-                snap.codec = None;
                 self.error = Some(e);
                 self.link = Link::Down;
                 self.publish_status(now_us, io);
@@ -199,10 +192,7 @@ impl ReceiverNode {
         let Some(snap) = self.snap.as_mut() else {
             return;
         };
-        let delay_ms = snap
-            .settings
-            .as_ref()
-            .map_or(DEFAULT_BUFFER_MS, snapcast_playout_delay_ms);
+        let delay_ms = snap.playout_delay_ms.unwrap_or(DEFAULT_BUFFER_MS);
         snap.next_index = None;
         let limits = OffsetLimits::for_playout_delay_ms(f64::from(delay_ms));
         snap.controller.set_limits(limits);

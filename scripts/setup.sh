@@ -19,3 +19,26 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust from rustup.rs" >&2; exit 1; }
+
+# Home Assistant core, for tests/homeassistant.rs: a Python 3.13 virtual environment
+# (Debian 12 has 3.11; pyenv has 3.13). SYNCSTREAM_HA_VENV moves it.
+ha_venv="${SYNCSTREAM_HA_VENV:-/opt/syncstream-ha}"
+ha_version=2025.4.4
+if ! "$ha_venv/bin/python" -c "import sys, homeassistant.const as c; import paho.mqtt, hass_frontend; sys.exit(c.__version__ != '$ha_version')" 2>/dev/null; then
+  py=""
+  for c in python3.13 "$HOME"/.pyenv/versions/3.13*/bin/python3.13; do
+    if command -v "$c" >/dev/null 2>&1; then py="$c"; break; fi
+  done
+  if [ -z "$py" ]; then
+    echo "Home Assistant's test needs Python 3.13 (e.g. pyenv install 3.13)" >&2
+    exit 1
+  fi
+  echo "installing Home Assistant $ha_version into $ha_venv (with $py)"
+  rm -rf "$ha_venv"
+  "$py" -m venv "$ha_venv"
+  "$ha_venv/bin/pip" install -q --upgrade pip
+  # The MQTT integration's and the frontend's requirements (the test runs Home Assistant
+  # with --skip-pip, offline; without its frontend it starts in recovery mode).
+  "$ha_venv/bin/pip" install -q "homeassistant==$ha_version" paho-mqtt==2.1.0 \
+    home-assistant-frontend==20250411.0
+fi

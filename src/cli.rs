@@ -226,6 +226,17 @@ struct TransmitterArgs {
     /// live view) without the token; changes and the source windows still need it.
     #[arg(long)]
     open_read: bool,
+    /// Home Assistant MQTT discovery prefix: receivers and the transmitter appear in
+    /// Home Assistant as devices (docs/homeassistant.md).
+    #[arg(long, default_value = "homeassistant", value_parser = ha_prefix)]
+    ha_discovery_prefix: String,
+    /// Do not publish Home Assistant discovery configs.
+    #[arg(long)]
+    no_ha_discovery: bool,
+    /// The dashboard's URL as Home Assistant links to it (default
+    /// http://<host name>.local:<HTTP port>/).
+    #[arg(long)]
+    dashboard_url: Option<String>,
     /// The CA (PEM) that an `mqtts://` broker's certificate must chain to (default:
     /// the system's roots).
     #[arg(long)]
@@ -563,6 +574,12 @@ fn init_logging(default_filter: &str) {
 }
 
 #[cfg(feature = "transmitter")]
+fn ha_prefix(s: &str) -> Result<String, String> {
+    syncstream_transmitter::control::homeassistant::check_prefix(s)?;
+    Ok(s.to_string())
+}
+
+#[cfg(feature = "transmitter")]
 async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
     let opts = syncstream_transmitter::source::SourceOptions {
@@ -605,6 +622,12 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
             crate::pairing::transmitter_key(&path)?
         },
         open_read: a.open_read,
+        homeassistant: (!a.no_ha_discovery).then(|| {
+            syncstream_transmitter::control::homeassistant::DiscoveryOptions {
+                prefix: a.ha_discovery_prefix,
+                dashboard_url: a.dashboard_url,
+            }
+        }),
         state_dir: a.state_dir,
         source_options: opts,
         ..Default::default()
@@ -735,14 +758,38 @@ fn snapserver_addr(s: &str) -> Result<String, String> {
     }
 }
 
+/// The profile of `--profile`, or an analog one.
+fn load_local_profile(path: Option<&std::path::Path>) -> anyhow::Result<DeviceProfile> {
+    Ok(match path {
+        Some(p) => DeviceProfile::load(p)?,
+        None => DeviceProfile::default_for(syncstream_shared::profile::OutputType::Analog),
+    })
+}
+
 async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
     if a.list_devices || a.list_microphones {
         return list_devices(a.list_devices);
     }
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
-    let profile = match &a.profile {
-        Some(p) => DeviceProfile::load(p)?,
-        None => DeviceProfile::default_for(syncstream_shared::profile::OutputType::Analog),
+    let pushed = a
+        .state_dir
+        .as_deref()
+        .zip(a.name.as_deref())
+        .map(|(d, n)| syncstream_receiver::runtime::pushed_profile_path(d, n))
+        .filter(|p| p.exists());
+    let profile = match (&pushed, &a.profile) {
+        // The transmitter's push, kept from the last run, wins over the local file.
+        (Some(p), _) => match DeviceProfile::load(p) {
+            Ok(profile) => {
+                tracing::info!("profile: the one last pushed, kept in {}", p.display());
+                profile
+            }
+            Err(e) => {
+                tracing::warn!("{e}; using the local profile");
+                load_local_profile(a.profile.as_deref())?
+            }
+        },
+        (None, local) => load_local_profile(local.as_deref())?,
     };
     let by_profile = syncstream_audio::backend_for(profile.output_type);
     let output = a.output.clone().unwrap_or_else(|| by_profile.to_string());

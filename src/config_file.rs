@@ -134,6 +134,14 @@ pub struct TransmitterFile {
     pub https_cert: Option<PathBuf>,
     /// The HTTPS private key (PEM).
     pub https_key: Option<PathBuf>,
+    /// Home Assistant MQTT discovery prefix (`homeassistant`).
+    pub ha_discovery_prefix: Option<String>,
+    /// Turn Home Assistant MQTT discovery off.
+    #[serde(default)]
+    pub no_ha_discovery: bool,
+    /// The dashboard's URL as Home Assistant links to it (default
+    /// `http://<host name>.local:<HTTP port>/`).
+    pub dashboard_url: Option<String>,
 }
 
 /// Reads and parses a TOML file of type `T`.
@@ -279,6 +287,15 @@ impl TransmitterFile {
         if self.open_read {
             a.push("--open-read".into());
         }
+        push(
+            &mut a,
+            "--ha-discovery-prefix",
+            self.ha_discovery_prefix.as_ref(),
+        );
+        if self.no_ha_discovery {
+            a.push("--no-ha-discovery".into());
+        }
+        push(&mut a, "--dashboard-url", self.dashboard_url.as_ref());
         push(
             &mut a,
             "--mqtt-ca",

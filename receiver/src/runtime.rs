@@ -151,6 +151,8 @@ enum StreamCtl {
 struct TokioIo {
     /// Where [`ReceiverIo::persist`] writes.
     state_file: Option<std::path::PathBuf>,
+    /// Where a pushed profile is kept ([`pushed_profile_path`]).
+    profile_file: Option<std::path::PathBuf>,
     stream_out: Option<mpsc::Sender<Bytes>>,
     clock_out: Option<tokio::net::tcp::OwnedWriteHalf>,
     stream_ctl: mpsc::UnboundedSender<StreamCtl>,
@@ -240,6 +242,22 @@ impl ReceiverIo for TokioIo {
             }
             if let Err(e) = syncstream_shared::fsutil::write_atomic(&path, &bytes) {
                 warn!("cannot keep the receiver's state: {e:#}");
+            }
+        });
+    }
+
+    fn keep_profile(&mut self, profile: &syncstream_shared::profile::DeviceProfile) {
+        let Some(path) = self.profile_file.clone() else {
+            return;
+        };
+        let profile = profile.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            match profile.save(&path) {
+                Ok(()) => info!("pushed profile kept in {}", path.display()),
+                Err(e) => warn!("cannot keep the pushed profile: {e}"),
             }
         });
     }
@@ -358,6 +376,12 @@ pub async fn start(
     start_with_output(cfg, "sink".into(), fixed_output(sink), mic, clock).await
 }
 
+/// `<state_dir>/<device>.profile.json`: the last profile pushed to `device` on
+/// `syncstream/config`, which `syncstream receiver --state-dir` uses over `--profile`.
+pub fn pushed_profile_path(state_dir: &std::path::Path, device: &str) -> std::path::PathBuf {
+    state_dir.join(format!("{device}.profile.json"))
+}
+
 /// Starts a receiver whose output `open` opens (and reopens, with backoff from 1 s to
 /// 30 s, after it fails to open or stops playing: see [`crate::output`]); `label`
 /// names the output in logs and the status. The receiver is online on MQTT whether
@@ -467,6 +491,10 @@ pub async fn start_with_output(
     };
     let io = TokioIo {
         state_file,
+        profile_file: cfg
+            .state_dir
+            .as_deref()
+            .map(|d| pushed_profile_path(d, &cfg.device)),
         stream_out: None,
         clock_out: None,
         stream_ctl: ctl_tx,

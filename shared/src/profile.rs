@@ -74,6 +74,10 @@ pub struct DeviceProfile {
     /// Free-text description.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// The room or area the device is in (`Kitchen`), free text; Home Assistant
+    /// suggests it as the device's area.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub area: String,
     /// Last calibration, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationRecord>,
@@ -82,6 +86,9 @@ pub struct DeviceProfile {
 fn default_mic_distance_m() -> f64 {
     0.3
 }
+
+/// Longest `area`, characters.
+pub const MAX_AREA_CHARS: usize = 64;
 
 /// Largest profile file read, bytes (a profile is a few hundred).
 pub const MAX_PROFILE_BYTES: u64 = 64 * 1024;
@@ -134,6 +141,7 @@ impl DeviceProfile {
             base_latency_ms,
             mic_distance_m: default_mic_distance_m(),
             description: String::new(),
+            area: String::new(),
             calibration: None,
         }
     }
@@ -157,6 +165,9 @@ impl DeviceProfile {
                 "mic_distance_m must be between 0 and 20 m, got {}",
                 self.mic_distance_m
             ));
+        }
+        if self.area.chars().count() > MAX_AREA_CHARS {
+            return Err(format!("area must be at most {MAX_AREA_CHARS} characters"));
         }
         Ok(())
     }

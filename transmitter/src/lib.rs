@@ -127,6 +127,20 @@ pub struct TransmitterConfig {
     /// An HTTPS listener of the API and dashboard besides the plain one (needs the
     /// feature `https`).
     pub https: Option<HttpsConfig>,
+    /// Home Assistant MQTT discovery (on by default, prefix `homeassistant`; `None`:
+    /// off). Without a dashboard URL, `http://<host name>.local:<HTTP port>/`.
+    pub homeassistant: Option<control::homeassistant::DiscoveryOptions>,
+}
+
+/// `http://<host name>.local:<port>/`: how devices on the network reach the dashboard
+/// by mDNS name (the host name from `/proc/sys/kernel/hostname`, else `localhost`).
+pub fn default_dashboard_url(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .map_or_else(|| "localhost".to_string(), |h| format!("{h}.local"));
+    format!("http://{host}:{port}/")
 }
 
 /// A source for one named stream.
@@ -176,6 +190,10 @@ impl Default for TransmitterConfig {
             open_read: false,
             broker_tls: None,
             https: None,
+            homeassistant: Some(control::homeassistant::DiscoveryOptions {
+                prefix: control::homeassistant::DEFAULT_PREFIX.into(),
+                dashboard_url: None,
+            }),
         }
     }
 }
@@ -405,6 +423,12 @@ pub async fn start_streams(
             state_dir: cfg.state_dir.clone(),
             profiles_dir: cfg.profiles_dir.clone(),
             source_options: cfg.source_options.clone(),
+            homeassistant: cfg.homeassistant.clone().map(|mut h| {
+                if h.dashboard_url.is_none() {
+                    h.dashboard_url = Some(default_dashboard_url(cfg.http_addr.port()));
+                }
+                h
+            }),
         },
         controller.clone(),
         link,

@@ -59,7 +59,7 @@ impl ReceiverNode {
             return;
         }
         if topic == topics::CONFIG {
-            self.on_config(topic, payload, now_us);
+            self.on_config(topic, payload, io);
         } else if topic == topics::buffer_offset(&self.device) {
             self.on_offset(topic, payload, now_us, io);
         } else if topic == topics::command(&self.device) {
@@ -120,7 +120,10 @@ impl ReceiverNode {
         }
     }
 
-    fn on_config(&mut self, topic: &str, payload: &[u8], _now_us: i64) {
+    /// The retained config push: this device's profile replaces the local one (its
+    /// base latency becomes the offset unless the controller's is in effect) and is
+    /// kept ([`ReceiverIo::keep_profile`]) for the next start.
+    fn on_config(&mut self, topic: &str, payload: &[u8], io: &mut impl ReceiverIo) {
         if payload.is_empty() {
             return; // a cleared retained config
         }
@@ -146,10 +149,23 @@ impl ReceiverNode {
             );
             return;
         }
+        if *profile == self.profile {
+            return; // the same push again (retained, after a reconnect)
+        }
+        if profile.output_type != self.profile.output_type || profile.target != self.profile.target
+        {
+            info!(
+                device = self.device,
+                "the pushed profile plays through another output ({:?} '{}'): from the next start",
+                profile.output_type,
+                profile.target
+            );
+        }
         if !self.offset_from_controller {
             self.set_offset(OffsetRamp::constant(profile.base_latency_ms));
         }
         self.profile = profile.clone();
+        io.keep_profile(profile);
         info!(
             device = self.device,
             "profile from syncstream/config: {:?}", profile.output_type

@@ -35,6 +35,10 @@ pub trait ReceiverIo {
     /// Keeps `state` where the next start of this receiver finds it (atomically; the
     /// real receiver writes it to its state folder).
     fn persist(&mut self, state: &PersistedState);
+    /// Keeps `profile`, pushed on `syncstream/config`, where the next start of this
+    /// receiver uses it over its local profile file (the real receiver writes
+    /// `<state dir>/<device>.profile.json` atomically). Default: nowhere.
+    fn keep_profile(&mut self, _profile: &syncstream_shared::profile::DeviceProfile) {}
 }
 
 /// What a receiver keeps across restarts, so it starts where it was rather than from

@@ -19,6 +19,7 @@ struct Recorder {
     fetches: Vec<WindowRequest>,
     jobs: Vec<Job>,
     persisted: Vec<PersistedState>,
+    kept_profiles: Vec<DeviceProfile>,
 }
 
 impl ReceiverIo for Recorder {
@@ -42,6 +43,9 @@ impl ReceiverIo for Recorder {
     }
     fn persist(&mut self, state: &PersistedState) {
         self.persisted.push(*state);
+    }
+    fn keep_profile(&mut self, profile: &DeviceProfile) {
+        self.kept_profiles.push(profile.clone());
     }
 }
 
@@ -1086,6 +1090,29 @@ fn a_kept_offset_is_not_replaced_by_the_profile_of_a_config_push() {
         n.on_mqtt_message("syncstream/config", config, 10, &mut io);
         assert_eq!(n.status(20).offset_ms, want, "kept {kept:?}");
     }
+}
+
+/// Issue 11, the config push: a pushed profile replaces the local one, its base
+/// latency becomes the offset, and it is kept for the next start, once (the same
+/// retained push after a reconnect is not written again); another device's profile,
+/// or an invalid one, changes nothing.
+#[test]
+fn a_pushed_profile_is_adopted_and_kept_once() {
+    let (mut n, _r, _c) = node_with(DeviceProfile::default_for(OutputType::Hdmi));
+    let mut io = Recorder::default();
+    let push = br#"{"devices":{"tv":{"type":"hdmi","base_latency_ms":82.5,"area":"Living room"},
+                               "kitchen":{"type":"analog","base_latency_ms":5}}}"#;
+    n.on_mqtt_message("syncstream/config", push, 10, &mut io);
+    assert_eq!(n.status(20).offset_ms, 82.5);
+    assert_eq!(n.profile().area, "Living room");
+    assert_eq!(io.kept_profiles.len(), 1);
+    assert_eq!(io.kept_profiles[0].base_latency_ms, 82.5);
+    n.on_mqtt_message("syncstream/config", push, 30, &mut io);
+    assert_eq!(io.kept_profiles.len(), 1, "the same push is not kept again");
+    let bad = br#"{"devices":{"tv":{"type":"hdmi","base_latency_ms":-4}}}"#;
+    n.on_mqtt_message("syncstream/config", bad, 40, &mut io);
+    assert_eq!(n.status(50).offset_ms, 82.5);
+    assert_eq!(io.kept_profiles.len(), 1);
 }
 
 /// While the programme is silent the node looks again every second for as long as the

@@ -8,6 +8,8 @@
 //! | --- | --- | --- |
 //! | `GET /api/v1/devices` | | `{"devices":[device, ...]}` |
 //! | `GET /api/v1/devices/{name}` | | device |
+//! | `DELETE /api/v1/devices/{name}` | | `{"forgotten":name}`; 409 while it is online |
+//! | `PUT /api/v1/devices/{name}/group` | `{"group":"upstairs"}` | the group |
 //! | `PUT /api/v1/devices/{name}/adjust` | `{"manual_adjust_ms":5.0}` (±500) | device |
 //! | `PUT /api/v1/devices/{name}/volume` | `{"volume":0.5}` (0..1) | device |
 //! | `PUT /api/v1/devices/{name}/mute` | `{"muted":true}` | device |
@@ -47,6 +49,14 @@ type Plane = State<Arc<ControlPlane>>;
 pub struct AdjustBody {
     /// Manual trim, ms (the control plane checks ±500).
     pub manual_adjust_ms: f64,
+}
+
+/// Body of `PUT /api/v1/devices/{name}/group`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupBody {
+    /// The group to move the device into (it must exist).
+    pub group: String,
 }
 
 /// Body of `PUT /api/v1/devices/{name}/volume`.
@@ -98,6 +108,14 @@ async fn devices(State(p): Plane) -> Response {
 
 async fn device(State(p): Plane, Path(name): Path<String>) -> Response {
     answer(p.device_json(&name))
+}
+
+async fn forget(State(p): Plane, Path(name): Path<String>) -> Response {
+    answer(p.forget_device(&name))
+}
+
+async fn set_group(State(p): Plane, Path(name): Path<String>, body: Bytes) -> Response {
+    answer(parse_body::<GroupBody>(&body).and_then(|b| p.set_group(&name, &b.group)))
 }
 
 async fn adjust(State(p): Plane, Path(name): Path<String>, body: Bytes) -> Response {
@@ -164,7 +182,8 @@ async fn sync(State(p): Plane) -> Response {
 pub fn router(plane: Arc<ControlPlane>) -> Router {
     Router::new()
         .route("/api/v1/devices", get(devices))
-        .route("/api/v1/devices/{name}", get(device))
+        .route("/api/v1/devices/{name}", get(device).delete(forget))
+        .route("/api/v1/devices/{name}/group", put(set_group))
         .route("/api/v1/devices/{name}/adjust", put(adjust))
         .route("/api/v1/devices/{name}/volume", put(volume))
         .route("/api/v1/devices/{name}/mute", put(mute))

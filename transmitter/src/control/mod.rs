@@ -6,21 +6,28 @@
 //! ([`persist`]), published on MQTT (retained `syncstream/settings/<device>`,
 //! `syncstream/groups`, `syncstream/streams`, offsets) and sent to WebSocket clients.
 //!
+//! The same state is published for Home Assistant ([`homeassistant`]: discovery
+//! configs, `syncstream/state/<device>`, `syncstream/summary`), and the profiles of
+//! `--profiles-dir` are pushed retained on `syncstream/config` ([`profile_push`]).
+//!
 //! Modules: [`state`] (the state, without I/O), [`persist`] (the state file),
 //! [`sync_stats`] (the sync summary), [`calibrate`] (calibration progress), [`api`],
-//! [`ws`], [`mqtt`], [`error`].
+//! [`ws`], [`mqtt`], [`homeassistant`], [`profile_push`], [`error`].
 
 pub mod api;
 pub mod calibrate;
 pub mod error;
+pub mod homeassistant;
 pub mod mqtt;
 pub mod persist;
+pub mod profile_push;
 pub mod state;
 pub mod sync_stats;
 pub mod ws;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rumqttc::QoS;
@@ -59,6 +66,29 @@ pub struct ControlConfig {
     pub profiles_dir: Option<PathBuf>,
     /// Options for streams added at runtime.
     pub source_options: SourceOptions,
+    /// Home Assistant MQTT discovery (`None`: off).
+    pub homeassistant: Option<homeassistant::DiscoveryOptions>,
+}
+
+/// What the control plane last published for Home Assistant and the config push,
+/// so that only changes are sent.
+#[derive(Default)]
+struct Published {
+    discovery: homeassistant::Published,
+    /// The facts the discovery configs were made from.
+    facts: Option<DiscoveryFacts>,
+    /// `syncstream/state/<device>` payloads.
+    states: BTreeMap<String, Vec<u8>>,
+    summary: Option<Vec<u8>>,
+    profiles: Option<profile_push::ProfilePush>,
+}
+
+/// Everything the discovery configs depend on.
+#[derive(PartialEq)]
+struct DiscoveryFacts {
+    receivers: Vec<homeassistant::ReceiverFacts>,
+    groups: BTreeMap<String, String>,
+    streams: Vec<String>,
 }
 
 /// The control plane (see the module docs).
@@ -74,6 +104,11 @@ pub struct ControlPlane {
     clock: Arc<dyn Clock>,
     calibration: Mutex<Calibration>,
     cfg: ControlConfig,
+    published: Mutex<Published>,
+    /// Retained messages for Home Assistant and the config push, published in order
+    /// by one task (thousands at once after Home Assistant restarts).
+    retained: tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>,
+    ticks: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,6 +161,24 @@ impl ControlPlane {
         if let Some(p) = persister.path() {
             info!("control state in {}", p.display());
         }
+        let (retained, mut queue) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let client = mqtt.clone();
+            rt.spawn(async move {
+                while let Some((topic, payload)) = queue.recv().await {
+                    if let Err(e) = client
+                        .publish(topic.clone(), QoS::AtLeastOnce, true, payload)
+                        .await
+                    {
+                        warn!("cannot publish on {topic}: {e}");
+                    }
+                }
+            });
+        }
+        let published = Published {
+            profiles: cfg.profiles_dir.clone().map(profile_push::ProfilePush::new),
+            ..Default::default()
+        };
         Ok(Arc::new(Self {
             state: Mutex::new(state),
             controller,
@@ -138,6 +191,9 @@ impl ControlPlane {
             clock,
             calibration: Mutex::new(Calibration::default()),
             cfg,
+            published: Mutex::new(published),
+            retained,
+            ticks: AtomicU64::new(0),
         }))
     }
 
@@ -562,16 +618,224 @@ impl ControlPlane {
     }
 
     /// Every second: a `device` event per known device (the dashboard's liveness);
-    /// devices not heard from for a day are forgotten ([`state::LIVE_EXPIRY_US`]).
+    /// devices not heard from for a day are forgotten ([`state::LIVE_EXPIRY_US`]);
+    /// the retained state for Home Assistant and the config push are brought up to
+    /// date ([`ControlPlane::publish_retained`]).
     pub fn tick(&self) {
+        let tick = self.ticks.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut state = lock(&self.state);
+            let gone = state.expire(self.now_us());
+            if !gone.is_empty() {
+                tracing::info!("forgot {} device(s) not heard from for a day", gone.len());
+            }
+            for d in state.devices() {
+                self.emit_device(&state, &d);
+            }
+        }
+        if tick % profile_push::SCAN_INTERVAL_TICKS == 0 {
+            self.push_profiles();
+        }
+        self.publish_retained(false);
+    }
+
+    fn send_retained(&self, topic: String, payload: Vec<u8>) {
+        if self.retained.send((topic, payload)).is_err() {
+            warn!("the retained publisher has stopped");
+        }
+    }
+
+    /// Reads the profiles folder and publishes `syncstream/config` when it changed.
+    fn push_profiles(&self) {
+        let mut p = lock(&self.published);
+        let Some(push) = p.profiles.as_mut().and_then(|pp| pp.scan()) else {
+            return;
+        };
+        match serde_json::to_vec(push) {
+            Ok(bytes) => {
+                info!(
+                    "pushing {} profile(s) on {}",
+                    push.devices.len(),
+                    topics::CONFIG
+                );
+                self.send_retained(topics::CONFIG.to_string(), bytes);
+            }
+            Err(e) => warn!("cannot encode the config push: {e}"),
+        }
+    }
+
+    /// Publishes what changed of the retained state other systems read: the config
+    /// push (again), and with Home Assistant discovery on, every device's
+    /// `syncstream/state/<device>`, `syncstream/summary` and the discovery configs
+    /// (cleared for devices that are gone). With `all`, everything is published again
+    /// (after a reconnect, or when Home Assistant announces itself).
+    pub fn publish_retained(&self, all: bool) {
+        let mut p = lock(&self.published);
+        if all {
+            if let Some(push) = p.profiles.as_ref().and_then(|pp| pp.current()) {
+                if let Ok(bytes) = serde_json::to_vec(push) {
+                    self.send_retained(topics::CONFIG.to_string(), bytes);
+                }
+            }
+        }
+        let Some(ha) = self.cfg.homeassistant.as_ref() else {
+            return;
+        };
+        let now = self.now_us();
+        let state = lock(&self.state);
+        let devices = state.devices();
+        // States.
+        let mut states = BTreeMap::new();
+        for d in &devices {
+            let mut v = self.device_value(&state, d);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("last_seen_us");
+            }
+            states.insert(d.clone(), v.to_string().into_bytes());
+        }
+        for (d, payload) in &states {
+            if all || p.states.get(d) != Some(payload) {
+                self.send_retained(homeassistant::state_topic(d), payload.clone());
+            }
+        }
+        for d in p.states.keys().filter(|d| !states.contains_key(*d)) {
+            self.send_retained(homeassistant::state_topic(d), Vec::new());
+        }
+        p.states = states;
+        // The summary.
+        let groups: BTreeMap<String, String> = state
+            .settings
+            .groups
+            .iter()
+            .map(|(n, g)| (n.clone(), g.stream.clone()))
+            .collect();
+        let worst = sync_stats::sync_summary(&state, now)["groups"]
+            .as_object()
+            .map(|gs| {
+                gs.values()
+                    .filter_map(|g| g["spread_ms"]["now"].as_f64())
+                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+            })
+            .unwrap_or(None);
+        let summary = json!({
+            "devices": devices.len(),
+            "devices_online": devices.iter().filter(|d| state.online(d, now)).count(),
+            "worst_spread_ms": worst,
+            "groups": groups,
+        })
+        .to_string()
+        .into_bytes();
+        if all || p.summary.as_ref() != Some(&summary) {
+            self.send_retained(homeassistant::SUMMARY_TOPIC.to_string(), summary.clone());
+            p.summary = Some(summary);
+        }
+        // Discovery configs, when what they are made from changed.
+        let areas = p.profiles.as_ref().and_then(|pp| pp.current());
+        let facts = DiscoveryFacts {
+            receivers: devices
+                .iter()
+                .map(|d| {
+                    let status = state
+                        .live
+                        .get(d)
+                        .and_then(|l| l.status.as_ref())
+                        .map(|(s, _)| s);
+                    homeassistant::ReceiverFacts {
+                        name: d.clone(),
+                        output: status.map(|s| s.output.clone()).unwrap_or_default(),
+                        version: status.and_then(|s| s.version.clone()),
+                        area: areas
+                            .and_then(|a| a.devices.get(d))
+                            .map(|pr| pr.area.clone())
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect(),
+            groups,
+            streams: self.streams.list().into_iter().map(|s| s.name).collect(),
+        };
+        drop(state);
+        if !all && p.facts.as_ref() == Some(&facts) {
+            return;
+        }
+        let group_names: Vec<String> = facts.groups.keys().cloned().collect();
+        let mut wanted = homeassistant::transmitter_configs(ha, &facts.groups, &facts.streams);
+        for r in &facts.receivers {
+            wanted.extend(homeassistant::receiver_configs(ha, r, &group_names));
+        }
+        let out = p.discovery.update(wanted, all);
+        if !out.is_empty() {
+            debug!("{} Home Assistant discovery config(s) published", out.len());
+        }
+        for (topic, payload) in out {
+            self.send_retained(topic, payload);
+        }
+        p.facts = Some(facts);
+    }
+
+    /// `DELETE /api/v1/devices/{name}`: forgets a device that is gone for good: its
+    /// settings, its group membership, what was heard from it, and its retained
+    /// messages (status, settings, offset, state, Home Assistant configs).
+    /// Errors: 404; 409 while it is online.
+    pub fn forget_device(&self, device: &str) -> Result<Value, ApiError> {
         let mut state = lock(&self.state);
-        let gone = state.expire(self.now_us());
-        if !gone.is_empty() {
-            tracing::info!("forgot {} device(s) not heard from for a day", gone.len());
+        self.known(&state, device)?;
+        if state.online(device, self.now_us()) {
+            return Err(ApiError::conflict(format!(
+                "'{device}' is online: stop its receiver first"
+            )));
         }
-        for d in state.devices() {
-            self.emit_device(&state, &d);
+        state.forget(device);
+        self.save(&state);
+        self.dir.set_routes(state.routes());
+        let groups = state.groups_json();
+        drop(state);
+        {
+            let mut c = lock(&self.controller);
+            c.reset(device);
+            let _ = c.set_manual_adjust(device, 0.0);
         }
+        for t in [
+            topics::status(device),
+            topics::settings(device),
+            topics::buffer_offset(device),
+        ] {
+            self.send_retained(t, Vec::new());
+        }
+        self.publish_json(topics::GROUPS.to_string(), &groups, true);
+        self.emit(json!({ "type": "forgotten", "device": device }));
+        self.publish_retained(false);
+        info!("forgot device {device}");
+        Ok(json!({ "forgotten": device }))
+    }
+
+    /// Moves `device` into `group` (Home Assistant's group select,
+    /// `syncstream/group_of/<device>`): the same change as `PUT /api/v1/groups/<group>`
+    /// with the device added to its devices. Errors: 404 unknown device; 422 unknown
+    /// group.
+    pub fn set_group(&self, device: &str, group: &str) -> Result<Value, ApiError> {
+        let members: Vec<String> = {
+            let state = lock(&self.state);
+            self.known(&state, device)?;
+            if !state.settings.groups.contains_key(group) {
+                return Err(ApiError::unprocessable(format!(
+                    "group: no group named '{}'",
+                    group.chars().take(64).collect::<String>()
+                )));
+            }
+            state
+                .devices()
+                .into_iter()
+                .filter(|d| d == device || state.group_of(d) == group)
+                .collect()
+        };
+        self.put_group(
+            group,
+            &GroupRequest {
+                devices: Some(members),
+                ..Default::default()
+            },
+        )
     }
 
     // ---- the MQTT door -----------------------------------------------------------
@@ -586,10 +850,24 @@ impl ControlPlane {
         self.publish_json(topics::GROUPS.to_string(), &state.groups_json(), true);
         drop(state);
         self.publish_streams();
+        self.publish(
+            homeassistant::TRANSMITTER_STATUS_TOPIC.to_string(),
+            b"online".to_vec(),
+            true,
+        );
+        self.publish_retained(true);
+    }
+
+    /// Home Assistant's status topic (`<prefix>/status`), when discovery is on.
+    fn ha_status_topic(&self) -> Option<String> {
+        self.cfg
+            .homeassistant
+            .as_ref()
+            .map(|h| format!("{}/status", h.prefix))
     }
 
     /// Topics the bridge subscribes to.
-    pub fn subscriptions() -> Vec<String> {
+    pub fn subscriptions(&self) -> Vec<String> {
         [
             "status",
             "drift",
@@ -597,11 +875,13 @@ impl ControlPlane {
             "command",
             "calibration",
             "group",
+            "group_of",
             "stream",
         ]
         .iter()
         .map(|k| format!("syncstream/{k}/+"))
         .chain([topics::CONFIG.to_string(), CALIBRATE_TOPIC.to_string()])
+        .chain(self.ha_status_topic())
         .collect()
     }
 
@@ -622,6 +902,13 @@ impl ControlPlane {
                 error::parse_body::<CalibrateRequest>(body).and_then(|r| self.calibrate(r))
             {
                 warn!("{topic}: {}", e.message);
+            }
+            return;
+        }
+        if Some(topic) == self.ha_status_topic().as_deref() {
+            if payload == b"online" {
+                info!("Home Assistant is online: publishing its discovery configs again");
+                self.publish_retained(true);
             }
             return;
         }
@@ -671,6 +958,14 @@ impl ControlPlane {
                     warn!("{topic}: {}", e.message);
                 }
             }),
+            "group_of" => {
+                let group = String::from_utf8_lossy(payload);
+                let group = group.trim().trim_matches('"');
+                if let Err(e) = self.set_group(device, group) {
+                    warn!("{topic}: {}", e.message);
+                }
+                Ok(())
+            }
             "stream" => parse::<StreamRequest>(topic, payload).map(|r| {
                 let me = self.clone();
                 let name = device.to_string();

@@ -8,10 +8,15 @@
 //! | `syncstream/group/<group>` | creates, changes, renames or deletes a group as `PUT`/`DELETE /api/v1/groups/<group>` do |
 //! | `syncstream/stream/<stream>` | `{"uri":...}` adds a stream, `{"delete":true}` removes one, as `PUT`/`DELETE /api/v1/streams/<stream>` |
 //! | `syncstream/calibrate` | starts a calibration, as `POST /api/v1/calibrate` (same body) |
+//! | `syncstream/group_of/<device>` | a group's name: moves the device into that group (Home Assistant's group select) |
+//! | `<prefix>/status` (Home Assistant discovery on) | `online`: publishes the discovery configs again |
 //! | `syncstream/calibration/+` | calibration progress and results |
 //!
-//! It publishes retained `syncstream/settings/<device>`, `syncstream/groups` and
-//! `syncstream/streams`, and offsets after a manual adjustment.
+//! It publishes retained `syncstream/settings/<device>`, `syncstream/groups`,
+//! `syncstream/streams`, `syncstream/config` (the profiles of `--profiles-dir`),
+//! `syncstream/transmitter/status` (`online`; its last will `offline`), with Home
+//! Assistant discovery `syncstream/state/<device>`, `syncstream/summary` and the
+//! discovery configs, and offsets after a manual adjustment.
 
 use std::sync::Arc;
 
@@ -26,7 +31,10 @@ pub fn client(url: &BrokerUrl) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
     connect(
         url,
         &format!("syncstream-control-{}", std::process::id()),
-        None,
+        Some((
+            super::homeassistant::TRANSMITTER_STATUS_TOPIC.to_string(),
+            b"offline".to_vec(),
+        )),
     )
 }
 
@@ -41,7 +49,7 @@ pub async fn run(
     drive(
         client,
         eventloop,
-        ControlPlane::subscriptions(),
+        plane.subscriptions(),
         move |_| {
             info!("control plane connected to {url}");
             on_connect.on_mqtt_connected();

@@ -612,6 +612,16 @@ impl ControlState {
         }
     }
 
+    /// Forgets `device`: its settings, its group membership and what was heard from
+    /// it. Returns whether it was known.
+    pub fn forget(&mut self, device: &str) -> bool {
+        let known = self.knows(device);
+        self.live.remove(device);
+        self.settings.devices.remove(device);
+        self.settings.membership.remove(device);
+        known
+    }
+
     /// Whether `device` is online at `now_us`.
     pub fn online(&self, device: &str, now_us: i64) -> bool {
         self.live

@@ -64,6 +64,16 @@ pub fn group_of_topic(device: &str) -> String {
     format!("syncstream/group_of/{device}")
 }
 
+/// `syncstream_<device>` with every character but ASCII letters and digits made `_`:
+/// the receiver's node id and device identifier, the same as its update entity's
+/// (`syncstream_update::agent::home_assistant_discovery`), so both are one device.
+pub fn node_id(device: &str) -> String {
+    format!(
+        "syncstream_{}",
+        device.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    )
+}
+
 /// Checks a discovery prefix: 1 to [`MAX_PREFIX_BYTES`] bytes of letters, digits, `_`,
 /// `-` and `/` (not at either end), no MQTT wildcards.
 ///
@@ -131,7 +141,7 @@ pub fn receiver_configs(
     groups: &[String],
 ) -> Vec<Config> {
     let d = r.name.as_str();
-    let node = format!("syncstream_{d}");
+    let node = node_id(d);
     let mut device = json!({
         "identifiers": [node],
         "name": d,
@@ -606,6 +616,18 @@ mod tests {
         let out = p.update(vec![a], false);
         assert_eq!(out, vec![("b".to_string(), Vec::new())]);
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn a_receiver_and_its_update_entity_are_one_device() {
+        let r = ReceiverFacts {
+            name: "living-room".into(),
+            ..Default::default()
+        };
+        let c = receiver_configs(&opts(), &r, &[]);
+        let (_, update) = syncstream_update::agent::home_assistant_discovery("living-room");
+        let update: Value = serde_json::from_slice(&update).unwrap();
+        assert_eq!(c[0].1["device"]["identifiers"], update["device"]["identifiers"]);
     }
 
     #[test]

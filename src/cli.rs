@@ -622,12 +622,12 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
             crate::pairing::transmitter_key(&path)?
         },
         open_read: a.open_read,
-        homeassistant: (!a.no_ha_discovery).then(|| {
+        homeassistant: (!a.no_ha_discovery).then_some(
             syncstream_transmitter::control::homeassistant::DiscoveryOptions {
                 prefix: a.ha_discovery_prefix,
                 dashboard_url: a.dashboard_url,
-            }
-        }),
+            },
+        ),
         state_dir: a.state_dir,
         source_options: opts,
         ..Default::default()

@@ -25,9 +25,12 @@ use serde_json::{json, Value};
 
 const DEVICES: [&str; 3] = ["kitchen", "tv", "cast"];
 
+/// (topic, payload, retain flag) in arrival order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>, bool)>>>;
+
 /// Records every message on `topics` (retained ones too), with its retain flag.
 struct Watcher {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>, bool)>>>,
+    seen: Seen,
     client: AsyncClient,
     task: tokio::task::JoinHandle<()>,
 }
@@ -132,10 +135,7 @@ async fn discovery_configs_states_and_commands_over_the_embedded_broker() {
     // Every receiver's entities and the transmitter's, retained.
     for d in DEVICES {
         let t = config_topic("sensor", d, "drift");
-        let cfg = until(&format!("{t}"), Duration::from_secs(30), || async {
-            w.last_json(&t)
-        })
-        .await;
+        let cfg = until(&t, Duration::from_secs(30), || async { w.last_json(&t) }).await;
         assert_eq!(cfg["device"]["identifiers"][0], format!("syncstream_{d}"));
         assert_eq!(cfg["state_topic"], format!("syncstream/state/{d}"));
         assert!(

@@ -627,7 +627,10 @@ mod tests {
         let c = receiver_configs(&opts(), &r, &[]);
         let (_, update) = syncstream_update::agent::home_assistant_discovery("living-room");
         let update: Value = serde_json::from_slice(&update).unwrap();
-        assert_eq!(c[0].1["device"]["identifiers"], update["device"]["identifiers"]);
+        assert_eq!(
+            c[0].1["device"]["identifiers"],
+            update["device"]["identifiers"]
+        );
     }
 
     #[test]

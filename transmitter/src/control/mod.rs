@@ -633,7 +633,7 @@ impl ControlPlane {
                 self.emit_device(&state, &d);
             }
         }
-        if tick % profile_push::SCAN_INTERVAL_TICKS == 0 {
+        if tick.is_multiple_of(profile_push::SCAN_INTERVAL_TICKS) {
             self.push_profiles();
         }
         self.publish_retained(false);

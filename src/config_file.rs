@@ -389,7 +389,13 @@ mod tests {
             "name = \"tv\"\ntransmitter = \"h\"\nled_pin = 17\nbutton_pin = 27\nled_active_low = true\n",
         );
         let args = load::<ReceiverFile>(&p).unwrap().to_args().unwrap();
-        let tail: Vec<&str> = args.iter().rev().take(5).rev().map(|s| s.as_str()).collect();
+        let tail: Vec<&str> = args
+            .iter()
+            .rev()
+            .take(5)
+            .rev()
+            .map(|s| s.as_str())
+            .collect();
         assert_eq!(
             tail,
             ["--led-pin", "17", "--button-pin", "27", "--led-active-low"]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use syncstream_shared::time::Clock;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::node::{NodeSnapshot, ReceiverIo, ReceiverNode};
 
@@ -109,9 +109,7 @@ impl LedState {
             "stopped" => LedState::Offline,
             _ if !s.connected => LedState::Offline,
             "starved" => LedState::Acquiring,
-            _ if s.last_report.as_ref().is_some_and(|r| r.drift_ms.is_some()) => {
-                LedState::InSync
-            }
+            _ if s.last_report.as_ref().is_some_and(|r| r.drift_ms.is_some()) => LedState::InSync,
             _ => LedState::Acquiring,
         }
     }
@@ -251,7 +249,9 @@ impl PressDecoder {
                 self.phase = Phase::LongFired;
                 Some(Press::Long)
             }
-            Phase::Released { at_us } if now_us.saturating_sub(at_us) > self.timing.double_gap_us => {
+            Phase::Released { at_us }
+                if now_us.saturating_sub(at_us) > self.timing.double_gap_us =>
+            {
                 self.phase = Phase::Idle;
                 Some(Press::Short)
             }
@@ -288,9 +288,7 @@ impl PressDecoder {
                 self.phase = Phase::Idle;
                 return Some(Press::Double);
             }
-            (Phase::Down { second: false, .. }, false) => {
-                self.phase = Phase::Released { at_us }
-            }
+            (Phase::Down { second: false, .. }, false) => self.phase = Phase::Released { at_us },
             (Phase::LongFired, false) => self.phase = Phase::Idle,
             _ => {}
         }
@@ -401,7 +399,7 @@ pub fn open_backend(cfg: &GpioConfig) -> anyhow::Result<Box<dyn GpioBackend>> {
     }
     #[cfg(not(all(feature = "gpio", target_os = "linux")))]
     {
-        warn!(
+        tracing::warn!(
             "GPIO is not built in (cargo feature `gpio`, Linux only): the LED and button pins are ignored"
         );
         Ok(Box::new(SimGpio::new().0))

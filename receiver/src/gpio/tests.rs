@@ -19,8 +19,20 @@ fn patterns_follow_the_table() {
     for t in [0, 333 * MS, 999 * MS, 86_400_000 * MS] {
         assert!(led_on(LedState::InSync, t), "in sync is steady on at {t}");
     }
-    let starting = [(0, true), (99, true), (100, false), (199, false), (200, true)];
-    let acquiring = [(0, true), (499, true), (500, false), (999, false), (1000, true)];
+    let starting = [
+        (0, true),
+        (99, true),
+        (100, false),
+        (199, false),
+        (200, true),
+    ];
+    let acquiring = [
+        (0, true),
+        (499, true),
+        (500, false),
+        (999, false),
+        (1000, true),
+    ];
     let offline = [(50, true), (100, false), (1999, false), (2050, true)];
     let error = [
         (50, true),
@@ -42,7 +54,11 @@ fn patterns_follow_the_table() {
     }
 }
 
-fn test_node() -> (ReceiverNode, crate::realtime::Renderer, crate::realtime::Capturer) {
+fn test_node() -> (
+    ReceiverNode,
+    crate::realtime::Renderer,
+    crate::realtime::Capturer,
+) {
     let profile = DeviceProfile::default_for(OutputType::Hdmi);
     let (r, c, control) = crate::realtime::engine(profile.base_latency_ms, 48_000);
     let node = ReceiverNode::new(
@@ -135,13 +151,19 @@ fn long_press_comes_out_while_held_and_release_adds_nothing() {
 
 #[test]
 fn two_quick_presses_are_one_double_press() {
-    let out = run(&[(true, 100), (false, 200), (true, 400), (false, 500)], 2000);
+    let out = run(
+        &[(true, 100), (false, 200), (true, 400), (false, 500)],
+        2000,
+    );
     assert_eq!(out.iter().map(|p| p.0).collect::<Vec<_>>(), [Press::Double]);
 }
 
 #[test]
 fn presses_further_apart_than_the_gap_are_two_short_presses() {
-    let out = run(&[(true, 100), (false, 200), (true, 900), (false, 1000)], 2500);
+    let out = run(
+        &[(true, 100), (false, 200), (true, 900), (false, 1000)],
+        2500,
+    );
     assert_eq!(
         out.iter().map(|p| p.0).collect::<Vec<_>>(),
         [Press::Short, Press::Short]
@@ -282,11 +304,23 @@ fn a_simulated_short_press_reaches_the_node_as_a_resync() {
     // Acquiring at 0 ms (slow blink: on), and off at 600 ms.
     at(0, false);
     wait_for("the LED on", || pins.led.load(Ordering::SeqCst));
-    for (ms, pressed) in [(100, true), (140, true), (250, false), (290, false), (600, false)] {
+    for (ms, pressed) in [
+        (100, true),
+        (140, true),
+        (250, false),
+        (290, false),
+        (600, false),
+    ] {
         at(ms, pressed);
     }
-    assert!(!pins.led.load(Ordering::SeqCst), "the acquiring blink is off at 600 ms");
-    assert!(rx.try_recv().is_err(), "no press before the double-press gap");
+    assert!(
+        !pins.led.load(Ordering::SeqCst),
+        "the acquiring blink is off at 600 ms"
+    );
+    assert!(
+        rx.try_recv().is_err(),
+        "no press before the double-press gap"
+    );
     at(800, false);
     let press = rx
         .recv_timeout(Duration::from_secs(5))
@@ -298,11 +332,7 @@ fn a_simulated_short_press_reaches_the_node_as_a_resync() {
     assert_ne!(node.next_measurement_us(), now);
     let mut io = Published::default();
     apply_press(&mut node, press, now, &mut io);
-    assert_eq!(
-        node.next_measurement_us(),
-        now,
-        "a resync measures at once"
-    );
+    assert_eq!(node.next_measurement_us(), now, "a resync measures at once");
     assert_eq!(node.counters().mqtt_rejected, 0, "the command was taken");
 }
 

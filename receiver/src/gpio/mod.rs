@@ -250,13 +250,21 @@ impl PressDecoder {
                 Some(Press::Long)
             }
             Phase::Released { at_us }
-                if now_us.saturating_sub(at_us) > self.timing.double_gap_us =>
+                if now_us.saturating_sub(at_us) > self.timing.double_gap_us
+                    && !self.second_press_pending(at_us) =>
             {
                 self.phase = Phase::Idle;
                 Some(Press::Short)
             }
             _ => None,
         }
+    }
+
+    /// Whether a press that started within the double-press gap after a release at
+    /// `released_us` is still being debounced.
+    fn second_press_pending(&self, released_us: u64) -> bool {
+        matches!(self.candidate, Some((true, since))
+            if since.saturating_sub(released_us) <= self.timing.double_gap_us)
     }
 
     /// A debounced edge at `at_us`.
@@ -269,18 +277,14 @@ impl PressDecoder {
                 }
             }
             (Phase::Released { at_us: released }, true) => {
-                self.phase = if at_us.saturating_sub(released) <= self.timing.double_gap_us {
-                    Phase::Down {
-                        since_us: at_us,
-                        second: true,
-                    }
-                } else {
+                let second = at_us.saturating_sub(released) <= self.timing.double_gap_us;
+                self.phase = Phase::Down {
+                    since_us: at_us,
+                    second,
+                };
+                if !second {
                     // Too late for a double press (updates came sparsely): the first
                     // was a short press; this one starts anew.
-                    self.phase = Phase::Down {
-                        since_us: at_us,
-                        second: false,
-                    };
                     return Some(Press::Short);
                 }
             }

@@ -159,6 +159,17 @@ fn two_quick_presses_are_one_double_press() {
 }
 
 #[test]
+fn a_second_press_at_the_end_of_the_gap_is_still_a_double_press() {
+    // Released at 200 ms, pressed again at 590 ms (390 ms later, within the 400 ms
+    // gap): the gap ends while that press is being debounced.
+    let out = run(
+        &[(true, 100), (false, 200), (true, 590), (false, 700)],
+        2000,
+    );
+    assert_eq!(out.iter().map(|p| p.0).collect::<Vec<_>>(), [Press::Double]);
+}
+
+#[test]
 fn presses_further_apart_than_the_gap_are_two_short_presses() {
     let out = run(
         &[(true, 100), (false, 200), (true, 900), (false, 1000)],

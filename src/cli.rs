@@ -345,6 +345,17 @@ struct ReceiverArgs {
     /// Microphone device (ALSA device name, or WAV path).
     #[arg(long)]
     mic_device: Option<String>,
+    /// Status LED on this GPIO pin (BCM number, 0 to 27, not an I2S pin 18 to 21;
+    /// docs/gpio.md). Needs a build with the `gpio` feature.
+    #[arg(long)]
+    led_pin: Option<u8>,
+    /// Push button on this GPIO pin (BCM number), wired to GND (internal pull-up):
+    /// short press resync, long press calibrate, double press announce.
+    #[arg(long)]
+    button_pin: Option<u8>,
+    /// The LED lights when its pin is low (wired from 3.3 V to the pin).
+    #[arg(long, requires = "led_pin")]
+    led_active_low: bool,
 }
 
 #[cfg(feature = "simulator")]
@@ -837,6 +848,13 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let name = a.name.clone().context("--name is required")?;
+    let gpio = syncstream_receiver::gpio::GpioConfig {
+        led_pin: a.led_pin,
+        button_pin: a.button_pin,
+        led_active_low: a.led_active_low,
+    };
+    gpio.check()
+        .map_err(|e| anyhow::anyhow!("--led-pin/--button-pin: {e}"))?;
     let mic_builder = find_microphone(&a.mic).with_context(|| {
         format!(
             "unknown microphone backend '{}' (expected one of {:?})",
@@ -890,9 +908,16 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         state_dir: a.state_dir.clone(),
         key,
     };
-    let rx =
+    let mut rx =
         syncstream_receiver::runtime::start_with_output(cfg, output_label, open_output, mic, clock)
             .await?;
+    if gpio.any() {
+        // The audio matters more than the LED: a Pi whose pins cannot be opened plays on.
+        match syncstream_receiver::gpio::open_backend(&gpio) {
+            Ok(backend) => rx.start_gpio(backend)?,
+            Err(e) => tracing::warn!("GPIO off: {e:#}"),
+        }
+    }
     crate::service::receiver_running(&rx).await // readiness, watchdog, updates (issue 13); waits for Ctrl-C/SIGTERM
 }
 

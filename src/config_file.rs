@@ -74,6 +74,13 @@ pub struct ReceiverFile {
     pub key: Option<String>,
     /// The CA (PEM) an `mqtts://` broker's certificate must chain to.
     pub mqtt_ca: Option<PathBuf>,
+    /// Status LED's GPIO pin (BCM; docs/gpio.md).
+    pub led_pin: Option<u8>,
+    /// Push button's GPIO pin (BCM), to GND.
+    pub button_pin: Option<u8>,
+    /// The LED lights when its pin is low.
+    #[serde(default)]
+    pub led_active_low: bool,
     /// Signed updates.
     pub update: Option<UpdateSection>,
 }
@@ -223,6 +230,11 @@ impl ReceiverFile {
             "--mqtt-ca",
             self.mqtt_ca.as_ref().map(|p| p.display()),
         );
+        push(&mut a, "--led-pin", self.led_pin);
+        push(&mut a, "--button-pin", self.button_pin);
+        if self.led_active_low {
+            a.push("--led-active-low".into());
+        }
         Ok(a)
     }
 
@@ -386,6 +398,28 @@ mod tests {
         let f: ReceiverFile = load(&p).unwrap();
         let e = f.to_args().unwrap_err().to_string();
         assert!(e.contains("neither a transmitter nor a snapserver"), "{e}");
+    }
+
+    #[test]
+    fn receiver_file_gpio_keys_become_flags() {
+        let (_d, p) = write(
+            "name = \"tv\"\ntransmitter = \"h\"\nled_pin = 17\nbutton_pin = 27\nled_active_low = true\n",
+        );
+        let args = load::<ReceiverFile>(&p).unwrap().to_args().unwrap();
+        let tail: Vec<&str> = args
+            .iter()
+            .rev()
+            .take(5)
+            .rev()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(
+            tail,
+            ["--led-pin", "17", "--button-pin", "27", "--led-active-low"]
+        );
+        let (_d, p) = write("name = \"tv\"\ntransmitter = \"h\"\nled_pin = 300\n");
+        let e = format!("{:#}", load::<ReceiverFile>(&p).unwrap_err());
+        assert!(e.contains("led_pin"), "{e}");
     }
 
     #[test]

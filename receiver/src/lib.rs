@@ -16,6 +16,7 @@
 
 pub mod clock_sync;
 pub mod drift;
+pub mod gpio;
 pub mod jitter_buffer;
 pub mod mic_check;
 pub mod mic_resample;

@@ -83,6 +83,10 @@ pub struct Receiver {
     output: OutputSupervisor,
     mic: Box<dyn Microphone>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The node's events (button presses go in here).
+    events: mpsc::UnboundedSender<Event>,
+    clock: Arc<dyn Clock>,
+    gpio: Option<crate::gpio::GpioDriver>,
 }
 
 impl Receiver {
@@ -102,8 +106,31 @@ impl Receiver {
         }
     }
 
+    /// Starts the status LED and button on `backend` (see [`crate::gpio`]): the LED
+    /// follows the node's snapshot, a press is handed to the node's task
+    /// ([`crate::gpio::apply_press`]). The driver runs on its own thread until the
+    /// receiver stops.
+    ///
+    /// Errors: the driver's thread cannot be started.
+    pub fn start_gpio(&mut self, backend: Box<dyn crate::gpio::GpioBackend>) -> anyhow::Result<()> {
+        let events = self.events.clone();
+        self.gpio = Some(
+            crate::gpio::GpioDriver::spawn(
+                backend,
+                self.snapshot.clone(),
+                self.clock.clone(),
+                Box::new(move |p| {
+                    let _ = events.send(Event::Button(p));
+                }),
+            )
+            .context("starting the GPIO driver")?,
+        );
+        Ok(())
+    }
+
     /// Stops audio and background tasks.
     pub fn stop(&mut self) {
+        self.gpio = None;
         self.output.stop();
         let _ = self.mic.stop();
         for t in self.tasks.drain(..) {
@@ -140,6 +167,8 @@ enum Event {
     JobDone(JobDone),
     /// The output supervisor's news.
     Output(OutputState),
+    /// A press of the GPIO button.
+    Button(crate::gpio::Press),
 }
 
 /// Instructions for the stream transport.
@@ -505,7 +534,7 @@ pub async fn start_with_output(
             .build()
             .unwrap_or_default(),
         http_base: format!("http://{}:{}", cfg.transmitter_host, cfg.http_port),
-        events: events_tx,
+        events: events_tx.clone(),
     };
     let (snap_tx, snap_rx) = watch::channel(node.snapshot());
     let output = {
@@ -526,13 +555,22 @@ pub async fn start_with_output(
         .context("starting the output supervisor")?
     };
     node.add_xrun_counter(output.xrun_counter());
-    tasks.push(tokio::spawn(run_node(node, io, events_rx, snap_tx, clock)));
+    tasks.push(tokio::spawn(run_node(
+        node,
+        io,
+        events_rx,
+        snap_tx,
+        clock.clone(),
+    )));
     info!(device = cfg.device, "receiver running");
     Ok(Receiver {
         snapshot: snap_rx,
         output,
         mic,
         tasks,
+        events: events_tx,
+        clock,
+        gpio: None,
     })
 }
 
@@ -578,6 +616,7 @@ async fn run_node(
             Some(Event::Window(id, result)) => node.on_window(id, result, now, &mut io),
             Some(Event::JobDone(done)) => node.on_job_done(done, now, &mut io),
             Some(Event::Output(state)) => node.on_output(state, now, &mut io),
+            Some(Event::Button(press)) => crate::gpio::apply_press(&mut node, press, now, &mut io),
             None => {}
         }
         node.poll(clock.now_us(), &mut io);

@@ -11,6 +11,7 @@ pub mod control;
 pub use syncstream_controller as controller;
 pub mod controller_store;
 pub mod dashboard;
+pub mod discovery;
 pub mod history;
 pub mod http;
 pub mod http_auth;
@@ -127,6 +128,9 @@ pub struct TransmitterConfig {
     /// An HTTPS listener of the API and dashboard besides the plain one (needs the
     /// feature `https`).
     pub https: Option<HttpsConfig>,
+    /// Advertise the transmitter over mDNS / DNS-SD under this instance name
+    /// ([`discovery`]; at most 63 bytes); `None` (the default): not advertised.
+    pub mdns_name: Option<String>,
 }
 
 /// A source for one named stream.
@@ -176,6 +180,7 @@ impl Default for TransmitterConfig {
             open_read: false,
             broker_tls: None,
             https: None,
+            mdns_name: None,
         }
     }
 }
@@ -203,6 +208,8 @@ pub struct Transmitter {
     pub control: Arc<control::ControlPlane>,
     hub: Arc<stream_server::Directory>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The mDNS record, withdrawn when the transmitter is dropped.
+    _mdns: Option<syncstream_protocol::discovery::Advertiser>,
 }
 
 impl Transmitter {
@@ -260,6 +267,10 @@ impl TransmitterConfig {
                  find their source windows",
                 self.buffer_seconds
             );
+        }
+        if let Some(name) = &self.mdns_name {
+            syncstream_protocol::discovery::check_instance_name(name)
+                .map_err(|e| anyhow::anyhow!("--mdns-name {name:?}: {e}"))?;
         }
         if let Some(dir) = &self.profiles_dir {
             let meta = std::fs::metadata(dir)
@@ -464,6 +475,10 @@ pub async fn start_streams(
     tasks.push(tokio::spawn(http::serve(http_listener, app)));
 
     tracing::info!(%stream_addr, %http_addr, %broker, "transmitter running");
+    let mdns = cfg
+        .mdns_name
+        .as_deref()
+        .and_then(|name| discovery::advertise(&cfg, name, stream_addr, http_addr));
     Ok(Transmitter {
         stream_addr,
         http_addr,
@@ -476,5 +491,6 @@ pub async fn start_streams(
         control: plane,
         hub,
         tasks,
+        _mdns: mdns,
     })
 }

@@ -148,8 +148,14 @@ impl TransmitterAd {
             keys::MQTT_URL,
             self.mqtt_url.as_deref().map(|u| cut(u, MAX_TXT_VALUE_LEN)),
         ));
-        t.extend(opt(keys::MQTTS_PORT, self.mqtts_port.map(|p| p.to_string())));
-        t.extend(opt(keys::HTTPS_PORT, self.https_port.map(|p| p.to_string())));
+        t.extend(opt(
+            keys::MQTTS_PORT,
+            self.mqtts_port.map(|p| p.to_string()),
+        ));
+        t.extend(opt(
+            keys::HTTPS_PORT,
+            self.https_port.map(|p| p.to_string()),
+        ));
         t
     }
 
@@ -754,12 +760,20 @@ mod tests {
     #[test]
     fn names_addresses_and_scopes() {
         assert_eq!(
-            instance_of("Living\\.Room\\032A._syncstream._tcp.local.", TRANSMITTER_SERVICE),
+            instance_of(
+                "Living\\.Room\\032A._syncstream._tcp.local.",
+                TRANSMITTER_SERVICE
+            ),
             "Living.Room A"
         );
-        assert_eq!(host_label("syncstream-tx-", "Living Room (2)"), "syncstream-tx-living-room-2");
+        assert_eq!(
+            host_label("syncstream-tx-", "Living Room (2)"),
+            "syncstream-tx-living-room-2"
+        );
         assert!(check_instance_name("").is_err());
-        assert!(check_instance_name(&"a".repeat(64)).unwrap_err().contains("64 bytes"));
+        assert!(check_instance_name(&"a".repeat(64))
+            .unwrap_err()
+            .contains("64 bytes"));
         assert!(check_instance_name("a\nb").unwrap_err().contains("control"));
         let ips: Vec<IpAddr> = ["fe80::1", "::1", "127.0.0.1", "2001:db8::1", "10.0.0.2"]
             .iter()

@@ -136,11 +136,12 @@ impl Chooser {
 
     fn wanted(&self, c: &Candidate) -> bool {
         match &self.want {
-            Some(w) => c
-                .verdict
-                .as_ref()
-                .is_ok_and(|ad| ad.name.eq_ignore_ascii_case(w))
-                || c.resolved.instance.eq_ignore_ascii_case(w),
+            Some(w) => {
+                c.verdict
+                    .as_ref()
+                    .is_ok_and(|ad| ad.name.eq_ignore_ascii_case(w))
+                    || c.resolved.instance.eq_ignore_ascii_case(w)
+            }
             None => true,
         }
     }
@@ -286,7 +287,9 @@ pub fn find_transmitter(want: Option<&str>) -> Result<ChosenTransmitter, Discove
         }
         if now >= remind_at {
             let seen = chooser.seen_summary();
-            let what = want.map_or("a transmitter".to_string(), |w| format!("the transmitter {w:?}"));
+            let what = want.map_or("a transmitter".to_string(), |w| {
+                format!("the transmitter {w:?}")
+            });
             warn!(
                 "no transmitter to use after {:.0} s of browsing for {what} over mDNS{}; still \
                  looking (is it running with mDNS on, on this network, with UDP port 5353 open? \
@@ -445,7 +448,9 @@ mod tests {
             t0,
         );
         assert_eq!(c.decide(t0 + Duration::from_secs(9)), None);
-        assert!(c.seen_summary().contains("\"other\" (not the one asked for)"));
+        assert!(c
+            .seen_summary()
+            .contains("\"other\" (not the one asked for)"));
         c.on_event(
             BrowseEvent::Resolved(resolved(
                 "kitchen tx",

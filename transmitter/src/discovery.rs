@@ -25,7 +25,11 @@ pub fn transmitter_ad(
         MqttMode::External(url) => {
             // No login in the record: receivers log in with their own credentials.
             let scheme = if url.tls { "mqtts" } else { "mqtt" };
-            (None, Some(format!("{scheme}://{}:{}", url.host, url.port)), None)
+            (
+                None,
+                Some(format!("{scheme}://{}:{}", url.host, url.port)),
+                None,
+            )
         }
     };
     TransmitterAd {
@@ -89,7 +93,8 @@ mod tests {
         );
         assert_eq!((ad.stream_port, ad.http_port), (5000, 5001));
         assert_eq!((ad.mqtt_port, ad.mqtt_url.as_deref()), (Some(1884), None));
-        let mut url: BrokerUrl = "mqtts://broker.lan:8883".parse().unwrap();
+        let mut url = BrokerUrl::new("broker.lan", 8883);
+        url.tls = true;
         url.username = Some("secret-user".into());
         url.password = Some("secret".into());
         cfg.mqtt = MqttMode::External(url);

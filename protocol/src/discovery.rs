@@ -780,7 +780,7 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         let mut usable: Vec<IpAddr> = ips.iter().copied().filter(|a| rank(a).is_some()).collect();
-        usable.sort_by_key(|a| rank(a));
+        usable.sort_by_key(rank);
         assert_eq!(
             usable.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             ["10.0.0.2", "2001:db8::1", "127.0.0.1", "::1"]

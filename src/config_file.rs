@@ -195,6 +195,14 @@ impl ReceiverFile {
     pub fn to_args(&self) -> anyhow::Result<Vec<String>> {
         let mut a = Vec::new();
         push(&mut a, "--name", Some(self.device_name()?));
+        if self.transmitter_name.is_some()
+            && (self.snapserver.is_some() || !self.transmitter.trim().is_empty())
+        {
+            anyhow::bail!(
+                "transmitter_name picks a transmitter found over mDNS: it goes with neither \
+                 transmitter nor snapserver"
+            );
+        }
         match (&self.snapserver, self.transmitter.trim().is_empty()) {
             (Some(server), _) => push(&mut a, "--snapserver", Some(server)),
             (None, false) => push(&mut a, "--transmitter", Some(&self.transmitter)),
@@ -407,6 +415,13 @@ mod tests {
         assert_eq!(
             f.to_args().unwrap(),
             ["--name", "tv", "--transmitter-name", "Living Room"]
+        );
+        let (_d, p) = write("transmitter = \"10.0.0.2\"\ntransmitter_name = \"a\"\n");
+        let f: ReceiverFile = load(&p).unwrap();
+        let e = f.to_args().unwrap_err().to_string();
+        assert!(
+            e.contains("transmitter_name") && e.contains("neither"),
+            "{e}"
         );
         let (_d, p) = write("name = \"tv\"\nmdns = false\n");
         let f: ReceiverFile = load(&p).unwrap();

@@ -6,7 +6,8 @@ packages=(build-essential pkg-config cmake libasound2-dev libopus-dev mosquitto 
           chromium chromium-driver
           pulseaudio pulseaudio-utils libasound2-plugins alsa-utils valgrind python3 python3-venv ffmpeg
           snapserver snapclient
-          openssl ca-certificates curl)
+          openssl ca-certificates curl
+          iproute2)  # ip netns: tests/discovery.rs (mDNS between two network namespaces)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -52,6 +52,9 @@ enum Command {
     /// The pairing key's credentials: the API token, an MQTT user's password, or the
     /// key itself (to pair a receiver).
     Key(KeyArgs),
+    /// List the transmitters and receivers on the network (mDNS / DNS-SD): addresses,
+    /// ports, versions, and each receiver's output and state (docs/discovery.md).
+    Discover(crate::discover::DiscoverArgs),
 }
 
 #[derive(Args, Debug)]
@@ -261,6 +264,14 @@ struct TransmitterArgs {
     /// The HTTPS private key (PEM).
     #[arg(long, requires = "https_listen")]
     https_key: Option<PathBuf>,
+    /// Do not advertise this transmitter over mDNS / DNS-SD (receivers then need
+    /// --transmitter; docs/discovery.md).
+    #[arg(long)]
+    no_mdns: bool,
+    /// The name this transmitter is advertised under over mDNS, what a receiver's
+    /// --transmitter-name picks (default: the host name; at most 63 bytes).
+    #[arg(long, conflicts_with = "no_mdns", value_parser = instance_name)]
+    mdns_name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -308,17 +319,27 @@ struct ReceiverArgs {
     /// the system's roots).
     #[arg(long)]
     mqtt_ca: Option<PathBuf>,
-    /// Transmitter host name or address.
-    #[arg(long, default_value = "127.0.0.1")]
-    transmitter: String,
-    /// Transmitter stream port.
-    #[arg(long, default_value_t = 4953, value_parser = clap::value_parser!(u16).range(1..))]
-    stream_port: u16,
-    /// Transmitter HTTP port.
-    #[arg(long, default_value_t = 4954, value_parser = clap::value_parser!(u16).range(1..))]
-    http_port: u16,
-    /// MQTT broker (default: the transmitter's embedded broker; with --snapserver,
-    /// none).
+    /// Transmitter host name or address (default: the first transmitter found over
+    /// mDNS, or --transmitter-name's; docs/discovery.md).
+    #[arg(long)]
+    transmitter: Option<String>,
+    /// Without --transmitter: use the transmitter advertised under this name over
+    /// mDNS (`syncstream discover` lists them), waiting until it answers.
+    #[arg(long, conflicts_with_all = ["transmitter", "snapserver", "no_mdns"],
+          value_parser = instance_name)]
+    transmitter_name: Option<String>,
+    /// No mDNS: do not look for the transmitter (give --transmitter) and do not
+    /// advertise this receiver.
+    #[arg(long)]
+    no_mdns: bool,
+    /// Transmitter stream port (default: the one the transmitter advertises, else 4953).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    stream_port: Option<u16>,
+    /// Transmitter HTTP port (default: the one the transmitter advertises, else 4954).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    http_port: Option<u16>,
+    /// MQTT broker (default: the transmitter's broker, as it advertises it, else port
+    /// 1883 on the transmitter's host; with --snapserver, none).
     #[arg(long)]
     mqtt: Option<BrokerUrl>,
     /// Play from a Snapcast server instead of a SyncStream transmitter: its host, and
@@ -403,7 +424,7 @@ struct DemoArgs {
 
 /// A command-line parser for a finite number in `lo..=hi` (in `unit`): `inf`, `NaN`
 /// and numbers out of range are refused with the range in the message.
-fn number_in(
+pub(crate) fn number_in(
     lo: f64,
     hi: f64,
     unit: &'static str,
@@ -470,6 +491,7 @@ pub fn main() -> ExitCode {
             Command::Service(_) => anyhow::bail!("service: nested service command"),
             Command::Release(a) => crate::release::run(a),
             Command::Key(a) => key(a),
+            Command::Discover(a) => crate::discover::run(a).await,
         }
     });
     match result {
@@ -641,6 +663,10 @@ async fn transmitter(a: TransmitterArgs) -> anyhow::Result<()> {
         ),
         state_dir: a.state_dir,
         source_options: opts,
+        mdns_name: (!a.no_mdns).then(|| {
+            a.mdns_name
+                .unwrap_or_else(syncstream_protocol::discovery::host_name)
+        }),
         ..Default::default()
     };
     let token = cfg.key.api_token();
@@ -745,6 +771,13 @@ fn list_devices(outputs: bool) -> anyhow::Result<()> {
         Err(e) => println!("No sound-server sinks: {e}"),
     }
     Ok(())
+}
+
+/// `--mdns-name`, `--transmitter-name`: an mDNS instance name (1 to 63 bytes, no
+/// control character).
+fn instance_name(s: &str) -> Result<String, String> {
+    syncstream_protocol::discovery::check_instance_name(s)?;
+    Ok(s.to_string())
 }
 
 /// `--snapserver`: `HOST` or `HOST:PORT` (port 1..=65535, default 1704); an IPv6
@@ -855,6 +888,9 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
     };
     gpio.check()
         .map_err(|e| anyhow::anyhow!("--led-pin/--button-pin: {e}"))?;
+    if a.no_mdns && a.transmitter.is_none() && a.snapserver.is_none() {
+        anyhow::bail!("--no-mdns: give the transmitter's address with --transmitter HOST");
+    }
     let mic_builder = find_microphone(&a.mic).with_context(|| {
         format!(
             "unknown microphone backend '{}' (expected one of {:?})",
@@ -887,20 +923,61 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
     } else {
         crate::pairing::receiver_key(key_text.as_deref(), a.key_file.as_deref())?
     };
-    let broker = match (a.mqtt, &a.snapserver) {
-        (Some(b), _) => Some(b),
-        (None, Some(_)) => None,
-        (None, None) => Some(BrokerUrl::new(a.transmitter.clone(), 1883)),
+    let with_ca = |b: BrokerUrl| match &a.mqtt_ca {
+        Some(ca) => b.with_ca_file(ca).map_err(anyhow::Error::msg),
+        None => Ok(b),
     };
-    let broker = match (&a.mqtt_ca, broker) {
-        (Some(ca), Some(b)) => Some(b.with_ca_file(ca).map_err(anyhow::Error::msg)?),
-        (_, b) => b,
+    // A CA file is checked before the search for the transmitter, which may be long.
+    let given_broker = a.mqtt.clone().map(with_ca).transpose()?;
+    if let (Some(ca), None) = (&a.mqtt_ca, &given_broker) {
+        with_ca(BrokerUrl::new("localhost", 8883))
+            .with_context(|| format!("--mqtt-ca {}", ca.display()))?;
+    }
+    // The transmitter: given, or found over mDNS (docs/discovery.md).
+    let found = match (&a.transmitter, &a.snapserver) {
+        (None, None) => {
+            // Browsing is running as a service should: systemd is told so at once.
+            crate::service::notify_ready();
+            let want = a.transmitter_name.clone();
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    syncstream_receiver::discovery::find_transmitter(want.as_deref())
+                })
+                .await??,
+            )
+        }
+        _ => None,
     };
+    let transmitter_host = match (&a.transmitter, &found) {
+        (Some(h), _) => h.clone(),
+        (None, Some(f)) => f.host(),
+        (None, None) => String::new(),
+    };
+    let stream_port = (a.stream_port)
+        .or(found.as_ref().map(|f| f.ad.stream_port))
+        .unwrap_or(4953);
+    let http_port = (a.http_port)
+        .or(found.as_ref().map(|f| f.ad.http_port))
+        .unwrap_or(4954);
+    let broker = match (given_broker, &a.snapserver, &found) {
+        (Some(b), _, _) => Some(b),
+        (None, Some(_), _) => None,
+        (None, None, Some(f)) => Some(with_ca(f.broker().map_err(anyhow::Error::msg)?)?),
+        (None, None, None) => Some(with_ca(BrokerUrl::new(transmitter_host.clone(), 1883))?),
+    };
+    let source = match &a.snapserver {
+        Some(s) => format!("snapcast:{s}"),
+        None => format!("{transmitter_host}:{stream_port}"),
+    };
+    let discovered = found.as_ref().map(|_| crate::service::Discovered {
+        http_base: format!("http://{transmitter_host}:{http_port}"),
+        broker: broker.clone(),
+    });
     let cfg = syncstream_receiver::ReceiverConfig {
         device: name,
-        transmitter_host: a.transmitter,
-        stream_port: a.stream_port,
-        http_port: a.http_port,
+        transmitter_host,
+        stream_port,
+        http_port,
         broker,
         snapserver: a.snapserver.clone(),
         profile,
@@ -908,9 +985,14 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         state_dir: a.state_dir.clone(),
         key,
     };
-    let mut rx =
-        syncstream_receiver::runtime::start_with_output(cfg, output_label, open_output, mic, clock)
-            .await?;
+    let mut rx = syncstream_receiver::runtime::start_with_output(
+        cfg,
+        output_label.clone(),
+        open_output,
+        mic,
+        clock,
+    )
+    .await?;
     if gpio.any() {
         // The audio matters more than the LED: a Pi whose pins cannot be opened plays on.
         match syncstream_receiver::gpio::open_backend(&gpio) {
@@ -918,7 +1000,10 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
             Err(e) => tracing::warn!("GPIO off: {e:#}"),
         }
     }
-    crate::service::receiver_running(&rx).await // readiness, watchdog, updates (issue 13); waits for Ctrl-C/SIGTERM
+    let _advertised = (!a.no_mdns)
+        .then(|| syncstream_receiver::discovery::advertise(&rx, &output_label, &source))
+        .flatten();
+    crate::service::receiver_running(&rx, discovered).await // readiness, watchdog, updates (issue 13); waits for Ctrl-C/SIGTERM
 }
 
 #[cfg(feature = "simulator")]

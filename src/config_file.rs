@@ -37,15 +37,25 @@ fn default_health_timeout_s() -> u64 {
     60
 }
 
+fn default_true() -> bool {
+    true
+}
+
 /// `receiver.toml`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiverFile {
     /// Device name (MQTT topics); default: the host name.
     pub name: Option<String>,
-    /// Transmitter host name or address (needed unless `snapserver` is set).
+    /// Transmitter host name or address; empty: the first transmitter found over mDNS
+    /// (or `transmitter_name`'s; docs/discovery.md).
     #[serde(default)]
     pub transmitter: String,
+    /// Without `transmitter`: the mDNS instance name of the transmitter to use.
+    pub transmitter_name: Option<String>,
+    /// mDNS: look for the transmitter and advertise this receiver (default true).
+    #[serde(default = "default_true")]
+    pub mdns: bool,
     /// Play from this Snapcast server (`HOST[:PORT]`) instead of a transmitter
     /// (docs/snapcast.md).
     pub snapserver: Option<String>,
@@ -135,6 +145,11 @@ pub struct TransmitterFile {
     pub broker_tls_cert: Option<PathBuf>,
     /// The embedded broker's TLS private key (PEM).
     pub broker_tls_key: Option<PathBuf>,
+    /// Advertise the transmitter over mDNS (default true; docs/discovery.md).
+    #[serde(default = "default_true")]
+    pub mdns: bool,
+    /// The name it is advertised under (default: the host name).
+    pub mdns_name: Option<String>,
     /// An HTTPS listener of the API and dashboard (`0.0.0.0:4955`), with the two below.
     pub https_listen: Option<String>,
     /// The HTTPS certificate chain (PEM).
@@ -195,12 +210,26 @@ impl ReceiverFile {
     pub fn to_args(&self) -> anyhow::Result<Vec<String>> {
         let mut a = Vec::new();
         push(&mut a, "--name", Some(self.device_name()?));
+        if self.transmitter_name.is_some()
+            && (self.snapserver.is_some() || !self.transmitter.trim().is_empty())
+        {
+            anyhow::bail!(
+                "transmitter_name picks a transmitter found over mDNS: it goes with neither \
+                 transmitter nor snapserver"
+            );
+        }
         match (&self.snapserver, self.transmitter.trim().is_empty()) {
             (Some(server), _) => push(&mut a, "--snapserver", Some(server)),
             (None, false) => push(&mut a, "--transmitter", Some(&self.transmitter)),
-            (None, true) => anyhow::bail!(
-                "the receiver's configuration names neither a transmitter nor a snapserver"
+            (None, true) if !self.mdns => anyhow::bail!(
+                "the receiver's configuration names neither a transmitter nor a snapserver, \
+                 and with mdns = false it cannot look for one: set transmitter"
             ),
+            // Found over mDNS.
+            (None, true) => push(&mut a, "--transmitter-name", self.transmitter_name.as_ref()),
+        }
+        if !self.mdns {
+            a.push("--no-mdns".into());
         }
         push(&mut a, "--stream-port", self.stream_port);
         push(&mut a, "--http-port", self.http_port);
@@ -339,6 +368,11 @@ impl TransmitterFile {
             "--https-key",
             self.https_key.as_ref().map(|p| p.display()),
         );
+        if self.mdns {
+            push(&mut a, "--mdns-name", self.mdns_name.as_ref());
+        } else {
+            a.push("--no-mdns".into());
+        }
         a
     }
 }
@@ -359,7 +393,11 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/etc");
         let r: ReceiverFile = load(&root.join("receiver.toml")).unwrap();
         let args = r.to_args().unwrap();
-        assert!(args.contains(&"--transmitter".to_string()));
+        // No transmitter in the shipped file: found over mDNS.
+        assert!(
+            !args.iter().any(|a| a.starts_with("--transmitter")),
+            "{args:?}"
+        );
         assert!(args
             .windows(2)
             .any(|w| w == ["--state-dir", "/var/lib/syncstream"]));
@@ -394,10 +432,49 @@ mod tests {
         let at = args.iter().position(|a| a == "--snapserver").unwrap();
         assert_eq!(args[at + 1], "music.local");
         assert!(!args.contains(&"--transmitter".to_string()));
+    }
+
+    #[test]
+    fn without_a_transmitter_the_receiver_looks_for_one_unless_mdns_is_off() {
         let (_d, p) = write("name = \"tv\"\n");
         let f: ReceiverFile = load(&p).unwrap();
+        assert_eq!(f.to_args().unwrap(), ["--name", "tv"]);
+        let (_d, p) = write("name = \"tv\"\ntransmitter_name = \"Living Room\"\n");
+        let f: ReceiverFile = load(&p).unwrap();
+        assert_eq!(
+            f.to_args().unwrap(),
+            ["--name", "tv", "--transmitter-name", "Living Room"]
+        );
+        let (_d, p) = write("transmitter = \"10.0.0.2\"\ntransmitter_name = \"a\"\n");
+        let f: ReceiverFile = load(&p).unwrap();
         let e = f.to_args().unwrap_err().to_string();
-        assert!(e.contains("neither a transmitter nor a snapserver"), "{e}");
+        assert!(
+            e.contains("transmitter_name") && e.contains("neither"),
+            "{e}"
+        );
+        let (_d, p) = write("name = \"tv\"\nmdns = false\n");
+        let f: ReceiverFile = load(&p).unwrap();
+        let e = f.to_args().unwrap_err().to_string();
+        assert!(
+            e.contains("neither a transmitter nor a snapserver") && e.contains("mdns = false"),
+            "{e}"
+        );
+        let (_d, p) = write("name = \"tv\"\ntransmitter = \"10.0.0.2\"\nmdns = false\n");
+        let f: ReceiverFile = load(&p).unwrap();
+        assert_eq!(
+            f.to_args().unwrap(),
+            ["--name", "tv", "--transmitter", "10.0.0.2", "--no-mdns"]
+        );
+        // The transmitter's side.
+        let (_d, p) = write("source = \"tone\"\nmdns_name = \"Living Room\"\n");
+        let t: TransmitterFile = load(&p).unwrap();
+        assert_eq!(
+            t.to_args(),
+            ["--source", "tone", "--mdns-name", "Living Room"]
+        );
+        let (_d, p) = write("source = \"tone\"\nmdns = false\n");
+        let t: TransmitterFile = load(&p).unwrap();
+        assert_eq!(t.to_args(), ["--source", "tone", "--no-mdns"]);
     }
 
     #[test]

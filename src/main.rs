@@ -5,6 +5,7 @@ mod check_mic;
 mod cli;
 mod config_file;
 mod delay_command;
+mod discover;
 mod pairing;
 mod release;
 mod service;

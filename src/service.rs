@@ -119,6 +119,8 @@ fn receiver_updates(f: &ReceiverFile) -> anyhow::Result<Option<AgentConfig>> {
         }
     }
     let running = semver::Version::parse(&launcher::running_version()).unwrap_or(own);
+    // Without a transmitter in the file, the host and ports are the one the receiver
+    // finds over mDNS ([`receiver_running`] sets them).
     let broker = match &f.mqtt {
         Some(url) => url.parse::<BrokerUrl>().map_err(anyhow::Error::msg)?,
         None => BrokerUrl::new(f.transmitter.clone(), 1883),
@@ -147,8 +149,13 @@ fn receiver_updates(f: &ReceiverFile) -> anyhow::Result<Option<AgentConfig>> {
 }
 
 /// Tells systemd the service is up and feeds its watchdog from the runtime (a hung
-/// runtime stops feeding it and systemd restarts the service).
-fn notify_ready() {
+/// runtime stops feeding it and systemd restarts the service). Once: later calls do
+/// nothing. Needs a tokio runtime.
+pub fn notify_ready() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut usec = 0u64;
     if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
@@ -173,14 +180,36 @@ async fn stopped() -> anyhow::Result<()> {
     }
 }
 
+/// Where a receiver reaches the transmitter it found over mDNS (the update agent
+/// follows it).
+pub struct Discovered {
+    /// The transmitter's HTTP API, `http://host:port`.
+    pub http_base: String,
+    /// The MQTT broker the receiver uses.
+    pub broker: Option<BrokerUrl>,
+}
+
 /// Runs while the receiver runs: readiness and watchdog, the update agent in service
-/// mode with updates on; returns on Ctrl-C or SIGTERM, exits the process after an
-/// update ([`RESTART_EXIT_CODE`]) or when a new version was not healthy in time (1).
-pub async fn receiver_running(rx: &syncstream_receiver::Receiver) -> anyhow::Result<()> {
+/// mode with updates on (at the transmitter found over mDNS when `discovered`);
+/// returns on Ctrl-C or SIGTERM, exits the process after an update
+/// ([`RESTART_EXIT_CODE`]) or when a new version was not healthy in time (1).
+pub async fn receiver_running(
+    rx: &syncstream_receiver::Receiver,
+    discovered: Option<Discovered>,
+) -> anyhow::Result<()> {
     notify_ready();
-    let Some(cfg) = CONTEXT.get().and_then(|c| c.update.clone()) else {
+    let Some(mut cfg) = CONTEXT.get().and_then(|c| c.update.clone()) else {
         return stopped().await;
     };
+    if let Some(d) = discovered {
+        cfg.updater.http_base = d.http_base;
+        if let Some(b) = d.broker {
+            // The file's login and CA stay; the place is the receiver's.
+            cfg.broker.host = b.host;
+            cfg.broker.port = b.port;
+            cfg.broker.tls = b.tls;
+        }
+    }
     let health: syncstream_update::agent::Health = Arc::new(rx.health_probe());
     tokio::select! {
         r = stopped() => r,

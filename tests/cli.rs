@@ -82,6 +82,8 @@ fn malformed_profiles_and_unknown_backends_are_refused() {
         "receiver",
         "--name",
         "tv",
+        "--transmitter",
+        "127.0.0.1",
         "--profile",
         bad.to_str().unwrap(),
     ]);
@@ -91,7 +93,15 @@ fn malformed_profiles_and_unknown_backends_are_refused() {
         "{err}"
     );
 
-    let (ok, err) = syncstream(&["receiver", "--name", "tv", "--output", "hologram"]);
+    let (ok, err) = syncstream(&[
+        "receiver",
+        "--name",
+        "tv",
+        "--transmitter",
+        "127.0.0.1",
+        "--output",
+        "hologram",
+    ]);
     assert!(!ok);
     assert!(err.contains("hologram") && err.contains("alsa"), "{err}");
 }
@@ -343,6 +353,46 @@ fn outside_files_are_read_with_a_cap() {
     assert!(!ok);
     assert!(
         err.contains("--profiles-dir") && err.contains("not a folder"),
+        "{err}"
+    );
+}
+
+/// Discovery's options (docs/discovery.md): without --transmitter and with --no-mdns a
+/// receiver cannot find one; --transmitter-name goes with neither --transmitter nor
+/// --snapserver; names and the discover timeout are checked.
+#[test]
+fn discovery_options_are_checked() {
+    let rx = [
+        "receiver", "--name", "tv", "--output", "null", "--mic", "null",
+    ];
+    for (extra, want) in [
+        (
+            vec!["--no-mdns"],
+            "give the transmitter's address with --transmitter",
+        ),
+        (
+            vec!["--transmitter", "10.0.0.2", "--transmitter-name", "a"],
+            "cannot be used with",
+        ),
+        (
+            vec!["--snapserver", "music.local", "--transmitter-name", "a"],
+            "cannot be used with",
+        ),
+        (vec!["--transmitter-name", ""], "the instance name is empty"),
+    ] {
+        let args: Vec<&str> = rx.iter().copied().chain(extra.iter().copied()).collect();
+        let (ok, err) = syncstream_within(&args, std::time::Duration::from_secs(20));
+        assert!(!ok && err.contains(want), "{args:?}: {err}");
+    }
+    let (ok, err) = syncstream(&["discover", "--timeout", "0"]);
+    assert!(
+        !ok && err.contains("--timeout") && err.contains("0.2 to 60"),
+        "{err}"
+    );
+    let long = "x".repeat(64);
+    let (ok, err) = syncstream(&["transmitter", "--source", "tone", "--mdns-name", &long]);
+    assert!(
+        !ok && err.contains("--mdns-name") && err.contains("64 bytes"),
         "{err}"
     );
 }

@@ -39,7 +39,14 @@ fn dependencies(args: &[&str]) -> Vec<String> {
 #[test]
 fn the_pi_receiver_leaves_out_the_room_the_plots_and_the_broker() {
     let pi = dependencies(&["--no-default-features"]);
-    for needed in ["syncstream-receiver", "syncstream-dsp", "cpal", "opus"] {
+    // mdns-sd: a receiver finds its transmitter over mDNS (docs/discovery.md).
+    for needed in [
+        "syncstream-receiver",
+        "syncstream-dsp",
+        "cpal",
+        "opus",
+        "mdns-sd",
+    ] {
         assert!(pi.iter().any(|d| d == needed), "{needed} missing: {pi:?}");
     }
     for absent in [

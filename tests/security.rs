@@ -467,6 +467,8 @@ fn mqtt_over_tls_on_the_embedded_broker() {
         "receiver",
         "--name",
         "x",
+        "--transmitter",
+        "127.0.0.1",
         "--mqtt",
         "mqtts://localhost",
         "--mqtt-ca",

@@ -11,10 +11,12 @@
 //!   [`playout`] (scheduling, in the render callback), [`resampler`] (drift-free
 //!   reading), [`offset`] (the buffer offset over time), [`playout_log`] (what playout
 //!   did), [`drift`] (measurement), [`test_tone`] (calibration).
+//! - [`discovery`]: finding the transmitter over mDNS, advertising the receiver.
 //! - [`snapcast`]: joining a Snapcast server as a client (clock sync, connection); not
 //!   wired into the runtime yet.
 
 pub mod clock_sync;
+pub mod discovery;
 pub mod drift;
 pub mod gpio;
 pub mod jitter_buffer;

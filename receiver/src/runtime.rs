@@ -95,6 +95,11 @@ impl Receiver {
         self.snapshot.borrow().clone()
     }
 
+    /// The snapshot as it changes (every 100 ms at most).
+    pub fn watch(&self) -> watch::Receiver<NodeSnapshot> {
+        self.snapshot.clone()
+    }
+
     /// Whether the receiver is online and playing (streaming, and its status says
     /// `playing`, or `muted`: muted by the user, it plays silence in sync), for health
     /// checks; the closure can be called from any thread.

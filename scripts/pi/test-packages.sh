@@ -74,8 +74,8 @@ chmod 755 "$home"
 printf 'pcm.!default { type null }\n' > "$home/.asoundrc"
 run() { python3 "$ROOT/scripts/pi/notify-wait.py" 30 "$home/$1.log" \
     setpriv --reuid=syncstream --regid=syncstream --init-groups -- env HOME="$home" /usr/bin/syncstream service "$1" --config "/etc/syncstream/$1.toml"; }
-# The transmitter (shipped source: ALSA's default capture), then the receiver (shipped
-# transmitter address 127.0.0.1: it connects to that transmitter).
+# The transmitter (shipped source: ALSA's default capture), then the receiver (no
+# transmitter in the shipped file: it looks for one over mDNS, ready at once).
 setpriv --reuid=syncstream --regid=syncstream --init-groups -- env HOME="$home" /usr/bin/syncstream service transmitter \
     --config /etc/syncstream/transmitter.toml > "$home/tx-bg.log" 2>&1 &
 txpid=$!
@@ -87,7 +87,8 @@ for ((i = 0; i < 200; i++)); do
 done
 grep -q "transmitter running" "$home/tx-bg.log" || fail "the transmitter did not start in 20 s"
 run receiver
-grep -q "receiver running" "$home/receiver.log" || fail "no 'receiver running' in the receiver's log"
+grep -qE "receiver running|looking for a transmitter over mDNS" "$home/receiver.log" ||
+    fail "neither 'receiver running' nor the mDNS search in the receiver's log"
 kill $txpid
 wait $txpid || true
 trap - EXIT

@@ -11,6 +11,7 @@ pub mod control;
 pub use syncstream_controller as controller;
 pub mod controller_store;
 pub mod dashboard;
+pub mod discovery;
 pub mod history;
 pub mod http;
 pub mod http_auth;
@@ -127,6 +128,9 @@ pub struct TransmitterConfig {
     /// An HTTPS listener of the API and dashboard besides the plain one (needs the
     /// feature `https`).
     pub https: Option<HttpsConfig>,
+    /// Advertise the transmitter over mDNS / DNS-SD under this instance name
+    /// ([`discovery`]; at most 63 bytes); `None` (the default): not advertised.
+    pub mdns_name: Option<String>,
     /// Home Assistant MQTT discovery (on by default, prefix `homeassistant`; `None`:
     /// off). Without a dashboard URL, `http://<host name>.local:<HTTP port>/`.
     pub homeassistant: Option<control::homeassistant::DiscoveryOptions>,
@@ -194,6 +198,7 @@ impl Default for TransmitterConfig {
                 prefix: control::homeassistant::DEFAULT_PREFIX.into(),
                 dashboard_url: None,
             }),
+            mdns_name: None,
         }
     }
 }
@@ -221,6 +226,8 @@ pub struct Transmitter {
     pub control: Arc<control::ControlPlane>,
     hub: Arc<stream_server::Directory>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The mDNS record, withdrawn when the transmitter is dropped.
+    _mdns: Option<syncstream_protocol::discovery::Advertiser>,
 }
 
 impl Transmitter {
@@ -278,6 +285,10 @@ impl TransmitterConfig {
                  find their source windows",
                 self.buffer_seconds
             );
+        }
+        if let Some(name) = &self.mdns_name {
+            syncstream_protocol::discovery::check_instance_name(name)
+                .map_err(|e| anyhow::anyhow!("--mdns-name {name:?}: {e}"))?;
         }
         if let Some(dir) = &self.profiles_dir {
             let meta = std::fs::metadata(dir)
@@ -488,6 +499,10 @@ pub async fn start_streams(
     tasks.push(tokio::spawn(http::serve(http_listener, app)));
 
     tracing::info!(%stream_addr, %http_addr, %broker, "transmitter running");
+    let mdns = cfg
+        .mdns_name
+        .as_deref()
+        .and_then(|name| discovery::advertise(&cfg, name, stream_addr, http_addr));
     Ok(Transmitter {
         stream_addr,
         http_addr,
@@ -500,5 +515,6 @@ pub async fn start_streams(
         control: plane,
         hub,
         tasks,
+        _mdns: mdns,
     })
 }

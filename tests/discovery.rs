@@ -1,0 +1,298 @@
+//! Zero-configuration discovery end to end, over real multicast (docs/discovery.md).
+//!
+//! Two network namespaces joined by a veth pair stand for two machines on one LAN:
+//! the real `syncstream transmitter` in one, a `syncstream receiver` started without
+//! `--transmitter` (and without port or broker options) in the other. The namespaces
+//! see nothing else, so no other test's transmitter can answer, and the receiver
+//! takes the first (only) one. Needs root and iproute2 (`ip netns`): CI runs as root;
+//! elsewhere the test fails saying so.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::watch::Watcher;
+
+const BIN: &str = env!("CARGO_BIN_EXE_syncstream");
+/// The transmitter's ports: not the defaults, so the receiver can only know them from
+/// the transmitter's TXT record.
+const STREAM_PORT: u16 = 5953;
+const HTTP_PORT: u16 = 5954;
+const MQTT_PORT: u16 = 5883;
+const TX_ADDR: &str = "10.231.0.1";
+const RX_ADDR: &str = "10.231.0.2";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("`ip` (iproute2) cannot run: {e}; this test needs it"));
+    assert!(
+        out.status.success(),
+        "ip {}: {}\n(this test needs root: it makes network namespaces)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two network namespaces joined by a veth pair (`TX_ADDR` in `a`, `RX_ADDR` in `b`),
+/// loopback up in both; deleted on drop.
+struct Lan {
+    a: String,
+    b: String,
+}
+
+impl Lan {
+    fn new() -> Lan {
+        let id = std::process::id();
+        let lan = Lan {
+            a: format!("ssd{id}a"),
+            b: format!("ssd{id}b"),
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "del", &lan.a])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &lan.b])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &lan.a]);
+        ip(&["netns", "add", &lan.b]);
+        let (va, vb) = (lan.a.as_str(), lan.b.as_str());
+        ip(&["link", "add", va, "type", "veth", "peer", "name", vb]);
+        ip(&["link", "set", va, "netns", &lan.a]);
+        ip(&["link", "set", vb, "netns", &lan.b]);
+        for (ns, dev, addr) in [(&lan.a, va, TX_ADDR), (&lan.b, vb, RX_ADDR)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        lan
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// `syncstream args...` in namespace `ns`, logging into `log`; killed on drop.
+struct InNs {
+    child: Child,
+    log: PathBuf,
+}
+
+impl InNs {
+    fn start(ns: &str, args: &[&str], log: &Path) -> InNs {
+        let out = std::fs::File::create(log).unwrap();
+        // `ip netns exec` enters the namespace and execs the command: same process.
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, BIN])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        InNs {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for InNs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns` (threads it starts are inside too).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns(2) on this thread only, with a namespace file we hold open.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Polls `f` every 100 ms until it gives `Some` or `limit` passes.
+fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_receiver_without_a_transmitter_finds_one_over_mdns_and_plays() {
+    let lan = Lan::new();
+    let dir = tempfile::tempdir().unwrap();
+    common::default_key();
+    let key_file = syncstream_protocol::auth::default_key_file();
+    let key_file = key_file.to_str().unwrap();
+    let tx_name = format!("Discovery Test {}", std::process::id());
+    let t0 = Instant::now();
+
+    // The receiver first: it looks, and keeps looking while there is nothing.
+    let rx = InNs::start(
+        &lan.b,
+        &[
+            "receiver",
+            "--name",
+            "disc-rx",
+            "--output",
+            "null",
+            "--mic",
+            "null",
+            "--key-file",
+            key_file,
+        ],
+        &dir.path().join("receiver.log"),
+    );
+    assert!(
+        poll(Duration::from_secs(20), || rx
+            .log()
+            .contains("looking for a transmitter over mDNS")
+            .then_some(()))
+        .is_some(),
+        "the receiver does not look for a transmitter:\n{}",
+        rx.log()
+    );
+    let tx = InNs::start(
+        &lan.a,
+        &[
+            "transmitter",
+            "--source",
+            "tone:440",
+            "--stream-listen",
+            &format!("0.0.0.0:{STREAM_PORT}"),
+            "--http-listen",
+            &format!("0.0.0.0:{HTTP_PORT}"),
+            "--broker-listen",
+            &format!("0.0.0.0:{MQTT_PORT}"),
+            "--mdns-name",
+            &tx_name,
+            "--key-file",
+            key_file,
+        ],
+        &dir.path().join("transmitter.log"),
+    );
+
+    // It plays: its retained status on the transmitter's broker (reached only through
+    // what the TXT record says) says so, seen from the transmitter's namespace.
+    let playing = in_netns(&lan.a, move || {
+        let w = Watcher::start(MQTT_PORT, "disc-watch", &["syncstream/status/disc-rx"]);
+        w.wait(
+            "syncstream/status/disc-rx",
+            t0,
+            Duration::from_secs(60),
+            |v| v["state"] == "playing",
+        )
+        .is_some()
+    });
+    assert!(
+        playing,
+        "the receiver did not play\nreceiver:\n{}\ntransmitter:\n{}",
+        rx.log(),
+        tx.log()
+    );
+    let log = rx.log();
+    assert!(
+        log.contains(&format!("using transmitter \"{tx_name}\" at {TX_ADDR}")),
+        "{log}"
+    );
+
+    // `syncstream discover --json` in the receiver's namespace lists both: the
+    // transmitter over the veth pair with its ports, the receiver (itself on this
+    // machine) playing from it; its state is the re-announced one.
+    let mut last = String::new();
+    let found = poll(Duration::from_secs(30), || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lan.b,
+                BIN,
+                "discover",
+                "--json",
+                "--timeout",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "discover: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v: serde_json::Value = serde_json::from_str(&last).ok()?;
+        let t = v["transmitters"]
+            .as_array()?
+            .iter()
+            .find(|t| t["name"] == tx_name.as_str())?
+            .clone();
+        let r = v["receivers"]
+            .as_array()?
+            .iter()
+            .find(|r| r["device"] == "disc-rx" && r["state"] == "playing")?
+            .clone();
+        Some((t, r))
+    });
+    let (t, r) = found.unwrap_or_else(|| panic!("discover did not list both:\n{last}"));
+    assert_eq!(t["addresses"][0], TX_ADDR, "{t}");
+    assert_eq!(
+        (&t["stream_port"], &t["http_port"], &t["mqtt_port"]),
+        (
+            &serde_json::json!(STREAM_PORT),
+            &serde_json::json!(HTTP_PORT),
+            &serde_json::json!(MQTT_PORT)
+        ),
+        "{t}"
+    );
+    assert_eq!(
+        t["protocol"],
+        syncstream_protocol::wire::PROTOCOL_VERSION,
+        "{t}"
+    );
+    assert_eq!(r["source"], format!("{TX_ADDR}:{STREAM_PORT}"), "{r}");
+    assert_eq!(r["output"], "null (default)", "{r}");
+    assert_eq!(r["version"], env!("CARGO_PKG_VERSION"), "{r}");
+    assert!(
+        r["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == RX_ADDR || a == "127.0.0.1"),
+        "{r}"
+    );
+    drop(rx);
+    drop(tx);
+    drop(lan);
+}

@@ -334,6 +334,10 @@ struct ReceiverArgs {
     /// Microphone device (ALSA device name, or WAV path).
     #[arg(long)]
     mic_device: Option<String>,
+    /// Say the device's name, state, drift and offset through its output when it
+    /// first plays (as the `announce` MQTT command does; needs espeak-ng; docs/voice.md).
+    #[arg(long)]
+    announce_at_start: bool,
 }
 
 #[cfg(feature = "simulator")]
@@ -842,6 +846,10 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         drift: Default::default(),
         state_dir: a.state_dir.clone(),
         key,
+        voice: syncstream_receiver::voice::VoiceConfig {
+            announce_at_start: a.announce_at_start,
+            ..Default::default()
+        },
     };
     let rx =
         syncstream_receiver::runtime::start_with_output(cfg, output_label, open_output, mic, clock)

@@ -74,6 +74,10 @@ pub struct ReceiverFile {
     pub key: Option<String>,
     /// The CA (PEM) an `mqtts://` broker's certificate must chain to.
     pub mqtt_ca: Option<PathBuf>,
+    /// Say the device's name, state, drift and offset through its output when it
+    /// first plays (needs espeak-ng; docs/voice.md); default false.
+    #[serde(default)]
+    pub announce_at_start: bool,
     /// Signed updates.
     pub update: Option<UpdateSection>,
 }
@@ -215,6 +219,9 @@ impl ReceiverFile {
             "--mqtt-ca",
             self.mqtt_ca.as_ref().map(|p| p.display()),
         );
+        if self.announce_at_start {
+            a.push("--announce-at-start".into());
+        }
         Ok(a)
     }
 
@@ -396,6 +403,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("health_timeout_s"));
+    }
+
+    #[test]
+    fn announce_at_start_becomes_its_flag_and_is_off_by_default() {
+        let (_d, p) = write("transmitter = \"x\"\nannounce_at_start = true\n");
+        let r: ReceiverFile = load(&p).unwrap();
+        assert_eq!(r.to_args().unwrap().last().unwrap(), "--announce-at-start");
+        let (_d, p) = write("transmitter = \"x\"\n");
+        let r: ReceiverFile = load(&p).unwrap();
+        assert!(!r.announce_at_start);
+        assert!(!r
+            .to_args()
+            .unwrap()
+            .contains(&"--announce-at-start".to_string()));
+        let (_d, p) = write("transmitter = \"x\"\nannounce_at_start = \"yes\"\n");
+        let err = load::<ReceiverFile>(&p).unwrap_err().to_string();
+        assert!(err.contains("announce_at_start"), "{err}");
     }
 
     #[test]

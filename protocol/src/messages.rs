@@ -491,7 +491,11 @@ mod tests {
         let c: Command = parse("t", br#"{"cmd":"announce","voice":"en"}"#).unwrap();
         assert_eq!(c, Command::Announce);
         // Its spelling is exact.
-        for bad in [&br#"{"cmd":"Announce"}"#[..], br#"{"cmd":"announce_"}"#, br#"{"announce":true}"#] {
+        for bad in [
+            &br#"{"cmd":"Announce"}"#[..],
+            br#"{"cmd":"announce_"}"#,
+            br#"{"announce":true}"#,
+        ] {
             let e = parse::<Command>("syncstream/command/x", bad).unwrap_err();
             assert!(e.to_string().contains("syncstream/command/x"), "{e}");
         }

@@ -130,10 +130,7 @@ fn unsigned(x: f64) -> String {
 
 /// The device name as words, capitalised: `living_room-2` → "Living room 2".
 fn spoken_name(device: &str) -> String {
-    let words: Vec<&str> = device
-        .split(['-', '_'])
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words: Vec<&str> = device.split(['-', '_']).filter(|w| !w.is_empty()).collect();
     let text = words.join(" ");
     let mut chars = text.chars();
     match chars.next() {
@@ -210,7 +207,9 @@ pub fn synthesize(program: &std::path::Path, text: &str) -> Result<Vec<f32>, Str
         ));
     }
     if out.stdout.is_empty() {
-        return Err(format!("the text-to-speech program '{name}' wrote no audio"));
+        return Err(format!(
+            "the text-to-speech program '{name}' wrote no audio"
+        ));
     }
     if out.stdout.len() > MAX_WAV_BYTES {
         return Err(format!(
@@ -237,7 +236,7 @@ pub fn synthesize(program: &std::path::Path, text: &str) -> Result<Vec<f32>, Str
         ));
     }
     let peak = speech.iter().fold(0.0f32, |m, s| m.max(s.abs()));
-    if !(peak >= MIN_SPEECH_PEAK) {
+    if peak.is_nan() || peak < MIN_SPEECH_PEAK {
         return Err(format!(
             "the text-to-speech program '{name}' made only silence"
         ));
@@ -377,13 +376,16 @@ mod tests {
         assert!((2.0..10.0).contains(&seconds), "{seconds} s of speech");
         let peak = speech.iter().fold(0.0f32, |m, s| m.max(s.abs()));
         let peak_db = 20.0 * (peak as f64).log10();
-        assert!((peak_db - SPEECH_PEAK_DBFS).abs() < 0.01, "peak {peak_db} dBFS");
+        assert!(
+            (peak_db - SPEECH_PEAK_DBFS).abs() < 0.01,
+            "peak {peak_db} dBFS"
+        );
         // Speech, not a click: most 20 ms frames carry sound above −50 dBFS.
         let loud = speech
             .chunks(960)
             .filter(|c| {
-                let rms = (c.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / c.len() as f64)
-                    .sqrt();
+                let rms =
+                    (c.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / c.len() as f64).sqrt();
                 20.0 * rms.log10() > -50.0
             })
             .count();
@@ -398,7 +400,10 @@ mod tests {
         assert_eq!(s.end_dac_us, 12_000_000);
         let lat = 100_000;
         let until = s.heard_until_us(lat);
-        assert_eq!(until, 12_000_000 + 20_000 + 100_000 + 20_000 + SPEECH_MARGIN_US);
+        assert_eq!(
+            until,
+            12_000_000 + 20_000 + 100_000 + 20_000 + SPEECH_MARGIN_US
+        );
         // Before: a window ending before the fade-out begins.
         assert!(!s.overlaps(7_000_000, 9_970_000, lat));
         // Reaching into the fade-out, holding the speech, or its tail.

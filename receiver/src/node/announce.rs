@@ -53,12 +53,7 @@ impl ReceiverNode {
     }
 
     /// A synthesis came back: plays it from [`LEAD_US`] ahead, or logs why not.
-    pub(super) fn on_speech(
-        &mut self,
-        id: u64,
-        result: Result<Vec<f32>, String>,
-        now_us: i64,
-    ) {
+    pub(super) fn on_speech(&mut self, id: u64, result: Result<Vec<f32>, String>, now_us: i64) {
         if self.speech_pending.map(|(p, _)| p) != Some(id) {
             debug!(device = self.device, id, "a late synthesis dropped");
             return;

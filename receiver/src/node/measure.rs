@@ -281,8 +281,8 @@ impl ReceiverNode {
             return;
         }
         if self.speaking() {
-            let e = "the device is speaking an announcement; try again in a few seconds"
-                .to_string();
+            let e =
+                "the device is speaking an announcement; try again in a few seconds".to_string();
             self.publish_calibration(Err(e), req.run_id.clone(), now_us, io);
             return;
         }

@@ -1250,8 +1250,12 @@ fn an_announcement_is_played_and_no_drift_report_comes_from_a_window_it_reaches(
     assert!(before >= 2, "{before} measurements before the announcement");
     assert_eq!(m.reports(), before);
 
-    m.p.n
-        .on_mqtt_message(&topics::command("tv"), br#"{"cmd":"announce"}"#, m.p.t, &mut m.p.io);
+    m.p.n.on_mqtt_message(
+        &topics::command("tv"),
+        br#"{"cmd":"announce"}"#,
+        m.p.t,
+        &mut m.p.io,
+    );
     m.step();
     assert_eq!(m.speech_jobs.len(), 1);
     let job = m.speech_jobs[0].clone();
@@ -1262,8 +1266,12 @@ fn an_announcement_is_played_and_no_drift_report_comes_from_a_window_it_reaches(
     );
     assert_eq!(job.program, std::path::PathBuf::from("espeak-ng"));
     // A second command while the first is being synthesised: ignored.
-    m.p.n
-        .on_mqtt_message(&topics::command("tv"), br#"{"cmd":"announce"}"#, m.p.t, &mut m.p.io);
+    m.p.n.on_mqtt_message(
+        &topics::command("tv"),
+        br#"{"cmd":"announce"}"#,
+        m.p.t,
+        &mut m.p.io,
+    );
     m.step();
     assert_eq!(m.speech_jobs.len(), 1);
 
@@ -1291,29 +1299,40 @@ fn an_announcement_is_played_and_no_drift_report_comes_from_a_window_it_reaches(
         m.p.t,
         &mut m.p.io,
     );
-    let (_, payload, _) = m
-        .p
-        .io
-        .published
-        .iter()
-        .rev()
-        .find(|(t, _, _)| t == "syncstream/calibration/tv")
-        .expect("an answer to the test tone")
-        .clone();
+    let (_, payload, _) =
+        m.p.io
+            .published
+            .iter()
+            .rev()
+            .find(|(t, _, _)| t == "syncstream/calibration/tv")
+            .expect("an answer to the test tone")
+            .clone();
     let cal: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-    assert!(cal["error"].as_str().unwrap().contains("announcement"), "{cal}");
+    assert!(
+        cal["error"].as_str().unwrap().contains("announcement"),
+        "{cal}"
+    );
 
     let during_from = m.rendered.len();
     m.run(15.0);
-    assert!(!m.p.n.speaking(), "the overlay is disarmed after the speech");
+    assert!(
+        !m.p.n.speaking(),
+        "the overlay is disarmed after the speech"
+    );
 
     // On the output: the speech alone over its span, the music before and after.
     let blocks = &m.rendered[during_from..];
     let inside: Vec<&(i64, Vec<f32>)> = blocks
         .iter()
-        .filter(|(t, _)| *t >= span.start_dac_us + 20_000 && *t + 10_000 <= span.end_dac_us - 20_000)
+        .filter(|(t, _)| {
+            *t >= span.start_dac_us + 20_000 && *t + 10_000 <= span.end_dac_us - 20_000
+        })
         .collect();
-    assert!(inside.len() >= 290, "{} blocks inside the span", inside.len());
+    assert!(
+        inside.len() >= 290,
+        "{} blocks inside the span",
+        inside.len()
+    );
     for (t, b) in &inside {
         let r = rms(b);
         assert!((r - 0.5 / 2f64.sqrt()).abs() < 0.01, "RMS {r} at {t}");
@@ -1322,14 +1341,22 @@ fn an_announcement_is_played_and_no_drift_report_comes_from_a_window_it_reaches(
         .iter()
         .filter(|(t, _)| *t >= span.end_dac_us + 100_000)
         .collect();
-    assert!(!after.is_empty() && after.iter().all(|(_, b)| rms(b) > 0.05 && (rms(b) - 0.354).abs() > 0.01));
+    assert!(
+        !after.is_empty()
+            && after
+                .iter()
+                .all(|(_, b)| rms(b) > 0.05 && (rms(b) - 0.354).abs() > 0.01)
+    );
 
     // Measurements: none whose window the speech, its fades or its echo may reach
     // (it reaches the microphone a buffer offset and the acoustic delay after the
     // DAC); some after it.
     let latency_us = ((offset + m.p.n.profile().mic_delay_ms()) * 1000.0) as i64;
     let fade_us = 20_000;
-    let heard = (span.start_dac_us - fade_us, span.end_dac_us + fade_us + latency_us);
+    let heard = (
+        span.start_dac_us - fade_us,
+        span.end_dac_us + fade_us + latency_us,
+    );
     let after_speech: Vec<&(i64, i64)> = m.windows[before..].iter().collect();
     for (from, to) in &after_speech {
         assert!(
@@ -1381,11 +1408,17 @@ fn the_start_up_announcement_comes_once_and_a_failed_synthesis_plays_nothing() {
     assert!(m.p.n.speech.is_none());
     let from = m.rendered.len();
     m.run(3.0);
-    assert!(m.rendered[from..].iter().all(|(_, b)| rms(b) > 0.05 && (rms(b) - 0.354).abs() > 0.01));
+    assert!(m.rendered[from..]
+        .iter()
+        .all(|(_, b)| rms(b) > 0.05 && (rms(b) - 0.354).abs() > 0.01));
     assert_eq!(m.speech_jobs.len(), 1, "no second start-up announcement");
     // Free to announce on command.
-    m.p.n
-        .on_mqtt_message(&topics::command("tv"), br#"{"cmd":"announce"}"#, m.p.t, &mut m.p.io);
+    m.p.n.on_mqtt_message(
+        &topics::command("tv"),
+        br#"{"cmd":"announce"}"#,
+        m.p.t,
+        &mut m.p.io,
+    );
     m.step();
     assert_eq!(m.speech_jobs.len(), 2);
 }

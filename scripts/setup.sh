@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(build-essential pkg-config cmake libasound2-dev libopus-dev mosquitto mosquitto-clients
           chromium chromium-driver
           pulseaudio pulseaudio-utils libasound2-plugins alsa-utils valgrind python3 python3-venv ffmpeg
-          snapserver snapclient
+          snapserver snapclient espeak-ng
           openssl ca-certificates curl
           iproute2)  # ip netns: tests/discovery.rs (mDNS between two network namespaces)
 missing=()

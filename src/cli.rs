@@ -377,6 +377,10 @@ struct ReceiverArgs {
     /// The LED lights when its pin is low (wired from 3.3 V to the pin).
     #[arg(long, requires = "led_pin")]
     led_active_low: bool,
+    /// Say the device's name, state, drift and offset through its output when it
+    /// first plays (as the `announce` MQTT command does; needs espeak-ng; docs/voice.md).
+    #[arg(long)]
+    announce_at_start: bool,
 }
 
 #[cfg(feature = "simulator")]
@@ -984,6 +988,10 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         drift: Default::default(),
         state_dir: a.state_dir.clone(),
         key,
+        voice: syncstream_receiver::voice::VoiceConfig {
+            announce_at_start: a.announce_at_start,
+            ..Default::default()
+        },
     };
     let mut rx = syncstream_receiver::runtime::start_with_output(
         cfg,

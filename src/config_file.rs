@@ -91,6 +91,10 @@ pub struct ReceiverFile {
     /// The LED lights when its pin is low.
     #[serde(default)]
     pub led_active_low: bool,
+    /// Say the device's name, state, drift and offset through its output when it
+    /// first plays (needs espeak-ng; docs/voice.md); default false.
+    #[serde(default)]
+    pub announce_at_start: bool,
     /// Signed updates.
     pub update: Option<UpdateSection>,
 }
@@ -263,6 +267,9 @@ impl ReceiverFile {
         push(&mut a, "--button-pin", self.button_pin);
         if self.led_active_low {
             a.push("--led-active-low".into());
+        }
+        if self.announce_at_start {
+            a.push("--announce-at-start".into());
         }
         Ok(a)
     }
@@ -524,6 +531,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("health_timeout_s"));
+    }
+
+    #[test]
+    fn announce_at_start_becomes_its_flag_and_is_off_by_default() {
+        let (_d, p) = write("transmitter = \"x\"\nannounce_at_start = true\n");
+        let r: ReceiverFile = load(&p).unwrap();
+        assert_eq!(r.to_args().unwrap().last().unwrap(), "--announce-at-start");
+        let (_d, p) = write("transmitter = \"x\"\n");
+        let r: ReceiverFile = load(&p).unwrap();
+        assert!(!r.announce_at_start);
+        assert!(!r
+            .to_args()
+            .unwrap()
+            .contains(&"--announce-at-start".to_string()));
+        let (_d, p) = write("transmitter = \"x\"\nannounce_at_start = \"yes\"\n");
+        let err = load::<ReceiverFile>(&p).unwrap_err().to_string();
+        assert!(err.contains("announce_at_start"), "{err}");
     }
 
     #[test]

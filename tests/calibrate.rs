@@ -467,6 +467,7 @@ async fn a_deaf_microphone_gets_a_clear_error_and_keeps_the_profile() {
             drift: Default::default(),
             state_dir: None,
             key: common::test_key(),
+            voice: Default::default(),
         },
         sink,
         mic,

@@ -72,6 +72,7 @@ async fn probe_receiver(
         drift: Default::default(),
         state_dir: None,
         key: tx.key.clone(),
+        voice: Default::default(),
     };
     let rx = syncstream_receiver::start(cfg, sink, mic, clock.clone())
         .await

@@ -421,6 +421,7 @@ async fn plays_in_step_with_snapclient_and_corrects_a_hidden_latency() {
             drift: Default::default(),
             state_dir: None,
             key: syncstream_protocol::auth::PairingKey::generate().unwrap(),
+            voice: Default::default(),
         },
         Box::new(sink),
         mic,

@@ -73,6 +73,7 @@ async fn with_a_broker_its_status_and_drift_reports_go_to_mqtt() {
             drift: Default::default(),
             state_dir: None,
             key: common::test_key(),
+            voice: Default::default(),
         },
         syncstream_audio::null::open_sink(&backend(2)).unwrap(),
         syncstream_audio::null::open_microphone(&backend(1)).unwrap(),

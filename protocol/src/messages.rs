@@ -169,7 +169,7 @@ pub struct BufferOffset {
 /// A command on `syncstream/command/<device>`.
 ///
 /// Examples: `{"cmd":"mute"}`, `{"cmd":"volume","value":0.4}`,
-/// `{"cmd":"test_tone","signal":"sweep"}`.
+/// `{"cmd":"test_tone","signal":"sweep"}`, `{"cmd":"announce"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
@@ -193,6 +193,10 @@ pub enum Command {
     /// Judge the last seconds of microphone audio (level, DC offset, clipping, mains
     /// hum) and answer on `syncstream/mic_check/<device>`.
     CheckMic,
+    /// Say, through the device's own output, its name, state, last drift and current
+    /// offset ("Kitchen online, drift plus 0.3 milliseconds, offset 31.5
+    /// milliseconds"; docs/voice.md). Extra fields are ignored.
+    Announce,
     /// A manual trim of where the device's sound sits, on top of the measured offset
     /// (for the transmitter's sync controller; receivers ignore it).
     Adjust {
@@ -473,6 +477,28 @@ mod tests {
                 manual_adjust_ms: -1.5
             }
         );
+    }
+
+    #[test]
+    fn the_announce_command_parses_and_round_trips() {
+        let c: Command = parse("t", br#"{"cmd":"announce"}"#).unwrap();
+        assert_eq!(c, Command::Announce);
+        assert_eq!(
+            serde_json::to_string(&Command::Announce).unwrap(),
+            r#"{"cmd":"announce"}"#
+        );
+        // Fields a future version may add do not break an older receiver.
+        let c: Command = parse("t", br#"{"cmd":"announce","voice":"en"}"#).unwrap();
+        assert_eq!(c, Command::Announce);
+        // Its spelling is exact.
+        for bad in [
+            &br#"{"cmd":"Announce"}"#[..],
+            br#"{"cmd":"announce_"}"#,
+            br#"{"announce":true}"#,
+        ] {
+            let e = parse::<Command>("syncstream/command/x", bad).unwrap_err();
+            assert!(e.to_string().contains("syncstream/command/x"), "{e}");
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - The parts: [`clock_sync`] (transmitter clock estimate), [`jitter_buffer`],
 //!   [`playout`] (scheduling, in the render callback), [`resampler`] (drift-free
 //!   reading), [`offset`] (the buffer offset over time), [`playout_log`] (what playout
-//!   did), [`drift`] (measurement), [`test_tone`] (calibration).
+//!   did), [`drift`] (measurement), [`test_tone`] (calibration), [`voice`] (spoken
+//!   diagnostics: the `announce` command).
 //! - [`discovery`]: finding the transmitter over mDNS, advertising the receiver.
 //! - [`snapcast`]: joining a Snapcast server as a client (clock sync, connection); not
 //!   wired into the runtime yet.
@@ -34,5 +35,6 @@ pub mod resampler;
 pub mod runtime;
 pub mod snapcast;
 pub mod test_tone;
+pub mod voice;
 
 pub use runtime::{start, Receiver, ReceiverConfig};

@@ -75,6 +75,9 @@ pub struct ReceiverConfig {
     /// the device name, unless `broker` names a user) and the source windows' API
     /// token all derive from it (see [`syncstream_protocol::auth`]).
     pub key: syncstream_protocol::auth::PairingKey,
+    /// Spoken announcements: the text-to-speech program, and whether to announce at
+    /// start-up (see [`crate::voice`]).
+    pub voice: crate::voice::VoiceConfig,
 }
 
 /// A running receiver; dropping it stops the audio devices and the tasks.
@@ -450,6 +453,7 @@ pub async fn start_with_output(
         clock.now_us(),
     )
     .map_err(anyhow::Error::msg)?;
+    node.set_voice(cfg.voice.clone());
     node.add_xrun_counter(mic.xrun_counter());
     mic.start(capturer.into_capture_fn())
         .context("starting the microphone")?;

@@ -353,6 +353,7 @@ async fn bad_input_from_a_server_is_logged_and_reconnected_never_a_panic() {
             drift: Default::default(),
             state_dir: None,
             key: syncstream_protocol::auth::PairingKey::generate().unwrap(),
+            voice: Default::default(),
         },
         syncstream_audio::null::open_sink(&backend(2)).unwrap(),
         syncstream_audio::null::open_microphone(&backend(1)).unwrap(),

@@ -417,6 +417,7 @@ pub async fn start_system(cfg: &DemoConfig, world: DemoWorld) -> anyhow::Result<
             drift: DriftConfig::default(),
             state_dir: state.as_ref().map(|s| s.path().join("receivers")),
             key: key.clone(),
+            voice: Default::default(),
         };
         // The device's own crystal, as the room models it.
         let device_clock = ModelClock::new(clock.clone(), d.room.clock);

@@ -292,6 +292,8 @@ pub struct ReceiverOpts {
     pub base_latency_ms: Option<f64>,
     /// Folder for the log and profile files.
     pub log_dir: PathBuf,
+    /// Play into this WAV file (the `wav` output) instead of the null output.
+    pub wav_output: Option<PathBuf>,
 }
 
 impl ReceiverOpts {
@@ -305,6 +307,7 @@ impl ReceiverOpts {
             state_dir: None,
             base_latency_ms: None,
             log_dir: tx.log_dir.clone(),
+            wav_output: None,
         }
     }
 
@@ -321,11 +324,18 @@ impl ReceiverOpts {
             self.http_port.to_string(),
             "--mqtt".into(),
             format!("mqtt://127.0.0.1:{}", self.mqtt_port),
-            "--output".into(),
-            "null".into(),
             "--mic".into(),
             "null".into(),
         ];
+        match &self.wav_output {
+            Some(path) => a.extend([
+                "--output".into(),
+                "wav".into(),
+                "--output-device".into(),
+                path.display().to_string(),
+            ]),
+            None => a.extend(["--output".into(), "null".into()]),
+        }
         if let Some(d) = &self.state_dir {
             a.extend(["--state-dir".into(), d.display().to_string()]);
         }
@@ -343,7 +353,7 @@ impl ReceiverOpts {
     }
 }
 
-/// A running `syncstream receiver` with null output and microphone.
+/// A running `syncstream receiver` with a null microphone and a null (or WAV) output.
 pub struct Receiver {
     /// The process.
     pub proc: Proc,

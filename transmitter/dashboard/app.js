@@ -245,7 +245,8 @@ function makeCard(name) {
       el("div", { class: "row" },
         el("label", {}, "group", group),
         el("button", { class: "resync", onclick: () => api("POST", `/devices/${name}/resync`).then(() => toast(`${name}: measuring again`)).catch(() => {}) }, "Resync"),
-        el("button", { class: "test-tone", onclick: () => api("POST", `/devices/${name}/test_tone`, { signal: "sweep" }).then(() => toast(`${name}: test tone`)).catch(() => {}) }, "Test tone"))),
+        el("button", { class: "test-tone", onclick: () => api("POST", `/devices/${name}/test_tone`, { signal: "sweep" }).then(() => toast(`${name}: test tone`)).catch(() => {}) }, "Test tone"),
+        el("button", { class: "announce", title: "say its name, drift and offset through its speaker", onclick: () => api("POST", `/devices/${name}/announce`).then(() => toast(`${name}: announcing`)).catch(() => {}) }, "Announce"))),
     refs.spark);
   const box = $("#devices");
   const empty = $(".empty", box);

@@ -287,6 +287,10 @@ impl ReceiverNode {
                 self.next_measure_us = now_us;
             }
             Command::TestTone(req) => self.start_test_tone(req, now_us, io),
+            Command::Announce => {
+                self.start_announcement(now_us, io);
+                return;
+            }
             Command::CheckMic => {
                 match self.mic.latest(MIC_CHECK_MS) {
                     Some((_, samples)) => io.run_job(Job::MicCheck {

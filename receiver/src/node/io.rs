@@ -12,6 +12,7 @@ use syncstream_protocol::wire::Frame;
 
 use crate::drift::{DriftJob, DriftOutcome};
 use crate::test_tone::ToneJob;
+use crate::voice::SpeechJob;
 
 /// The transports and workers a receiver node uses.
 pub trait ReceiverIo {
@@ -29,8 +30,8 @@ pub trait ReceiverIo {
     /// Fetches a source window from the transmitter; the answer goes to
     /// [`super::ReceiverNode::on_window`] with the request's `id`.
     fn fetch_window(&mut self, request: WindowRequest);
-    /// Runs a job off the control task (a delay estimate, a calibration measurement);
-    /// its result goes to [`super::ReceiverNode::on_job_done`].
+    /// Runs a job off the control task (a delay estimate, a calibration measurement,
+    /// a speech synthesis: jobs may block); its result goes to [`super::ReceiverNode::on_job_done`].
     fn run_job(&mut self, job: Job);
     /// Keeps `state` where the next start of this receiver finds it (atomically; the
     /// real receiver writes it to its state folder).
@@ -86,10 +87,13 @@ pub enum Job {
         /// Its sample rate, Hz.
         rate_hz: u32,
     },
+    /// An announcement to synthesise (runs the text-to-speech program).
+    Speak(SpeechJob),
 }
 
 impl Job {
-    /// Runs the job (CPU-bound: tens of ms on a Pi Zero W).
+    /// Runs the job (CPU-bound: tens of ms on a Pi Zero W; a synthesis waits for the
+    /// text-to-speech program, up to a second or so there).
     pub fn run(self) -> JobDone {
         match self {
             Job::Drift(j) => {
@@ -100,6 +104,10 @@ impl Job {
             Job::MicCheck { samples, rate_hz } => {
                 JobDone::MicCheck(crate::mic_check::analyze(&samples, 1, rate_hz, None))
             }
+            Job::Speak(j) => JobDone::Speech {
+                id: j.id,
+                result: j.run(),
+            },
         }
     }
 }
@@ -118,4 +126,11 @@ pub enum JobDone {
     Tone(Result<CalibrationResult, String>),
     /// A microphone check.
     MicCheck(crate::mic_check::MicCheckReport),
+    /// A synthesised announcement (mono, 48 kHz), or why there is none.
+    Speech {
+        /// The [`SpeechJob`]'s id.
+        id: u64,
+        /// The speech, or the error (naming the program).
+        result: Result<Vec<f32>, String>,
+    },
 }

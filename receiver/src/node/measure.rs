@@ -4,7 +4,8 @@
 //! the newest microphone audio ([`crate::drift::plan`]), fetches its source window,
 //! runs the estimate off the control task and publishes the report on
 //! `syncstream/drift/<device>`. One measurement is in flight at a time. A test tone
-//! pauses the loop while it plays and for a quiet period after.
+//! pauses the loop while it plays and for a quiet period after; a window that an
+//! announcement may reach (`announce.rs`) is not measured.
 
 use syncstream_protocol::messages::{topics, CalibrationResult, DriftReport, TestToneRequest};
 use tracing::{debug, info, warn};
@@ -66,6 +67,16 @@ impl ReceiverNode {
         }
         if self.pending.is_some() || self.estimator.is_none() {
             return; // the previous measurement is still in flight
+        }
+        if let Some(clear_at_us) = self.speech_in_window() {
+            // The window may hold an announcement: the next one that cannot is measured
+            // as soon as it is recorded.
+            debug!(
+                device = self.device,
+                "an announcement may be in the microphone window: no drift measurement"
+            );
+            self.next_measure_us = self.next_measure_us.min(clear_at_us.max(now_us + 1));
+            return;
         }
         if self.silent() {
             // Its microphone would hear only the other speakers.
@@ -218,6 +229,7 @@ impl ReceiverNode {
                 let run_id = self.tone_running.take().flatten();
                 self.publish_calibration(result, run_id, now_us, io);
             }
+            JobDone::Speech { id, result } => self.on_speech(id, result, now_us),
             JobDone::MicCheck(report) => {
                 let mut v = serde_json::to_value(&report).unwrap_or_default();
                 if let Some(o) = v.as_object_mut() {
@@ -230,6 +242,21 @@ impl ReceiverNode {
                 );
             }
         }
+    }
+
+    /// When the microphone window a measurement would take now (the newest
+    /// [`crate::drift::DriftConfig::window_ms`] of microphone audio) may hold the last
+    /// announcement: the local time from which a window no longer can, µs; `None`
+    /// when it cannot. The sound reaches the microphone a buffer offset and the
+    /// acoustic delay after its DAC time.
+    fn speech_in_window(&self) -> Option<i64> {
+        let span = self.speech?;
+        let to_us = self.mic.end_us();
+        let window_us = self.drift_cfg.window_ms as i64 * 1000;
+        let latency_ms = self.offset.offset_ms.max(0.0) + self.profile.mic_delay_ms().max(0.0);
+        let latency_us = (latency_ms * 1000.0).ceil() as i64;
+        span.overlaps(to_us.saturating_sub(window_us), to_us, latency_us)
+            .then(|| span.heard_until_us(latency_us).saturating_add(window_us))
     }
 
     /// Records a drift report this node made: a confident small drift keeps the
@@ -250,6 +277,12 @@ impl ReceiverNode {
     ) {
         if self.tone.is_some() || self.tone_running.is_some() {
             let e = "a test tone is already playing on this device".to_string();
+            self.publish_calibration(Err(e), req.run_id.clone(), now_us, io);
+            return;
+        }
+        if self.speaking() {
+            let e =
+                "the device is speaking an announcement; try again in a few seconds".to_string();
             self.publish_calibration(Err(e), req.run_id.clone(), now_us, io);
             return;
         }

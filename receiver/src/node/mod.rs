@@ -15,9 +15,11 @@
 //! every [`POLL_INTERVAL_US`].
 //!
 //! Modules: [`io`] (the trait and its messages), `stream` (the stream connection),
-//! `control` (MQTT), `measure` (drift and test tones), `snapcast` (playing from a
-//! Snapcast server instead of a transmitter).
+//! `control` (MQTT), `measure` (drift and test tones), `announce` (spoken
+//! diagnostics, [`crate::voice`]), `snapcast` (playing from a Snapcast server instead
+//! of a transmitter).
 
+mod announce;
 mod control;
 pub mod io;
 mod measure;
@@ -49,6 +51,7 @@ use crate::playout_log::PlayoutLog;
 use crate::realtime::{AudioControl, AudioStatsSnapshot, ToRender};
 use crate::reference::ReferenceRing;
 use crate::test_tone::ToneSession;
+use crate::voice::{SpeechSpan, VoiceConfig};
 
 /// Longest interval between two [`ReceiverNode::poll`] calls, µs: the audio rings are
 /// drained, and time requests sent, at this cadence.
@@ -247,6 +250,19 @@ pub struct ReceiverNode {
     tone: Option<ToneSession>,
     tone_running: Option<Option<String>>,
     quiet_until_us: i64,
+    // Announcements (`announce`).
+    voice: VoiceConfig,
+    /// Announcements asked for so far (the last one's id).
+    speech_seq: u64,
+    /// A synthesis in flight: its id and the local time it is given up at, µs.
+    speech_pending: Option<(u64, i64)>,
+    /// The last announcement played (kept: the drift detector skips windows that
+    /// overlap it).
+    speech: Option<SpeechSpan>,
+    /// The render callback's overlay holds the last announcement.
+    speech_armed: bool,
+    /// The start-up announcement was asked for.
+    announced_at_start: bool,
     // Status.
     next_status_us: i64,
     /// The state last published, and when (local µs).
@@ -324,6 +340,12 @@ impl ReceiverNode {
             tone: None,
             tone_running: None,
             quiet_until_us: i64::MIN,
+            voice: VoiceConfig::default(),
+            speech_seq: 0,
+            speech_pending: None,
+            speech: None,
+            speech_armed: false,
+            announced_at_start: false,
             next_status_us: now_us,
             published_state: ("", i64::MIN),
             counters: NodeCounters::default(),
@@ -337,6 +359,13 @@ impl ReceiverNode {
     /// microphone's).
     pub fn add_xrun_counter(&mut self, counter: Arc<AtomicU64>) {
         self.xruns.push(counter);
+    }
+
+    /// Sets how the node speaks announcements (the text-to-speech program, and whether
+    /// it announces itself when it first plays); the default is
+    /// [`VoiceConfig::default`].
+    pub fn set_voice(&mut self, voice: VoiceConfig) {
+        self.voice = voice;
     }
 
     /// This receiver process's instance (see the stream hello).
@@ -392,6 +421,11 @@ impl ReceiverNode {
     /// Whether a test tone is being recorded (the microphone must run).
     pub fn recording_tone(&self) -> bool {
         self.tone.is_some()
+    }
+
+    /// Whether an announcement is being synthesised or played.
+    pub fn speaking(&self) -> bool {
+        self.speech_pending.is_some() || self.speech_armed
     }
 
     /// When the node next needs a [`ReceiverNode::poll`] (local time, µs).
@@ -501,6 +535,7 @@ impl ReceiverNode {
         // Clock-sync requests first: their t1 is `now_us`, so nothing may come between.
         self.poll_stream(now_us, io);
         self.pump_audio();
+        self.poll_speech(now_us, io);
         self.poll_measurements(now_us, io);
         let state = self.state_name(&self.audio.stats().snapshot());
         let (published, at) = self.published_state;

@@ -1166,3 +1166,286 @@ fn a_silent_programme_is_followed_up_every_second_while_it_lasts() {
         }
     }
 }
+
+/// A [`Playback`] whose microphone delivers 10 ms blocks, and whose drift
+/// measurements are answered at once (a report of +0.3 ms, the estimator handed
+/// back; a source window asked for comes back as silence). Each answered
+/// measurement's microphone window (local µs) is recorded.
+struct Measured {
+    p: Playback,
+    windows: Vec<(i64, i64)>,
+    speech_jobs: Vec<crate::voice::SpeechJob>,
+    /// Every rendered 10 ms block: its DAC time and samples.
+    rendered: Vec<(i64, Vec<f32>)>,
+}
+
+impl Measured {
+    fn new(voice: crate::voice::VoiceConfig) -> Self {
+        let mut p = Playback::new();
+        p.n.set_voice(voice);
+        Self {
+            p,
+            windows: Vec::new(),
+            speech_jobs: Vec::new(),
+            rendered: Vec::new(),
+        }
+    }
+
+    fn step(&mut self) {
+        use crate::drift::DriftOutcome;
+        use syncstream_protocol::messages::DriftReport;
+        self.p.step();
+        self.rendered.push((self.p.t, self.p.out.clone()));
+        let t = self.p.t;
+        self.p._c.capture(&[0.01; 480], t - 10_000);
+        for req in std::mem::take(&mut self.p.io.fetches) {
+            let w = Window {
+                first_pts_us: req.start_us,
+                samples: vec![0.0; req.duration_ms as usize * 48],
+            };
+            self.p.n.on_window(req.id, Ok(w), t, &mut self.p.io);
+        }
+        for job in std::mem::take(&mut self.p.io.jobs) {
+            match job {
+                Job::Drift(j) => {
+                    let from = self
+                        .p
+                        .n
+                        .clock()
+                        .local_from_tx(j.measurement.rec_start_tx_us)
+                        .expect("clock sync") as i64;
+                    let window_us = self.p.n.drift_cfg.window_ms as i64 * 1000;
+                    self.windows.push((from, from + window_us));
+                    let done = JobDone::Drift {
+                        outcome: DriftOutcome {
+                            report: DriftReport {
+                                device: "tv".into(),
+                                drift_ms: Some(0.3),
+                                confidence: 0.9,
+                                signal_strength_db: -20.0,
+                                ts_us: j.measurement.rec_start_tx_us as i64,
+                                applied_offset_ms: j.measurement.applied_offset_ms,
+                                reason: None,
+                                step: false,
+                                uncertainty_ms: None,
+                            },
+                            observation: None,
+                            silent: false,
+                        },
+                        estimator: j.estimator,
+                    };
+                    self.p.n.on_job_done(done, t, &mut self.p.io);
+                }
+                Job::Speak(s) => self.speech_jobs.push(s),
+                other => panic!("unexpected job {other:?}"),
+            }
+        }
+    }
+
+    fn run(&mut self, seconds: f64) {
+        let end = self.p.t + (seconds * 1e6) as i64;
+        while self.p.t < end {
+            self.step();
+        }
+    }
+
+    fn reports(&self) -> usize {
+        self.p
+            .io
+            .published
+            .iter()
+            .filter(|(t, _, _)| t == "syncstream/drift/tv")
+            .count()
+    }
+}
+
+/// RMS of a block.
+fn rms(x: &[f32]) -> f64 {
+    (x.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+}
+
+/// The `announce` command: its text comes from the node's figures, the synthesis runs
+/// as a job, the speech replaces the music on the output over its span (and the music
+/// comes back), and no drift measurement is made, hence no report, from a microphone
+/// window the speech may reach, while measurements go on before and after it.
+#[test]
+fn an_announcement_is_played_and_no_drift_report_comes_from_a_window_it_reaches() {
+    let mut m = Measured::new(crate::voice::VoiceConfig::default());
+    m.run(12.0);
+    assert_eq!(m.p.state(), "playing");
+    let before = m.windows.len();
+    assert!(before >= 2, "{before} measurements before the announcement");
+    assert_eq!(m.reports(), before);
+
+    m.p.n.on_mqtt_message(
+        &topics::command("tv"),
+        br#"{"cmd":"announce"}"#,
+        m.p.t,
+        &mut m.p.io,
+    );
+    m.step();
+    assert_eq!(m.speech_jobs.len(), 1);
+    let job = m.speech_jobs[0].clone();
+    let offset = m.p.n.offset().offset_ms;
+    assert_eq!(
+        job.text,
+        format!("Tv online, drift plus 0.3 milliseconds, offset {offset:.1} milliseconds")
+    );
+    assert_eq!(job.program, std::path::PathBuf::from("espeak-ng"));
+    // A second command while the first is being synthesised: ignored.
+    m.p.n.on_mqtt_message(
+        &topics::command("tv"),
+        br#"{"cmd":"announce"}"#,
+        m.p.t,
+        &mut m.p.io,
+    );
+    m.step();
+    assert_eq!(m.speech_jobs.len(), 1);
+
+    // 3 s of "speech" (a 440 Hz tone at 0.5) comes back from the job.
+    let speech: Vec<f32> = (0..144_000)
+        .map(|i| 0.5 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 48_000.0).sin())
+        .collect();
+    let done_at = m.p.t;
+    m.p.n.on_job_done(
+        JobDone::Speech {
+            id: job.id,
+            result: Ok(speech),
+        },
+        done_at,
+        &mut m.p.io,
+    );
+    let span = m.p.n.speech.expect("the speech is scheduled");
+    assert_eq!(span.start_dac_us, done_at + crate::test_tone::LEAD_US);
+    assert_eq!(span.end_dac_us, span.start_dac_us + 3_000_000);
+    assert!(m.p.n.speaking());
+    // A test tone meanwhile is refused, with the reason.
+    m.p.n.on_mqtt_message(
+        &topics::command("tv"),
+        br#"{"cmd":"test_tone","run_id":"t1"}"#,
+        m.p.t,
+        &mut m.p.io,
+    );
+    let (_, payload, _) =
+        m.p.io
+            .published
+            .iter()
+            .rev()
+            .find(|(t, _, _)| t == "syncstream/calibration/tv")
+            .expect("an answer to the test tone")
+            .clone();
+    let cal: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert!(
+        cal["error"].as_str().unwrap().contains("announcement"),
+        "{cal}"
+    );
+
+    let during_from = m.rendered.len();
+    m.run(15.0);
+    assert!(
+        !m.p.n.speaking(),
+        "the overlay is disarmed after the speech"
+    );
+
+    // On the output: the speech alone over its span, the music before and after.
+    let blocks = &m.rendered[during_from..];
+    let inside: Vec<&(i64, Vec<f32>)> = blocks
+        .iter()
+        .filter(|(t, _)| {
+            *t >= span.start_dac_us + 20_000 && *t + 10_000 <= span.end_dac_us - 20_000
+        })
+        .collect();
+    assert!(
+        inside.len() >= 290,
+        "{} blocks inside the span",
+        inside.len()
+    );
+    for (t, b) in &inside {
+        let r = rms(b);
+        assert!((r - 0.5 / 2f64.sqrt()).abs() < 0.01, "RMS {r} at {t}");
+    }
+    let after: Vec<&(i64, Vec<f32>)> = blocks
+        .iter()
+        .filter(|(t, _)| *t >= span.end_dac_us + 100_000)
+        .collect();
+    assert!(
+        !after.is_empty()
+            && after
+                .iter()
+                .all(|(_, b)| rms(b) > 0.05 && (rms(b) - 0.354).abs() > 0.01)
+    );
+
+    // Measurements: none whose window the speech, its fades or its echo may reach
+    // (it reaches the microphone a buffer offset and the acoustic delay after the
+    // DAC); some after it.
+    let latency_us = ((offset + m.p.n.profile().mic_delay_ms()) * 1000.0) as i64;
+    let fade_us = 20_000;
+    let heard = (
+        span.start_dac_us - fade_us,
+        span.end_dac_us + fade_us + latency_us,
+    );
+    let after_speech: Vec<&(i64, i64)> = m.windows[before..].iter().collect();
+    for (from, to) in &after_speech {
+        assert!(
+            *to <= heard.0 || *from >= heard.1,
+            "a measurement of the window {from}..{to} µs, which overlaps the speech heard \
+             {heard:?}"
+        );
+    }
+    let resumed: Vec<&&(i64, i64)> = after_speech.iter().filter(|(f, _)| *f >= heard.1).collect();
+    assert!(resumed.len() >= 2, "{after_speech:?}");
+    // The first window clear of the speech is measured as soon as it is recorded.
+    let window_us = m.p.n.drift_cfg.window_ms as i64 * 1000;
+    let first_end = resumed[0].1;
+    assert!(
+        first_end <= heard.1 + window_us + 500_000,
+        "first measurement after the speech ends at {first_end}, speech heard until {}",
+        heard.1
+    );
+    // Every measurement made gave a report, and no other report was made.
+    assert_eq!(m.reports(), m.windows.len());
+}
+
+/// The start-up announcement (off by default) is asked for once, when the receiver
+/// first plays; a synthesis that fails (the program is missing) plays nothing and
+/// leaves the node free to announce again.
+#[test]
+fn the_start_up_announcement_comes_once_and_a_failed_synthesis_plays_nothing() {
+    let mut quiet = Measured::new(crate::voice::VoiceConfig::default());
+    quiet.run(8.0);
+    assert!(quiet.speech_jobs.is_empty());
+
+    let mut m = Measured::new(crate::voice::VoiceConfig {
+        program: "espeak-ng-not-installed".into(),
+        announce_at_start: true,
+    });
+    m.run(8.0);
+    assert_eq!(m.speech_jobs.len(), 1, "one start-up announcement");
+    let job = m.speech_jobs[0].clone();
+    assert!(job.text.starts_with("Tv "), "{}", job.text);
+    // The real job: the program is missing, the error names it.
+    let done = Job::Speak(job).run();
+    let JobDone::Speech { result: Err(e), .. } = &done else {
+        panic!("{done:?}")
+    };
+    assert!(e.contains("'espeak-ng-not-installed'"), "{e}");
+    let at = m.p.t;
+    m.p.n.on_job_done(done, at, &mut m.p.io);
+    assert!(!m.p.n.speaking());
+    assert!(m.p.n.speech.is_none());
+    let from = m.rendered.len();
+    m.run(3.0);
+    assert!(m.rendered[from..]
+        .iter()
+        .all(|(_, b)| rms(b) > 0.05 && (rms(b) - 0.354).abs() > 0.01));
+    assert_eq!(m.speech_jobs.len(), 1, "no second start-up announcement");
+    // Free to announce on command.
+    m.p.n.on_mqtt_message(
+        &topics::command("tv"),
+        br#"{"cmd":"announce"}"#,
+        m.p.t,
+        &mut m.p.io,
+    );
+    m.step();
+    assert_eq!(m.speech_jobs.len(), 2);
+}

@@ -14,6 +14,7 @@
 //! | `PUT /api/v1/devices/{name}/volume` | `{"volume":0.5}` (0..1) | device |
 //! | `PUT /api/v1/devices/{name}/mute` | `{"muted":true}` | device |
 //! | `POST /api/v1/devices/{name}/resync` | | `{"device":..,"resync":true}` |
+//! | `POST /api/v1/devices/{name}/announce` | | `{"device":..,"announce":true}` |
 //! | `POST /api/v1/devices/{name}/test_tone` | optional `{"signal":"sweep"}` | `{"device":..,"test_tone":true}` |
 //! | `POST /api/v1/calibrate` | `{"devices":[..],"simultaneous":true}` (optional) | `{"started":true,"devices":[..]}` |
 //! | `GET /api/v1/calibrate` | | progress and results |
@@ -134,6 +135,10 @@ async fn resync(State(p): Plane, Path(name): Path<String>) -> Response {
     answer(p.resync(&name))
 }
 
+async fn announce(State(p): Plane, Path(name): Path<String>) -> Response {
+    answer(p.announce(&name))
+}
+
 async fn test_tone(State(p): Plane, Path(name): Path<String>, body: Bytes) -> Response {
     answer(optional_body::<TestToneRequest>(&body).and_then(|r| p.test_tone(&name, r)))
 }
@@ -188,6 +193,7 @@ pub fn router(plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/devices/{name}/volume", put(volume))
         .route("/api/v1/devices/{name}/mute", put(mute))
         .route("/api/v1/devices/{name}/resync", post(resync))
+        .route("/api/v1/devices/{name}/announce", post(announce))
         .route("/api/v1/devices/{name}/test_tone", post(test_tone))
         .route("/api/v1/calibrate", post(calibrate).get(calibration))
         .route("/api/v1/groups", get(groups))

@@ -394,6 +394,15 @@ impl ControlPlane {
         Ok(json!({ "device": device, "resync": true }))
     }
 
+    /// `POST /api/v1/devices/{name}/announce`: the `announce` command (the receiver
+    /// says its name, state, drift and offset through its output; docs/voice.md).
+    /// Errors: 404.
+    pub fn announce(&self, device: &str) -> Result<Value, ApiError> {
+        self.known(&lock(&self.state), device)?;
+        self.publish_json(topics::command(device), &Command::Announce, false);
+        Ok(json!({ "device": device, "announce": true }))
+    }
+
     /// `POST /api/v1/devices/{name}/test_tone`: the `test_tone` command with `req`.
     /// Errors: 404; 422 for a signal other than sweep or mls.
     pub fn test_tone(&self, device: &str, req: TestToneRequest) -> Result<Value, ApiError> {

@@ -9,7 +9,7 @@
 # 1. scripts/pi/setup.sh installs the toolchains (see there; it adds the arm64 dpkg
 #    architecture and a deb-src list, and says how to undo it).
 # 2. ARMv6 receiver (Raspberry Pi Zero W / Pi 1: ARM1176JZF-S, ARMv6KZ, VFPv2, no
-#    NEON), `--no-default-features` (receiver and `delay` only), for
+#    NEON), `--no-default-features --features gpio` (receiver and `delay` only, with the status LED and button of docs/gpio.md), for
 #    arm-unknown-linux-musleabihf, **statically linked**:
 #    - Debian's rustc-web with -Zbuild-std and -C target-cpu=arm1176jzf-s: std too is
 #      ARMv6 code (rustup has no ARM targets here);
@@ -113,7 +113,7 @@ build_armv6() {
         export CC_arm_unknown_linux_musleabihf=$HERE/zig-cc-armv6 AR_arm_unknown_linux_musleabihf=$HERE/zig-ar
         export CMAKE_TOOLCHAIN_FILE_arm_unknown_linux_musleabihf=$HERE/armv6-zig.cmake
         export PKG_CONFIG_ALLOW_CROSS=1 PKG_CONFIG_LIBDIR=$ALSA_PREFIX/lib/pkgconfig ALSA_STATIC=1
-        "$DEB_CARGO" build --locked --profile $PROFILE -p syncstream --no-default-features \
+        "$DEB_CARGO" build --locked --profile $PROFILE -p syncstream --no-default-features --features gpio \
             --target $ARMV6 -Zbuild-std=std,panic_abort,panic_unwind >&2
     )
 }

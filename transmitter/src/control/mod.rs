@@ -718,14 +718,7 @@ impl ControlPlane {
             .iter()
             .map(|(n, g)| (n.clone(), g.stream.clone()))
             .collect();
-        let worst = sync_stats::sync_summary(&state, now)["groups"]
-            .as_object()
-            .map(|gs| {
-                gs.values()
-                    .filter_map(|g| g["spread_ms"]["now"].as_f64())
-                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
-            })
-            .unwrap_or(None);
+        let worst = sync_stats::worst_spread_now_ms(&state, now);
         let summary = json!({
             "devices": devices.len(),
             "devices_online": devices.iter().filter(|d| state.online(d, now)).count(),

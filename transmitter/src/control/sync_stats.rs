@@ -41,6 +41,45 @@ fn spans_of(points: &[ReportPoint], now_us: i64, pick: fn(&ReportPoint) -> Optio
     Value::Object(out)
 }
 
+fn spread(v: &[f64]) -> f64 {
+    let max = v.iter().copied().fold(f64::MIN, f64::max);
+    let min = v.iter().copied().fold(f64::MAX, f64::min);
+    max - min
+}
+
+/// The pairwise spread of `devices` now, ms: the largest minus the smallest of their
+/// latest residuals of the last 10 s; `None` with fewer than two.
+pub fn spread_now_ms(state: &ControlState, devices: &[String], now_us: i64) -> Option<f64> {
+    let latest: Vec<f64> = devices
+        .iter()
+        .filter_map(|d| state.live.get(d))
+        .filter_map(|live| {
+            live.history
+                .iter()
+                .rev()
+                .find(|p| now_us - p.ts_us <= 10_000_000 && p.residual_ms.is_some())
+                .and_then(|p| p.residual_ms)
+        })
+        .collect();
+    (latest.len() >= 2).then(|| spread(&latest))
+}
+
+/// The largest [`spread_now_ms`] of any group, ms (`None`: no group has two devices
+/// measured in the last 10 s).
+pub fn worst_spread_now_ms(state: &ControlState, now_us: i64) -> Option<f64> {
+    let mut members: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for d in state.devices() {
+        members
+            .entry(state.group_of(&d))
+            .or_default()
+            .push(d.clone());
+    }
+    members
+        .values()
+        .filter_map(|devs| spread_now_ms(state, devs, now_us))
+        .reduce(f64::max)
+}
+
 /// The sync summary at transmitter time `now_us` (see the module docs).
 pub fn sync_summary(state: &ControlState, now_us: i64) -> Value {
     let mut devices = serde_json::Map::new();
@@ -67,7 +106,6 @@ pub fn sync_summary(state: &ControlState, now_us: i64) -> Value {
         let devs = members.get(name).cloned().unwrap_or_default();
         // Mean residual per device per bin.
         let mut bins: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
-        let mut latest: Vec<f64> = Vec::new();
         for d in &devs {
             let Some(live) = state.live.get(d) else {
                 continue;
@@ -85,21 +123,7 @@ pub fn sync_summary(state: &ControlState, now_us: i64) -> Value {
             for (b, (sum, n)) in per_bin {
                 bins.entry(b).or_default().push(sum / n as f64);
             }
-            if let Some(r) = live
-                .history
-                .iter()
-                .rev()
-                .find(|p| now_us - p.ts_us <= 10_000_000 && p.residual_ms.is_some())
-                .and_then(|p| p.residual_ms)
-            {
-                latest.push(r);
-            }
         }
-        let spread = |v: &[f64]| {
-            let max = v.iter().copied().fold(f64::MIN, f64::max);
-            let min = v.iter().copied().fold(f64::MAX, f64::min);
-            max - min
-        };
         let mut spans = serde_json::Map::new();
         for (span, len) in SPANS {
             let v: Vec<f64> = bins
@@ -114,7 +138,7 @@ pub fn sync_summary(state: &ControlState, now_us: i64) -> Value {
             json!({
                 "devices": devs,
                 "spread_ms": {
-                    "now": (latest.len() >= 2).then(|| spread(&latest)),
+                    "now": spread_now_ms(state, &devs, now_us),
                     "last_minute": spans["last_minute"],
                     "last_hour": spans["last_hour"],
                 },

@@ -28,14 +28,10 @@ fn syncstream(args: &[String]) -> Killed {
     )
 }
 
-#[test]
-fn receiver_status_and_last_will_over_the_embedded_broker() {
-    let (stream, http, mqtt) = (
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-    );
-    let _tx = syncstream(&[
+/// `syncstream transmitter` on a test tone, listening on 127.0.0.1 at the given ports
+/// (its embedded broker on `mqtt`), with `extra` arguments.
+fn transmitter(stream: u16, http: u16, mqtt: u16, extra: &[String]) -> Killed {
+    let mut args: Vec<String> = vec![
         "transmitter".into(),
         "--source".into(),
         "tone:440".into(),
@@ -45,7 +41,19 @@ fn receiver_status_and_last_will_over_the_embedded_broker() {
         format!("127.0.0.1:{http}"),
         "--broker-listen".into(),
         format!("127.0.0.1:{mqtt}"),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    syncstream(&args)
+}
+
+#[test]
+fn receiver_status_and_last_will_over_the_embedded_broker() {
+    let (stream, http, mqtt) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let _tx = transmitter(stream, http, mqtt, &[]);
     assert!(
         common::wait_for_port(mqtt, Duration::from_secs(20)),
         "embedded broker did not start"
@@ -126,19 +134,12 @@ fn a_profile_changed_on_the_transmitter_reaches_the_receiver() {
         common::free_port(),
         common::free_port(),
     );
-    let _tx = syncstream(&[
-        "transmitter".into(),
-        "--source".into(),
-        "tone:440".into(),
-        "--stream-listen".into(),
-        format!("127.0.0.1:{stream}"),
-        "--http-listen".into(),
-        format!("127.0.0.1:{http}"),
-        "--broker-listen".into(),
-        format!("127.0.0.1:{mqtt}"),
-        "--profiles-dir".into(),
-        profiles.display().to_string(),
-    ]);
+    let _tx = transmitter(
+        stream,
+        http,
+        mqtt,
+        &["--profiles-dir".into(), profiles.display().to_string()],
+    );
     assert!(common::wait_for_port(mqtt, Duration::from_secs(20)));
     let _rx = syncstream(&[
         "receiver".into(),

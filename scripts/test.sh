@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 cargo test --release -p syncstream-receiver

@@ -180,7 +180,11 @@ impl Rig {
     }
 
     /// Waits until every receiver has published, since `since`, a `playing` status
-    /// with its offset `targets[i]`; returns the time from `since` to the last of them.
+    /// with its offset `targets[i]` that the next status confirms (also `playing` at
+    /// that offset); returns the time from `since` to the first of those pairs, the
+    /// last receiver's. A lone `playing` is not enough: the status a receiver sends
+    /// when it reconnects to the broker may still play from its jitter buffer, and
+    /// then say `starved` once the buffered audio runs out.
     fn recovered(
         &self,
         since: Instant,
@@ -188,14 +192,27 @@ impl Rig {
         targets: &[f64],
         when: &str,
     ) -> Duration {
+        // The confirming status comes with the next regular one (every 5 s).
+        let deadline = deadline + Duration::from_secs(6);
+        let good = |s: &Seen, t: f64| {
+            s.json["state"] == "playing"
+                && s.json["offset_ms"].as_f64().is_some_and(|v| close(v, t))
+        };
         self.names()
             .iter()
             .zip(targets)
             .map(|(d, &t)| {
-                let s = self.status_where(d, since, deadline, when, |s| {
-                    s["state"] == "playing" && s["offset_ms"].as_f64().is_some_and(|v| close(v, t))
-                });
-                s.at - since
+                poll(deadline, || {
+                    let seen = self.watch.since(&status_topic(d), since);
+                    seen.windows(2)
+                        .find(|w| good(&w[0], t) && good(&w[1], t))
+                        .map(|w| w[0].at - since)
+                })
+                .unwrap_or_else(|| {
+                    self.fail(&format!(
+                        "{d}: no confirmed playing status at {t} ms {when}"
+                    ))
+                })
             })
             .max()
             .unwrap_or_default()

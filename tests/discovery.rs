@@ -205,23 +205,40 @@ fn a_receiver_without_a_transmitter_finds_one_over_mdns_and_plays() {
     );
 
     // It plays: its retained status on the transmitter's broker (reached only through
-    // what the TXT record says) says so, seen from the transmitter's namespace.
-    let playing = in_netns(&lan.a, move || {
-        let w = Watcher::start(MQTT_PORT, "disc-watch", &["syncstream/status/disc-rx"]);
-        w.wait(
-            "syncstream/status/disc-rx",
-            t0,
-            Duration::from_secs(60),
-            |v| v["state"] == "playing",
-        )
-        .is_some()
+    // what the TXT record says) says so, seen from the transmitter's namespace. The
+    // transmitter publishes its Home Assistant discovery config, and it obeys a
+    // command as Home Assistant's volume entity sends it.
+    let outcome = in_netns(&lan.a, move || {
+        let status = "syncstream/status/disc-rx";
+        let ha = "homeassistant/sensor/syncstream_disc_rx/drift/config";
+        let w = Watcher::start(MQTT_PORT, "disc-watch", &[status, ha]);
+        let long = Duration::from_secs(60);
+        if w.wait(status, t0, long, |v| v["state"] == "playing")
+            .is_none()
+        {
+            return Err("the receiver did not play");
+        }
+        if w.wait(ha, t0, long, |v| {
+            v["state_topic"] == "syncstream/state/disc-rx"
+        })
+        .is_none()
+        {
+            return Err("no Home Assistant discovery config for the receiver");
+        }
+        let sent = Instant::now();
+        let cmd = br#"{"cmd":"volume","value":0.5}"#.to_vec();
+        w.publish("syncstream/command/disc-rx", cmd, false);
+        let volume = |v: &serde_json::Value| v["volume"].as_f64() == Some(0.5);
+        if w.wait(status, sent, Duration::from_secs(20), volume)
+            .is_none()
+        {
+            return Err("the receiver did not take the volume command");
+        }
+        Ok(())
     });
-    assert!(
-        playing,
-        "the receiver did not play\nreceiver:\n{}\ntransmitter:\n{}",
-        rx.log(),
-        tx.log()
-    );
+    if let Err(e) = outcome {
+        panic!("{e}\nreceiver:\n{}\ntransmitter:\n{}", rx.log(), tx.log());
+    }
     let log = rx.log();
     assert!(
         log.contains(&format!("using transmitter \"{tx_name}\" at {TX_ADDR}")),

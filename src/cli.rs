@@ -906,16 +906,17 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         "{output} ({})",
         output_device.as_deref().unwrap_or("default")
     );
-    let open_output: syncstream_receiver::output::OpenOutput =
-        Box::new(move |_previous| sink_builder(&sink_cfg));
-    let mic = mic_builder(&BackendConfig {
+    let mic_cfg = BackendConfig {
         device: a.mic_device.clone(),
         format: StreamFormat {
             sample_rate: STREAM_SAMPLE_RATE,
             channels: 1,
         },
         clock: clock.clone(),
-    })?;
+    };
+    // Opened before the search for the transmitter, so that a bad microphone is said at
+    // once; opened again when the receiver restarts at a transmitter's new place.
+    let mut first_mic = Some(mic_builder(&mic_cfg)?);
     let key_text = a.key.clone().or_else(|| {
         std::env::var("SYNCSTREAM_KEY")
             .ok()
@@ -938,7 +939,7 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--mqtt-ca {}", ca.display()))?;
     }
     // The transmitter: given, or found over mDNS (docs/discovery.md).
-    let found = match (&a.transmitter, &a.snapserver) {
+    let mut found = match (&a.transmitter, &a.snapserver) {
         (None, None) => {
             // Browsing is running as a service should: systemd is told so at once.
             crate::service::notify_ready();
@@ -952,66 +953,103 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let transmitter_host = match (&a.transmitter, &found) {
-        (Some(h), _) => h.clone(),
-        (None, Some(f)) => f.host(),
-        (None, None) => String::new(),
-    };
-    let stream_port = (a.stream_port)
-        .or(found.as_ref().map(|f| f.ad.stream_port))
-        .unwrap_or(4953);
-    let http_port = (a.http_port)
-        .or(found.as_ref().map(|f| f.ad.http_port))
-        .unwrap_or(4954);
-    let broker = match (given_broker, &a.snapserver, &found) {
-        (Some(b), _, _) => Some(b),
-        (None, Some(_), _) => None,
-        (None, None, Some(f)) => Some(with_ca(f.broker().map_err(anyhow::Error::msg)?)?),
-        (None, None, None) => Some(with_ca(BrokerUrl::new(transmitter_host.clone(), 1883))?),
-    };
-    let source = match &a.snapserver {
-        Some(s) => format!("snapcast:{s}"),
-        None => format!("{transmitter_host}:{stream_port}"),
-    };
-    let discovered = found.as_ref().map(|_| crate::service::Discovered {
-        http_base: format!("http://{transmitter_host}:{http_port}"),
-        broker: broker.clone(),
-    });
-    let cfg = syncstream_receiver::ReceiverConfig {
-        device: name,
-        transmitter_host,
-        stream_port,
-        http_port,
-        broker,
-        snapserver: a.snapserver.clone(),
-        profile,
-        drift: Default::default(),
-        state_dir: a.state_dir.clone(),
-        key,
-        voice: syncstream_receiver::voice::VoiceConfig {
-            announce_at_start: a.announce_at_start,
-            ..Default::default()
-        },
-    };
-    let mut rx = syncstream_receiver::runtime::start_with_output(
-        cfg,
-        output_label.clone(),
-        open_output,
-        mic,
-        clock,
-    )
-    .await?;
-    if gpio.any() {
-        // The audio matters more than the LED: a Pi whose pins cannot be opened plays on.
-        match syncstream_receiver::gpio::open_backend(&gpio) {
-            Ok(backend) => rx.start_gpio(backend)?,
-            Err(e) => tracing::warn!("GPIO off: {e:#}"),
+    // Runs until stopped; a transmitter found over mDNS that moves (docs/discovery.md,
+    // "When the transmitter moves") restarts the receiver at its new place.
+    loop {
+        let transmitter_host = match (&a.transmitter, &found) {
+            (Some(h), _) => h.clone(),
+            (None, Some(f)) => f.host(),
+            (None, None) => String::new(),
+        };
+        let stream_port = (a.stream_port)
+            .or(found.as_ref().map(|f| f.ad.stream_port))
+            .unwrap_or(4953);
+        let http_port = (a.http_port)
+            .or(found.as_ref().map(|f| f.ad.http_port))
+            .unwrap_or(4954);
+        let broker = match (given_broker.clone(), &a.snapserver, &found) {
+            (Some(b), _, _) => Some(b),
+            (None, Some(_), _) => None,
+            (None, None, Some(f)) => Some(with_ca(f.broker().map_err(anyhow::Error::msg)?)?),
+            (None, None, None) => Some(with_ca(BrokerUrl::new(transmitter_host.clone(), 1883))?),
+        };
+        let source = match &a.snapserver {
+            Some(s) => format!("snapcast:{s}"),
+            None => format!("{transmitter_host}:{stream_port}"),
+        };
+        let discovered = found.as_ref().map(|_| crate::service::Discovered {
+            http_base: format!("http://{transmitter_host}:{http_port}"),
+            broker: broker.clone(),
+        });
+        let cfg = syncstream_receiver::ReceiverConfig {
+            device: name.clone(),
+            transmitter_host,
+            stream_port,
+            http_port,
+            broker,
+            snapserver: a.snapserver.clone(),
+            profile: profile.clone(),
+            drift: Default::default(),
+            state_dir: a.state_dir.clone(),
+            key: key.clone(),
+            voice: syncstream_receiver::voice::VoiceConfig {
+                announce_at_start: a.announce_at_start,
+                ..Default::default()
+            },
+        };
+        let sink_cfg = sink_cfg.clone();
+        let open_output: syncstream_receiver::output::OpenOutput =
+            Box::new(move |_previous| sink_builder(&sink_cfg));
+        let mic = match first_mic.take() {
+            Some(m) => m,
+            None => mic_builder(&mic_cfg)?,
+        };
+        let mut rx = syncstream_receiver::runtime::start_with_output(
+            cfg,
+            output_label.clone(),
+            open_output,
+            mic,
+            clock.clone(),
+        )
+        .await?;
+        if gpio.any() {
+            // The audio matters more than the LED: a Pi whose pins cannot be opened plays on.
+            match syncstream_receiver::gpio::open_backend(&gpio) {
+                Ok(backend) => rx.start_gpio(backend)?,
+                Err(e) => tracing::warn!("GPIO off: {e:#}"),
+            }
+        }
+        let advertised = (!a.no_mdns)
+            .then(|| syncstream_receiver::discovery::advertise(&rx, &output_label, &source))
+            .flatten();
+        let Some(current) = found.clone() else {
+            return crate::service::receiver_running(&rx, discovered).await; // readiness, watchdog, updates (issue 13); waits for Ctrl-C/SIGTERM
+        };
+        let moved = async {
+            let follow = syncstream_receiver::discovery::follow::follow(
+                rx.watch(),
+                current,
+                a.transmitter_name.clone(),
+                syncstream_receiver::discovery::follow::LOOK_AGAIN_AFTER,
+            );
+            match follow.await {
+                Ok(new) => new,
+                Err(e) => {
+                    // Not following costs nothing else: the receiver plays on.
+                    tracing::warn!("no longer following the transmitter over mDNS: {e}");
+                    std::future::pending().await
+                }
+            }
+        };
+        tokio::select! {
+            r = crate::service::receiver_running(&rx, discovered) => return r,
+            new = moved => {
+                drop(advertised);
+                drop(rx);
+                found = Some(new);
+            }
         }
     }
-    let _advertised = (!a.no_mdns)
-        .then(|| syncstream_receiver::discovery::advertise(&rx, &output_label, &source))
-        .flatten();
-    crate::service::receiver_running(&rx, discovered).await // readiness, watchdog, updates (issue 13); waits for Ctrl-C/SIGTERM
 }
 
 #[cfg(feature = "simulator")]

@@ -23,6 +23,8 @@ const HTTP_PORT: u16 = 5954;
 const MQTT_PORT: u16 = 5883;
 const TX_ADDR: &str = "10.231.0.1";
 const RX_ADDR: &str = "10.231.0.2";
+/// The transmitter's machine's address after it moved (a new lease from DHCP).
+const TX_MOVED_ADDR: &str = "10.231.0.3";
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip")
@@ -184,25 +186,23 @@ fn a_receiver_without_a_transmitter_finds_one_over_mdns_and_plays() {
         "the receiver does not look for a transmitter:\n{}",
         rx.log()
     );
-    let tx = InNs::start(
-        &lan.a,
-        &[
-            "transmitter",
-            "--source",
-            "tone:440",
-            "--stream-listen",
-            &format!("0.0.0.0:{STREAM_PORT}"),
-            "--http-listen",
-            &format!("0.0.0.0:{HTTP_PORT}"),
-            "--broker-listen",
-            &format!("0.0.0.0:{MQTT_PORT}"),
-            "--mdns-name",
-            &tx_name,
-            "--key-file",
-            key_file,
-        ],
-        &dir.path().join("transmitter.log"),
-    );
+    let tx_args = [
+        "transmitter".to_string(),
+        "--source".into(),
+        "tone:440".into(),
+        "--stream-listen".into(),
+        format!("0.0.0.0:{STREAM_PORT}"),
+        "--http-listen".into(),
+        format!("0.0.0.0:{HTTP_PORT}"),
+        "--broker-listen".into(),
+        format!("0.0.0.0:{MQTT_PORT}"),
+        "--mdns-name".into(),
+        tx_name.clone(),
+        "--key-file".into(),
+        key_file.to_string(),
+    ];
+    let tx_args: Vec<&str> = tx_args.iter().map(String::as_str).collect();
+    let tx = InNs::start(&lan.a, &tx_args, &dir.path().join("transmitter.log"));
 
     // It plays: its retained status on the transmitter's broker (reached only through
     // what the TXT record says) says so, seen from the transmitter's namespace. The
@@ -308,6 +308,53 @@ fn a_receiver_without_a_transmitter_finds_one_over_mdns_and_plays() {
             .iter()
             .any(|a| a == RX_ADDR || a == "127.0.0.1"),
         "{r}"
+    );
+
+    // The transmitter moves: it stops, its machine gets a new address (a new DHCP
+    // lease) and it starts again. The receiver, without a stream for
+    // `LOOK_AGAIN_AFTER`, looks for it again, finds it at the new address and plays
+    // from there (its status on the new transmitter's broker says so).
+    drop(tx);
+    let dev = lan.a.clone();
+    ip(&[
+        "-n",
+        &lan.a,
+        "addr",
+        "del",
+        &format!("{TX_ADDR}/24"),
+        "dev",
+        &dev,
+    ]);
+    ip(&[
+        "-n",
+        &lan.a,
+        "addr",
+        "add",
+        &format!("{TX_MOVED_ADDR}/24"),
+        "dev",
+        &dev,
+    ]);
+    let moved_at = Instant::now();
+    let tx = InNs::start(&lan.a, &tx_args, &dir.path().join("transmitter-moved.log"));
+    let back = in_netns(&lan.a, move || {
+        let status = "syncstream/status/disc-rx";
+        let w = Watcher::start(MQTT_PORT, "disc-watch-moved", &[status]);
+        w.wait(status, moved_at, Duration::from_secs(90), |v| {
+            v["state"] == "playing"
+        })
+        .map(|s| s.at - moved_at)
+    });
+    let log = rx.log();
+    let Some(back) = back else {
+        panic!("the receiver did not follow the transmitter to {TX_MOVED_ADDR}\nreceiver:\n{log}\ntransmitter:\n{}", tx.log());
+    };
+    assert!(
+        log.contains(&format!("moved: now at {TX_MOVED_ADDR}")),
+        "{log}"
+    );
+    println!(
+        "MOVED: the receiver plays from the transmitter's new address {:.1} s after it restarted there",
+        back.as_secs_f64()
     );
     drop(rx);
     drop(tx);

@@ -4,6 +4,9 @@
 //!   `_syncstream._tcp` until it finds a transmitter it can use (the first one found,
 //!   or the one named by `--transmitter-name`), logging what it sees and a reminder
 //!   every few seconds while there is none;
+//! - [`follow`]: a receiver that found its transmitter this way follows it when it
+//!   moves (a new address from DHCP, new ports): after [`follow::LOOK_AGAIN_AFTER`]
+//!   without a stream it looks again, and is restarted on the new place;
 //! - [`advertise`]: the receiver announces itself as `_syncstream-rx._tcp` (device
 //!   name, version, output, what it plays from, and its state, re-announced when the
 //!   state changes).
@@ -23,6 +26,8 @@ use syncstream_protocol::wire::PROTOCOL_VERSION;
 use tracing::{info, warn};
 
 use crate::Receiver;
+
+pub mod follow;
 
 /// How long [`find_transmitter`] keeps listening after the first usable transmitter
 /// answered, to see (and log) the others before it takes the first.
@@ -56,6 +61,15 @@ impl ChosenTransmitter {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("[{a}]"),
         }
+    }
+
+    /// Whether `other` is reached where this one is: the same address, stream and
+    /// HTTP ports and broker (the instance name and version may differ).
+    pub fn same_place(&self, other: &ChosenTransmitter) -> bool {
+        self.address == other.address
+            && self.ad.stream_port == other.ad.stream_port
+            && self.ad.http_port == other.ad.http_port
+            && self.broker() == other.broker()
     }
 
     /// The MQTT broker it uses: its external broker (a loopback or unspecified host
@@ -257,6 +271,22 @@ fn describe(r: &Resolved, ad: &TransmitterAd) -> String {
 ///
 /// Errors: mDNS cannot start (no UDP port 5353, no socket).
 pub fn find_transmitter(want: Option<&str>) -> Result<ChosenTransmitter, DiscoveryError> {
+    loop {
+        // Without a time limit the search only ends with a transmitter.
+        if let Some(chosen) = look(want, None)? {
+            return Ok(chosen);
+        }
+    }
+}
+
+/// [`find_transmitter`] for at most `limit` (`None`: until one answers); `Ok(None)`
+/// when none to use answered in time.
+///
+/// Errors: mDNS cannot start (no UDP port 5353, no socket).
+pub(crate) fn look(
+    want: Option<&str>,
+    limit: Option<Duration>,
+) -> Result<Option<ChosenTransmitter>, DiscoveryError> {
     let browser = Browser::new(TRANSMITTER_SERVICE)?;
     let started = Instant::now();
     match want {
@@ -283,7 +313,10 @@ pub fn find_transmitter(want: Option<&str>) -> Result<ChosenTransmitter, Discove
                     chosen.others.join(", ")
                 );
             }
-            return Ok(chosen);
+            return Ok(Some(chosen));
+        }
+        if limit.is_some_and(|l| started.elapsed() >= l) {
+            return Ok(None);
         }
         if now >= remind_at {
             let seen = chooser.seen_summary();
@@ -464,6 +497,35 @@ mod tests {
         assert_eq!(chosen.address.to_string(), "10.0.0.4");
         // Its external broker on its own machine is reached at its address.
         assert_eq!(chosen.broker().unwrap().to_string(), "mqtt://10.0.0.4:1900");
+    }
+
+    #[test]
+    fn a_transmitter_at_a_new_address_or_port_is_somewhere_else() {
+        let t0 = Instant::now();
+        let chosen = |r: Resolved| {
+            let mut c = Chooser::new(None, Duration::ZERO);
+            c.on_event(BrowseEvent::Resolved(r), t0);
+            c.decide(t0).unwrap()
+        };
+        let here = chosen(resolved("tx", "10.0.0.2", PROTOCOL_VERSION, &[]));
+        let renamed = chosen(resolved("tx again", "10.0.0.2", PROTOCOL_VERSION, &[]));
+        assert!(here.same_place(&renamed), "a new name at the same place");
+        let moved = chosen(resolved("tx", "10.0.0.7", PROTOCOL_VERSION, &[]));
+        assert!(!here.same_place(&moved), "a new address");
+        let other_port = chosen(resolved(
+            "tx",
+            "10.0.0.2",
+            PROTOCOL_VERSION,
+            &[("stream", "5000")],
+        ));
+        assert!(!here.same_place(&other_port), "a new stream port");
+        let other_broker = chosen(resolved(
+            "tx",
+            "10.0.0.2",
+            PROTOCOL_VERSION,
+            &[("mqtt", "1999")],
+        ));
+        assert!(!here.same_place(&other_broker), "a new broker port");
     }
 
     #[test]

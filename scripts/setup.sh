@@ -27,8 +27,11 @@ ha_venv="${SYNCSTREAM_HA_VENV:-/opt/syncstream-ha}"
 ha_version=2025.4.4
 if ! "$ha_venv/bin/python" -c "import sys, homeassistant.const as c; import paho.mqtt, hass_frontend; sys.exit(c.__version__ != '$ha_version')" 2>/dev/null; then
   py=""
-  for c in python3.13 "$HOME"/.pyenv/versions/3.13*/bin/python3.13; do
-    if command -v "$c" >/dev/null 2>&1; then py="$c"; break; fi
+  # A pyenv shim named python3.13 exists even when 3.13 is not the selected version,
+  # so each candidate must actually run; pyenv's own install directories come first.
+  pyenv_root="$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"
+  for c in "$pyenv_root"/versions/3.13*/bin/python3.13 "$HOME"/.pyenv/versions/3.13*/bin/python3.13 python3.13; do
+    if "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' >/dev/null 2>&1; then py="$c"; break; fi
   done
   if [ -z "$py" ]; then
     echo "Home Assistant's test needs Python 3.13 (e.g. pyenv install 3.13)" >&2

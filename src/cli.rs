@@ -468,9 +468,7 @@ pub fn main() -> ExitCode {
     // who was refused.
     let default_filter = match cli.command {
         #[cfg(feature = "transmitter")]
-        Command::Transmitter(_) => {
-            "warn,syncstream=info,rumqttd=error,rumqttd::server::broker=off"
-        }
+        Command::Transmitter(_) => "warn,syncstream=info,rumqttd=error,rumqttd::server::broker=off",
         Command::Receiver(_) => "warn,syncstream=info",
         _ => "warn,rumqttd=error,rumqttd::server::broker=off",
     };

@@ -948,12 +948,24 @@ async fn receiver(a: ReceiverArgs) -> anyhow::Result<()> {
             // Browsing is running as a service should: systemd is told so at once.
             crate::service::notify_ready();
             let want = a.transmitter_name.clone();
-            Some(
-                tokio::task::spawn_blocking(move || {
-                    syncstream_receiver::discovery::find_transmitter(want.as_deref())
-                })
-                .await??,
-            )
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let search = tokio::task::spawn_blocking({
+                let stop = stop.clone();
+                move || syncstream_receiver::discovery::find_transmitter(want.as_deref(), &stop)
+            });
+            // Stopped while it searches (no transmitter yet): a clean exit; the search
+            // sees the flag within 200 ms, before the runtime ends.
+            tokio::select! {
+                found = search => match found?? {
+                    Some(f) => Some(f),
+                    None => return Ok(()),
+                },
+                r = crate::service::stopped() => {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("stopped while looking for a transmitter");
+                    return r;
+                }
+            }
         }
         _ => None,
     };

@@ -7,16 +7,20 @@
 //! - A receiver takes `--key` (or `SYNCSTREAM_KEY`), else reads `--key-file`, else the
 //!   default file; it never creates one (a key of its own would pair it with nobody).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use syncstream_protocol::auth::{default_key_file, PairingKey, KEY_FILE_NAME};
+use syncstream_protocol::auth::{default_key_file, PairingKey};
 
 /// The transmitter's key file for `--key-file` and `--state-dir`.
-pub fn transmitter_key_file(key_file: Option<&Path>, state_dir: Option<&Path>) -> PathBuf {
+#[cfg(feature = "transmitter")]
+pub fn transmitter_key_file(
+    key_file: Option<&Path>,
+    state_dir: Option<&Path>,
+) -> std::path::PathBuf {
     match (key_file, state_dir) {
         (Some(f), _) => f.to_owned(),
-        (None, Some(d)) => d.join(KEY_FILE_NAME),
+        (None, Some(d)) => d.join(syncstream_protocol::auth::KEY_FILE_NAME),
         (None, None) => default_key_file(),
     }
 }
@@ -25,6 +29,7 @@ pub fn transmitter_key_file(key_file: Option<&Path>, state_dir: Option<&Path>) -
 /// receivers).
 ///
 /// Errors: the file exists but is not a key, or cannot be created.
+#[cfg(feature = "transmitter")]
 pub fn transmitter_key(path: &Path) -> anyhow::Result<PairingKey> {
     let (key, created) = PairingKey::load_or_create(path)?;
     if created {

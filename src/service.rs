@@ -150,11 +150,15 @@ fn receiver_updates(f: &ReceiverFile) -> anyhow::Result<Option<AgentConfig>> {
 
 /// Tells systemd the service is up and feeds its watchdog from the runtime (a hung
 /// runtime stops feeding it and systemd restarts the service). Once: later calls do
-/// nothing. Needs a tokio runtime.
+/// nothing. Needs a tokio runtime. Watches for SIGTERM first ([`watch_for_stop`]), so
+/// that a service stopped at any moment after it is ready exits cleanly.
 pub fn notify_ready() {
     static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return;
+    }
+    if let Err(e) = watch_for_stop() {
+        tracing::warn!("{e:#}: SIGTERM stops the service without a clean exit");
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut usec = 0u64;
@@ -170,14 +174,55 @@ pub fn notify_ready() {
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-async fn stopped() -> anyhow::Result<()> {
+/// Set once Ctrl-C or SIGTERM arrived (see [`watch_for_stop`]).
+static STOP: OnceLock<tokio::sync::watch::Receiver<bool>> = OnceLock::new();
+
+/// Starts watching for Ctrl-C and SIGTERM, from now until the process ends (once;
+/// later calls do nothing). From then on SIGTERM no longer kills the process: it is
+/// remembered, and [`stopped`] returns, however late it is awaited. Needs a tokio
+/// runtime.
+///
+/// Errors: the signal handler cannot be installed.
+pub fn watch_for_stop() -> anyhow::Result<()> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if STOP.get().is_some() {
+        return Ok(());
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
-        _ = term.recv() => Ok(()),
-    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                if let Err(e) = r {
+                    tracing::warn!("cannot watch for Ctrl-C: {e}");
+                    // SIGTERM still stops the process.
+                    term.recv().await;
+                }
+            }
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+        // The sender stays, so that every later wait sees the stop.
+        std::future::pending::<()>().await
+    });
+    let _ = STOP.set(rx);
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM (since [`watch_for_stop`], which it calls).
+///
+/// Errors: the signal handler cannot be installed.
+pub async fn stopped() -> anyhow::Result<()> {
+    watch_for_stop()?;
+    let mut rx = STOP
+        .get()
+        .context("the stop watch is not installed")?
+        .clone();
+    // The sender is never dropped, so this only returns once the stop has come.
+    let _ = rx.wait_for(|stop| *stop).await;
+    Ok(())
 }
 
 /// Where a receiver reaches the transmitter it found over mDNS (the update agent

@@ -360,3 +360,76 @@ fn a_receiver_without_a_transmitter_finds_one_over_mdns_and_plays() {
     drop(tx);
     drop(lan);
 }
+
+/// One network namespace with only loopback up, deleted on drop: a network where no
+/// transmitter answers.
+struct LoneNs(String);
+
+impl LoneNs {
+    fn new() -> LoneNs {
+        let ns = LoneNs(format!("ssd{}s", std::process::id()));
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns.0])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &ns.0]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for LoneNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// systemd stops a receiver with SIGTERM, also while it is still looking for its
+/// transmitter (it told systemd it is ready when the search began): it must exit 0,
+/// not die of the signal.
+#[test]
+fn a_receiver_stopped_while_it_looks_for_a_transmitter_exits_cleanly() {
+    let ns = LoneNs::new();
+    let dir = tempfile::tempdir().unwrap();
+    common::default_key();
+    let key_file = syncstream_protocol::auth::default_key_file();
+    let mut rx = InNs::start(
+        &ns.0,
+        &[
+            "receiver",
+            "--name",
+            "stop-rx",
+            "--output",
+            "null",
+            "--mic",
+            "null",
+            "--key-file",
+            key_file.to_str().unwrap(),
+        ],
+        &dir.path().join("receiver.log"),
+    );
+    assert!(
+        poll(Duration::from_secs(20), || rx
+            .log()
+            .contains("looking for a transmitter over mDNS")
+            .then_some(()))
+        .is_some(),
+        "the receiver does not look for a transmitter:\n{}",
+        rx.log()
+    );
+    let pid = rx.child.id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = poll(Duration::from_secs(10), || rx.child.try_wait().unwrap())
+        .unwrap_or_else(|| panic!("the receiver did not stop on SIGTERM:\n{}", rx.log()));
+    assert!(
+        status.success(),
+        "SIGTERM while looking: {status} (expected exit 0):\n{}",
+        rx.log()
+    );
+    assert!(
+        rx.log().contains("stopped while looking for a transmitter"),
+        "{}",
+        rx.log()
+    );
+}

@@ -88,9 +88,10 @@ pub async fn follow(
             after.as_secs_f64()
         );
         let wanted = name.clone();
-        let found = tokio::task::spawn_blocking(move || super::look(Some(&wanted), Some(LOOK_FOR)))
-            .await
-            .map_err(|e| DiscoveryError(format!("the search stopped: {e}")))??;
+        let found =
+            tokio::task::spawn_blocking(move || super::look(Some(&wanted), Some(LOOK_FOR), None))
+                .await
+                .map_err(|e| DiscoveryError(format!("the search stopped: {e}")))??;
         match found {
             Some(new) if !new.same_place(&current) => {
                 info!(

@@ -15,6 +15,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use syncstream_protocol::discovery::{
@@ -267,25 +268,26 @@ fn describe(r: &Resolved, ad: &TransmitterAd) -> String {
 /// Browses for transmitters until one this receiver can use answers, and returns it
 /// (see [`Chooser`]: `want` is `--transmitter-name`). Logs every transmitter seen,
 /// the choice and the others, and every [`REMIND_EVERY`] while there is none, that it
-/// is still looking. Blocks (run it on a blocking thread); does not give up.
+/// is still looking. Blocks (run it on a blocking thread); does not give up, but
+/// returns `Ok(None)` within 200 ms of `stop` being set (a service stopped with
+/// SIGTERM while it searches exits cleanly).
 ///
 /// Errors: mDNS cannot start (no UDP port 5353, no socket).
-pub fn find_transmitter(want: Option<&str>) -> Result<ChosenTransmitter, DiscoveryError> {
-    loop {
-        // Without a time limit the search only ends with a transmitter.
-        if let Some(chosen) = look(want, None)? {
-            return Ok(chosen);
-        }
-    }
+pub fn find_transmitter(
+    want: Option<&str>,
+    stop: &AtomicBool,
+) -> Result<Option<ChosenTransmitter>, DiscoveryError> {
+    look(want, None, Some(stop))
 }
 
 /// [`find_transmitter`] for at most `limit` (`None`: until one answers); `Ok(None)`
-/// when none to use answered in time.
+/// when none to use answered in time or `stop` was set (checked every 200 ms at most).
 ///
 /// Errors: mDNS cannot start (no UDP port 5353, no socket).
 pub(crate) fn look(
     want: Option<&str>,
     limit: Option<Duration>,
+    stop: Option<&AtomicBool>,
 ) -> Result<Option<ChosenTransmitter>, DiscoveryError> {
     let browser = Browser::new(TRANSMITTER_SERVICE)?;
     let started = Instant::now();
@@ -315,7 +317,9 @@ pub(crate) fn look(
             }
             return Ok(Some(chosen));
         }
-        if limit.is_some_and(|l| started.elapsed() >= l) {
+        if limit.is_some_and(|l| started.elapsed() >= l)
+            || stop.is_some_and(|s| s.load(Ordering::Relaxed))
+        {
             return Ok(None);
         }
         if now >= remind_at {

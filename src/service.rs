@@ -174,8 +174,9 @@ pub fn notify_ready() {
     }
 }
 
-/// Set once Ctrl-C or SIGTERM arrived (see [`watch_for_stop`]).
-static STOP: OnceLock<tokio::sync::watch::Receiver<bool>> = OnceLock::new();
+/// Turns true once Ctrl-C or SIGTERM arrived; `Err` when SIGTERM cannot be watched
+/// (see [`watch_for_stop`]).
+static STOP: OnceLock<Result<tokio::sync::watch::Receiver<bool>, String>> = OnceLock::new();
 
 /// Starts watching for Ctrl-C and SIGTERM, from now until the process ends (once;
 /// later calls do nothing). From then on SIGTERM no longer kills the process: it is
@@ -184,42 +185,39 @@ static STOP: OnceLock<tokio::sync::watch::Receiver<bool>> = OnceLock::new();
 ///
 /// Errors: the signal handler cannot be installed.
 pub fn watch_for_stop() -> anyhow::Result<()> {
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if STOP.get().is_some() {
-        return Ok(());
-    }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot watch for SIGTERM")?;
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => {
-                if let Err(e) = r {
-                    tracing::warn!("cannot watch for Ctrl-C: {e}");
-                    // SIGTERM still stops the process.
-                    term.recv().await;
+    stop_watch().map(drop)
+}
+
+fn stop_watch() -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let watch = STOP.get_or_init(|| {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    if let Err(e) = r {
+                        tracing::warn!("cannot watch for Ctrl-C: {e}");
+                        // SIGTERM still stops the process.
+                        term.recv().await;
+                    }
                 }
+                _ = term.recv() => {}
             }
-            _ = term.recv() => {}
-        }
-        let _ = tx.send(true);
-        // The sender stays, so that every later wait sees the stop.
-        std::future::pending::<()>().await
+            let _ = tx.send(true);
+            // The sender stays, so that every later wait sees the stop.
+            std::future::pending::<()>().await
+        });
+        Ok(rx)
     });
-    let _ = STOP.set(rx);
-    Ok(())
+    watch.clone().map_err(anyhow::Error::msg)
 }
 
 /// Waits for Ctrl-C or SIGTERM (since [`watch_for_stop`], which it calls).
 ///
 /// Errors: the signal handler cannot be installed.
 pub async fn stopped() -> anyhow::Result<()> {
-    watch_for_stop()?;
-    let mut rx = STOP
-        .get()
-        .context("the stop watch is not installed")?
-        .clone();
+    let mut rx = stop_watch()?;
     // The sender is never dropped, so this only returns once the stop has come.
     let _ = rx.wait_for(|stop| *stop).await;
     Ok(())

@@ -39,6 +39,17 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Makes network namespace `ns` anew (a stale one of that name is deleted first), with
+/// loopback up.
+fn fresh_netns(ns: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+    ip(&["netns", "add", ns]);
+    ip(&["-n", ns, "link", "set", "lo", "up"]);
+}
+
 /// Two network namespaces joined by a veth pair (`TX_ADDR` in `a`, `RX_ADDR` in `b`),
 /// loopback up in both; deleted on drop.
 struct Lan {
@@ -53,16 +64,8 @@ impl Lan {
             a: format!("ssd{id}a"),
             b: format!("ssd{id}b"),
         };
-        let _ = Command::new("ip")
-            .args(["netns", "del", &lan.a])
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &lan.b])
-            .stderr(Stdio::null())
-            .status();
-        ip(&["netns", "add", &lan.a]);
-        ip(&["netns", "add", &lan.b]);
+        fresh_netns(&lan.a);
+        fresh_netns(&lan.b);
         let (va, vb) = (lan.a.as_str(), lan.b.as_str());
         ip(&["link", "add", va, "type", "veth", "peer", "name", vb]);
         ip(&["link", "set", va, "netns", &lan.a]);
@@ -70,7 +73,6 @@ impl Lan {
         for (ns, dev, addr) in [(&lan.a, va, TX_ADDR), (&lan.b, vb, RX_ADDR)] {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
         lan
     }
@@ -151,6 +153,37 @@ fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// `syncstream receiver --name name` in namespace `ns` (null output and microphone,
+/// the default key file), once its log says it looks for a transmitter over mDNS.
+fn looking_receiver(ns: &str, name: &str, log: &Path) -> InNs {
+    let key_file = syncstream_protocol::auth::default_key_file();
+    let rx = InNs::start(
+        ns,
+        &[
+            "receiver",
+            "--name",
+            name,
+            "--output",
+            "null",
+            "--mic",
+            "null",
+            "--key-file",
+            key_file.to_str().unwrap(),
+        ],
+        log,
+    );
+    assert!(
+        poll(Duration::from_secs(20), || rx
+            .log()
+            .contains("looking for a transmitter over mDNS")
+            .then_some(()))
+        .is_some(),
+        "the receiver does not look for a transmitter:\n{}",
+        rx.log()
+    );
+    rx
+}
+
 #[test]
 fn a_receiver_without_a_transmitter_finds_one_over_mdns_and_plays() {
     let lan = Lan::new();
@@ -162,30 +195,7 @@ fn a_receiver_without_a_transmitter_finds_one_over_mdns_and_plays() {
     let t0 = Instant::now();
 
     // The receiver first: it looks, and keeps looking while there is nothing.
-    let rx = InNs::start(
-        &lan.b,
-        &[
-            "receiver",
-            "--name",
-            "disc-rx",
-            "--output",
-            "null",
-            "--mic",
-            "null",
-            "--key-file",
-            key_file,
-        ],
-        &dir.path().join("receiver.log"),
-    );
-    assert!(
-        poll(Duration::from_secs(20), || rx
-            .log()
-            .contains("looking for a transmitter over mDNS")
-            .then_some(()))
-        .is_some(),
-        "the receiver does not look for a transmitter:\n{}",
-        rx.log()
-    );
+    let rx = looking_receiver(&lan.b, "disc-rx", &dir.path().join("receiver.log"));
     let tx_args = [
         "transmitter".to_string(),
         "--source".into(),
@@ -368,12 +378,7 @@ struct LoneNs(String);
 impl LoneNs {
     fn new() -> LoneNs {
         let ns = LoneNs(format!("ssd{}s", std::process::id()));
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns.0])
-            .stderr(Stdio::null())
-            .status();
-        ip(&["netns", "add", &ns.0]);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        fresh_netns(&ns.0);
         ns
     }
 }
@@ -392,31 +397,7 @@ fn a_receiver_stopped_while_it_looks_for_a_transmitter_exits_cleanly() {
     let ns = LoneNs::new();
     let dir = tempfile::tempdir().unwrap();
     common::default_key();
-    let key_file = syncstream_protocol::auth::default_key_file();
-    let mut rx = InNs::start(
-        &ns.0,
-        &[
-            "receiver",
-            "--name",
-            "stop-rx",
-            "--output",
-            "null",
-            "--mic",
-            "null",
-            "--key-file",
-            key_file.to_str().unwrap(),
-        ],
-        &dir.path().join("receiver.log"),
-    );
-    assert!(
-        poll(Duration::from_secs(20), || rx
-            .log()
-            .contains("looking for a transmitter over mDNS")
-            .then_some(()))
-        .is_some(),
-        "the receiver does not look for a transmitter:\n{}",
-        rx.log()
-    );
+    let mut rx = looking_receiver(&ns.0, "stop-rx", &dir.path().join("receiver.log"));
     let pid = rx.child.id() as libc::pid_t;
     // SAFETY: kill(2) on our own child, which has not been waited for.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
